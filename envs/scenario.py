@@ -1,0 +1,311 @@
+"""Scenario files: the typed schema of a simulated cluster, its workload, SLO and reward.
+
+A scenario is a YAML file (see ``experiments/scenarios/``). Every section is a pydantic model
+that forbids unknown keys, so a typo such as ``qouta:`` fails with the key and the file named
+instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_DIR = _PACKAGE_DIR.parent
+SCENARIO_DIR = _REPO_DIR / "experiments" / "scenarios"
+PROFILE_DIR = _REPO_DIR / "experiments" / "profiles"
+
+DATA_ENV_VAR = "RLSCALE_DATA"
+
+
+class ScenarioError(ValueError):
+    """A scenario, trace or profile that cannot be used; the message names the field and value."""
+
+
+def data_root() -> Path:
+    """Where the public datasets live: ``$RLSCALE_DATA``, else ``../shared/data`` beside the checkout."""
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (_REPO_DIR.parent / "shared" / "data").resolve()
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """An absolute path as given; a relative one below :func:`data_root`, else below the cwd."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    under_data = data_root() / p
+    if under_data.exists():
+        return under_data
+    if p.exists():
+        return p.resolve()
+    return under_data
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class LengthDistribution(_Strict):
+    """Token lengths for traces that do not record them: a lognormal set by median and p90."""
+
+    median: PositiveFloat
+    p90: PositiveFloat
+    max: PositiveFloat = 32768
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthDistribution:
+        if self.p90 < self.median:
+            raise ValueError(f"p90 ({self.p90}) must be >= median ({self.median})")
+        return self
+
+
+class Burst(_Strict):
+    """A promotion or incident: load multiplied for a while, announced (forecastable) or not."""
+
+    day: NonNegFloat = Field(description="day of the episode the burst starts on (0-based)")
+    hour: Annotated[float, Field(ge=0, lt=24)] = 12.0
+    duration_h: PositiveFloat = 2.0
+    multiplier: PositiveFloat = 3.0
+    announced: bool = True
+
+
+class SyntheticLoad(_Strict):
+    """Seasonal synthetic load: base rate x daily x weekly profile x noise, plus bursts."""
+
+    base_rate_rps: PositiveFloat = 20.0
+    daily_amplitude: Share = 0.6
+    peak_hour: Annotated[float, Field(ge=0, lt=24)] = 14.0
+    weekend_factor: PositiveFloat = 0.7
+    noise_cv: NonNegFloat = 0.1
+    noise_corr_s: PositiveFloat = 600.0
+    bursts: list[Burst] = Field(default_factory=list)
+    random_bursts_per_week: NonNegFloat = 0.0
+    days: PositiveFloat = 14.0
+
+
+TraceFormat = Literal["azure", "mooncake", "servegen", "csv"]
+
+
+class WorkloadConfig(_Strict):
+    """Where requests come from: a recorded trace replayed, or synthetic seasonal load."""
+
+    kind: Literal["azure", "mooncake", "servegen", "csv", "synthetic"]
+    path: str | None = Field(default=None, description="trace file or folder; relative to $RLSCALE_DATA")
+    time_scale: PositiveFloat = Field(default=1.0, description=">1 stretches the trace in time")
+    rate_scale: PositiveFloat = Field(default=1.0, description="multiplies the arrival rate")
+    target_mean_rps: PositiveFloat | None = Field(
+        default=None, description="rescale the rate so the mean over the window is this (ServeGen)"
+    )
+    window_start_h: NonNegFloat = 0.0
+    window_hours: PositiveFloat | None = None
+    cache_hit_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    prompt_tokens: LengthDistribution = LengthDistribution(median=1000, p90=3000)
+    output_tokens: LengthDistribution = LengthDistribution(median=150, p90=500)
+    synthetic: SyntheticLoad | None = None
+    start_weekday: Annotated[int, Field(ge=0, le=6)] = 0
+    start_hour: Annotated[float, Field(ge=0, lt=24)] = 0.0
+
+    @model_validator(mode="after")
+    def _source(self) -> WorkloadConfig:
+        if self.kind == "synthetic":
+            if self.path is not None:
+                raise ValueError("workload.path is for traces; a synthetic workload takes none")
+        elif self.path is None:
+            raise ValueError(f"workload.kind '{self.kind}' needs workload.path (a trace file)")
+        if self.synthetic is not None and self.kind != "synthetic":
+            raise ValueError("workload.synthetic is only for kind: synthetic")
+        return self
+
+
+class SpotConfig(_Strict):
+    """Spot market of one pool: price from a trace or a mean-reverting process; preemptions."""
+
+    price: Literal["trace", "ou"] = "ou"
+    price_trace: str = "aws_spot_price_gpu_2022-05-31/aws_spot_prices_gpu_2022-05-31.tsv"
+    instance_type: str | None = Field(default=None, description="row filter for the price trace")
+    availability_zone: str | None = None
+    mean_discount: Annotated[float, Field(gt=0, lt=1)] = 0.35
+    reversion_per_h: PositiveFloat = 0.5
+    volatility: NonNegFloat = 0.1
+    preemption: Literal["trace", "hazard"] = "hazard"
+    preemption_trace: str = "spot_traces_skypilot/preemption/1-node/aws-04-22-2023/us-east-1c.json"
+    hazard_per_h: NonNegFloat = 0.1
+    notice_s: NonNegFloat = 120.0
+    fulfil_prob: Share = 0.9
+
+
+class PoolConfig(_Strict):
+    """One pool: an instance type bought on demand or on spot."""
+
+    name: str
+    profile: str = Field(description="throughput profile name in experiments/profiles/")
+    purchase: Literal["on_demand", "spot"] = "on_demand"
+    price_usd_h: PositiveFloat = Field(description="on-demand hourly price of one replica")
+    quota: Annotated[int, Field(ge=1)]
+    initial_replicas: Annotated[int, Field(ge=0)] = 0
+    warm_pool_max: Annotated[int, Field(ge=0)] = 0
+    warm_holding_usd_h: NonNegFloat = 0.0
+    spot: SpotConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolConfig:
+        if self.initial_replicas + self.warm_pool_max > self.quota:
+            raise ValueError(
+                f"pool '{self.name}': initial_replicas ({self.initial_replicas}) + "
+                f"warm_pool_max ({self.warm_pool_max}) exceed quota ({self.quota})"
+            )
+        if self.purchase == "on_demand" and self.spot is not None:
+            raise ValueError(f"pool '{self.name}': a spot section needs purchase: spot")
+        return self
+
+
+class Distribution(_Strict):
+    """A positive duration in seconds: lognormal by median and p90, or empirical from data."""
+
+    median_s: PositiveFloat | None = None
+    p90_s: PositiveFloat | None = None
+    data: Literal["serverlessllm", "alibaba_basemodel"] | None = None
+    scale: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Distribution:
+        parametric = self.median_s is not None or self.p90_s is not None
+        if parametric == (self.data is not None):
+            raise ValueError("give either median_s and p90_s, or data, for a duration")
+        if parametric and (self.median_s is None or self.p90_s is None or self.p90_s < self.median_s):
+            raise ValueError(
+                f"a lognormal duration needs median_s <= p90_s (got {self.median_s}, {self.p90_s})"
+            )
+        return self
+
+
+class ColdStartConfig(_Strict):
+    """Cold start = provisioning + image pull + weight load; a warm start skips the first two."""
+
+    provisioning: Distribution = Distribution(median_s=60, p90_s=120)
+    image_pull: Distribution = Distribution(median_s=40, p90_s=90)
+    weight_load: Distribution = Distribution(data="serverlessllm")
+    engine_warmup: Distribution = Distribution(median_s=20, p90_s=40)
+
+
+class SLOConfig(_Strict):
+    """Latency targets; requests waiting longer than the timeout are dropped (violations)."""
+
+    ttft_s: PositiveFloat = 2.0
+    tpot_s: PositiveFloat = 0.1
+    target_attainment: Share = 0.99
+    timeout_s: PositiveFloat = 60.0
+
+
+class RewardConfig(_Strict):
+    """reward = -(cost_usd + slo_violation_usd * violations + churn_usd * scale_events) / scale."""
+
+    slo_violation_usd: NonNegFloat = 0.01
+    churn_usd: NonNegFloat = 0.02
+    scale: PositiveFloat = 1.0
+
+
+class Scenario(_Strict):
+    """A whole simulated deployment: workload, pools, cold starts, SLO, reward and horizon."""
+
+    name: str
+    description: str = ""
+    control_interval_s: PositiveFloat = 30.0
+    substep_s: PositiveFloat = 1.0
+    episode_hours: PositiveFloat = 24.0
+    workload: WorkloadConfig
+    pools: list[PoolConfig] = Field(min_length=1)
+    cold_start: ColdStartConfig = ColdStartConfig()
+    slo: SLOConfig = SLOConfig()
+    reward: RewardConfig = RewardConfig()
+    max_step: Annotated[int, Field(ge=1, le=64)] = 2
+    drain_grace_s: NonNegFloat = 120.0
+    budget_usd: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _grid(self) -> Scenario:
+        ratio = self.control_interval_s / self.substep_s
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(
+                f"control_interval_s ({self.control_interval_s}) must be a whole multiple of "
+                f"substep_s ({self.substep_s})"
+            )
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; repeated: {dupes}")
+        return self
+
+    @property
+    def substeps_per_step(self) -> int:
+        """Sub-steps in one decision step."""
+        return round(self.control_interval_s / self.substep_s)
+
+    @property
+    def episode_steps(self) -> int:
+        """Decision steps in one episode."""
+        return max(1, round(self.episode_hours * 3600.0 / self.control_interval_s))
+
+    def pool(self, name: str) -> PoolConfig:
+        """The pool of that name; a clear error listing the known ones otherwise."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise ScenarioError(f"unknown pool '{name}'; this scenario has {[p.name for p in self.pools]}")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid scenario {source}:"]
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}' (check its spelling)")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+            lines.append(f"  - {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def scenario_from_dict(raw: dict, source: str = "<dict>") -> Scenario:
+    """Validate a mapping as a :class:`Scenario`; errors name each bad key and value."""
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"invalid scenario {source}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(_format_validation_error(err, source)) from None
+
+
+def list_scenarios() -> list[str]:
+    """Names of the scenarios that ship with the project."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
+    """A shipped scenario by name, or a YAML file by path."""
+    if isinstance(name_or_path, Scenario):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = SCENARIO_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ScenarioError(
+            f"no scenario '{name_or_path}': not a file, and not one of {list_scenarios()}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ScenarioError(f"scenario {path} is not valid YAML: {err}") from None
+    return scenario_from_dict(raw, str(path))

@@ -1,0 +1,3 @@
+def main() -> None:
+    import rlscale.envs
+    print(rlscale.envs.__file__)
