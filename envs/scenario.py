@@ -27,7 +27,7 @@ class ScenarioError(ValueError):
 
 
 def data_root() -> Path:
-    """Where the public datasets live: ``$RLSCALE_DATA``, else ``../shared/data`` beside the checkout."""
+    """Where the public datasets are: ``$RLSCALE_DATA``, else ``../shared/data`` by the repo."""
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
@@ -101,7 +101,9 @@ class WorkloadConfig(_Strict):
     """Where requests come from: a recorded trace replayed, or synthetic seasonal load."""
 
     kind: Literal["azure", "mooncake", "servegen", "csv", "synthetic"]
-    path: str | None = Field(default=None, description="trace file or folder; relative to $RLSCALE_DATA")
+    path: str | None = Field(
+        default=None, description="trace file or folder; relative to $RLSCALE_DATA"
+    )
     time_scale: PositiveFloat = Field(default=1.0, description=">1 stretches the trace in time")
     rate_scale: PositiveFloat = Field(default=1.0, description="multiplies the arrival rate")
     target_mean_rps: PositiveFloat | None = Field(
@@ -139,7 +141,9 @@ class SpotConfig(_Strict):
     reversion_per_h: PositiveFloat = 0.5
     volatility: NonNegFloat = 0.1
     preemption: Literal["trace", "hazard"] = "hazard"
-    preemption_trace: str = "spot_traces_skypilot/preemption/1-node/aws-04-22-2023/us-east-1c.json"
+    preemption_trace: str = (
+        "spot_traces_skypilot/preemption/1-node/aws-04-22-2023/us-east-1c_v100_1.json"
+    )
     hazard_per_h: NonNegFloat = 0.1
     notice_s: NonNegFloat = 120.0
     fulfil_prob: Share = 0.9
@@ -167,6 +171,9 @@ class PoolConfig(_Strict):
             )
         if self.purchase == "on_demand" and self.spot is not None:
             raise ValueError(f"pool '{self.name}': a spot section needs purchase: spot")
+        if self.purchase == "spot" and self.warm_pool_max > 0:
+            # a stopped spot instance cannot be held in reserve: its capacity goes back
+            raise ValueError(f"pool '{self.name}': warm pools are for on-demand pools only")
         return self
 
 
@@ -183,7 +190,9 @@ class Distribution(_Strict):
         parametric = self.median_s is not None or self.p90_s is not None
         if parametric == (self.data is not None):
             raise ValueError("give either median_s and p90_s, or data, for a duration")
-        if parametric and (self.median_s is None or self.p90_s is None or self.p90_s < self.median_s):
+        if parametric and (
+            self.median_s is None or self.p90_s is None or self.p90_s < self.median_s
+        ):
             raise ValueError(
                 f"a lognormal duration needs median_s <= p90_s (got {self.median_s}, {self.p90_s})"
             )
@@ -231,6 +240,9 @@ class Scenario(_Strict):
     reward: RewardConfig = RewardConfig()
     max_step: Annotated[int, Field(ge=1, le=64)] = 2
     drain_grace_s: NonNegFloat = 120.0
+    max_batched_tokens: Annotated[int, Field(ge=16)] = Field(
+        default=8192, description="vLLM scheduler token budget of one iteration (decode + prefill)"
+    )
     budget_usd: PositiveFloat | None = None
 
     @model_validator(mode="after")
@@ -262,7 +274,9 @@ class Scenario(_Strict):
         for p in self.pools:
             if p.name == name:
                 return p
-        raise ScenarioError(f"unknown pool '{name}'; this scenario has {[p.name for p in self.pools]}")
+        raise ScenarioError(
+            f"unknown pool '{name}'; this scenario has {[p.name for p in self.pools]}"
+        )
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -281,7 +295,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 def scenario_from_dict(raw: dict, source: str = "<dict>") -> Scenario:
     """Validate a mapping as a :class:`Scenario`; errors name each bad key and value."""
     if not isinstance(raw, dict):
-        raise ScenarioError(f"invalid scenario {source}: expected a mapping, got {type(raw).__name__}")
+        raise ScenarioError(
+            f"invalid scenario {source}: expected a mapping, got {type(raw).__name__}"
+        )
     try:
         return Scenario.model_validate(raw)
     except ValidationError as err:

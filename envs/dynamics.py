@@ -1,0 +1,1269 @@
+"""The one implementation of the cluster dynamics: a fluid model compiled with numba.
+
+Every simulated cluster (the single Gymnasium env is N=1, the vectorized ones N>1) is advanced
+by :func:`step_clusters`, which loops over clusters (in parallel threads for large N) and, inside
+each, over the sub-steps of one decision interval. All state lives in preallocated arrays that
+the kernel writes in place; the Python side only packs parameters and reads results.
+
+Model, per cluster and sub-step (``dt`` seconds, default 1 s):
+
+* Arrivals of the shared workload bin (Poisson per cluster when the workload is stochastic);
+  a share ``cache_hit_ratio`` is answered by the response cache and never reaches a GPU.
+* A FIFO queue kept as a ring of arrival cohorts, one per sub-step, so each admitted request's
+  queueing delay is known to the sub-step. Cohorts older than the timeout are dropped.
+* Continuous batching per pool: ``R`` ready replicas hold ``I`` sequences with ``C`` context
+  tokens and ``W`` output tokens still to generate. An iteration takes
+  ``a + c*b + k*ctx + p*q`` seconds (the fitted profile, see ``profiles.py``). Admission is
+  limited by free sequence slots, by KV-cache room for the admitted requests' full context, and
+  by the prefill token budget per iteration; each iteration emits one token per sequence.
+  Completions follow the fluid rule ``completed = decoded * I / W``, which keeps Little's law
+  exact in steady state for any output-length distribution.
+* Replica lifecycle: provisioning -> loading -> ready -> draining -> gone, with durations drawn
+  per replica from quantile tables, held in rings indexed by the sub-step of the transition.
+  Draining replicas take no new work, finish their in-flight sequences and leave when empty or
+  at the grace deadline (what is left then is dropped). Spot replicas that receive a preemption
+  notice drain the same way, but at the notice deadline their in-flight work returns to the queue.
+* Billing per second in every billed state (provisioning, loading, ready, draining, warm-pool
+  refill); standby replicas cost their holding price.
+
+Per-request latency percentiles come from the queue-age histogram of admitted requests
+combined with the prompt-length quantiles (prefill time), see :func:`_ttft_stats`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# --- scenario parameters: sp[...] ------------------------------------------------------------
+SP_DT = 0
+SP_K = 1  # sub-steps per decision step
+SP_L = 2  # queue ring length (timeout in sub-steps)
+SP_H = 3  # lifecycle ring length
+SP_G = 4  # drain ring length
+SP_TTFT = 5
+SP_TPOT = 6
+SP_CACHE = 7
+SP_W_SLO = 8
+SP_W_CHURN = 9
+SP_RSCALE = 10
+SP_MAXSTEP = 11
+SP_STOCH = 12
+SP_GRACE_BINS = 13
+SP_MAXTOK = 14
+SP_REF_RPS = 15
+SP_BUDGET = 16
+SP_EP_STEPS = 17
+SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
+SP_NBINS = 19  # workload length in bins
+SP_NSPOT = 20  # spot series length in decision steps
+SP_TIMEOUT = 21
+N_SP = 22
+
+# --- pool parameters: pp[pool, ...] ----------------------------------------------------------
+PP_A = 0
+PP_C = 1
+PP_KCTX = 2
+PP_PREFILL = 3
+PP_KV = 4
+PP_MAXSEQ = 5
+PP_PRICE = 6
+PP_QUOTA = 7
+PP_WARMMAX = 8
+PP_HOLD = 9
+PP_SPOT = 10
+PP_FULFIL = 11
+PP_NOTICE_BINS = 12
+PP_OU_MEAN = 13
+PP_OU_REV = 14
+PP_OU_VOL = 15
+PP_PRICE_TRACE = 16
+PP_INIT = 17
+N_PP = 18
+
+# --- cluster state: cs[i, ...] ---------------------------------------------------------------
+CS_STEP = 0
+CS_SUB = 1
+CS_OFF = 2
+CS_QHEAD = 3
+CS_QN = 4
+CS_QP = 5
+CS_QO = 6
+CS_ARRIVED = 7
+CS_HITS = 8
+CS_COMPLETED = 9
+CS_DROPPED = 10
+CS_ADMITTED = 11
+CS_REQUEUED = 12
+CS_COST = 13
+CS_GOOD = 14
+CS_RATE_EWMA = 15
+CS_RATE_LAST = 16
+CS_VIOL = 17
+CS_EP_BASE_SUM = 18  # episode sums for TTFT percentiles: admitted x base latency
+CS_EP_PRE_SUM = 19  # admitted x prefill seconds per prompt token
+CS_EP_BASE_W = 20  # admitted requests with a known base latency
+N_CS = 21
+
+# --- pool state: ps[i, pool, ...] ------------------------------------------------------------
+PS_PROV = 0
+PS_LOAD = 1
+PS_READY = 2
+PS_DRAIN = 3
+PS_STANDBY = 4
+PS_REFILL = 5
+PS_NOTICED = 6
+PS_IR = 7
+PS_WR = 8
+PS_CR = 9
+PS_ID = 10
+PS_WD = 11
+PS_CD = 12
+PS_PRICE = 13
+PS_BATCH = 14
+N_PS = 15
+
+# lifecycle rings srings[i, pool, ring, H]
+RING_PROV_DONE = 0
+RING_LOAD_DONE = 1
+RING_STANDBY_DONE = 2
+# drain rings drings[i, pool, ring, G]
+RING_GRACE = 0
+RING_NOTICE = 1
+
+# cold-start tables cold[pool, table, levels]
+CT_PROV = 0
+CT_LOAD = 1
+CT_WARM = 2
+
+# --- per-step metrics: met[i, ...] -----------------------------------------------------------
+M_COST = 0
+M_VIOL = 1
+M_ATTAIN = 2
+M_ARRIVED = 3
+M_HITS = 4
+M_ADMITTED = 5
+M_COMPLETED = 6
+M_DROPPED = 7
+M_REQUEUED = 8
+M_TTFT50 = 9
+M_TTFT95 = 10
+M_TTFT99 = 11
+M_TPOT50 = 12
+M_TPOT95 = 13
+M_TPOT99 = 14
+M_QUEUE = 15
+M_INFLIGHT = 16
+M_SCALE_EVENTS = 17
+M_REPLICAS_CHANGED = 18
+M_COLD_STARTS = 19
+M_WARM_STARTS = 20
+M_PREEMPTIONS = 21
+M_UNFULFILLED = 22
+M_TOKENS = 23
+M_UTIL = 24
+M_KV_UTIL = 25
+M_GOOD = 26
+M_COST_TOTAL = 27
+M_RATE_RPS = 28
+M_REWARD = 29
+M_ATTAIN_EP = 30
+N_M = 31
+
+# --- per-step pool metrics: pmet[i, pool, ...] -----------------------------------------------
+PM_COST = 0
+PM_REPLICA_S = 1
+PM_PROV = 2
+PM_LOAD = 3
+PM_READY = 4
+PM_DRAIN = 5
+PM_STANDBY = 6
+PM_REFILL = 7
+PM_NOTICED = 8
+PM_PRICE = 9
+PM_TOKENS = 10
+PM_PREEMPT = 11
+PM_COLD = 12
+PM_WARM = 13
+PM_TPOT = 14
+N_PM = 15
+
+# --- observation layout ----------------------------------------------------------------------
+OBS_GLOBAL = 19
+OBS_PER_POOL = 9
+SECONDS_PER_DAY = 86400.0
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+EWMA_HORIZON_S = 300.0
+# A drained replica leaves once it holds less than this many sequences on average: the last
+# sequence of a replica is what keeps it billed, and a fluid bucket only decays asymptotically.
+DRAIN_EMPTY_SEQS = 0.5
+# TTFT percentiles are read off the mixture CDF on this many log-spaced points.
+TTFT_GRID = 48
+# Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token).
+TPOT_BINS = 96
+TPOT_MIN_S = 1e-3
+TPOT_MAX_S = 10.0
+
+
+# --- random numbers: one splitmix64 stream per cluster, so batching never changes a draw -------
+@njit(inline="always", cache=True, error_model="numpy")
+def _next_u64(rng, i):
+    x = rng[i] + np.uint64(0x9E3779B97F4A7C15)
+    rng[i] = x
+    z = x
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _uniform(rng, i):
+    return float(_next_u64(rng, i) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, error_model="numpy")
+def _normal(rng, i):
+    u1 = 1.0 - _uniform(rng, i)
+    u2 = _uniform(rng, i)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@njit(cache=True, error_model="numpy")
+def _poisson(rng, i, lam):
+    if lam <= 0.0:
+        return 0.0
+    if lam < 30.0:
+        limit = np.exp(-lam)
+        k = 0
+        prod = _uniform(rng, i)
+        while prod > limit:
+            k += 1
+            prod *= _uniform(rng, i)
+        return float(k)
+    return max(0.0, np.floor(lam + np.sqrt(lam) * _normal(rng, i) + 0.5))
+
+
+@njit(cache=True, error_model="numpy")
+def _binomial(rng, i, n, p):
+    if n <= 0.0 or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return n
+    if n <= 64.0:
+        k = 0.0
+        for _ in range(int(n)):
+            if _uniform(rng, i) < p:
+                k += 1.0
+        return k
+    mean = n * p
+    return min(n, max(0.0, np.floor(mean + np.sqrt(mean * (1.0 - p)) * _normal(rng, i) + 0.5)))
+
+
+@njit(cache=True, error_model="numpy")
+def _draw_table(rng, i, table):
+    """Inverse-CDF draw from a quantile table at levels (k + 0.5) / n, linearly interpolated."""
+    n = table.shape[0]
+    x = _uniform(rng, i) * n - 0.5
+    if x <= 0.0:
+        return table[0]
+    j = int(x)
+    if j >= n - 1:
+        return table[n - 1]
+    f = x - j
+    return table[j] * (1.0 - f) + table[j + 1] * f
+
+
+@njit(cache=True, error_model="numpy")
+def _quantile_cdf(q, x):
+    """CDF at x of a distribution given by quantiles q at levels (k + 0.5) / n."""
+    n = q.shape[0]
+    if x <= q[0]:
+        return 0.5 / n if x == q[0] else 0.0
+    if x >= q[n - 1]:
+        return 1.0
+    lo = 0
+    hi = n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if q[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    span = q[hi] - q[lo]
+    f = (x - q[lo]) / span if span > 0.0 else 1.0
+    return (lo + 0.5 + f) / n
+
+
+@njit(cache=True, error_model="numpy")
+def _quantile_at(q, level):
+    n = q.shape[0]
+    x = level * n - 0.5
+    if x <= 0.0:
+        return q[0]
+    j = int(x)
+    if j >= n - 1:
+        return q[n - 1]
+    f = x - j
+    return q[j] * (1.0 - f) + q[j + 1] * f
+
+
+@njit(cache=True, error_model="numpy")
+def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
+    """TTFT p50/p95/p99 and the count meeting the target, for this step's admissions.
+
+    An admitted request's TTFT is its queueing delay (its cohort's age, from ``whist``) plus
+    ``base_s`` (waiting out the current iteration and running its own) plus its own prefill,
+    ``prefill_s_per_tok * prompt``, with prompts distributed as ``prompt_q``.
+    """
+    L = whist.shape[0]
+    total = 0.0
+    nnz = 0
+    last = 0
+    for j in range(L):
+        if whist[j] > 0.0:
+            total += whist[j]
+            nnz += 1
+            last = j
+    if total <= 0.0:
+        return 0.0, 0.0, 0.0, 0.0
+    ok = 0.0
+    for j in range(L):
+        if whist[j] > 0.0:
+            y = (target_s - j * dt - base_s) / prefill_s_per_tok
+            ok += whist[j] * _quantile_cdf(prompt_q, y)
+    if nnz == 1:
+        shift = last * dt + base_s
+        return (
+            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.50),
+            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.95),
+            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.99),
+            ok,
+        )
+    lo_s = base_s + prefill_s_per_tok * prompt_q[0]
+    hi_s = last * dt + base_s + prefill_s_per_tok * prompt_q[prompt_q.shape[0] - 1]
+    lo_s = max(lo_s, 1e-4)
+    hi_s = max(hi_s, lo_s * 1.0001)
+    ratio = np.log(hi_s / lo_s) / (TTFT_GRID - 1)
+    out = np.zeros(3)
+    levels = (0.50, 0.95, 0.99)
+    prev_x = lo_s
+    prev_c = 0.0
+    li = 0
+    for g in range(TTFT_GRID):
+        x = lo_s * np.exp(ratio * g)
+        c = 0.0
+        for j in range(L):
+            if whist[j] > 0.0:
+                c += whist[j] * _quantile_cdf(prompt_q, (x - j * dt - base_s) / prefill_s_per_tok)
+        c /= total
+        while li < 3 and c >= levels[li]:
+            span = c - prev_c
+            f = (levels[li] - prev_c) / span if span > 0.0 else 1.0
+            out[li] = prev_x + f * (x - prev_x)
+            li += 1
+        prev_x = x
+        prev_c = c
+        if li == 3:
+            break
+    while li < 3:
+        out[li] = hi_s
+        li += 1
+    return out[0], out[1], out[2], ok
+
+
+@njit(cache=True, error_model="numpy")
+def _weighted_quantile_small(values, weights, n, level):
+    """Weighted quantile of at most a handful of values (one per pool)."""
+    idx = np.argsort(values[:n])
+    total = 0.0
+    for j in range(n):
+        total += weights[j]
+    if total <= 0.0:
+        return 0.0
+    acc = 0.0
+    for j in range(n):
+        acc += weights[idx[j]]
+        if acc >= level * total:
+            return values[idx[j]]
+    return values[idx[n - 1]]
+
+
+@njit(cache=True, error_model="numpy")
+def _to_drain(ps_row, n, share_flag_ring, drow, slot):
+    """Move n ready replicas (and their share of in-flight work) into the draining group."""
+    ready = ps_row[PS_READY]
+    if n <= 0.0 or ready <= 0.0:
+        return
+    n = min(n, ready)
+    f = n / ready
+    mi = ps_row[PS_IR] * f
+    mw = ps_row[PS_WR] * f
+    mc = ps_row[PS_CR] * f
+    ps_row[PS_IR] -= mi
+    ps_row[PS_WR] -= mw
+    ps_row[PS_CR] -= mc
+    ps_row[PS_ID] += mi
+    ps_row[PS_WD] += mw
+    ps_row[PS_CD] += mc
+    ps_row[PS_READY] = ready - n
+    ps_row[PS_DRAIN] += n
+    drow[share_flag_ring, slot] += n
+
+
+@njit(cache=True, error_model="numpy")
+def _cancel_starting(ring, n, now_slot, H):
+    """Cancel up to n replicas from a lifecycle ring, latest transition first."""
+    removed = 0.0
+    for back in range(1, H + 1):
+        if removed >= n:
+            break
+        slot = (now_slot - back) % H
+        have = ring[slot]
+        if have > 0.0:
+            take = min(have, n - removed)
+            ring[slot] = have - take
+            removed += take
+    return removed
+
+
+@njit(cache=True, error_model="numpy")
+def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens):
+    """One sub-step of continuous batching on R replicas; returns (n_iter, decoded, completed).
+
+    ``seqs`` sequences hold ``ctx`` context tokens and have ``remaining`` output tokens to go;
+    ``q_tokens`` prompt tokens are prefilled in this sub-step across the R replicas.
+    """
+    if R <= 0.0 or seqs <= 0.0:
+        return 0.0, 0.0, 0.0
+    t_dec = a + c * (seqs / R) + kctx * (ctx / R)
+    budget = dt - p_tok * q_tokens / R
+    if budget <= 0.0:
+        return 0.0, 0.0, 0.0
+    n_iter = budget / t_dec
+    decoded = min(remaining, n_iter * seqs)
+    # the fluid completion rule: keeps Little's law exact for any output-length distribution
+    completed = decoded * seqs / remaining if remaining > 0.0 else seqs
+    return n_iter, decoded, min(completed, seqs)
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed):
+    """Write a decode result into a pool's ready (PS_I*) or draining (PS_*D) bucket."""
+    seqs = ps_row[k_seqs]
+    if seqs <= 0.0:
+        return
+    keep = 1.0 - completed / seqs
+    ps_row[k_ctx] = max(0.0, (ps_row[k_ctx] + decoded) * keep)
+    ps_row[k_remaining] = max(0.0, ps_row[k_remaining] - decoded)
+    ps_row[k_seqs] = max(0.0, seqs - completed)
+
+
+@njit(cache=True, error_model="numpy")
+def _step_cluster(
+    i,
+    actions,
+    sp,
+    pp,
+    wl,
+    prompt_q,
+    spot,
+    cold,
+    cs,
+    ps,
+    qring,
+    whist,
+    srings,
+    drings,
+    rng,
+    obs,
+    obs_lo,
+    obs_hi,
+    rew,
+    met,
+    pmet,
+    ep_whist,
+    ep_tpot,
+):
+    P = pp.shape[0]
+    dt = sp[SP_DT]
+    K = int(sp[SP_K])
+    L = int(sp[SP_L])
+    H = int(sp[SP_H])
+    G = int(sp[SP_G])
+    nbins = int(sp[SP_NBINS])
+    nspot = int(sp[SP_NSPOT])
+    cache_hit = sp[SP_CACHE]
+    maxtok = sp[SP_MAXTOK]
+    c = cs[i]
+    m = met[i]
+    for j in range(N_M):
+        if j != M_COST_TOTAL and j != M_ATTAIN_EP:
+            m[j] = 0.0
+    for p in range(P):
+        for j in range(N_PM):
+            pmet[i, p, j] = 0.0
+    for j in range(L):
+        whist[i, j] = 0.0
+
+    s0 = int(c[CS_SUB])
+    off = int(c[CS_OFF])
+    dstep = ((off + s0) // K) % nspot
+
+    # --- market: spot prices and preemption notices at the start of the interval -------------
+    for p in range(P):
+        row = ps[i, p]
+        if pp[p, PP_SPOT] > 0.0:
+            if pp[p, PP_PRICE_TRACE] > 0.0:
+                row[PS_PRICE] = spot[0, p, dstep]
+            else:
+                h = dt * K / 3600.0
+                mean = pp[p, PP_OU_MEAN]
+                rev = pp[p, PP_OU_REV]
+                x = row[PS_PRICE] + rev * (mean - row[PS_PRICE]) * h
+                x += pp[p, PP_OU_VOL] * np.sqrt(h) * _normal(rng, i)
+                row[PS_PRICE] = max(0.05 * mean, x)
+            n_pre = _binomial(rng, i, row[PS_READY], spot[1, p, dstep])
+            if n_pre > 0.0:
+                nb = int(pp[p, PP_NOTICE_BINS])
+                _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G)
+                row[PS_NOTICED] += n_pre
+                pmet[i, p, PM_PREEMPT] += n_pre
+                m[M_PREEMPTIONS] += n_pre
+        else:
+            row[PS_PRICE] = pp[p, PP_PRICE]
+
+    # --- actions: per pool a bounded replica change, then the warm-pool target ----------------
+    maxstep = int(sp[SP_MAXSTEP])
+    for p in range(P):
+        row = ps[i, p]
+        delta = float(actions[i, p] - maxstep)
+        quota = pp[p, PP_QUOTA]
+        occupied = (
+            row[PS_PROV]
+            + row[PS_LOAD]
+            + row[PS_READY]
+            + row[PS_DRAIN]
+            + row[PS_STANDBY]
+            + row[PS_REFILL]
+        )
+        changed = 0.0
+        if delta > 0.0:
+            headroom = quota - occupied
+            if pp[p, PP_SPOT] > 0.0:
+                cap = np.floor(quota * spot[2, p, dstep] + 1e-9)
+                running = row[PS_PROV] + row[PS_LOAD] + row[PS_READY] + row[PS_DRAIN]
+                headroom = min(headroom, cap - running)
+            n_new = max(0.0, min(delta, np.floor(headroom + 1e-9)))
+            from_standby = min(n_new, row[PS_STANDBY])
+            for _ in range(int(from_standby)):
+                bins = max(1, int(_draw_table(rng, i, cold[p, CT_WARM]) / dt + 0.5))
+                srings[i, p, RING_LOAD_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
+            row[PS_STANDBY] -= from_standby
+            row[PS_LOAD] += from_standby
+            pmet[i, p, PM_WARM] += from_standby
+            m[M_WARM_STARTS] += from_standby
+            n_cold = n_new - from_standby
+            if pp[p, PP_SPOT] > 0.0 and n_cold > 0.0:
+                got = _binomial(rng, i, n_cold, pp[p, PP_FULFIL])
+                m[M_UNFULFILLED] += n_cold - got
+                n_cold = got
+            for _ in range(int(n_cold)):
+                bins = max(1, int(_draw_table(rng, i, cold[p, CT_PROV]) / dt + 0.5))
+                srings[i, p, RING_PROV_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
+            row[PS_PROV] += n_cold
+            pmet[i, p, PM_COLD] += n_cold
+            m[M_COLD_STARTS] += n_cold
+            changed = from_standby + n_cold
+        elif delta < 0.0:
+            n_rm = -delta
+            got = _cancel_starting(srings[i, p, RING_PROV_DONE], n_rm, s0 % H, H)
+            row[PS_PROV] -= got
+            rest = n_rm - got
+            if rest > 0.0:
+                got2 = _cancel_starting(srings[i, p, RING_LOAD_DONE], rest, s0 % H, H)
+                row[PS_LOAD] -= got2
+                rest -= got2
+                got += got2
+            if rest > 0.0:
+                n_drain = min(rest, row[PS_READY])
+                gb = int(sp[SP_GRACE_BINS])
+                _to_drain(row, n_drain, RING_GRACE, drings[i, p], (s0 + gb) % G)
+                got += n_drain
+            changed = got
+        if changed > 0.0:
+            m[M_SCALE_EVENTS] += 1.0
+            m[M_REPLICAS_CHANGED] += changed
+        # warm pool: refill toward the target or release the surplus
+        warm_target = min(float(actions[i, P + p]), pp[p, PP_WARMMAX])
+        have = row[PS_STANDBY] + row[PS_REFILL]
+        if warm_target > have:
+            occupied = (
+                row[PS_PROV]
+                + row[PS_LOAD]
+                + row[PS_READY]
+                + row[PS_DRAIN]
+                + row[PS_STANDBY]
+                + row[PS_REFILL]
+            )
+            n_fill = max(0.0, min(warm_target - have, np.floor(quota - occupied + 1e-9)))
+            for _ in range(int(n_fill)):
+                t = _draw_table(rng, i, cold[p, CT_PROV]) + _draw_table(rng, i, cold[p, CT_LOAD])
+                bins = max(1, int(t / dt + 0.5))
+                srings[i, p, RING_STANDBY_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
+            row[PS_REFILL] += n_fill
+        elif warm_target < row[PS_STANDBY]:
+            row[PS_STANDBY] = warm_target
+
+    # --- sub-steps ---------------------------------------------------------------------------
+    base_w = 0.0
+    base_sum = 0.0
+    pre_sum = 0.0
+    tok_ok = 0.0
+    tok_all = 0.0
+    util_acc = 0.0
+    kv_acc = 0.0
+    tpot_tok = np.zeros(P)
+    tpot_w = np.zeros(P)
+    caps = np.zeros(P)
+    for k in range(K):
+        s = s0 + k
+        h_slot = s % H
+        g_slot = s % G
+        # lifecycle transitions due now
+        for p in range(P):
+            row = ps[i, p]
+            x = srings[i, p, RING_PROV_DONE, h_slot]
+            if x > 0.0:
+                srings[i, p, RING_PROV_DONE, h_slot] = 0.0
+                row[PS_PROV] -= x
+                row[PS_LOAD] += x
+                for _ in range(int(x + 0.5)):
+                    bins = max(1, int(_draw_table(rng, i, cold[p, CT_LOAD]) / dt + 0.5))
+                    srings[i, p, RING_LOAD_DONE, (s + min(bins, H - 1)) % H] += 1.0
+            y = srings[i, p, RING_LOAD_DONE, h_slot]
+            if y > 0.0:
+                srings[i, p, RING_LOAD_DONE, h_slot] = 0.0
+                row[PS_LOAD] -= y
+                row[PS_READY] += y
+            z = srings[i, p, RING_STANDBY_DONE, h_slot]
+            if z > 0.0:
+                srings[i, p, RING_STANDBY_DONE, h_slot] = 0.0
+                row[PS_REFILL] -= z
+                row[PS_STANDBY] += z
+            # drain deadlines: grace expiry drops what is left, a preemption requeues it
+            xg = drings[i, p, RING_GRACE, g_slot]
+            xn = drings[i, p, RING_NOTICE, g_slot]
+            if xg > 0.0 or xn > 0.0:
+                drings[i, p, RING_GRACE, g_slot] = 0.0
+                drings[i, p, RING_NOTICE, g_slot] = 0.0
+                D = row[PS_DRAIN]
+                if D > 0.0:
+                    fg = min(xg, D) / D
+                    fn = min(xn, D - min(xg, D)) / D
+                    di = row[PS_ID]
+                    dw = row[PS_WD]
+                    dc = row[PS_CD]
+                    c[CS_DROPPED] += di * fg
+                    m[M_DROPPED] += di * fg
+                    rq = di * fn
+                    if rq > 0.0:
+                        qb = s % L
+                        qring[i, 0, qb] += rq
+                        qring[i, 1, qb] += dc * fn
+                        qring[i, 2, qb] += dw * fn
+                        c[CS_QN] += rq
+                        c[CS_QP] += dc * fn
+                        c[CS_QO] += dw * fn
+                        c[CS_REQUEUED] += rq
+                        m[M_REQUEUED] += rq
+                        if c[CS_QHEAD] > s:
+                            c[CS_QHEAD] = s
+                    keep = 1.0 - fg - fn
+                    row[PS_ID] = di * keep
+                    row[PS_WD] = dw * keep
+                    row[PS_CD] = dc * keep
+                    row[PS_DRAIN] = D - min(xg + xn, D)
+                    row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
+
+        # arrivals into this sub-step's cohort; the cohort a timeout ago is dropped first
+        qb = s % L
+        stale = qring[i, 0, qb]
+        if stale > 0.0 and c[CS_QHEAD] <= s - L:
+            c[CS_DROPPED] += stale
+            m[M_DROPPED] += stale
+            c[CS_QN] -= stale
+            c[CS_QP] -= qring[i, 1, qb]
+            c[CS_QO] -= qring[i, 2, qb]
+            qring[i, 0, qb] = 0.0
+            qring[i, 1, qb] = 0.0
+            qring[i, 2, qb] = 0.0
+        if c[CS_QHEAD] <= s - L:
+            c[CS_QHEAD] = s - L + 1
+        wb = (off + s) % nbins
+        mean_n = wl[0, wb]
+        n_arr = _poisson(rng, i, mean_n) if sp[SP_STOCH] > 0.0 else mean_n
+        if n_arr > 0.0:
+            if mean_n > 0.0:
+                ratio = n_arr / mean_n
+                pt = wl[1, wb] * ratio
+                ot = wl[2, wb] * ratio
+            else:
+                pt = n_arr * prompt_q[prompt_q.shape[0] // 2]
+                ot = 0.0
+            hits = n_arr * cache_hit
+            c[CS_ARRIVED] += n_arr
+            c[CS_HITS] += hits
+            m[M_ARRIVED] += n_arr
+            m[M_HITS] += hits
+            keep = 1.0 - cache_hit
+            qring[i, 0, qb] += n_arr * keep
+            qring[i, 1, qb] += pt * keep
+            qring[i, 2, qb] += ot * keep
+            c[CS_QN] += n_arr * keep
+            c[CS_QP] += pt * keep
+            c[CS_QO] += ot * keep
+
+        # admission capacity per pool
+        qn = c[CS_QN]
+        pbar = c[CS_QP] / qn if qn > 1e-12 else 1.0
+        obar = c[CS_QO] / qn if qn > 1e-12 else 1.0
+        cap_total = 0.0
+        for p in range(P):
+            caps[p] = 0.0
+        if qn > 1e-12:
+            for p in range(P):
+                row = ps[i, p]
+                R = row[PS_READY]
+                if R <= 0.0:
+                    continue
+                b = row[PS_IR] / R
+                t_dec = pp[p, PP_A] + pp[p, PP_C] * b + pp[p, PP_KCTX] * row[PS_CR] / R
+                qbudget = max(0.0, maxtok - b)
+                q_per_rep = dt * qbudget / (t_dec + pp[p, PP_PREFILL] * qbudget)
+                slots = R * pp[p, PP_MAXSEQ] - row[PS_IR]
+                kv_room = (R * pp[p, PP_KV] - row[PS_CR] - row[PS_WR]) / (pbar + obar)
+                cp = min(slots, kv_room, R * q_per_rep / max(pbar, 1.0))
+                if cp > 0.0:
+                    caps[p] = cp
+                    cap_total += cp
+        admit = min(qn, cap_total)
+        if admit > 1e-12:
+            # FIFO: take whole cohorts from the head; record each cohort's age
+            need = admit
+            got_n = 0.0
+            got_p = 0.0
+            got_o = 0.0
+            head = int(c[CS_QHEAD])
+            while need > 1e-12 and head <= s:
+                hb = head % L
+                have = qring[i, 0, hb]
+                if have <= 0.0:
+                    qring[i, 0, hb] = 0.0
+                    qring[i, 1, hb] = 0.0
+                    qring[i, 2, hb] = 0.0
+                    head += 1
+                    continue
+                take = min(have, need)
+                f = take / have
+                tp = qring[i, 1, hb] * f
+                to = qring[i, 2, hb] * f
+                whist[i, min(s - head, L - 1)] += take
+                got_n += take
+                got_p += tp
+                got_o += to
+                need -= take
+                if take >= have - 1e-12:
+                    qring[i, 0, hb] = 0.0
+                    qring[i, 1, hb] = 0.0
+                    qring[i, 2, hb] = 0.0
+                    head += 1
+                else:
+                    qring[i, 0, hb] = have - take
+                    qring[i, 1, hb] -= tp
+                    qring[i, 2, hb] -= to
+            c[CS_QHEAD] = head
+            if head > s:
+                # every cohort is empty: what the running sums still hold is rounding residue
+                c[CS_QN] = 0.0
+                c[CS_QP] = 0.0
+                c[CS_QO] = 0.0
+            else:
+                c[CS_QN] = max(0.0, c[CS_QN] - got_n)
+                c[CS_QP] = max(0.0, c[CS_QP] - got_p)
+                c[CS_QO] = max(0.0, c[CS_QO] - got_o)
+            c[CS_ADMITTED] += got_n
+            m[M_ADMITTED] += got_n
+            pa = got_p / got_n if got_n > 0.0 else 0.0
+            oa = got_o / got_n if got_n > 0.0 else 0.0
+        else:
+            got_n = 0.0
+            pa = 0.0
+            oa = 0.0
+
+        # decode on ready and draining replicas, then add the admitted requests
+        for p in range(P):
+            row = ps[i, p]
+            a = pp[p, PP_A]
+            cc = pp[p, PP_C]
+            kk = pp[p, PP_KCTX]
+            pt_s = pp[p, PP_PREFILL]
+            x = got_n * caps[p] / cap_total if got_n > 0.0 else 0.0
+            R = row[PS_READY]
+            q_tok = x * pa
+            n_it, dec, done = _decode(
+                a, cc, kk, pt_s, R, row[PS_IR], row[PS_WR], row[PS_CR], dt, q_tok
+            )
+            if R > 0.0:
+                b = row[PS_IR] / R
+                t_dec = a + cc * b + kk * row[PS_CR] / R
+                busy = (
+                    (n_it * t_dec + pt_s * q_tok / R) / dt
+                    if row[PS_IR] > 0.0
+                    else (pt_s * q_tok / R / dt)
+                )
+                util_acc += min(1.0, busy) * R
+                kv_acc += min(1.0, (row[PS_CR] + row[PS_WR]) / (R * pp[p, PP_KV])) * R
+                row[PS_BATCH] = b
+                if x > 0.0:
+                    base_sum += x * 1.5 * t_dec
+                    pre_sum += x * pt_s
+                    base_w += x
+            _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done)
+            tokens = dec
+            if n_it > 0.0 and dec > 0.0:
+                tpot = dt / n_it
+                tpot_tok[p] += dec * tpot
+                tpot_w[p] += dec
+                tok_all += dec
+                if tpot <= sp[SP_TPOT]:
+                    tok_ok += dec
+            D = row[PS_DRAIN]
+            n_d, dec_d, done_d = _decode(
+                a, cc, kk, pt_s, D, row[PS_ID], row[PS_WD], row[PS_CD], dt, 0.0
+            )
+            _apply_decode(row, PS_ID, PS_WD, PS_CD, dec_d, done_d)
+            if n_d > 0.0 and dec_d > 0.0:
+                tpot = dt / n_d
+                tpot_tok[p] += dec_d * tpot
+                tpot_w[p] += dec_d
+                tok_all += dec_d
+                if tpot <= sp[SP_TPOT]:
+                    tok_ok += dec_d
+            tokens += dec_d
+            completed = done + done_d
+            if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
+                # the group is empty enough: its replicas leave, the remainder finishes with them
+                completed += row[PS_ID]
+                row[PS_ID] = 0.0
+                row[PS_WD] = 0.0
+                row[PS_CD] = 0.0
+                row[PS_DRAIN] = 0.0
+                row[PS_NOTICED] = 0.0
+                for gslot in range(G):
+                    drings[i, p, RING_GRACE, gslot] = 0.0
+                    drings[i, p, RING_NOTICE, gslot] = 0.0
+            if x > 0.0:
+                row[PS_IR] += x
+                row[PS_CR] += x * (pa + 1.0)
+                row[PS_WR] += x * max(oa - 1.0, 0.0)
+                tokens += x
+            c[CS_COMPLETED] += completed
+            m[M_COMPLETED] += completed
+            m[M_TOKENS] += tokens
+            pmet[i, p, PM_TOKENS] += tokens
+
+        # billing for this sub-step
+        for p in range(P):
+            row = ps[i, p]
+            billed = row[PS_PROV] + row[PS_LOAD] + row[PS_READY] + row[PS_DRAIN] + row[PS_REFILL]
+            cost = (billed * row[PS_PRICE] + row[PS_STANDBY] * pp[p, PP_HOLD]) * dt / 3600.0
+            pmet[i, p, PM_COST] += cost
+            pmet[i, p, PM_REPLICA_S] += billed * dt
+            m[M_COST] += cost
+
+    c[CS_SUB] = s0 + K
+    c[CS_STEP] += 1.0
+
+    # --- step metrics --------------------------------------------------------------------------
+    interval = dt * K
+    P_total_ready = 0.0
+    for p in range(P):
+        row = ps[i, p]
+        pmet[i, p, PM_PROV] = row[PS_PROV]
+        pmet[i, p, PM_LOAD] = row[PS_LOAD]
+        pmet[i, p, PM_READY] = row[PS_READY]
+        pmet[i, p, PM_DRAIN] = row[PS_DRAIN]
+        pmet[i, p, PM_STANDBY] = row[PS_STANDBY]
+        pmet[i, p, PM_REFILL] = row[PS_REFILL]
+        pmet[i, p, PM_NOTICED] = row[PS_NOTICED]
+        pmet[i, p, PM_PRICE] = row[PS_PRICE]
+        pmet[i, p, PM_TPOT] = tpot_tok[p] / tpot_w[p] if tpot_w[p] > 0.0 else 0.0
+        P_total_ready += row[PS_READY]
+    admitted = m[M_ADMITTED]
+    if base_w > 0.0:
+        c[CS_EP_BASE_SUM] += base_sum
+        c[CS_EP_PRE_SUM] += pre_sum
+        c[CS_EP_BASE_W] += base_w
+        for j in range(L):
+            ep_whist[i, j] += whist[i, j]
+        t50, t95, t99, ok = _ttft_stats(
+            whist[i], dt, base_sum / base_w, pre_sum / base_w, prompt_q, sp[SP_TTFT]
+        )
+    else:
+        t50 = t95 = t99 = ok = 0.0
+    m[M_TTFT50] = t50
+    m[M_TTFT95] = t95
+    m[M_TTFT99] = t99
+    tpot_vals = np.zeros(P)
+    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+    for p in range(P):
+        tpot_vals[p] = pmet[i, p, PM_TPOT]
+        if tpot_w[p] > 0.0:
+            b = int((np.log(max(tpot_vals[p], TPOT_MIN_S) / TPOT_MIN_S) / log_span) * TPOT_BINS)
+            ep_tpot[i, min(max(b, 0), TPOT_BINS - 1)] += tpot_w[p]
+    m[M_TPOT50] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.50)
+    m[M_TPOT95] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.95)
+    m[M_TPOT99] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.99)
+    tpot_share = tok_ok / tok_all if tok_all > 0.0 else 1.0
+    good = ok * tpot_share
+    demand = admitted + m[M_DROPPED]
+    m[M_GOOD] = good
+    m[M_VIOL] = max(0.0, demand - good)
+    m[M_ATTAIN] = good / demand if demand > 0.0 else 1.0
+    c[CS_GOOD] += good
+    c[CS_VIOL] += m[M_VIOL]
+    ep_demand = c[CS_GOOD] + c[CS_VIOL]
+    m[M_ATTAIN_EP] = c[CS_GOOD] / ep_demand if ep_demand > 0.0 else 1.0
+    inflight = 0.0
+    for p in range(P):
+        inflight += ps[i, p, PS_IR] + ps[i, p, PS_ID]
+    m[M_QUEUE] = c[CS_QN]
+    m[M_INFLIGHT] = inflight
+    m[M_UTIL] = util_acc / (K * P_total_ready) if P_total_ready > 0.0 else 0.0
+    m[M_KV_UTIL] = kv_acc / (K * P_total_ready) if P_total_ready > 0.0 else 0.0
+    c[CS_COST] += m[M_COST]
+    m[M_COST_TOTAL] = c[CS_COST]
+    rate = m[M_ARRIVED] / interval
+    m[M_RATE_RPS] = rate
+    alpha = 1.0 - np.exp(-interval / EWMA_HORIZON_S)
+    c[CS_RATE_LAST] = rate
+    c[CS_RATE_EWMA] += alpha * (rate - c[CS_RATE_EWMA])
+    reward = (
+        -(m[M_COST] + sp[SP_W_SLO] * m[M_VIOL] + sp[SP_W_CHURN] * m[M_REPLICAS_CHANGED])
+        / sp[SP_RSCALE]
+    )
+    m[M_REWARD] = reward
+    rew[i] = reward
+    _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot)
+
+
+@njit(cache=True, error_model="numpy")
+def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
+    """The normalized observation of cluster i (layout documented in env.py)."""
+    P = pp.shape[0]
+    dt = sp[SP_DT]
+    K = int(sp[SP_K])
+    nbins = int(sp[SP_NBINS])
+    ref = sp[SP_REF_RPS]
+    s = int(c[CS_SUB])
+    off = int(c[CS_OFF])
+    wb = (off + s) % nbins
+    o = obs[i]
+    o[0] = c[CS_RATE_LAST] / ref
+    o[1] = c[CS_RATE_EWMA] / ref
+    o[2] = (c[CS_RATE_LAST] - c[CS_RATE_EWMA]) / ref
+    o[3] = wl[3, wb] * (1.0 - sp[SP_CACHE]) / ref
+    o[4] = c[CS_QN] / (ref * sp[SP_TIMEOUT])
+    o[5] = m[M_INFLIGHT] / (ref * 60.0)
+    o[6] = m[M_UTIL]
+    o[7] = m[M_KV_UTIL]
+    o[8] = m[M_TTFT50] / sp[SP_TTFT]
+    o[9] = m[M_TTFT95] / sp[SP_TTFT]
+    o[10] = m[M_TPOT95] / sp[SP_TPOT]
+    o[11] = m[M_ATTAIN]
+    arrived = m[M_ADMITTED] + m[M_DROPPED]
+    o[12] = m[M_DROPPED] / arrived if arrived > 0.0 else 0.0
+    tow = (sp[SP_TOW0] + (off + s) * dt) % SECONDS_PER_WEEK
+    o[13] = np.sin(2.0 * np.pi * tow / SECONDS_PER_DAY)
+    o[14] = np.cos(2.0 * np.pi * tow / SECONDS_PER_DAY)
+    o[15] = np.sin(2.0 * np.pi * tow / SECONDS_PER_WEEK)
+    o[16] = np.cos(2.0 * np.pi * tow / SECONDS_PER_WEEK)
+    o[17] = c[CS_STEP] / sp[SP_EP_STEPS]
+    o[18] = c[CS_COST] / sp[SP_BUDGET] if sp[SP_BUDGET] > 0.0 else 0.0
+    nspot = int(sp[SP_NSPOT])
+    dstep = ((off + s) // K) % nspot
+    for p in range(P):
+        row = ps[i, p]
+        q = pp[p, PP_QUOTA]
+        j = OBS_GLOBAL + OBS_PER_POOL * p
+        o[j + 0] = (row[PS_PROV] + row[PS_LOAD]) / q
+        o[j + 1] = row[PS_READY] / q
+        o[j + 2] = row[PS_DRAIN] / q
+        o[j + 3] = row[PS_STANDBY] / q
+        o[j + 4] = row[PS_REFILL] / q
+        o[j + 5] = row[PS_NOTICED] / q
+        o[j + 6] = row[PS_PRICE] / pp[p, PP_PRICE]
+        o[j + 7] = spot[2, p, dstep]
+        o[j + 8] = row[PS_BATCH] / pp[p, PP_MAXSEQ]
+    for j in range(o.shape[0]):
+        v = o[j]
+        if not np.isfinite(v):
+            v = 0.0
+        o[j] = min(max(v, obs_lo[j]), obs_hi[j])
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _step_parallel(
+    actions,
+    sp,
+    pp,
+    wl,
+    prompt_q,
+    spot,
+    cold,
+    cs,
+    ps,
+    qring,
+    whist,
+    srings,
+    drings,
+    rng,
+    obs,
+    obs_lo,
+    obs_hi,
+    rew,
+    met,
+    pmet,
+    ep_whist,
+    ep_tpot,
+):
+    for i in prange(cs.shape[0]):
+        _step_cluster(
+            i,
+            actions,
+            sp,
+            pp,
+            wl,
+            prompt_q,
+            spot,
+            cold,
+            cs,
+            ps,
+            qring,
+            whist,
+            srings,
+            drings,
+            rng,
+            obs,
+            obs_lo,
+            obs_hi,
+            rew,
+            met,
+            pmet,
+            ep_whist,
+            ep_tpot,
+        )
+
+
+@njit(cache=True, error_model="numpy")
+def _step_serial(
+    actions,
+    sp,
+    pp,
+    wl,
+    prompt_q,
+    spot,
+    cold,
+    cs,
+    ps,
+    qring,
+    whist,
+    srings,
+    drings,
+    rng,
+    obs,
+    obs_lo,
+    obs_hi,
+    rew,
+    met,
+    pmet,
+    ep_whist,
+    ep_tpot,
+):
+    for i in range(cs.shape[0]):
+        _step_cluster(
+            i,
+            actions,
+            sp,
+            pp,
+            wl,
+            prompt_q,
+            spot,
+            cold,
+            cs,
+            ps,
+            qring,
+            whist,
+            srings,
+            drings,
+            rng,
+            obs,
+            obs_lo,
+            obs_hi,
+            rew,
+            met,
+            pmet,
+            ep_whist,
+            ep_tpot,
+        )
+
+
+PARALLEL_MIN_CLUSTERS = 16
+"""Below this many clusters, thread start-up costs more than it saves."""
+
+
+def step_clusters(
+    actions,
+    sp,
+    pp,
+    wl,
+    prompt_q,
+    spot,
+    cold,
+    cs,
+    ps,
+    qring,
+    whist,
+    srings,
+    drings,
+    rng,
+    obs,
+    obs_lo,
+    obs_hi,
+    rew,
+    met,
+    pmet,
+    ep_whist,
+    ep_tpot,
+) -> None:
+    """Advance every cluster by one decision interval, in place (see the module docstring)."""
+    kernel = _step_parallel if cs.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
+    kernel(
+        actions,
+        sp,
+        pp,
+        wl,
+        prompt_q,
+        spot,
+        cold,
+        cs,
+        ps,
+        qring,
+        whist,
+        srings,
+        drings,
+        rng,
+        obs,
+        obs_lo,
+        obs_hi,
+        rew,
+        met,
+        pmet,
+        ep_whist,
+        ep_tpot,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
+    """Episode TTFT and TPOT p50/p95/p99 of one cluster, as an array of six seconds."""
+    out = np.zeros(6)
+    if cs_row[CS_EP_BASE_W] > 0.0:
+        w = cs_row[CS_EP_BASE_W]
+        t50, t95, t99, _ = _ttft_stats(
+            ep_whist_row,
+            sp[SP_DT],
+            cs_row[CS_EP_BASE_SUM] / w,
+            cs_row[CS_EP_PRE_SUM] / w,
+            prompt_q,
+            sp[SP_TTFT],
+        )
+        out[0] = t50
+        out[1] = t95
+        out[2] = t99
+    total = ep_tpot_row.sum()
+    if total > 0.0:
+        log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+        levels = (0.50, 0.95, 0.99)
+        for li in range(3):
+            acc = 0.0
+            for b in range(TPOT_BINS):
+                acc += ep_tpot_row[b]
+                if acc >= levels[li] * total:
+                    # the bin's geometric centre
+                    out[3 + li] = TPOT_MIN_S * np.exp((b + 0.5) / TPOT_BINS * log_span)
+                    break
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def reset_cluster(
+    i,
+    offset_bins,
+    seed,
+    sp,
+    pp,
+    wl,
+    spot,
+    cs,
+    ps,
+    qring,
+    whist,
+    srings,
+    drings,
+    rng,
+    obs,
+    obs_lo,
+    obs_hi,
+    met,
+    pmet,
+    ep_whist,
+    ep_tpot,
+) -> None:
+    """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
+    P = pp.shape[0]
+    for j in range(cs.shape[1]):
+        cs[i, j] = 0.0
+    cs[i, CS_OFF] = float(offset_bins)
+    rng[i] = np.uint64(seed)
+    for p in range(P):
+        for j in range(ps.shape[2]):
+            ps[i, p, j] = 0.0
+        ps[i, p, PS_READY] = pp[p, PP_INIT]
+        if pp[p, PP_SPOT] > 0.0 and pp[p, PP_PRICE_TRACE] == 0.0:
+            ps[i, p, PS_PRICE] = pp[p, PP_OU_MEAN]
+        elif pp[p, PP_SPOT] > 0.0:
+            K = int(sp[SP_K])
+            ps[i, p, PS_PRICE] = spot[0, p, (offset_bins // K) % int(sp[SP_NSPOT])]
+        else:
+            ps[i, p, PS_PRICE] = pp[p, PP_PRICE]
+    qring[i, :, :] = 0.0
+    whist[i, :] = 0.0
+    srings[i, :, :, :] = 0.0
+    drings[i, :, :, :] = 0.0
+    met[i, :] = 0.0
+    met[i, M_ATTAIN] = 1.0
+    met[i, M_ATTAIN_EP] = 1.0
+    pmet[i, :, :] = 0.0
+    ep_whist[i, :] = 0.0
+    ep_tpot[i, :] = 0.0
+    # the first observation sees the rate of the interval just before the episode starts
+    K = int(sp[SP_K])
+    nbins = int(sp[SP_NBINS])
+    recent = 0.0
+    for k in range(K):
+        recent += wl[0, (offset_bins - K + k) % nbins] if offset_bins >= K else wl[0, k % nbins]
+    rate = recent / (K * sp[SP_DT])
+    cs[i, CS_RATE_LAST] = rate
+    cs[i, CS_RATE_EWMA] = rate
+    _write_obs(i, sp, pp, wl, cs[i], ps, met[i], obs, obs_lo, obs_hi, spot)

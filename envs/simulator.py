@@ -1,0 +1,493 @@
+"""N simulated clusters of one scenario, stepped together by the compiled kernel.
+
+:class:`ClusterSimulator` packs a :class:`~rlscale.envs.scenario.Scenario` into the flat arrays
+that :mod:`rlscale.envs.dynamics` advances, owns each cluster's random stream, and reads results
+back as plain numbers. The Gymnasium env (N=1), the Gymnasium vector env and the
+stable-baselines3 VecEnv all drive this one class.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlscale.envs import dynamics as dyn
+from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
+from rlscale.envs.profiles import ThroughputProfile, load_profile
+from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
+from rlscale.envs.spot import SpotMarket, build_spot_market
+from rlscale.envs.workload import WorkloadSeries, build_workload
+
+POOL_STATES = ("provisioning", "loading", "ready", "draining", "standby", "refilling", "noticed")
+_POOL_STATE_METRICS = (
+    dyn.PM_PROV,
+    dyn.PM_LOAD,
+    dyn.PM_READY,
+    dyn.PM_DRAIN,
+    dyn.PM_STANDBY,
+    dyn.PM_REFILL,
+    dyn.PM_NOTICED,
+)
+
+OBS_GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("arrival_rate", 0.0, 50.0, "arrival rate over the last interval / reference rate"),
+    ("arrival_rate_ewma", 0.0, 50.0, "5-minute EWMA of the arrival rate / reference rate"),
+    ("arrival_trend", -50.0, 50.0, "last-interval rate minus its EWMA / reference rate"),
+    ("forecast_rate", 0.0, 50.0, "forecast rate of the next interval / reference rate"),
+    ("queue", 0.0, 50.0, "queued requests / (reference rate x timeout)"),
+    ("in_flight", 0.0, 50.0, "sequences being decoded / (reference rate x 60 s)"),
+    ("compute_util", 0.0, 1.0, "busy share of ready replicas' time"),
+    ("kv_util", 0.0, 1.0, "share of ready replicas' KV cache held (projected)"),
+    ("ttft_p50", 0.0, 100.0, "TTFT p50 of the last interval / TTFT target"),
+    ("ttft_p95", 0.0, 100.0, "TTFT p95 of the last interval / TTFT target"),
+    ("tpot_p95", 0.0, 100.0, "TPOT p95 of the last interval / TPOT target"),
+    ("slo_attainment", 0.0, 1.0, "share of last interval's requests meeting the SLO"),
+    ("drop_share", 0.0, 1.0, "share of last interval's requests dropped (timeout)"),
+    ("day_sin", -1.0, 1.0, "time of day, sine"),
+    ("day_cos", -1.0, 1.0, "time of day, cosine"),
+    ("week_sin", -1.0, 1.0, "time of week, sine"),
+    ("week_cos", -1.0, 1.0, "time of week, cosine"),
+    ("episode_progress", 0.0, 1.0, "decision steps taken / episode length"),
+    ("budget_spent", 0.0, 10.0, "cost so far / budget_usd (0 without a budget)"),
+)
+OBS_POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("starting", 0.0, 1.0, "provisioning + loading replicas / quota"),
+    ("ready", 0.0, 1.0, "ready replicas / quota"),
+    ("draining", 0.0, 1.0, "draining replicas / quota"),
+    ("standby", 0.0, 1.0, "warm-pool standby replicas / quota"),
+    ("refilling", 0.0, 1.0, "warm-pool replicas being prepared / quota"),
+    ("preempt_notice", 0.0, 1.0, "replicas under a spot preemption notice / quota"),
+    ("price_ratio", 0.0, 5.0, "current hourly price / on-demand price"),
+    ("spot_capacity", 0.0, 1.0, "share of quota the spot market can supply (1 on demand)"),
+    ("batch_fill", 0.0, 1.0, "sequences per ready replica / max_num_seqs"),
+)
+assert len(OBS_GLOBAL_FEATURES) == dyn.OBS_GLOBAL
+assert len(OBS_POOL_FEATURES) == dyn.OBS_PER_POOL
+
+
+def observation_names(pool_names: list[str]) -> list[str]:
+    """Names of the observation vector's entries, in order."""
+    names = [f[0] for f in OBS_GLOBAL_FEATURES]
+    for pool in pool_names:
+        names += [f"{pool}/{f[0]}" for f in OBS_POOL_FEATURES]
+    return names
+
+
+def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of every observation entry."""
+    feats = list(OBS_GLOBAL_FEATURES) + list(OBS_POOL_FEATURES) * n_pools
+    lo = np.array([f[1] for f in feats], dtype=np.float64)
+    hi = np.array([f[2] for f in feats], dtype=np.float64)
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_workload(
+    cfg_json: str, substep_s: float, interval_s: float, seed: int
+) -> WorkloadSeries:
+    cfg = WorkloadConfig.model_validate(json.loads(cfg_json))
+    return build_workload(cfg, substep_s=substep_s, control_interval_s=interval_s, seed=seed)
+
+
+def scenario_workload(scenario: Scenario, seed: int = 0) -> WorkloadSeries:
+    """The scenario's workload series, built once per process and shared (it is read-only)."""
+    return _cached_workload(
+        scenario.workload.model_dump_json(), scenario.substep_s, scenario.control_interval_s, seed
+    )
+
+
+_KERNEL_ARRAYS: dict[int, tuple[WorkloadSeries, np.ndarray]] = {}
+
+
+def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
+    """The workload as the kernel reads it, [4, T]: arrivals, prompt, output, forecast.
+
+    Built once per series and shared by every simulator of it (a two-week series is ~40 MB,
+    and a SyncVectorEnv holds a thousand simulators).
+    """
+    hit = _KERNEL_ARRAYS.get(id(wl))
+    if hit is not None and hit[0] is wl:
+        return hit[1]
+    arrays = np.ascontiguousarray(
+        np.stack([wl.arrivals, wl.prompt_tokens, wl.output_tokens, wl.forecast_rps]),
+        dtype=np.float64,
+    )
+    arrays.setflags(write=False)
+    if len(_KERNEL_ARRAYS) >= 16:
+        _KERNEL_ARRAYS.pop(next(iter(_KERNEL_ARRAYS)))
+    # the entry keeps wl alive, so its id cannot be reused while cached
+    _KERNEL_ARRAYS[id(wl)] = (wl, arrays)
+    return arrays
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What the Python side needs to know about a pool besides the kernel's numbers."""
+
+    name: str
+    purchase: str
+    profile: ThroughputProfile
+    quota: int
+    warm_pool_max: int
+    price_usd_h: float
+
+
+class ClusterSimulator:
+    """``num_clusters`` independent clusters of one scenario, stepped together.
+
+    :param scenario: a shipped scenario name, a YAML path, or a :class:`Scenario`.
+    :param num_clusters: how many clusters to simulate at once.
+    :param workload: a prebuilt workload series to use instead of the scenario's (for example a
+        user's own trace); it must be on the scenario's sub-step grid.
+    :param workload_seed: seed of the workload's own randomness (ServeGen sampling, synthetic
+        noise); the series is shared by all clusters.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | str,
+        num_clusters: int = 1,
+        *,
+        workload: WorkloadSeries | None = None,
+        workload_seed: int = 0,
+    ) -> None:
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        sc = load_scenario(scenario)
+        self.scenario = sc
+        self.num_clusters = n = int(num_clusters)
+        wl = workload if workload is not None else scenario_workload(sc, workload_seed)
+        if abs(wl.substep_s - sc.substep_s) > 1e-9:
+            raise ScenarioError(
+                f"workload sub-step {wl.substep_s} s does not match scenario substep_s "
+                f"{sc.substep_s} s"
+            )
+        self.workload = wl
+        K = sc.substeps_per_step
+        self.substeps_per_step = K
+        self.episode_steps = sc.episode_steps
+        self.episode_bins = self.episode_steps * K
+        if wl.n_bins < self.episode_bins:
+            raise ScenarioError(
+                f"episode_hours ({sc.episode_hours}) is longer than the workload "
+                f"'{wl.name}' ({wl.duration_s / 3600:.2f} h); shorten episode_hours or widen "
+                f"the trace window"
+            )
+        self.max_offset_steps = (wl.n_bins - self.episode_bins) // K
+
+        P = len(sc.pools)
+        self.pools: list[PoolInfo] = []
+        pp = np.zeros((P, dyn.N_PP))
+        n_spot = math.ceil(wl.n_bins / K)
+        spot = np.zeros((3, P, n_spot))
+        cold = np.zeros((P, 3, COLD_START_LEVELS))
+        max_notice = 0.0
+        for p, pool in enumerate(sc.pools):
+            prof = load_profile(pool.profile)
+            self.pools.append(
+                PoolInfo(
+                    pool.name, pool.purchase, prof, pool.quota, pool.warm_pool_max, pool.price_usd_h
+                )
+            )
+            pp[p, dyn.PP_A] = prof.iter_base_s
+            pp[p, dyn.PP_C] = prof.iter_per_seq_s
+            pp[p, dyn.PP_KCTX] = prof.iter_per_ctx_token_s
+            pp[p, dyn.PP_PREFILL] = prof.prefill_per_token_s
+            pp[p, dyn.PP_KV] = prof.kv_cache_tokens
+            pp[p, dyn.PP_MAXSEQ] = prof.max_num_seqs
+            pp[p, dyn.PP_PRICE] = pool.price_usd_h
+            pp[p, dyn.PP_QUOTA] = pool.quota
+            pp[p, dyn.PP_WARMMAX] = pool.warm_pool_max
+            pp[p, dyn.PP_HOLD] = pool.warm_holding_usd_h
+            pp[p, dyn.PP_INIT] = pool.initial_replicas
+            cs_model = build_cold_start(sc.cold_start, prof)
+            cold[p, dyn.CT_PROV] = cs_model.provisioning_s
+            cold[p, dyn.CT_LOAD] = cs_model.loading_s
+            cold[p, dyn.CT_WARM] = cs_model.warm_start_s
+            if pool.purchase == "spot":
+                market: SpotMarket = build_spot_market(
+                    pool.spot if pool.spot is not None else _default_spot(),
+                    on_demand_price_usd_h=pool.price_usd_h,
+                    n_steps=n_spot,
+                    control_interval_s=sc.control_interval_s,
+                    seed=workload_seed + 1000 + p,
+                )
+                pp[p, dyn.PP_SPOT] = 1.0
+                pp[p, dyn.PP_FULFIL] = market.fulfil_prob
+                pp[p, dyn.PP_NOTICE_BINS] = max(1, round(market.notice_s / sc.substep_s))
+                max_notice = max(max_notice, pp[p, dyn.PP_NOTICE_BINS])
+                pp[p, dyn.PP_OU_MEAN] = market.ou_mean_usd_h
+                pp[p, dyn.PP_OU_REV] = market.ou_reversion_per_h
+                pp[p, dyn.PP_OU_VOL] = market.ou_vol_usd_h
+                if market.price_usd_h is not None:
+                    pp[p, dyn.PP_PRICE_TRACE] = 1.0
+                    spot[0, p] = market.price_usd_h[:n_spot]
+                else:
+                    spot[0, p] = market.ou_mean_usd_h
+                spot[1, p] = market.preempt_prob[:n_spot]
+                spot[2, p] = market.capacity_share[:n_spot]
+            else:
+                spot[0, p] = pool.price_usd_h
+                spot[2, p] = 1.0
+        self.pool_params = pp
+        self.spot_series = spot
+        self.cold_tables = cold
+
+        grace_bins = max(1, round(sc.drain_grace_s / sc.substep_s))
+        L = max(2, math.ceil(sc.slo.timeout_s / sc.substep_s))
+        # the lifecycle rings must reach the slowest start: provisioning, then loading
+        slowest_start_s = cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max()
+        H = math.ceil(slowest_start_s / sc.substep_s) + 2
+        G = int(max(grace_bins, max_notice)) + 2
+        ref_rps = max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
+        self.reference_rps = ref_rps
+        sp = np.zeros(dyn.N_SP)
+        sp[dyn.SP_DT] = sc.substep_s
+        sp[dyn.SP_K] = K
+        sp[dyn.SP_L] = L
+        sp[dyn.SP_H] = H
+        sp[dyn.SP_G] = G
+        sp[dyn.SP_TTFT] = sc.slo.ttft_s
+        sp[dyn.SP_TPOT] = sc.slo.tpot_s
+        sp[dyn.SP_CACHE] = sc.workload.cache_hit_ratio
+        sp[dyn.SP_W_SLO] = sc.reward.slo_violation_usd
+        sp[dyn.SP_W_CHURN] = sc.reward.churn_usd
+        sp[dyn.SP_RSCALE] = sc.reward.scale
+        sp[dyn.SP_MAXSTEP] = sc.max_step
+        sp[dyn.SP_STOCH] = 1.0 if wl.stochastic else 0.0
+        sp[dyn.SP_GRACE_BINS] = grace_bins
+        sp[dyn.SP_MAXTOK] = sc.max_batched_tokens
+        sp[dyn.SP_REF_RPS] = ref_rps
+        sp[dyn.SP_BUDGET] = sc.budget_usd or 0.0
+        sp[dyn.SP_EP_STEPS] = self.episode_steps
+        sp[dyn.SP_TOW0] = wl.start_s_of_week
+        sp[dyn.SP_NBINS] = wl.n_bins
+        sp[dyn.SP_NSPOT] = n_spot
+        sp[dyn.SP_TIMEOUT] = sc.slo.timeout_s
+        self.sim_params = sp
+        self.workload_arrays = kernel_workload_arrays(wl)
+        self.prompt_quantiles = np.ascontiguousarray(wl.prompt_quantiles, dtype=np.float64)
+
+        self.obs_low, self.obs_high = observation_bounds(P)
+        obs_dim = self.obs_low.shape[0]
+        self.action_nvec = np.array(
+            [2 * sc.max_step + 1] * P + [p.warm_pool_max + 1 for p in sc.pools], dtype=np.int64
+        )
+        # state, written in place by the kernel
+        self.cluster_state = np.zeros((n, dyn.N_CS))
+        self.pool_state = np.zeros((n, P, dyn.N_PS))
+        self.queue_ring = np.zeros((n, 3, L))
+        self.wait_hist = np.zeros((n, L))
+        self.lifecycle_rings = np.zeros((n, P, 3, H), dtype=np.float32)
+        self.drain_rings = np.zeros((n, P, 2, G))
+        self.rng_state = np.zeros(n, dtype=np.uint64)
+        self.obs = np.zeros((n, obs_dim), dtype=np.float32)
+        self.rewards = np.zeros(n)
+        self.metrics = np.zeros((n, dyn.N_M))
+        self.pool_metrics = np.zeros((n, P, dyn.N_PM))
+        self.tenant_cost = np.zeros((n, len(wl.tenant_names)))
+        self.episode_wait_hist = np.zeros((n, L))
+        self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
+        self.steps = np.zeros(n, dtype=np.int64)
+        self.start_steps = np.zeros(n, dtype=np.int64)
+        self._actions = np.zeros((n, 2 * P), dtype=np.int64)
+
+    # --- control ---------------------------------------------------------------------------
+    @property
+    def pool_names(self) -> list[str]:
+        """Pool names in action / observation order."""
+        return [p.name for p in self.pools]
+
+    def noop_action(self) -> np.ndarray:
+        """The action that changes nothing: zero replica change and an empty warm pool."""
+        a = np.zeros(2 * len(self.pools), dtype=np.int64)
+        a[: len(self.pools)] = self.scenario.max_step
+        return a
+
+    def reset_cluster(
+        self, i: int, rng: np.random.Generator, start_step: int | None = None
+    ) -> None:
+        """Start cluster ``i`` afresh; its episode offset and random stream come from ``rng``.
+
+        :param start_step: pin the episode's first decision step within the workload (for
+            evaluation on a chosen window); drawn uniformly when None.
+        """
+        if start_step is None:
+            start = int(rng.integers(0, self.max_offset_steps + 1))
+        else:
+            if not 0 <= start_step <= self.max_offset_steps:
+                raise ValueError(
+                    f"start_step {start_step} outside [0, {self.max_offset_steps}] for an "
+                    f"episode of {self.episode_steps} steps in '{self.workload.name}'"
+                )
+            start = int(start_step)
+        seed = int(rng.integers(1, 2**63 - 1))
+        self.start_steps[i] = start
+        self.steps[i] = 0
+        self.tenant_cost[i] = 0.0
+        dyn.reset_cluster(
+            i,
+            start * self.substeps_per_step,
+            seed,
+            self.sim_params,
+            self.pool_params,
+            self.workload_arrays,
+            self.spot_series,
+            self.cluster_state,
+            self.pool_state,
+            self.queue_ring,
+            self.wait_hist,
+            self.lifecycle_rings,
+            self.drain_rings,
+            self.rng_state,
+            self.obs,
+            self.obs_low,
+            self.obs_high,
+            self.metrics,
+            self.pool_metrics,
+            self.episode_wait_hist,
+            self.episode_tpot_hist,
+        )
+
+    def step(self, actions: np.ndarray) -> None:
+        """Advance every cluster by one decision interval under ``actions`` [N, 2 * pools]."""
+        a = np.asarray(actions)
+        if a.shape != self._actions.shape:
+            a = a.reshape(self._actions.shape)
+        if np.any(a < 0) or np.any(a >= self.action_nvec):
+            bad = np.argwhere((a < 0) | (a >= self.action_nvec))[0]
+            raise ValueError(
+                f"action entry {tuple(int(x) for x in bad)} = {a[tuple(bad)]} is outside "
+                f"[0, {self.action_nvec[bad[-1]] - 1}]"
+            )
+        self._actions[:] = a
+        dyn.step_clusters(
+            self._actions,
+            self.sim_params,
+            self.pool_params,
+            self.workload_arrays,
+            self.prompt_quantiles,
+            self.spot_series,
+            self.cold_tables,
+            self.cluster_state,
+            self.pool_state,
+            self.queue_ring,
+            self.wait_hist,
+            self.lifecycle_rings,
+            self.drain_rings,
+            self.rng_state,
+            self.obs,
+            self.obs_low,
+            self.obs_high,
+            self.rewards,
+            self.metrics,
+            self.pool_metrics,
+            self.episode_wait_hist,
+            self.episode_tpot_hist,
+        )
+        # cost is allocated to tenants by their share of the interval's tokens
+        share = self.workload.tenant_token_share
+        rows = (self.start_steps + self.steps) % share.shape[0]
+        self.tenant_cost += self.metrics[:, dyn.M_COST, None] * share[rows]
+        self.steps += 1
+
+    # --- reading results ----------------------------------------------------------------------
+    def truncated(self) -> np.ndarray:
+        """Which clusters have reached the end of their episode."""
+        return self.steps >= self.episode_steps
+
+    def counters(self, i: int) -> dict[str, float]:
+        """Cumulative request accounting of cluster ``i`` (the conservation identity's terms)."""
+        c = self.cluster_state[i]
+        ps = self.pool_state[i]
+        return {
+            "arrived": float(c[dyn.CS_ARRIVED]),
+            "cache_hits": float(c[dyn.CS_HITS]),
+            "completed": float(c[dyn.CS_COMPLETED]),
+            "dropped": float(c[dyn.CS_DROPPED]),
+            "queued": float(self.queue_ring[i, 0].sum()),
+            "in_flight": float(ps[:, dyn.PS_IR].sum() + ps[:, dyn.PS_ID].sum()),
+            "admitted": float(c[dyn.CS_ADMITTED]),
+            "requeued": float(c[dyn.CS_REQUEUED]),
+        }
+
+    def replicas(self, i: int) -> dict[str, dict[str, float]]:
+        """Replicas of cluster ``i`` by pool and state."""
+        ps = self.pool_metrics[i]
+        return {
+            pool.name: {
+                state: float(ps[p, k])
+                for state, k in zip(POOL_STATES, _POOL_STATE_METRICS, strict=True)
+            }
+            for p, pool in enumerate(self.pools)
+        }
+
+    def step_info(self, i: int) -> dict:
+        """The metrics of cluster ``i``'s last step, namespaced like ``cost/usd``."""
+        m = self.metrics[i]
+        pm = self.pool_metrics[i]
+        return {
+            "cost/usd": float(m[dyn.M_COST]),
+            "cost/total_usd": float(m[dyn.M_COST_TOTAL]),
+            "cost/by_pool_usd": {
+                p.name: float(pm[j, dyn.PM_COST]) for j, p in enumerate(self.pools)
+            },
+            "slo/attainment": float(m[dyn.M_ATTAIN]),
+            "slo/attainment_episode": float(m[dyn.M_ATTAIN_EP]),
+            "slo/violations": float(m[dyn.M_VIOL]),
+            "latency/ttft_p50_s": float(m[dyn.M_TTFT50]),
+            "latency/ttft_p95_s": float(m[dyn.M_TTFT95]),
+            "latency/ttft_p99_s": float(m[dyn.M_TTFT99]),
+            "latency/tpot_p50_s": float(m[dyn.M_TPOT50]),
+            "latency/tpot_p95_s": float(m[dyn.M_TPOT95]),
+            "latency/tpot_p99_s": float(m[dyn.M_TPOT99]),
+            "load/arrival_rate_rps": float(m[dyn.M_RATE_RPS]),
+            "load/queue": float(m[dyn.M_QUEUE]),
+            "load/in_flight": float(m[dyn.M_INFLIGHT]),
+            "load/compute_util": float(m[dyn.M_UTIL]),
+            "load/kv_util": float(m[dyn.M_KV_UTIL]),
+            "requests/arrived": float(m[dyn.M_ARRIVED]),
+            "requests/cache_hits": float(m[dyn.M_HITS]),
+            "requests/admitted": float(m[dyn.M_ADMITTED]),
+            "requests/completed": float(m[dyn.M_COMPLETED]),
+            "requests/dropped": float(m[dyn.M_DROPPED]),
+            "requests/requeued": float(m[dyn.M_REQUEUED]),
+            "tokens/served": float(m[dyn.M_TOKENS]),
+            "scale/events": float(m[dyn.M_SCALE_EVENTS]),
+            "scale/replicas_changed": float(m[dyn.M_REPLICAS_CHANGED]),
+            "scale/cold_starts": float(m[dyn.M_COLD_STARTS]),
+            "scale/warm_starts": float(m[dyn.M_WARM_STARTS]),
+            "spot/preemptions": float(m[dyn.M_PREEMPTIONS]),
+            "spot/unfulfilled": float(m[dyn.M_UNFULFILLED]),
+            "spot/price_usd_h": {
+                p.name: float(pm[j, dyn.PM_PRICE]) for j, p in enumerate(self.pools)
+            },
+            "replicas": self.replicas(i),
+        }
+
+    def episode_latency(self, i: int) -> dict[str, float]:
+        """TTFT and TPOT percentiles of cluster ``i``'s episode so far, in seconds."""
+        v = dyn.episode_latency(
+            self.sim_params,
+            self.prompt_quantiles,
+            self.cluster_state[i],
+            self.episode_wait_hist[i],
+            self.episode_tpot_hist[i],
+        )
+        keys = ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s")
+        return {k: float(x) for k, x in zip(keys, v, strict=True)}
+
+    def tenant_costs(self, i: int) -> dict[str, float]:
+        """Cost of cluster ``i``'s episode so far, allocated to tenants by tokens arriving."""
+        names = self.workload.tenant_names
+        return {t: float(v) for t, v in zip(names, self.tenant_cost[i], strict=True)}
+
+
+def _default_spot():
+    from rlscale.envs.scenario import SpotConfig
+
+    return SpotConfig()
