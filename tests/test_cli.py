@@ -1,0 +1,94 @@
+"""The rlscale command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.needs_data
+
+
+def _rlscale(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlscale.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def test_simulate_writes_summary_timeline_and_plot(tmp_path):
+    out = tmp_path / "sim"
+    proc = _rlscale(
+        "simulate",
+        "--scenario",
+        "azure-conv",
+        "--hours",
+        "0.25",
+        "--replicas",
+        "h100=1",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert totals["scenario"] == "azure-conv" and totals["replicas"]["h100"] == 1
+    assert totals["cost_usd"] == pytest.approx(4.0 * 0.25)
+    assert 0 < totals["slo_attainment"] <= 1
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == totals
+    lines = (out / "timeline.csv").read_text().splitlines()
+    assert len(lines) == 1 + 30  # header + 0.25 h of 30 s steps
+    png = (out / "simulate.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_bad_replicas_argument_exits_2_with_the_reason(tmp_path):
+    proc = _rlscale(
+        "simulate", "--scenario", "azure-conv", "--replicas", "h200=3", "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2
+    assert "unknown pool 'h200'" in proc.stderr
+    proc = _rlscale(
+        "simulate", "--scenario", "azure-conv", "--replicas", "h100=many", "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2 and "POOL=N" in proc.stderr
+
+
+def test_scenarios_lists_the_shipped_scenarios():
+    proc = _rlscale("scenarios")
+    assert proc.returncode == 0
+    assert "azure-conv" in proc.stdout and "synthetic-2week" in proc.stdout
+
+
+def test_bench_env_prints_one_json_object_last():
+    proc = _rlscale(
+        "bench",
+        "env",
+        "--scenario",
+        "azure-conv",
+        "--sizes",
+        "1,8",
+        "--sync-sizes",
+        "8",
+        "--seconds",
+        "0.05",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["scenario"] == "azure-conv"
+    assert result["single_env_steps_per_s"] > 0
+    assert set(result["batched_env_steps_per_s"]) == {"1", "8"}
+    assert result["speedup_vs_sync_vector_env"]["8"] > 0
+
+
+def test_calibrate_refits_and_writes_profiles(tmp_path):
+    proc = _rlscale("calibrate", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["all_pass"] is True
+    assert (tmp_path / "h100x1-llama3-8b.yaml").exists()
+    assert (tmp_path / "calibration.png").exists()
