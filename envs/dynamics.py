@@ -32,6 +32,8 @@ combined with the prompt-length quantiles (prefill time), see :func:`_ttft_stats
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -230,9 +232,10 @@ def _normal(rng, i):
 
 @njit(cache=True, error_model="numpy")
 def _poisson(rng, i, lam):
+    """Poisson draw: multiplication method below 10, PTRS (Hormann 1993) above, as numpy does."""
     if lam <= 0.0:
         return 0.0
-    if lam < 30.0:
+    if lam < 10.0:
         limit = np.exp(-lam)
         k = 0
         prod = _uniform(rng, i)
@@ -240,7 +243,25 @@ def _poisson(rng, i, lam):
             k += 1
             prod *= _uniform(rng, i)
         return float(k)
-    return max(0.0, np.floor(lam + np.sqrt(lam) * _normal(rng, i) + 0.5))
+    slam = np.sqrt(lam)
+    loglam = np.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    inv_alpha = 1.1239 + 1.1328 / (b - 3.4)
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    while True:
+        u = _uniform(rng, i) - 0.5
+        v = _uniform(rng, i)
+        us = 0.5 - abs(u)
+        k = np.floor((2.0 * a / us + b) * u + lam + 0.43)
+        if us >= 0.07 and v <= vr:
+            return k
+        if k < 0.0 or (us < 0.013 and v > us):
+            continue
+        if np.log(v) + np.log(inv_alpha) - np.log(a / (us * us) + b) <= (
+            -lam + k * loglam - math.lgamma(k + 1.0)
+        ):
+            return k
 
 
 @njit(cache=True, error_model="numpy")
@@ -316,21 +337,23 @@ def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     ``prefill_s_per_tok * prompt``, with prompts distributed as ``prompt_q``.
     """
     L = whist.shape[0]
+    nq = prompt_q.shape[0]
     total = 0.0
+    ok = 0.0
     nnz = 0
+    first = -1
     last = 0
     for j in range(L):
-        if whist[j] > 0.0:
-            total += whist[j]
+        w = whist[j]
+        if w > 0.0:
+            total += w
             nnz += 1
+            if first < 0:
+                first = j
             last = j
+            ok += w * _quantile_cdf(prompt_q, (target_s - j * dt - base_s) / prefill_s_per_tok)
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
-    ok = 0.0
-    for j in range(L):
-        if whist[j] > 0.0:
-            y = (target_s - j * dt - base_s) / prefill_s_per_tok
-            ok += whist[j] * _quantile_cdf(prompt_q, y)
     if nnz == 1:
         shift = last * dt + base_s
         return (
@@ -339,32 +362,53 @@ def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
             shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.99),
             ok,
         )
-    lo_s = base_s + prefill_s_per_tok * prompt_q[0]
-    hi_s = last * dt + base_s + prefill_s_per_tok * prompt_q[prompt_q.shape[0] - 1]
-    lo_s = max(lo_s, 1e-4)
-    hi_s = max(hi_s, lo_s * 1.0001)
-    ratio = np.log(hi_s / lo_s) / (TTFT_GRID - 1)
+    # The mixture CDF on a log-spaced grid. For one cohort the grid maps to increasing prompt
+    # lengths, so one walk along the quantiles evaluates it at every grid point.
+    lo_s = max(first * dt + base_s + prefill_s_per_tok * prompt_q[0], 1e-4)
+    hi_s = max(last * dt + base_s + prefill_s_per_tok * prompt_q[nq - 1], lo_s * 1.0001)
+    ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
+    xs = np.empty(TTFT_GRID)
+    x = lo_s
+    for g in range(TTFT_GRID):
+        xs[g] = x
+        x *= ratio
+    xs[TTFT_GRID - 1] = hi_s
+    cdf = np.zeros(TTFT_GRID)
+    for j in range(first, last + 1):
+        w = whist[j]
+        if w <= 0.0:
+            continue
+        shift = j * dt + base_s
+        k = 0
+        for g in range(TTFT_GRID):
+            y = (xs[g] - shift) / prefill_s_per_tok
+            if y < prompt_q[0]:
+                continue
+            if y >= prompt_q[nq - 1]:
+                for g2 in range(g, TTFT_GRID):
+                    cdf[g2] += w
+                break
+            while prompt_q[k + 1] <= y:
+                k += 1
+            span = prompt_q[k + 1] - prompt_q[k]
+            f = (y - prompt_q[k]) / span if span > 0.0 else 1.0
+            cdf[g] += w * (k + 0.5 + f) / nq
     out = np.zeros(3)
     levels = (0.50, 0.95, 0.99)
+    li = 0
     prev_x = lo_s
     prev_c = 0.0
-    li = 0
     for g in range(TTFT_GRID):
-        x = lo_s * np.exp(ratio * g)
-        c = 0.0
-        for j in range(L):
-            if whist[j] > 0.0:
-                c += whist[j] * _quantile_cdf(prompt_q, (x - j * dt - base_s) / prefill_s_per_tok)
-        c /= total
+        c = cdf[g] / total
         while li < 3 and c >= levels[li]:
             span = c - prev_c
             f = (levels[li] - prev_c) / span if span > 0.0 else 1.0
-            out[li] = prev_x + f * (x - prev_x)
+            out[li] = prev_x + f * (xs[g] - prev_x)
             li += 1
-        prev_x = x
-        prev_c = c
         if li == 3:
             break
+        prev_x = xs[g]
+        prev_c = c
     while li < 3:
         out[li] = hi_s
         li += 1
@@ -372,20 +416,27 @@ def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
 
 
 @njit(cache=True, error_model="numpy")
-def _weighted_quantile_small(values, weights, n, level):
-    """Weighted quantile of at most a handful of values (one per pool)."""
+def _weighted_quantiles3(values, weights, n):
+    """Weighted p50, p95 and p99 of at most a handful of values (one per pool)."""
     idx = np.argsort(values[:n])
     total = 0.0
     for j in range(n):
         total += weights[j]
+    out = np.zeros(3)
     if total <= 0.0:
-        return 0.0
+        return out
+    levels = (0.50, 0.95, 0.99)
     acc = 0.0
+    li = 0
     for j in range(n):
         acc += weights[idx[j]]
-        if acc >= level * total:
-            return values[idx[j]]
-    return values[idx[n - 1]]
+        while li < 3 and acc >= levels[li] * total:
+            out[li] = values[idx[j]]
+            li += 1
+    while li < 3:
+        out[li] = values[idx[n - 1]]
+        li += 1
+    return out
 
 
 @njit(cache=True, error_model="numpy")
@@ -576,11 +627,18 @@ def _step_cluster(
             changed = from_standby + n_cold
         elif delta < 0.0:
             n_rm = -delta
-            got = _cancel_starting(srings[i, p, RING_PROV_DONE], n_rm, s0 % H, H)
+            # a ring is scanned only when it holds replicas: scans are the costly part
+            got = 0.0
+            if row[PS_PROV] > 0.0:
+                got = _cancel_starting(
+                    srings[i, p, RING_PROV_DONE], min(n_rm, row[PS_PROV]), s0 % H, H
+                )
             row[PS_PROV] -= got
             rest = n_rm - got
-            if rest > 0.0:
-                got2 = _cancel_starting(srings[i, p, RING_LOAD_DONE], rest, s0 % H, H)
+            if rest > 0.0 and row[PS_LOAD] > 0.0:
+                got2 = _cancel_starting(
+                    srings[i, p, RING_LOAD_DONE], min(rest, row[PS_LOAD]), s0 % H, H
+                )
                 row[PS_LOAD] -= got2
                 rest -= got2
                 got += got2
@@ -921,9 +979,10 @@ def _step_cluster(
         if tpot_w[p] > 0.0:
             b = int((np.log(max(tpot_vals[p], TPOT_MIN_S) / TPOT_MIN_S) / log_span) * TPOT_BINS)
             ep_tpot[i, min(max(b, 0), TPOT_BINS - 1)] += tpot_w[p]
-    m[M_TPOT50] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.50)
-    m[M_TPOT95] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.95)
-    m[M_TPOT99] = _weighted_quantile_small(tpot_vals, tpot_w, P, 0.99)
+    tq = _weighted_quantiles3(tpot_vals, tpot_w, P)
+    m[M_TPOT50] = tq[0]
+    m[M_TPOT95] = tq[1]
+    m[M_TPOT99] = tq[2]
     tpot_share = tok_ok / tok_all if tok_all > 0.0 else 1.0
     good = ok * tpot_share
     demand = admitted + m[M_DROPPED]

@@ -190,3 +190,25 @@ def test_spot_price_follows_the_trace(make_small_scenario):
     # the trace's price path, scaled so that it averages 40% of on-demand
     assert np.allclose(prices, sim.spot_series[0, 0, 1:11])
     assert np.mean(prices) == pytest.approx(1.6, rel=0.05)
+
+
+@pytest.mark.parametrize("lam", [0.5, 3.0, 9.9, 10.0, 40.0, 400.0])
+def test_poisson_sampler_has_poisson_moments(lam):
+    from rlscale.envs import dynamics as dyn
+
+    rng = np.array([2024], dtype=np.uint64)
+    x = np.array([dyn._poisson(rng, 0, lam) for _ in range(40_000)])
+    se = np.sqrt(lam / x.size)
+    assert abs(x.mean() - lam) < 5 * se
+    assert x.var() == pytest.approx(lam, rel=0.06)
+    assert (x >= 0).all() and (x == np.floor(x)).all()
+
+
+def test_quantile_table_draws_reproduce_the_table():
+    from rlscale.envs import dynamics as dyn
+
+    table = np.sort(np.random.default_rng(1).lognormal(3.0, 0.5, 32))
+    rng = np.array([7], dtype=np.uint64)
+    x = np.array([dyn._draw_table(rng, 0, table) for _ in range(40_000)])
+    levels = (np.arange(32) + 0.5) / 32
+    assert np.allclose(np.quantile(x, levels[2:-2]), table[2:-2], rtol=0.03)
