@@ -1,1 +1,1 @@
-"""rlscale.agents."""
+"""rlscale.agents: policies (baselines, oracle, PPO) behind one protocol, agents/base.py."""
