@@ -199,6 +199,10 @@ EWMA_HORIZON_S = 300.0
 # A drained replica leaves once it holds less than this many sequences on average: the last
 # sequence of a replica is what keeps it billed, and a fluid bucket only decays asymptotically.
 DRAIN_EMPTY_SEQS = 0.5
+# A prefill share above this is saturation: the queue, not the iteration, holds requests then.
+PREFILL_SHARE_MAX = 0.95
+# Rows of the prefill-wait table, for prefill shares 0 .. PREFILL_SHARE_MAX (simulator.py).
+PREFILL_RHO_LEVELS = 20
 # TTFT percentiles are read off the mixture CDF on this many log-spaced points.
 TTFT_GRID = 48
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token).
@@ -329,43 +333,73 @@ def _quantile_at(q, level):
 
 
 @njit(cache=True, error_model="numpy")
-def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
-    """TTFT p50/p95/p99 and the count meeting the target, for this step's admissions.
+def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
+    """cdf[g] += w * F_q((xs[g] - shift) * inv_p) for an increasing grid, in one walk."""
+    nq = q.shape[0]
+    k = 0
+    n = xs.shape[0]
+    for g in range(n):
+        y = (xs[g] - shift) * inv_p
+        if y < q[0]:
+            continue
+        if y >= q[nq - 1]:
+            for g2 in range(g, n):
+                cdf[g2] += w
+            return
+        while q[k + 1] <= y:
+            k += 1
+        span = q[k + 1] - q[k]
+        f = (y - q[k]) / span if span > 0.0 else 1.0
+        cdf[g] += w * (k + 0.5 + f) / nq
 
-    An admitted request's TTFT is its queueing delay (its cohort's age, from ``whist``) plus
-    ``base_s`` (waiting out the current iteration and running its own) plus its own prefill,
-    ``prefill_s_per_tok * prompt``, with prompts distributed as ``prompt_q``.
+
+@njit(cache=True, error_model="numpy")
+def _ttft_stats(hist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
+    """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
+
+    ``hist[r, j]`` counts requests admitted after ``j`` sub-steps in the queue whose replica
+    spent a prefill share matching row ``r`` of ``prompt_q``. Such a request's TTFT is its
+    queueing delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
+    ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
+    and, at a busy replica, the prompts ahead of it in the prefill budget.
     """
-    L = whist.shape[0]
-    nq = prompt_q.shape[0]
+    R, L = hist.shape
+    nq = prompt_q.shape[1]
+    inv_p = 1.0 / prefill_s_per_tok
     total = 0.0
     ok = 0.0
-    nnz = 0
-    first = -1
-    last = 0
-    for j in range(L):
-        w = whist[j]
-        if w > 0.0:
-            total += w
-            nnz += 1
-            if first < 0:
-                first = j
-            last = j
-            ok += w * _quantile_cdf(prompt_q, (target_s - j * dt - base_s) / prefill_s_per_tok)
+    first = L
+    last = -1
+    top = 0.0
+    rows_used = 0
+    for r in range(R):
+        used = False
+        for j in range(L):
+            w = hist[r, j]
+            if w > 0.0:
+                used = True
+                total += w
+                first = min(first, j)
+                last = max(last, j)
+                ok += w * _quantile_cdf(prompt_q[r], (target_s - j * dt - base_s) * inv_p)
+        if used:
+            rows_used += 1
+            top = max(top, prompt_q[r, nq - 1])
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
-    if nnz == 1:
-        shift = last * dt + base_s
-        return (
-            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.50),
-            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.95),
-            shift + prefill_s_per_tok * _quantile_at(prompt_q, 0.99),
-            ok,
-        )
-    # The mixture CDF on a log-spaced grid. For one cohort the grid maps to increasing prompt
-    # lengths, so one walk along the quantiles evaluates it at every grid point.
-    lo_s = max(first * dt + base_s + prefill_s_per_tok * prompt_q[0], 1e-4)
-    hi_s = max(last * dt + base_s + prefill_s_per_tok * prompt_q[nq - 1], lo_s * 1.0001)
+    if rows_used == 1 and first == last:
+        for r in range(R):
+            if hist[r, first] > 0.0:
+                shift = first * dt + base_s
+                return (
+                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.50),
+                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.95),
+                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.99),
+                    ok,
+                )
+    # the mixture CDF on a log-spaced grid, then the percentiles by interpolation
+    lo_s = max(first * dt + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
+    hi_s = max(last * dt + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
     xs = np.empty(TTFT_GRID)
     x = lo_s
@@ -374,25 +408,10 @@ def _ttft_stats(whist, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
         x *= ratio
     xs[TTFT_GRID - 1] = hi_s
     cdf = np.zeros(TTFT_GRID)
-    for j in range(first, last + 1):
-        w = whist[j]
-        if w <= 0.0:
-            continue
-        shift = j * dt + base_s
-        k = 0
-        for g in range(TTFT_GRID):
-            y = (xs[g] - shift) / prefill_s_per_tok
-            if y < prompt_q[0]:
-                continue
-            if y >= prompt_q[nq - 1]:
-                for g2 in range(g, TTFT_GRID):
-                    cdf[g2] += w
-                break
-            while prompt_q[k + 1] <= y:
-                k += 1
-            span = prompt_q[k + 1] - prompt_q[k]
-            f = (y - prompt_q[k]) / span if span > 0.0 else 1.0
-            cdf[g] += w * (k + 0.5 + f) / nq
+    for r in range(R):
+        for j in range(first, last + 1):
+            if hist[r, j] > 0.0:
+                _add_quantile_cdf(cdf, xs, j * dt + base_s, inv_p, hist[r, j], prompt_q[r])
     out = np.zeros(3)
     levels = (0.50, 0.95, 0.99)
     li = 0
@@ -683,6 +702,8 @@ def _step_cluster(
     tpot_tok = np.zeros(P)
     tpot_w = np.zeros(P)
     caps = np.zeros(P)
+    step_hist = np.zeros((PREFILL_RHO_LEVELS, L))
+    rho_sum = 0.0
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -766,7 +787,7 @@ def _step_cluster(
                 pt = wl[1, wb] * ratio
                 ot = wl[2, wb] * ratio
             else:
-                pt = n_arr * prompt_q[prompt_q.shape[0] // 2]
+                pt = n_arr * prompt_q[0, prompt_q.shape[1] // 2]
                 ot = 0.0
             hits = n_arr * cache_hit
             c[CS_ARRIVED] += n_arr
@@ -886,6 +907,9 @@ def _step_cluster(
                     base_sum += x * 1.5 * t_dec
                     pre_sum += x * pt_s
                     base_w += x
+                    # share of this replica-second spent prefilling: the chance that a new
+                    # request finds a prefill chunk in the iteration it has to wait out
+                    rho_sum += x * min(PREFILL_SHARE_MAX, pt_s * q_tok / R / dt)
             _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done)
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
@@ -962,10 +986,24 @@ def _step_cluster(
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
+        # The prefill queue is treated as stationary over the step (an M/G/1 wait, see
+        # simulator.prefill_token_quantiles): file the step's admissions under the two table
+        # rows around its mean prefill share. Per-second shares are not stationary: a burst
+        # second at 95% is not a queue that stays at 95%.
+        xr = min(rho_sum / base_w, PREFILL_SHARE_MAX) / PREFILL_SHARE_MAX
+        xr *= PREFILL_RHO_LEVELS - 1
+        r0 = min(int(xr), PREFILL_RHO_LEVELS - 2)
+        fr = xr - r0
+        step_hist[:, :] = 0.0
         for j in range(L):
-            ep_whist[i, j] += whist[i, j]
+            w = whist[i, j]
+            if w > 0.0:
+                step_hist[r0, j] = w * (1.0 - fr)
+                step_hist[r0 + 1, j] = w * fr
+                ep_whist[i, r0, j] += w * (1.0 - fr)
+                ep_whist[i, r0 + 1, j] += w * fr
         t50, t95, t99, ok = _ttft_stats(
-            whist[i], dt, base_sum / base_w, pre_sum / base_w, prompt_q, sp[SP_TTFT]
+            step_hist, dt, base_sum / base_w, pre_sum / base_w, prompt_q, sp[SP_TTFT]
         )
     else:
         t50 = t95 = t99 = ok = 0.0
@@ -984,7 +1022,7 @@ def _step_cluster(
     m[M_TPOT95] = tq[1]
     m[M_TPOT99] = tq[2]
     tpot_share = tok_ok / tok_all if tok_all > 0.0 else 1.0
-    good = ok * tpot_share
+    good = min(ok * tpot_share, admitted)  # the CDF sum may pass the count by rounding
     demand = admitted + m[M_DROPPED]
     m[M_GOOD] = good
     m[M_VIOL] = max(0.0, demand - good)
