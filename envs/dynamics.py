@@ -201,8 +201,11 @@ EWMA_HORIZON_S = 300.0
 DRAIN_EMPTY_SEQS = 0.5
 # A prefill share above this is saturation: the queue, not the iteration, holds requests then.
 PREFILL_SHARE_MAX = 0.95
-# Rows of the prefill-wait table, for prefill shares 0 .. PREFILL_SHARE_MAX (simulator.py).
-PREFILL_RHO_LEVELS = 20
+# Prefill-wait tables (simulator.prefill_wait_quantiles): row 0 is the prompt alone; row 1 + r
+# adds an exponential wait of mean WAIT_MIN_TOK * WAIT_RATIO**r prompt tokens' worth of prefill.
+WAIT_ROWS = 32
+WAIT_MIN_TOK = 2.0
+WAIT_RATIO = 1.6
 # TTFT percentiles are read off the mixture CDF on this many log-spaced points.
 TTFT_GRID = 48
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token).
@@ -330,6 +333,46 @@ def _quantile_at(q, level):
         return q[n - 1]
     f = x - j
     return q[j] * (1.0 - f) + q[j + 1] * f
+
+
+@njit(cache=True, error_model="numpy")
+def _erlang_c(c, a):
+    """Probability of waiting in an M/M/c queue with offered load ``a`` (Erlang C)."""
+    if a <= 0.0:
+        return 0.0
+    if a >= c:
+        return 1.0
+    term = 1.0
+    total = 1.0
+    for k in range(1, c):
+        term *= a / k
+        total += term
+    last = term * a / (c - a)
+    return last / (total + last)
+
+
+@njit(cache=True, error_model="numpy")
+def _prefill_wait(lam, pre_s, pre2_s, t_dec, R):
+    """(probability, conditional mean in seconds) of waiting behind other prompts' prefill.
+
+    The fluid admits a sub-step's requests at once, but a replica runs one iteration at a time:
+    a request waits out the iteration in flight and the prompts queued ahead of it, which at
+    moderate load is more than all the queueing that 1 s cohorts can see. Modelled as an M/G/c
+    queue over the ``R`` replicas of a pool (Erlang C with the Allen-Cunneen mean) at ``lam``
+    admissions per replica-second, whose service is a prompt's prefill (moments ``pre_s``,
+    ``pre2_s``) plus its share of an iteration's fixed cost ``t_dec`` (prompts arriving during
+    one iteration share the next). The wait is 0 with probability 1 - pi, else exponential
+    with mean theta, so its mean is the queue's.
+    """
+    if lam <= 0.0 or R <= 0.0:
+        return 0.0, 0.0
+    rho_p = min(lam * pre_s, PREFILL_SHARE_MAX)
+    u = t_dec / (1.0 + lam * t_dec / (1.0 - rho_p))
+    es = pre_s + u
+    es2 = pre2_s + 2.0 * pre_s * u + u * u
+    rho = min(lam * es, PREFILL_SHARE_MAX)
+    c = max(1, int(R + 0.5))
+    return _erlang_c(c, c * rho), es2 / (2.0 * es * c * (1.0 - rho))
 
 
 @njit(cache=True, error_model="numpy")
@@ -522,8 +565,12 @@ def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed):
     seqs = ps_row[k_seqs]
     if seqs <= 0.0:
         return
-    keep = 1.0 - completed / seqs
-    ps_row[k_ctx] = max(0.0, (ps_row[k_ctx] + decoded) * keep)
+    # A completing sequence frees its whole context, prompt and all its output: on average the
+    # projected context per sequence, (held + remaining) / seqs. Freeing only the average held
+    # context would let held/seqs drift up to the projected size and count remaining output
+    # twice in the KV admission check.
+    projected = ps_row[k_ctx] + ps_row[k_remaining]
+    ps_row[k_ctx] = max(0.0, ps_row[k_ctx] + decoded - completed * projected / seqs)
     ps_row[k_remaining] = max(0.0, ps_row[k_remaining] - decoded)
     ps_row[k_seqs] = max(0.0, seqs - completed)
 
@@ -702,8 +749,11 @@ def _step_cluster(
     tpot_tok = np.zeros(P)
     tpot_w = np.zeros(P)
     caps = np.zeros(P)
-    step_hist = np.zeros((PREFILL_RHO_LEVELS, L))
-    rho_sum = 0.0
+    step_hist = np.zeros((WAIT_ROWS + 1, L))
+    adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
+    adm_q = np.zeros(P)
+    adm_td = np.zeros(P)
+    rep_sub = np.zeros(P)  # ready replica-sub-steps
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -903,13 +953,14 @@ def _step_cluster(
                 util_acc += min(1.0, busy) * R
                 kv_acc += min(1.0, (row[PS_CR] + row[PS_WR]) / (R * pp[p, PP_KV])) * R
                 row[PS_BATCH] = b
+                rep_sub[p] += R
                 if x > 0.0:
                     base_sum += x * 1.5 * t_dec
                     pre_sum += x * pt_s
                     base_w += x
-                    # share of this replica-second spent prefilling: the chance that a new
-                    # request finds a prefill chunk in the iteration it has to wait out
-                    rho_sum += x * min(PREFILL_SHARE_MAX, pt_s * q_tok / R / dt)
+                    adm_n[p] += x
+                    adm_q[p] += q_tok
+                    adm_td[p] += x * t_dec
             _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done)
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
@@ -986,22 +1037,51 @@ def _step_cluster(
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
-        # The prefill queue is treated as stationary over the step (an M/G/1 wait, see
-        # simulator.prefill_token_quantiles): file the step's admissions under the two table
-        # rows around its mean prefill share. Per-second shares are not stationary: a burst
-        # second at 95% is not a queue that stays at 95%.
-        xr = min(rho_sum / base_w, PREFILL_SHARE_MAX) / PREFILL_SHARE_MAX
-        xr *= PREFILL_RHO_LEVELS - 1
-        r0 = min(int(xr), PREFILL_RHO_LEVELS - 2)
-        fr = xr - r0
+        # Prefill contention from the whole step's admissions per pool (one second's count is
+        # too noisy for a queueing formula): the chance pi of waiting and its mean theta.
+        q0 = prompt_q[0]
+        nq = q0.shape[0]
+        m1 = 0.0
+        m2 = 0.0
+        for j in range(nq):
+            m1 += q0[j] / nq
+            m2 += q0[j] * q0[j] / nq
+        m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
+        pi_mass = 0.0
+        theta_mass = 0.0
+        for p in range(P):
+            if adm_n[p] <= 0.0 or rep_sub[p] <= 0.0:
+                continue
+            pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
+            pi_p, th_p = _prefill_wait(
+                adm_n[p] / (rep_sub[p] * dt),
+                pre_s,
+                pre_s * pre_s * m2_ratio,
+                adm_td[p] / adm_n[p],
+                rep_sub[p] / K,
+            )
+            pi_mass += adm_n[p] * pi_p
+            theta_mass += adm_n[p] * pi_p * th_p
+        pi = min(1.0, pi_mass / base_w)
         step_hist[:, :] = 0.0
+        r0 = 0
+        fr = 0.0
+        if pi > 0.0:
+            # the wait's mean in prompt tokens of prefill, located on the table's log grid
+            theta_tok = theta_mass / pi_mass / (pre_sum / base_w)
+            xr = np.log(max(theta_tok, WAIT_MIN_TOK) / WAIT_MIN_TOK) / np.log(WAIT_RATIO)
+            r0 = min(int(xr), WAIT_ROWS - 2)
+            fr = min(xr - r0, 1.0)
         for j in range(L):
             w = whist[i, j]
             if w > 0.0:
-                step_hist[r0, j] = w * (1.0 - fr)
-                step_hist[r0 + 1, j] = w * fr
-                ep_whist[i, r0, j] += w * (1.0 - fr)
-                ep_whist[i, r0 + 1, j] += w * fr
+                step_hist[0, j] = w * (1.0 - pi)
+                if pi > 0.0:
+                    step_hist[1 + r0, j] = w * pi * (1.0 - fr)
+                    step_hist[2 + r0, j] = w * pi * fr
+        for r in range(WAIT_ROWS + 1):
+            for j in range(L):
+                ep_whist[i, r, j] += step_hist[r, j]
         t50, t95, t99, ok = _ttft_stats(
             step_hist, dt, base_sum / base_w, pre_sum / base_w, prompt_q, sp[SP_TTFT]
         )

@@ -100,30 +100,25 @@ def scenario_workload(scenario: Scenario, seed: int = 0) -> WorkloadSeries:
     )
 
 
-def prefill_token_quantiles(prompt_q: np.ndarray, samples: int = 100_000) -> np.ndarray:
-    """[PREFILL_RHO_LEVELS, n] token quantiles that a new request's TTFT pays prefill for.
+def prefill_wait_quantiles(prompt_q: np.ndarray, samples: int = 50_000) -> np.ndarray:
+    """[1 + WAIT_ROWS, n] token quantiles that a new request's TTFT pays prefill for.
 
-    Row r is for a replica that spends a share rho_r = r / (rows - 1) * PREFILL_SHARE_MAX of
-    its time prefilling. The request pays its own prompt, and with probability rho it first
-    waits for prompts ahead of it in the prefill budget: an M/G/1 wait, exponential with the
-    Pollaczek-Khinchine mean E[P^2] / (2 E[P] (1 - rho)) tokens. Row 0 (rho = 0) is the
-    prompt distribution itself. The kernel interpolates between rows by each step's rho.
-    Computed once per workload from a fixed-seed sample.
+    Row 0: its own prompt. Row 1 + r: its own prompt plus an exponential wait whose mean is
+    ``WAIT_MIN_TOK * WAIT_RATIO**r`` tokens' worth of prefill, the wait behind other prompts
+    at a busy replica (dynamics._prefill_wait gives its chance and mean each step; the kernel
+    mixes row 0 with the two rows around that mean). Computed once per workload from a
+    fixed-seed sample.
     """
     q = np.asarray(prompt_q, dtype=np.float64)
     n = q.shape[0]
     levels = (np.arange(n) + 0.5) / n
     rng = np.random.default_rng(20231116)
     own = np.interp(rng.random(samples), levels, q)
-    pool = np.interp(rng.random(samples), levels, q)
-    residual_mean = float((pool**2).mean() / (2.0 * pool.mean()))
     waits = rng.exponential(1.0, samples)
-    coin = rng.random(samples)
     rows = [q]
-    for r in range(1, dyn.PREFILL_RHO_LEVELS):
-        rho = r / (dyn.PREFILL_RHO_LEVELS - 1) * dyn.PREFILL_SHARE_MAX
-        wait = np.where(coin < rho, waits * residual_mean / (1.0 - rho), 0.0)
-        rows.append(np.quantile(own + wait, levels))
+    for r in range(dyn.WAIT_ROWS):
+        mean_tok = dyn.WAIT_MIN_TOK * dyn.WAIT_RATIO**r
+        rows.append(np.quantile(own + waits * mean_tok, levels))
     return np.ascontiguousarray(np.stack(rows))
 
 
@@ -134,7 +129,7 @@ def _prefill_table(wl: WorkloadSeries) -> np.ndarray:
     hit = _PREFILL_TABLES.get(id(wl))
     if hit is not None and hit[0] is wl:
         return hit[1]
-    table = prefill_token_quantiles(wl.prompt_quantiles)
+    table = prefill_wait_quantiles(wl.prompt_quantiles)
     if len(_PREFILL_TABLES) >= 16:
         _PREFILL_TABLES.pop(next(iter(_PREFILL_TABLES)))
     _PREFILL_TABLES[id(wl)] = (wl, table)
@@ -331,7 +326,7 @@ class ClusterSimulator:
         self.metrics = np.zeros((n, dyn.N_M))
         self.pool_metrics = np.zeros((n, P, dyn.N_PM))
         self.tenant_cost = np.zeros((n, len(wl.tenant_names)))
-        self.episode_wait_hist = np.zeros((n, dyn.PREFILL_RHO_LEVELS, L))
+        self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, L))
         self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)
