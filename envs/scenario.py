@@ -314,9 +314,10 @@ def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
     if isinstance(name_or_path, Scenario):
         return name_or_path
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
+    if not path.suffix and not path.is_file():
+        # a bare name is a shipped scenario, even if a folder of that name is in the cwd
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not path.is_file():
         raise ScenarioError(
             f"no scenario '{name_or_path}': not a file, and not one of {list_scenarios()}"
         )

@@ -96,6 +96,104 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune-baseline",
+        help="search baseline parameters on a scenario's training windows",
+        description=(
+            "Search each named baseline's parameters on the training windows of a scenario "
+            "(never its held-out ones) for the lowest cost that meets the SLO target. Writes "
+            "OUT/<policy>.json, which `rlscale evaluate --policy NAME=FILE` reads, and logs "
+            "each search as an MLflow run (experiment rlscale-tune)."
+        ),
+    )
+    p.add_argument("--scenario", required=True, help="shipped scenario name or YAML path")
+    p.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="baseline to tune (repeat for several; 'all' for every baseline)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per trial (default 1)")
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        help="at most this many candidates per baseline (seeded sample)",
+    )
+    p.add_argument(
+        "--max-windows", type=int, default=None, help="use only the first N training windows"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the tuned parameters go (default out/tuning/<scenario>)",
+    )
+    p.add_argument("--no-mlflow", action="store_true", help="do not log MLflow runs")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """``rlscale tune-baseline``: tune, save, log; prints one JSON line of what was written."""
+    from rlscale.agents.registry import known_policies
+    from rlscale.agents.tuning import save_tuning, tune_baseline
+    from rlscale.envs.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    baselines = [p for p in known_policies() if p != "oracle"]
+    names = baselines if "all" in args.policy else args.policy
+    unknown = [n for n in names if n not in baselines]
+    if unknown:
+        raise ScenarioError(f"cannot tune {unknown}; tunable baselines: {baselines}")
+    if not args.no_mlflow:
+        from rlscale.experiments.tracking import require_mlflow
+
+        require_mlflow()
+    out_dir = args.out or Path("out/tuning") / scenario.name
+    written = {}
+    for name in names:
+        result = tune_baseline(
+            name,
+            scenario,
+            seeds=tuple(range(args.seeds)),
+            max_trials=args.max_trials,
+            max_windows=args.max_windows,
+            progress=not args.no_progress,
+        )
+        path = save_tuning(result, out_dir / f"{name}.json")
+        written[name] = str(path)
+        print(
+            f"{name}: {json.dumps(result['params'])} cost ${result['cost_usd']:.2f} "
+            f"attainment {result['slo_attainment']:.4f} meets SLO: {result['meets_slo']}"
+        )
+        if not args.no_mlflow:
+            import time
+
+            from rlscale.experiments.tracking import log_run
+
+            log_run(
+                experiment="rlscale-tune",
+                run_name=f"{scenario.name}__tune-{name}__{args.seeds}__{int(time.time())}",
+                command="tune-baseline",
+                params={
+                    "policy": name,
+                    "scenario": scenario.name,
+                    **{f"param/{k}": json.dumps(v) for k, v in result["params"].items()},
+                },
+                metrics={
+                    "cost_usd": float(result["cost_usd"]),
+                    "slo_attainment": float(result["slo_attainment"]),
+                    "meets_slo": float(bool(result["meets_slo"])),
+                    "trials": float(len(result["trials"])),
+                },
+                artifacts=[path],
+            )
+    print(json.dumps({"scenario": scenario.name, "tuned": written}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``rlscale``."""
     parser = argparse.ArgumentParser(
@@ -105,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_calibrate(sub)
     _add_bench(sub)
+    _add_tune(sub)
+    from rlscale.experiments.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
 
@@ -152,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.seconds,
             )
             print(json.dumps(result))
+        elif args.command == "tune-baseline":
+            return run_tune(args)
+        elif args.command == "evaluate":
+            from rlscale.experiments.evaluate import run_evaluate
+
+            return run_evaluate(args)
         elif args.command == "scenarios":
             from rlscale.envs.scenario import list_scenarios, load_scenario
 

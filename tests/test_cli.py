@@ -92,3 +92,46 @@ def test_calibrate_refits_and_writes_profiles(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["all_pass"] is True
     assert (tmp_path / "h100x1-llama3-8b.yaml").exists()
     assert (tmp_path / "calibration.png").exists()
+
+
+def test_tune_baseline_saves_params_that_evaluate_reads(tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "tuned"
+    env_db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlscale.cli",
+            "tune-baseline",
+            "--scenario",
+            "azure-conv",
+            "--policy",
+            "static",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": env_db},
+    )
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((out / "static.json").read_text())
+    assert saved["meets_slo"] is True and saved["params"]["replicas"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env_db)
+    exp = client.get_experiment_by_name("rlscale-tune")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["slo_attainment"] >= 0.99
+    assert runs[0].data.params["policy"] == "static"
+
+
+def test_tune_baseline_refuses_an_unknown_baseline(tmp_path):
+    proc = _rlscale(
+        "tune-baseline", "--scenario", "azure-conv", "--policy", "hpaa", "--no-mlflow", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "cannot tune ['hpaa']" in proc.stderr

@@ -1,0 +1,518 @@
+"""The evaluation report: one self-contained HTML file with plots and tables.
+
+Plots are PNGs drawn with matplotlib's Agg canvas (no display, no pyplot global state) and
+embedded as base64 ``data:`` URIs, so the file can be mailed, attached to an MLflow run, or
+opened offline; it loads nothing from anywhere. Every piece of text that comes from input
+(policy labels, pool and tenant names, paths) is HTML-escaped.
+
+Sections: what was run; the load against ready capacity of each policy over one held-out
+window; cost by pool and by purchase option; cost against SLO attainment with the oracle
+marked; the gap table (each policy's cost over the oracle's, and the share of the best
+baseline's gap to the oracle it closes); the metric table with 95% intervals; GPU-hours by
+pool; cost per tenant; and how the numbers were made.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlscale.experiments.evaluate import Evaluation
+
+PURCHASE_LABELS = {"on_demand": "on demand", "spot": "spot"}
+PURCHASE_COLORS = {"on_demand": "#1f77b4", "spot": "#ff7f0e"}
+ORACLE_COLOR = "#000000"
+_POLICY_PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
+_POOL_PALETTE = ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd", "#8c8c8c")
+
+SUMMARY_COLUMNS = (
+    ("cost_usd", "Cost (USD)", "{:.2f}"),
+    ("cost_per_million_tokens_usd", "USD / M tokens", "{:.3f}"),
+    ("slo_attainment", "SLO attainment", "pct"),
+    ("ttft_p50_s", "TTFT p50 (s)", "{:.3f}"),
+    ("ttft_p95_s", "TTFT p95 (s)", "{:.3f}"),
+    ("ttft_p99_s", "TTFT p99 (s)", "{:.3f}"),
+    ("tpot_p50_s", "TPOT p50 (s)", "{:.4f}"),
+    ("tpot_p95_s", "TPOT p95 (s)", "{:.4f}"),
+    ("tpot_p99_s", "TPOT p99 (s)", "{:.4f}"),
+    ("dropped", "Dropped", "{:.0f}"),
+    ("scale_events", "Scale events", "{:.1f}"),
+    ("cold_starts", "Cold starts", "{:.1f}"),
+    ("preemptions", "Preemptions", "{:.1f}"),
+)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _png_data_uri(fig: Figure) -> str:
+    FigureCanvasAgg(fig)  # attaches an Agg canvas; no GUI backend is ever touched
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def policy_colors(labels: Sequence[str], oracle: str | None) -> dict[str, str]:
+    """A fixed color per policy, the oracle in black, so every plot reads the same way."""
+    colors: dict[str, str] = {}
+    k = 0
+    for label in labels:
+        if label == oracle:
+            colors[label] = ORACLE_COLOR
+        else:
+            colors[label] = _POLICY_PALETTE[k % len(_POLICY_PALETTE)]
+            k += 1
+    return colors
+
+
+def _mean(results: dict[str, Any], policy: str, metric: str) -> float:
+    value = results["policies"][policy].get(metric, {}).get("mean")
+    return float("nan") if value is None else float(value)
+
+
+def _ci(results: dict[str, Any], policy: str, metric: str) -> tuple[float, float] | None:
+    lo, hi = results["policies"][policy].get(metric, {}).get("ci95", [None, None])
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+
+def plot_load_capacity(ev: Evaluation) -> str:
+    """Small multiples: arrivals against ready capacity (stacked by pool), one per policy."""
+    res = ev.results
+    labels = [p for p in res["policies"] if p in ev.timelines]
+    pools = list(res["pools"])
+    pool_colors = {p: _POOL_PALETTE[i % len(_POOL_PALETTE)] for i, p in enumerate(pools)}
+    n = max(len(labels), 1)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 2.9 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    # a one-hour trace reads better in minutes, a day in hours
+    short = res["held_out"]["episode_hours"] <= 3.0
+    step_t = res["held_out"]["control_interval_s"] / (60.0 if short else 3600.0)
+    t_unit = "minutes" if short else "hours"
+    ymax = 0.0
+    for ax, label in zip(axes.flat, labels, strict=False):
+        tl = ev.timelines[label]
+        arrivals = np.asarray(tl["arrival_rps"], dtype=float)
+        t = (np.arange(arrivals.size) + 1) * step_t
+        caps = [
+            np.asarray(tl[f"ready/{p}"], dtype=float) * ev.pool_capacity_rps.get(p, 0.0)
+            for p in pools
+        ]
+        ax.stackplot(
+            t,
+            *caps,
+            labels=[f"ready capacity: {p}" for p in pools],
+            colors=[pool_colors[p] for p in pools],
+            alpha=0.45,
+            step="post",
+        )
+        ax.plot(t, arrivals, color="black", lw=1.2, label="arrivals")
+        ax.set_title(label)
+        ymax = max(ymax, float(np.nanmax(arrivals, initial=0.0)), float(sum(caps).max()))
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{t_unit} into the held-out window")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("requests / s")
+    for ax in list(axes.flat)[len(labels) :]:
+        ax.set_visible(False)
+    if ymax > 0:
+        axes[0, 0].set_ylim(0, ymax * 1.08)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), fontsize=9)
+    start = res["held_out"]["test_starts"][0]
+    fig.suptitle(
+        f"Load against ready capacity (seed {res['seeds'][0]}, held-out window at step {start})"
+    )
+    return _png_data_uri(fig)
+
+
+def plot_cost_breakdown(ev: Evaluation) -> str:
+    """Stacked bars of mean cost per episode: by pool (left) and by purchase option (right)."""
+    res = ev.results
+    labels = list(res["policies"])
+    pools = list(res["pools"])
+    purchases = sorted({p["purchase"] for p in res["pools"].values()})
+    pool_colors = {p: _POOL_PALETTE[i % len(_POOL_PALETTE)] for i, p in enumerate(pools)}
+    fig = Figure(figsize=(max(8.0, 1.5 * len(labels) + 5.0), 4.2), layout="constrained")
+    ax_pool, ax_buy = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(labels))
+    groups = (
+        (ax_pool, "cost_by_pool_usd", pools, pool_colors, "By pool"),
+        (
+            ax_buy,
+            "cost_by_purchase_usd",
+            purchases,
+            PURCHASE_COLORS,
+            "By purchase option",
+        ),
+    )
+    for ax, prefix, keys, colors, title in groups:
+        bottom = np.zeros(len(labels))
+        for key in keys:
+            vals = np.nan_to_num([_mean(res, lab, f"{prefix}/{key}") for lab in labels])
+            ax.bar(
+                x,
+                vals,
+                bottom=bottom,
+                color=colors.get(key, "#999999"),
+                label=PURCHASE_LABELS.get(key, key),
+            )
+            bottom += vals
+        for xi, total in zip(x, bottom, strict=True):
+            ax.annotate(
+                f"${total:,.2f}",
+                (xi, total),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+        ax.set_ylim(0, max(float(bottom.max(initial=0.0)), 1e-9) * 1.12)  # room for totals
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.set_xlabel("policy")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ax_pool.set_ylabel("mean cost per held-out episode (USD)")
+    fig.suptitle("Cost breakdown by pool and by purchase option")
+    return _png_data_uri(fig)
+
+
+def plot_cost_vs_slo(ev: Evaluation) -> str:
+    """Cost against SLO attainment, 95% intervals as error bars, oracle starred, target line."""
+    res = ev.results
+    labels = list(res["policies"])
+    oracle = res.get("oracle")
+    colors = policy_colors(labels, oracle)
+    fig = Figure(figsize=(9.0, 5.0), layout="constrained")
+    ax = fig.subplots()
+    for label in labels:
+        x = _mean(res, label, "cost_usd")
+        y = 100.0 * _mean(res, label, "slo_attainment")
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        xci = _ci(res, label, "cost_usd")
+        yci = _ci(res, label, "slo_attainment")
+        xerr = None if xci is None else [[max(x - xci[0], 0.0)], [max(xci[1] - x, 0.0)]]
+        yerr = (
+            None
+            if yci is None
+            else [[max(y - 100.0 * yci[0], 0.0)], [max(100.0 * yci[1] - y, 0.0)]]
+        )
+        is_oracle = label == oracle
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            fmt="*" if is_oracle else "o",
+            markersize=16 if is_oracle else 8,
+            color=colors[label],
+            capsize=3,
+            label=f"{label} (lower bound)" if is_oracle else label,
+        )
+        ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
+    target = 100.0 * float(res["slo"]["target_attainment"])
+    ax.axhline(target, color="#d62728", ls="--", lw=1.2, label=f"SLO target {target:g}%")
+    lo, _ = ax.get_ylim()
+    ax.set_ylim(min(lo, target - 0.5), 100.0 + 0.06 * (100.0 - min(lo, target - 0.5)))
+    ax.set_xlabel("mean cost per held-out episode (USD)")
+    ax.set_ylabel("SLO attainment (% of requests)")
+    ax.set_title("Cost against SLO attainment (95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    # outside the axes: the upper left, where a legend would go, is where good policies sit
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    return _png_data_uri(fig)
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None, str]:
+    """The gap table's rows, the best baseline, and a note on how it was chosen.
+
+    Best baseline: the cheapest baseline that meets the SLO target on average; if none does,
+    the baseline with the highest attainment (a cheaper one that misses the SLO is no bar).
+    ``closed`` = (best baseline cost - policy cost) / (best baseline cost - oracle cost): 0 for
+    the best baseline, 1 for the oracle, negative for a policy dearer than the best baseline.
+    """
+    oracle = results.get("oracle")
+    if oracle is None:
+        return [], None, "no oracle in this evaluation"
+    target = float(results["slo"]["target_attainment"])
+    oracle_cost = _mean(results, oracle, "cost_usd")
+    baselines = [b for b in results.get("baselines", []) if b in results["policies"]]
+    meeting = [b for b in baselines if _mean(results, b, "slo_attainment") >= target]
+    if meeting:
+        best = min(meeting, key=lambda b: _mean(results, b, "cost_usd"))
+        note = f"the cheapest baseline meeting the {100 * target:g}% SLO target"
+    elif baselines:
+        best = max(baselines, key=lambda b: _mean(results, b, "slo_attainment"))
+        note = (
+            f"no baseline meets the {100 * target:g}% SLO target; the one with the highest "
+            "attainment"
+        )
+    else:
+        best, note = None, "no baselines in this evaluation"
+    best_cost = _mean(results, best, "cost_usd") if best else float("nan")
+    rows = []
+    for label in results["policies"]:
+        cost = _mean(results, label, "cost_usd")
+        gap = best_cost - oracle_cost
+        closed = (best_cost - cost) / gap if gap > 0 else float("nan")
+        rows.append(
+            {
+                "policy": label,
+                "cost_usd": cost,
+                "over_oracle_usd": cost - oracle_cost,
+                "over_oracle_pct": 100.0 * (cost / oracle_cost - 1.0)
+                if oracle_cost > 0
+                else float("nan"),
+                "slo_attainment": _mean(results, label, "slo_attainment"),
+                "meets_slo": _mean(results, label, "slo_attainment") >= target,
+                "closed": closed,
+            }
+        )
+    return rows, best, note
+
+
+def _fmt(value: float, fmt: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if fmt == "pct":
+        return f"{100.0 * value:.2f}%"
+    return fmt.format(value)
+
+
+def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
+    mean = _mean(results, policy, metric)
+    ci = _ci(results, policy, metric)
+    text = _fmt(mean, fmt)
+    if ci is None:
+        return f"<td>{html.escape(text)}</td>"
+    half = max(ci[1] - mean, mean - ci[0])
+    span = f"95% CI [{_fmt(ci[0], fmt)}, {_fmt(ci[1], fmt)}]"
+    return (
+        f'<td title="{html.escape(span)}">{html.escape(text)}'
+        f'<span class="ci"> ± {html.escape(_fmt(half, fmt))}</span></td>'
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Every headline metric per policy: mean ± half-width of the 95% CI (full CI on hover)."""
+    rows = []
+    for label in results["policies"]:
+        cells = [f"<th>{html.escape(label)}</th>"]
+        cells += [_cell(results, label, key, fmt) for key, _, fmt in SUMMARY_COLUMNS]
+        rows.append(cells)
+    return _table(["Policy", *[title for _, title, _ in SUMMARY_COLUMNS]], rows)
+
+
+def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str) -> str:
+    """Rows: the keys of a nested metric (pools, tenants); columns: policies."""
+    labels = list(results["policies"])
+    keys: list[str] = []
+    for label in labels:
+        for metric in results["policies"][label]:
+            if metric.startswith(prefix + "/") and metric[len(prefix) + 1 :] not in keys:
+                keys.append(metric[len(prefix) + 1 :])
+    rows = []
+    for key in keys:
+        cells = [f"<th>{html.escape(key)}</th>"]
+        cells += [_cell(results, label, f"{prefix}/{key}", fmt) for label in labels]
+        rows.append(cells)
+    return _table([key_title, *labels], rows)
+
+
+def gap_table(results: dict[str, Any]) -> str:
+    """The gap table as HTML, or a paragraph saying why there is none."""
+    rows, best, note = gap_rows(results)
+    if not rows:
+        return (
+            '<p class="note">The gap table needs the oracle (the perfect-foresight lower '
+            "bound on cost), and this evaluation has none: it is not registered in this "
+            "installation, or it was left out (<code>--no-oracle</code>).</p>"
+        )
+    body = []
+    for r in rows:
+        cls = ' class="best"' if r["policy"] == best else ""
+        body.append(
+            [
+                f"<th{cls}>{html.escape(r['policy'])}</th>",
+                f"<td>{_fmt(r['cost_usd'], '{:.2f}')}</td>",
+                f"<td>{_fmt(r['over_oracle_usd'], '{:+.2f}')}</td>",
+                f"<td>{_fmt(r['over_oracle_pct'], '{:+.1f}%')}</td>",
+                f"<td>{_fmt(r['slo_attainment'], 'pct')}</td>",
+                f"<td>{'yes' if r['meets_slo'] else 'no'}</td>",
+                f"<td>{_fmt(100.0 * r['closed'], '{:.0f}%')}</td>"
+                if r["meets_slo"]
+                else '<td class="miss">n/a: misses the SLO</td>',
+            ]
+        )
+    header = [
+        "Policy",
+        "Cost (USD)",
+        "Over oracle (USD)",
+        "Over oracle (%)",
+        "SLO attainment",
+        "Meets SLO",
+        "Best baseline's gap closed",
+    ]
+    best_text = html.escape(best) if best else "none"
+    return _table(header, body) + (
+        f'<p class="note">Best baseline: <b>{best_text}</b> ({html.escape(note)}). '
+        "Gap closed = (best baseline's cost &minus; policy's cost) / (best baseline's cost &minus; "
+        "oracle's cost): 0% is the best baseline, 100% the oracle. A policy that misses the "
+        "SLO target gets none: savings bought with violations close no gap.</p>"
+    )
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; color: #222; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem;
+     border-bottom: 1px solid #ddd; padding-bottom: .3rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: .6rem 0; }
+th, td { border: 1px solid #ddd; padding: .3rem .55rem; text-align: right; }
+thead th { background: #f3f3f3; }
+tbody th { text-align: left; background: #fafafa; white-space: nowrap; }
+td.miss { color: #a33; }
+th.best { background: #fff3c4; }
+.ci { color: #888; font-size: .8em; }
+.note { color: #555; font-size: .9rem; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
+dt { font-weight: 600; } dd { margin: 0; }
+"""
+
+
+def _figure(section_id: str, title: str, uri: str, caption: str) -> str:
+    return (
+        f'<section id="{section_id}"><h2>{html.escape(title)}</h2><figure>'
+        f'<img src="{uri}" alt="{html.escape(title)}">'
+        f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure></section>"
+    )
+
+
+def render_report(ev: Evaluation) -> str:
+    """The whole report as one HTML string (no external assets)."""
+    res = ev.results
+    trace = res["trace"]
+    held = res["held_out"]
+    esc = html.escape
+    facts = {
+        "Scenario": res["scenario"],
+        "Workload": f"{trace['format']}: {trace['path'] or '(synthetic)'} (from {trace['source']})",
+        "Policies": ", ".join(res["policies"]),
+        "Seeds": ", ".join(str(s) for s in res["seeds"]),
+        "Held-out windows": (
+            f"{len(held['test_starts'])} of {held['episode_hours']:.2f} h, starting at steps "
+            f"{', '.join(str(s) for s in held['test_starts'])} (training and tuning use steps "
+            f"before {held['boundary_step']} of {held['total_steps']})"
+        ),
+        "Grid": (
+            "every seed runs every held-out window"
+            if res["windows"] == "all"
+            else "seed s runs held-out window s mod W"
+        ),
+        "SLO": (
+            f"TTFT ≤ {res['slo']['ttft_s']:g} s and TPOT ≤ {res['slo']['tpot_s']:g} s for "
+            f"{100 * res['slo']['target_attainment']:g}% of requests"
+        ),
+        "Created": res.get("created_utc", ""),
+    }
+    facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in facts.items())
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>rlscale evaluation: {esc(res['scenario'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Policy evaluation: {esc(res['scenario'])}</h1>",
+        f'<section id="setup"><dl>{facts_html}</dl></section>',
+        _figure(
+            "load-capacity",
+            "Load against ready capacity",
+            plot_load_capacity(ev),
+            "Arrivals (black) against the capacity of ready replicas, stacked by pool, over one "
+            "held-out window. Capacity is a replica's saturation throughput for the workload's "
+            "request mix (what policies observe); latency targets are met somewhat below it, "
+            "so arrivals near the top of the band already mean queueing, and a band far above "
+            "them means paying for idle GPUs.",
+        ),
+        _figure(
+            "cost-breakdown",
+            "Cost by pool and purchase option",
+            plot_cost_breakdown(ev),
+            "Mean cost per held-out episode over seeds, split by pool (left) and by on-demand "
+            "against spot (right).",
+        ),
+        _figure(
+            "cost-slo",
+            "Cost against SLO attainment",
+            plot_cost_vs_slo(ev),
+            "Upper left is better: cheap, and above the dashed SLO target. Bars are 95% "
+            "confidence intervals over seeds; the star is the oracle, a lower bound on cost.",
+        ),
+        '<section id="gap"><h2>Gap to the oracle</h2>',
+        gap_table(res),
+        "</section>",
+        '<section id="metrics"><h2>Metrics (mean ± 95% CI half-width over seeds)</h2>',
+        summary_table(res),
+        "</section>",
+        '<section id="gpu-hours"><h2>GPU-hours by pool</h2>',
+        grouped_table(res, "gpu_hours", "{:.2f}", "Pool"),
+        "</section>",
+        '<section id="tenants"><h2>Cost per tenant (USD)</h2>',
+        grouped_table(res, "cost_per_tenant_usd", "{:.3f}", "Tenant"),
+        '<p class="note">Cost is allocated to tenants by their share of tokens; tenants '
+        "beyond the top ones are summed as <i>other</i>.</p></section>",
+        '<section id="method"><h2>How these numbers were made</h2><p class="note">',
+        "Each metric is per held-out episode. A seed's value is its mean over the windows it "
+        "ran; the table shows the mean over seeds and the half-width of the two-sided 95% "
+        "Student-t interval of that mean (undefined, shown without ±, for a single seed). "
+        "Every policy sees the same random stream for a given seed (common random numbers). "
+        "Held-out windows come after the split boundary of the workload and are never used "
+        "for tuning or training.</p></section>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(ev: Evaluation, out_dir: Path) -> Path:
+    """Write ``report.html`` into ``out_dir`` and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    path.write_text(render_report(ev), encoding="utf-8")
+    return path

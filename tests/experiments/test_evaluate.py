@@ -1,0 +1,397 @@
+"""``rlscale evaluate``: the grid, the statistics, --trace, the report and the MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlscale.agents.observe import EpisodeResult
+from rlscale.envs.scenario import ScenarioError
+from rlscale.experiments import evaluate as ev
+from rlscale.experiments.evaluate import PolicySpec, evaluate, mean_ci95
+from rlscale.experiments.report import gap_rows, render_report, write_report
+from rlscale.experiments.tracking import (
+    TrackingError,
+    log_evaluation,
+    metric_key,
+    require_mlflow,
+)
+
+HEADLINE_METRICS = (
+    "cost_usd",
+    "cost_per_million_tokens_usd",
+    "slo_attainment",
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p95_s",
+    "tpot_p99_s",
+    "dropped",
+    "scale_events",
+    "cold_starts",
+    "preemptions",
+)
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def test_identical_runs_give_a_zero_width_interval():
+    # 0.1 + 0.2 style values whose float mean is not exactly the value
+    out = mean_ci95([0.30000000000000004] * 5)
+    assert out == {"mean": 0.30000000000000004, "ci95": [0.30000000000000004] * 2}
+
+
+def test_known_sample_gives_the_student_t_interval():
+    # mean 3, s = sqrt(2.5), t(0.975, 4 dof) = 2.7764451051977987 (tables: 2.776)
+    out = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5.0)
+    assert out["mean"] == pytest.approx(3.0)
+    assert out["ci95"] == pytest.approx([3.0 - half, 3.0 + half], rel=1e-12)
+    assert half == pytest.approx(1.9632, abs=1e-4)
+
+
+def test_one_seed_has_no_interval():
+    assert mean_ci95([7.0]) == {"mean": 7.0, "ci95": [None, None]}
+
+
+def test_tenants_beyond_the_top_n_are_summed_as_other():
+    summary = {
+        **dict.fromkeys(ev.SCALAR_METRICS, 1.0),
+        "gpu_hours": {"h100": 2.0, "spot": 1.0},
+        "cost_by_pool_usd": {"h100": 8.0, "spot": 2.0},
+        "cost_by_tenant_usd": {"a": 5.0, "b": 3.0, "c": 1.5, "d": 0.5},
+    }
+    result = EpisodeResult("p", 0, 0, summary)
+    tenants = ev.top_tenants([result], 2)
+    assert tenants == ["a", "b"]
+    flat = ev.flatten_summary(summary, {"h100": "on_demand", "spot": "spot"}, tenants)
+    assert flat["cost_per_tenant_usd/a"] == 5.0 and flat["cost_per_tenant_usd/b"] == 3.0
+    assert flat["cost_per_tenant_usd/other"] == pytest.approx(2.0)
+    assert "cost_per_tenant_usd/c" not in flat
+    assert flat["gpu_hours/h100"] == 2.0 and flat["cost_by_pool_usd/spot"] == 2.0
+    assert flat["cost_by_purchase_usd/on_demand"] == 8.0
+    assert flat["cost_by_purchase_usd/spot"] == 2.0
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+
+def test_grid_runs_every_window_per_seed_or_cycles_them():
+    spec = PolicySpec("static")
+    every = ev.grid_tasks([spec], [0, 1], [10, 20, 30], "all")
+    assert [(t.seed, t.start_step) for t in every] == [(s, w) for s in (0, 1) for w in (10, 20, 30)]
+    assert [t.record for t in every] == [True] + [False] * 5
+    cycled = ev.grid_tasks([spec], [0, 1, 2, 3], [10, 20, 30], "cycle")
+    assert [(t.seed, t.start_step) for t in cycled] == [(0, 10), (1, 20), (2, 30), (3, 10)]
+    with pytest.raises(ScenarioError, match="windows must be"):
+        ev.grid_tasks([spec], [0], [10], "some")  # type: ignore[arg-type]
+
+
+def test_policy_argument_parsing(tmp_path):
+    assert ev.parse_policy_arg("static") == PolicySpec("static")
+    params = tmp_path / "tuned.json"
+    params.write_text(json.dumps({"params": {"replicas": {"h100": 3}}}))
+    spec = ev.parse_policy_arg(f"static={params}")
+    assert spec.params_dict() == {"replicas": {"h100": 3}}  # a tuning result's params
+    assert ev.parse_policy_arg("oracle").per_episode
+    with pytest.raises(ScenarioError, match="no such file"):
+        ev.parse_policy_arg("static=/nonexistent/tuned.json")
+    with pytest.raises(ScenarioError, match=r"NAME or NAME=PARAMS\.json"):
+        ev.parse_policy_arg("static=")
+    labels = ev._with_labels([PolicySpec("static"), PolicySpec("static", params)])
+    assert [s.display for s in labels] == ["static", "static[tuned]"]
+
+
+@pytest.fixture(scope="module")
+def two_policy_eval(scenario):
+    """static and a smaller static fleet, three seeds, two held-out windows, no oracle."""
+    return evaluate(
+        scenario,
+        [
+            PolicySpec("static"),
+            PolicySpec("static", {"replicas": {"h100": 1}}, label="static-1"),
+        ],
+        seeds=3,
+        max_windows=2,
+        include_oracle=False,
+        progress=False,
+    )
+
+
+def test_results_json_shape(two_policy_eval, tmp_path):
+    path = ev.write_results(two_policy_eval, tmp_path)
+    results = json.loads(path.read_text())  # strict JSON: no NaN
+    assert results["scenario"] == "quick"
+    assert results["seeds"] == [0, 1, 2]
+    assert results["trace"] == {"format": "synthetic", "path": None, "source": "scenario"}
+    assert results["oracle"] is None
+    assert len(results["held_out"]["test_starts"]) == 2
+    # held-out windows lie after the split boundary: never seen by tuning or training
+    assert min(results["held_out"]["test_starts"]) >= results["held_out"]["boundary_step"]
+    assert list(results["policies"]) == ["static", "static-1"]
+    for metrics in results["policies"].values():
+        for name in (*HEADLINE_METRICS, "gpu_hours/h100", "gpu_hours/a100"):
+            assert name in metrics, name
+        assert "cost_per_tenant_usd/default" in metrics
+        for agg in metrics.values():
+            assert set(agg) == {"mean", "ci95"} and len(agg["ci95"]) == 2
+            lo, hi = agg["ci95"]
+            assert lo <= agg["mean"] <= hi
+    static = results["policies"]["static"]
+    # two on-demand h100s for half an hour under every seed: identical cost, zero-width CI
+    assert static["cost_usd"]["mean"] == pytest.approx(4.0 * 2 * 0.5)
+    assert static["cost_usd"]["ci95"][0] == static["cost_usd"]["ci95"][1]
+    assert static["gpu_hours/h100"]["mean"] == pytest.approx(1.0)
+    assert results["policies"]["static-1"]["cost_usd"]["mean"] == pytest.approx(2.0)
+    assert len(two_policy_eval.episodes) == 2 * 3 * 2
+    assert set(two_policy_eval.timelines) == {"static", "static-1"}
+
+
+def test_evaluation_is_deterministic(two_policy_eval, scenario):
+    again = evaluate(
+        scenario,
+        [PolicySpec("static", {"replicas": {"h100": 1}}, label="static-1")],
+        seeds=3,
+        max_windows=2,
+        include_oracle=False,
+        progress=False,
+    )
+    assert again.results["policies"]["static-1"] == two_policy_eval.results["policies"]["static-1"]
+
+
+def test_oracle_is_built_per_episode_with_its_window_and_seed(scenario, fake_oracle):
+    out = evaluate(scenario, ["static"], seeds=2, max_windows=2, progress=False)
+    starts = out.results["held_out"]["test_starts"]
+    assert out.results["oracle"] == "oracle"
+    assert list(out.results["policies"]) == ["static", "oracle"]
+    assert sorted((c["seed"], c["start_step"]) for c in fake_oracle) == sorted(
+        (s, w) for s in (0, 1) for w in starts
+    )
+    rows, best, _ = gap_rows(out.results)
+    by_policy = {r["policy"]: r for r in rows}
+    assert best == "static"
+    assert by_policy["oracle"]["closed"] == pytest.approx(1.0)
+    assert by_policy["static"]["closed"] == pytest.approx(0.0)
+    assert by_policy["static"]["over_oracle_usd"] == pytest.approx(4.0 * 0.5)
+
+
+# --- --trace -------------------------------------------------------------------------------------
+
+
+def _write_csv_trace(path, hours: float = 2.0, rps: float = 3.0) -> None:
+    rng = np.random.default_rng(7)
+    n = int(hours * 3600 * rps)
+    times = np.sort(rng.uniform(0.0, hours * 3600.0, n))
+    tenants = rng.choice(["alpha", "beta", "gamma"], size=n, p=[0.6, 0.3, 0.1])
+    lines = ["timestamp_s,prompt_tokens,output_tokens,tenant"]
+    lines += [
+        f"{t:.3f},{p},{o},{k}"
+        for t, p, o, k in zip(
+            times, rng.integers(100, 2000, n), rng.integers(20, 400, n), tenants, strict=True
+        )
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_trace_replaces_the_workload_and_is_named(scenario, tmp_path):
+    trace = tmp_path / "my-traffic.csv"
+    _write_csv_trace(trace)
+    replaced = ev.with_trace(scenario, trace, "csv")
+    assert replaced.workload.kind == "csv" and replaced.workload.path == str(trace.resolve())
+    assert replaced.workload.synthetic is None
+    assert replaced.pools == scenario.pools and replaced.slo == scenario.slo
+
+    out = evaluate(
+        scenario,
+        ["static"],
+        seeds=1,
+        trace=trace,
+        trace_format="csv",
+        include_oracle=False,
+        n_top_tenants=2,
+        progress=False,
+    )
+    res = out.results
+    assert res["trace"] == {"format": "csv", "path": str(trace.resolve()), "source": "--trace"}
+    # ~2 h of trace, 0.5 h episodes: the last quarter (one window) is held out
+    held = res["held_out"]
+    assert held["total_steps"] in (239, 240)
+    assert held["test_starts"] == [held["boundary_step"]] == [int(0.75 * held["total_steps"])]
+    tenants = {k for k in res["policies"]["static"] if k.startswith("cost_per_tenant_usd/")}
+    assert tenants == {
+        "cost_per_tenant_usd/alpha",
+        "cost_per_tenant_usd/beta",
+        "cost_per_tenant_usd/other",
+    }
+    assert res["policies"]["static"]["completed"]["mean"] > 0.2 * 3 * 1800
+
+
+def test_trace_errors_name_the_problem(scenario, tmp_path):
+    trace = tmp_path / "t.csv"
+    _write_csv_trace(trace, hours=1.0)
+    with pytest.raises(ScenarioError, match="go together"):
+        evaluate(scenario, ["static"], trace=trace, progress=False)
+    with pytest.raises(ScenarioError, match="--trace-format must be one of"):
+        ev.with_trace(scenario, trace, "parquet")
+    with pytest.raises(ScenarioError, match="no such file"):
+        ev.with_trace(scenario, tmp_path / "missing.csv", "csv")
+    with pytest.raises(ScenarioError, match="unknown policy 'nope'"):
+        evaluate(scenario, ["nope"], progress=False)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def test_report_has_every_section_and_escapes_text(scenario, fake_oracle, tmp_path):
+    out = evaluate(
+        scenario,
+        [PolicySpec("static", label="<b>static</b>")],
+        seeds=2,
+        max_windows=1,
+        progress=False,
+    )
+    page = write_report(out, tmp_path).read_text()
+    for section in (
+        "setup",
+        "load-capacity",
+        "cost-breakdown",
+        "cost-slo",
+        "gap",
+        "metrics",
+        "gpu-hours",
+        "tenants",
+        "method",
+    ):
+        assert f'<section id="{section}">' in page, section
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 3 and all(s.startswith("data:image/png;base64,") for s in images)
+    assert "Best baseline&#x27;s gap closed</th>" in page
+    assert "&lt;b&gt;static&lt;/b&gt;" in page and "<b>static</b>" not in page
+    # self-contained: nothing is fetched from anywhere
+    assert not re.search(r'(src|href)="(https?:|//)', page)
+    assert "<script" not in page
+
+
+def test_report_without_oracle_says_the_gap_table_needs_it(two_policy_eval):
+    page = render_report(two_policy_eval)
+    assert "The gap table needs the oracle" in page
+    assert page.count("<img ") == 3
+
+
+# --- MLflow --------------------------------------------------------------------------------------
+
+
+def test_metric_keys_are_namespaced_and_valid():
+    assert metric_key("hpa", "cost_usd") == "hpa/cost_usd"
+    assert metric_key("oracle", "gpu_hours/h100") == "oracle/gpu_hours/h100"
+    assert metric_key("static[tuned]", "x") == "static_tuned_/x"
+    assert metric_key("a/b", "cost_per_tenant_usd/k@y") == "a_b/cost_per_tenant_usd/k_y"
+
+
+def test_missing_mlflow_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` fail
+    with pytest.raises(TrackingError, match=r"pip install 'rlscale\[eval\]'"):
+        require_mlflow()
+
+
+def test_mlflow_run_has_metrics_params_and_artifacts(two_policy_eval, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    results_path = ev.write_results(two_policy_eval, tmp_path / "out")
+    report_path = write_report(two_policy_eval, tmp_path / "out")
+    run = log_evaluation(two_policy_eval.results, [results_path, report_path], uri=uri)
+    assert re.fullmatch(r"quick__evaluate__3__\d+", run.run_name)
+
+    client = MlflowClient(tracking_uri=uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == run.run_name
+    assert client.get_experiment(run.experiment_id).name == "rlscale-evaluate"
+    res = two_policy_eval.results
+    assert got.data.metrics["static/cost_usd"] == pytest.approx(
+        res["policies"]["static"]["cost_usd"]["mean"]
+    )
+    assert "static-1/gpu_hours/h100" in got.data.metrics
+    assert got.data.params["scenario"] == "quick" and got.data.params["n_seeds"] == "3"
+    names = {a.path for a in client.list_artifacts(run.run_id)}
+    assert names == {"results.json", "report.html"}
+    local = client.download_artifacts(run.run_id, "results.json", str(tmp_path / "dl"))
+    assert (
+        json.loads(Path(local).read_text())["policies"]
+        == json.loads(results_path.read_text())["policies"]
+    )
+    # the artifacts sit beside the database, not in ./mlruns
+    assert (tmp_path / "mlartifacts" / "rlscale-evaluate").is_dir()
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.needs_data
+def test_cli_end_to_end_on_azure_conv(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'runs.db'}")
+    parser = argparse.ArgumentParser(prog="rlscale")
+    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            *("evaluate", "--scenario", "azure-conv", "--policy", "static", "--seeds", "2"),
+            *("--out", str(tmp_path / "eval"), "--no-progress"),
+        ]
+    )
+    assert ev.run_evaluate(args) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["scenario"] == "azure-conv" and results["seeds"] == [0, 1]
+    assert "static" in results["policies"]
+    assert (tmp_path / "eval" / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert line["mlflow_run_id"] and (tmp_path / "runs.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_bad_seeds_are_rejected(scenario):
+    with pytest.raises(ScenarioError, match="--seeds must be at least 1"):
+        evaluate(scenario, ["static"], seeds=0, progress=False)
+
+
+def test_cli_without_mlflow_fails_before_running_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    parser = argparse.ArgumentParser(prog="rlscale")
+    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--scenario", "quick", "--out", str(tmp_path / "o")])
+    assert ev.run_evaluate(args) == 2
+    assert "pip install 'rlscale[eval]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_parameter_file_fails_before_the_grid(scenario, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ScenarioError, match="cannot read parameters"):
+        evaluate(scenario, ["static", PolicySpec("static", bad)], progress=False)
+
+
+def test_building_the_cli_parser_does_not_load_the_simulator():
+    # `rlscale --help` imports this module for its parser; numba kernels must not come along
+    import subprocess
+
+    code = (
+        "import sys, rlscale.experiments.evaluate as e, argparse;"
+        "e.add_evaluate_parser(argparse.ArgumentParser().add_subparsers());"
+        "print(sorted(m for m in ('numba', 'scipy.stats', 'rlscale.envs.simulator')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
