@@ -576,31 +576,10 @@ def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed):
 
 
 @njit(cache=True, error_model="numpy")
-def _step_cluster(
-    i,
-    actions,
-    sp,
-    pp,
-    wl,
-    prompt_q,
-    spot,
-    cold,
-    cs,
-    ps,
-    qring,
-    whist,
-    srings,
-    drings,
-    rng,
-    obs,
-    obs_lo,
-    obs_hi,
-    rew,
-    met,
-    pmet,
-    ep_whist,
-    ep_tpot,
-):
+def _step_cluster(i, actions, params, state, out):
+    sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi = params
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    obs, rew, met, pmet = out
     P = pp.shape[0]
     dt = sp[SP_DT]
     K = int(sp[SP_K])
@@ -1190,165 +1169,31 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _step_parallel(
-    actions,
-    sp,
-    pp,
-    wl,
-    prompt_q,
-    spot,
-    cold,
-    cs,
-    ps,
-    qring,
-    whist,
-    srings,
-    drings,
-    rng,
-    obs,
-    obs_lo,
-    obs_hi,
-    rew,
-    met,
-    pmet,
-    ep_whist,
-    ep_tpot,
-):
-    for i in prange(cs.shape[0]):
-        _step_cluster(
-            i,
-            actions,
-            sp,
-            pp,
-            wl,
-            prompt_q,
-            spot,
-            cold,
-            cs,
-            ps,
-            qring,
-            whist,
-            srings,
-            drings,
-            rng,
-            obs,
-            obs_lo,
-            obs_hi,
-            rew,
-            met,
-            pmet,
-            ep_whist,
-            ep_tpot,
-        )
+def _step_parallel(actions, params, state, out):
+    for i in prange(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out)
 
 
 @njit(cache=True, error_model="numpy")
-def _step_serial(
-    actions,
-    sp,
-    pp,
-    wl,
-    prompt_q,
-    spot,
-    cold,
-    cs,
-    ps,
-    qring,
-    whist,
-    srings,
-    drings,
-    rng,
-    obs,
-    obs_lo,
-    obs_hi,
-    rew,
-    met,
-    pmet,
-    ep_whist,
-    ep_tpot,
-):
-    for i in range(cs.shape[0]):
-        _step_cluster(
-            i,
-            actions,
-            sp,
-            pp,
-            wl,
-            prompt_q,
-            spot,
-            cold,
-            cs,
-            ps,
-            qring,
-            whist,
-            srings,
-            drings,
-            rng,
-            obs,
-            obs_lo,
-            obs_hi,
-            rew,
-            met,
-            pmet,
-            ep_whist,
-            ep_tpot,
-        )
+def _step_serial(actions, params, state, out):
+    for i in range(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out)
 
 
 PARALLEL_MIN_CLUSTERS = 16
 """Below this many clusters, thread start-up costs more than it saves."""
 
 
-def step_clusters(
-    actions,
-    sp,
-    pp,
-    wl,
-    prompt_q,
-    spot,
-    cold,
-    cs,
-    ps,
-    qring,
-    whist,
-    srings,
-    drings,
-    rng,
-    obs,
-    obs_lo,
-    obs_hi,
-    rew,
-    met,
-    pmet,
-    ep_whist,
-    ep_tpot,
-) -> None:
-    """Advance every cluster by one decision interval, in place (see the module docstring)."""
-    kernel = _step_parallel if cs.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
-    kernel(
-        actions,
-        sp,
-        pp,
-        wl,
-        prompt_q,
-        spot,
-        cold,
-        cs,
-        ps,
-        qring,
-        whist,
-        srings,
-        drings,
-        rng,
-        obs,
-        obs_lo,
-        obs_hi,
-        rew,
-        met,
-        pmet,
-        ep_whist,
-        ep_tpot,
-    )
+def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
+    """Advance every cluster by one decision interval, in place (see the module docstring).
+
+    :param actions: int64 [N, 2 * pools], the env's actions.
+    :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi)``, read only.
+    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot)``.
+    :param out: ``(obs, rew, met, pmet)``, written for this step.
+    """
+    kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
+    kernel(actions, params, state, out)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1384,30 +1229,11 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
 
 
 @njit(cache=True, error_model="numpy")
-def reset_cluster(
-    i,
-    offset_bins,
-    seed,
-    sp,
-    pp,
-    wl,
-    spot,
-    cs,
-    ps,
-    qring,
-    whist,
-    srings,
-    drings,
-    rng,
-    obs,
-    obs_lo,
-    obs_hi,
-    met,
-    pmet,
-    ep_whist,
-    ep_tpot,
-) -> None:
+def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
+    sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    obs, _, met, pmet = out
     P = pp.shape[0]
     for j in range(cs.shape[1]):
         cs[i, j] = 0.0

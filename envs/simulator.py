@@ -331,6 +331,29 @@ class ClusterSimulator:
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)
         self._actions = np.zeros((n, 2 * P), dtype=np.int64)
+        # the kernel's arguments, grouped as dynamics.step_clusters documents
+        self._params = (
+            self.sim_params,
+            self.pool_params,
+            self.workload_arrays,
+            self.prompt_quantiles,
+            self.spot_series,
+            self.cold_tables,
+            self.obs_low,
+            self.obs_high,
+        )
+        self._state = (
+            self.cluster_state,
+            self.pool_state,
+            self.queue_ring,
+            self.wait_hist,
+            self.lifecycle_rings,
+            self.drain_rings,
+            self.rng_state,
+            self.episode_wait_hist,
+            self.episode_tpot_hist,
+        )
+        self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -366,27 +389,7 @@ class ClusterSimulator:
         self.steps[i] = 0
         self.tenant_cost[i] = 0.0
         dyn.reset_cluster(
-            i,
-            start * self.substeps_per_step,
-            seed,
-            self.sim_params,
-            self.pool_params,
-            self.workload_arrays,
-            self.spot_series,
-            self.cluster_state,
-            self.pool_state,
-            self.queue_ring,
-            self.wait_hist,
-            self.lifecycle_rings,
-            self.drain_rings,
-            self.rng_state,
-            self.obs,
-            self.obs_low,
-            self.obs_high,
-            self.metrics,
-            self.pool_metrics,
-            self.episode_wait_hist,
-            self.episode_tpot_hist,
+            i, start * self.substeps_per_step, seed, self._params, self._state, self._out
         )
 
     def step(self, actions: np.ndarray) -> None:
@@ -401,30 +404,7 @@ class ClusterSimulator:
                 f"[0, {self.action_nvec[bad[-1]] - 1}]"
             )
         self._actions[:] = a
-        dyn.step_clusters(
-            self._actions,
-            self.sim_params,
-            self.pool_params,
-            self.workload_arrays,
-            self.prompt_quantiles,
-            self.spot_series,
-            self.cold_tables,
-            self.cluster_state,
-            self.pool_state,
-            self.queue_ring,
-            self.wait_hist,
-            self.lifecycle_rings,
-            self.drain_rings,
-            self.rng_state,
-            self.obs,
-            self.obs_low,
-            self.obs_high,
-            self.rewards,
-            self.metrics,
-            self.pool_metrics,
-            self.episode_wait_hist,
-            self.episode_tpot_hist,
-        )
+        dyn.step_clusters(self._actions, self._params, self._state, self._out)
         # cost is allocated to tenants by their share of the interval's tokens
         share = self.workload.tenant_token_share
         rows = (self.start_steps + self.steps) % share.shape[0]
