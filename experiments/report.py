@@ -516,3 +516,52 @@ def write_report(ev: Evaluation, out_dir: Path) -> Path:
     path = out_dir / "report.html"
     path.write_text(render_report(ev), encoding="utf-8")
     return path
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The headline of an evaluation as a Markdown table (for READMEs and pull requests)."""
+
+    def ci(label: str, metric: str, fmt: str) -> str:
+        agg = results["policies"][label][metric]
+        lo, hi = agg["ci95"]
+        half = f" ± {fmt.format((hi - lo) / 2)}" if lo is not None and hi is not None else ""
+        return fmt.format(agg["mean"]) + half
+
+    rows, best, _ = gap_rows(results)
+    closed = {r["policy"]: r for r in rows}
+    lines = [
+        "| policy | cost (USD) | SLO attainment | TTFT p95 (s) | scale events "
+        "| over oracle | best baseline's gap closed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label in results["policies"]:
+        gap = closed.get(label)
+        over = f"{gap['over_oracle_pct']:+.0f}%" if gap else "n/a"
+        if not gap or label == results.get("oracle"):
+            shut = "" if gap else "n/a"
+        elif not gap["meets_slo"]:
+            shut = "misses SLO"
+        else:
+            shut = f"{100 * gap['closed']:.0f}%"
+        name = f"**{label}**" if label == best else label
+        lines.append(
+            f"| {name} | {ci(label, 'cost_usd', '{:.2f}')} "
+            f"| {ci(label, 'slo_attainment', '{:.2%}')} | {ci(label, 'ttft_p95_s', '{:.3f}')} "
+            f"| {ci(label, 'scale_events', '{:.1f}')} | {over} | {shut} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rlscale.experiments.report results.json``: print the Markdown table."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=markdown_table.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written by rlscale evaluate")
+    args = parser.parse_args(argv)
+    print(markdown_table(json.loads(args.results.read_text())))
+
+
+if __name__ == "__main__":
+    main()

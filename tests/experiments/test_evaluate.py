@@ -395,3 +395,37 @@ def test_building_the_cli_parser_does_not_load_the_simulator():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_markdown_table_marks_the_best_baseline_and_the_gap_closed():
+    from rlscale.experiments.report import markdown_table
+
+    def agg(mean, half=0.0):
+        return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+    def policy(cost, attainment):
+        return {
+            "cost_usd": agg(cost, 0.5),
+            "slo_attainment": agg(attainment),
+            "ttft_p95_s": agg(0.2),
+            "scale_events": agg(3.0),
+        }
+
+    results = {
+        "slo": {"target_attainment": 0.99},
+        "oracle": "oracle",
+        "baselines": ["static", "hpa", "cheap"],
+        "policies": {
+            "static": policy(20.0, 1.0),
+            "hpa": policy(15.0, 0.995),
+            "cheap": policy(5.0, 0.90),  # cheapest, but misses the SLO: no bar
+            "oracle": policy(10.0, 0.999),
+        },
+    }
+    lines = markdown_table(results).splitlines()
+    assert lines[0].startswith("| policy | cost (USD)")
+    by_name = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert "**hpa**" in by_name and "| 0% |" in by_name["**hpa**"]
+    assert "15.00 ± 0.50" in by_name["**hpa**"] and "+50%" in by_name["**hpa**"]
+    assert "-100%" in by_name["static"]  # (15 - 20) / (15 - 10)
+    assert "misses SLO" in by_name["cheap"]
