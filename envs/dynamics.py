@@ -409,9 +409,9 @@ def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
 def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
 
-    ``hist[r, j]`` counts requests admitted after ``j`` sub-steps in the queue whose wait
-    behind other prompts' prefill is row ``r`` of ``prompt_q``; only the rows listed in
-    ``rows`` are read (a step fills at most three). Such a request's TTFT is its
+    ``hist[k, j]`` counts requests admitted after ``j`` sub-steps in the queue whose wait
+    behind other prompts' prefill is row ``rows[k]`` of ``prompt_q`` (a step fills three rows,
+    an episode up to all of them). Such a request's TTFT is its
     queueing delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
     ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
     and, at a busy replica, the prompts ahead of it in the prefill budget.
@@ -425,10 +425,11 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     last = -1
     top = 0.0
     rows_used = 0
-    for r in rows:
+    for k in range(rows.shape[0]):
+        r = rows[k]
         used = False
         for j in range(L):
-            w = hist[r, j]
+            w = hist[k, j]
             if w > 0.0:
                 used = True
                 total += w
@@ -441,8 +442,9 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
     if rows_used == 1 and first == last:
-        for r in rows:
-            if hist[r, first] > 0.0:
+        for k in range(rows.shape[0]):
+            r = rows[k]
+            if hist[k, first] > 0.0:
                 shift = first * dt + base_s
                 return (
                     shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.50),
@@ -461,10 +463,10 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
         x *= ratio
     xs[TTFT_GRID - 1] = hi_s
     cdf = np.zeros(TTFT_GRID)
-    for r in rows:
+    for k in range(rows.shape[0]):
         for j in range(first, last + 1):
-            if hist[r, j] > 0.0:
-                _add_quantile_cdf(cdf, xs, j * dt + base_s, inv_p, hist[r, j], prompt_q[r])
+            if hist[k, j] > 0.0:
+                _add_quantile_cdf(cdf, xs, j * dt + base_s, inv_p, hist[k, j], prompt_q[rows[k]])
     out = np.zeros(3)
     levels = (0.50, 0.95, 0.99)
     li = 0
@@ -738,7 +740,7 @@ def _step_cluster(i, actions, params, state, out):
     tpot_tok = np.zeros(P)
     tpot_w = np.zeros(P)
     caps = np.zeros(P)
-    step_hist = np.zeros((WAIT_ROWS + 1, L))
+    step_hist = np.zeros((3, L))
     step_rows = np.zeros(3, dtype=np.int64)
     adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
     adm_q = np.zeros(P)
@@ -1053,10 +1055,11 @@ def _step_cluster(i, actions, params, state, out):
             pi_mass += adm_n[p] * pi_p
             theta_mass += adm_n[p] * pi_p * th_p
         pi = min(1.0, pi_mass / base_w)
-        r0 = 0
+        # three histogram rows: no wait, and the two table rows around the wait's mean
         fr = 0.0
-        n_rows = 1
         step_rows[0] = 0
+        step_rows[1] = 1
+        step_rows[2] = 2
         if pi > 0.0:
             # the wait's mean in prompt tokens of prefill, located on the table's log grid
             theta_tok = theta_mass / pi_mass / (pre_sum / base_w)
@@ -1065,29 +1068,23 @@ def _step_cluster(i, actions, params, state, out):
             fr = min(xr - r0, 1.0)
             step_rows[1] = 1 + r0
             step_rows[2] = 2 + r0
-            n_rows = 3
         for j in range(L):
             w = whist[i, j]
+            step_hist[0, j] = w * (1.0 - pi)
+            step_hist[1, j] = w * pi * (1.0 - fr)
+            step_hist[2, j] = w * pi * fr
             if w > 0.0:
-                step_hist[0, j] = w * (1.0 - pi)
-                if pi > 0.0:
-                    step_hist[1 + r0, j] = w * pi * (1.0 - fr)
-                    step_hist[2 + r0, j] = w * pi * fr
-        for r in step_rows[:n_rows]:
-            for j in range(L):
-                ep_whist[i, r, j] += step_hist[r, j]
+                for k in range(3):
+                    ep_whist[i, step_rows[k], j] += step_hist[k, j]
         t50, t95, t99, ok = _ttft_stats(
             step_hist,
-            step_rows[:n_rows],
+            step_rows,
             dt,
             base_sum / base_w,
             pre_sum / base_w,
             prompt_q,
             sp[SP_TTFT],
         )
-        for r in step_rows[:n_rows]:
-            for j in range(L):
-                step_hist[r, j] = 0.0
     else:
         t50 = t95 = t99 = ok = 0.0
     m[M_TTFT50] = t50
@@ -1226,15 +1223,9 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
     out = np.zeros(6)
     if cs_row[CS_EP_BASE_W] > 0.0:
         w = cs_row[CS_EP_BASE_W]
-        used = np.zeros(ep_whist_row.shape[0], dtype=np.int64)
-        n_used = 0
-        for r in range(ep_whist_row.shape[0]):
-            if ep_whist_row[r].max() > 0.0:
-                used[n_used] = r
-                n_used += 1
         t50, t95, t99, _ = _ttft_stats(
             ep_whist_row,
-            used[:n_used],
+            np.arange(ep_whist_row.shape[0]),
             sp[SP_DT],
             cs_row[CS_EP_BASE_SUM] / w,
             cs_row[CS_EP_PRE_SUM] / w,
