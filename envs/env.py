@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator, observation_names
@@ -127,12 +126,7 @@ class InferenceClusterEnv(gym.Env):
         self.render_mode = None
         self.sim = ClusterSimulator(scenario, 1, workload=workload, workload_seed=workload_seed)
         self.scenario = self.sim.scenario
-        self.observation_space = spaces.Box(
-            low=self.sim.obs_low.astype(np.float32),
-            high=self.sim.obs_high.astype(np.float32),
-            dtype=np.float32,
-        )
-        self.action_space = spaces.MultiDiscrete(self.sim.action_nvec)
+        self.observation_space, self.action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)
         self._ready = False
 

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -360,6 +361,17 @@ class ClusterSimulator:
     def pool_names(self) -> list[str]:
         """Pool names in action / observation order."""
         return [p.name for p in self.pools]
+
+    def spaces(self) -> tuple[Any, Any]:
+        """Observation and action space of one cluster: a ``Box`` and a ``MultiDiscrete``."""
+        from gymnasium import spaces
+
+        obs = spaces.Box(
+            low=self.obs_low.astype(np.float32),
+            high=self.obs_high.astype(np.float32),
+            dtype=np.float32,
+        )
+        return obs, spaces.MultiDiscrete(self.action_nvec)
 
     def noop_action(self) -> np.ndarray:
         """The action that changes nothing: zero replica change and an empty warm pool."""

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -42,12 +41,7 @@ class BatchedEnvBase:
         self.sim = ClusterSimulator(
             scenario, num_envs, workload=workload, workload_seed=workload_seed
         )
-        self.single_observation_space = spaces.Box(
-            low=self.sim.obs_low.astype(np.float32),
-            high=self.sim.obs_high.astype(np.float32),
-            dtype=np.float32,
-        )
-        self.single_action_space = spaces.MultiDiscrete(self.sim.action_nvec)
+        self.single_observation_space, self.single_action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)
         self._rngs: list[np.random.Generator] = [
             seeding.np_random(None)[0] for _ in range(num_envs)
