@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rlscale.envs.env import InferenceClusterEnv
+from rlscale.envs.env import DEFAULT_SCENARIO, InferenceClusterEnv
 from rlscale.envs.scenario import load_scenario
 from rlscale.envs.vector import InferenceClusterVectorEnv
 
@@ -37,15 +37,21 @@ def _action_bank(space: gym.Space, n: int, seed: int = 0) -> list[np.ndarray]:
     return [space.sample() for _ in range(n)]
 
 
+TWO_WEEK_SCENARIO = "synthetic-2week"
+
+
 def bench_env(
-    scenario: str = "synthetic-2week",
+    scenario: str = DEFAULT_SCENARIO,
     *,
+    episode_scenario: str = TWO_WEEK_SCENARIO,
     sizes: list[int] | None = None,
     sync_sizes: list[int] | None = None,
     seconds: float = 2.0,
 ) -> dict[str, Any]:
     """Measure steps per second of the single env, the batched simulator and SyncVectorEnv.
 
+    Steps per second are measured on ``scenario`` (the env's default unless told otherwise);
+    the time of one whole episode, holding replicas fixed, on ``episode_scenario`` (two weeks).
     Actions are random (a fixed bank, so the same work every run): scaling, draining and
     cold starts all happen, not just idle stepping.
     """
@@ -66,12 +72,13 @@ def bench_env(
 
     single = _rate(single_step, 1, seconds, min_steps=100)
 
-    # a whole episode of the scenario (two weeks for synthetic-2week), holding replicas fixed
-    env.reset(seed=1)
-    noop = env.noop_action()
+    # one whole episode (two weeks), holding replicas fixed
+    long_env = InferenceClusterEnv(scenario=load_scenario(episode_scenario))
+    long_env.reset(seed=1)
+    noop = long_env.noop_action()
     start = time.perf_counter()
-    for _ in range(env.sim.episode_steps):
-        env.step(noop)
+    for _ in range(long_env.sim.episode_steps):
+        long_env.step(noop)
     episode_s = time.perf_counter() - start
 
     batched: dict[str, float] = {}
@@ -112,7 +119,9 @@ def bench_env(
         "control_interval_s": sc.control_interval_s,
         "substep_s": sc.substep_s,
         "single_env_steps_per_s": round(single, 1),
-        "episode_steps": env.sim.episode_steps,
+        "episode_scenario": long_env.scenario.name,
+        "episode_hours": long_env.scenario.episode_hours,
+        "episode_steps": long_env.sim.episode_steps,
         "episode_seconds": round(episode_s, 3),
         "batched_env_steps_per_s": {k: round(v, 1) for k, v in batched.items()},
         "sync_vector_env_steps_per_s": {k: round(v, 1) for k, v in sync_rates.items()},

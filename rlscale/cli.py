@@ -82,7 +82,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks; the last line printed is one JSON object")
     bsub = p.add_subparsers(dest="bench_target", required=True)
     e = bsub.add_parser("env", help="simulator steps per second, single and batched")
-    e.add_argument("--scenario", default="synthetic-2week")
+    e.add_argument(
+        "--scenario",
+        default=None,
+        help="scenario for steps per second (default: the env's default)",
+    )
+    e.add_argument(
+        "--episode-scenario",
+        default="synthetic-2week",
+        help="scenario whose whole episode is timed (default: two weeks)",
+    )
     e.add_argument(
         "--sizes",
         default="1,64,1024",
@@ -246,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["all_pass"] else 1
         elif args.command == "bench":
             from rlscale.envs.bench import bench_env
+            from rlscale.envs.env import DEFAULT_SCENARIO
 
             result = bench_env(
-                args.scenario,
+                args.scenario or DEFAULT_SCENARIO,
+                episode_scenario=args.episode_scenario,
                 sizes=[int(x) for x in args.sizes.split(",") if x],
                 sync_sizes=[int(x) for x in args.sync_sizes.split(",") if x],
                 seconds=args.seconds,

@@ -71,6 +71,8 @@ def test_bench_env_prints_one_json_object_last():
         "env",
         "--scenario",
         "azure-conv",
+        "--episode-scenario",
+        "azure-code",
         "--sizes",
         "1,8",
         "--sync-sizes",
@@ -81,6 +83,7 @@ def test_bench_env_prints_one_json_object_last():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["scenario"] == "azure-conv"
+    assert result["episode_scenario"] == "azure-code" and result["episode_steps"] == 114
     assert result["single_env_steps_per_s"] > 0
     assert set(result["batched_env_steps_per_s"]) == {"1", "8"}
     assert result["speedup_vs_sync_vector_env"]["8"] > 0
