@@ -753,58 +753,61 @@ def _step_cluster(i, actions, params, state, out):
         # lifecycle transitions due now
         for p in range(P):
             row = ps[i, p]
-            x = srings[i, p, RING_PROV_DONE, h_slot]
-            if x > 0.0:
-                srings[i, p, RING_PROV_DONE, h_slot] = 0.0
-                row[PS_PROV] -= x
-                row[PS_LOAD] += x
-                for _ in range(int(x + 0.5)):
-                    bins = max(1, int(_draw_table(rng, i, cold[p, CT_LOAD]) / dt + 0.5))
-                    srings[i, p, RING_LOAD_DONE, (s + min(bins, H - 1)) % H] += 1.0
-            y = srings[i, p, RING_LOAD_DONE, h_slot]
-            if y > 0.0:
-                srings[i, p, RING_LOAD_DONE, h_slot] = 0.0
-                row[PS_LOAD] -= y
-                row[PS_READY] += y
-            z = srings[i, p, RING_STANDBY_DONE, h_slot]
-            if z > 0.0:
-                srings[i, p, RING_STANDBY_DONE, h_slot] = 0.0
-                row[PS_REFILL] -= z
-                row[PS_STANDBY] += z
+            # rings hold entries only while the pool has replicas in those states
+            if row[PS_PROV] + row[PS_LOAD] + row[PS_REFILL] > 0.0:
+                x = srings[i, p, RING_PROV_DONE, h_slot]
+                if x > 0.0:
+                    srings[i, p, RING_PROV_DONE, h_slot] = 0.0
+                    row[PS_PROV] -= x
+                    row[PS_LOAD] += x
+                    for _ in range(int(x + 0.5)):
+                        bins = max(1, int(_draw_table(rng, i, cold[p, CT_LOAD]) / dt + 0.5))
+                        srings[i, p, RING_LOAD_DONE, (s + min(bins, H - 1)) % H] += 1.0
+                y = srings[i, p, RING_LOAD_DONE, h_slot]
+                if y > 0.0:
+                    srings[i, p, RING_LOAD_DONE, h_slot] = 0.0
+                    row[PS_LOAD] -= y
+                    row[PS_READY] += y
+                z = srings[i, p, RING_STANDBY_DONE, h_slot]
+                if z > 0.0:
+                    srings[i, p, RING_STANDBY_DONE, h_slot] = 0.0
+                    row[PS_REFILL] -= z
+                    row[PS_STANDBY] += z
             # drain deadlines: grace expiry drops what is left, a preemption requeues it
-            xg = drings[i, p, RING_GRACE, g_slot]
-            xn = drings[i, p, RING_NOTICE, g_slot]
-            if xg > 0.0 or xn > 0.0:
-                drings[i, p, RING_GRACE, g_slot] = 0.0
-                drings[i, p, RING_NOTICE, g_slot] = 0.0
-                D = row[PS_DRAIN]
-                if D > 0.0:
-                    fg = min(xg, D) / D
-                    fn = min(xn, D - min(xg, D)) / D
-                    di = row[PS_ID]
-                    dw = row[PS_WD]
-                    dc = row[PS_CD]
-                    c[CS_DROPPED] += di * fg
-                    m[M_DROPPED] += di * fg
-                    rq = di * fn
-                    if rq > 0.0:
-                        qb = s % L
-                        qring[i, 0, qb] += rq
-                        qring[i, 1, qb] += dc * fn
-                        qring[i, 2, qb] += dw * fn
-                        c[CS_QN] += rq
-                        c[CS_QP] += dc * fn
-                        c[CS_QO] += dw * fn
-                        c[CS_REQUEUED] += rq
-                        m[M_REQUEUED] += rq
-                        if c[CS_QHEAD] > s:
-                            c[CS_QHEAD] = s
-                    keep = 1.0 - fg - fn
-                    row[PS_ID] = di * keep
-                    row[PS_WD] = dw * keep
-                    row[PS_CD] = dc * keep
-                    row[PS_DRAIN] = D - min(xg + xn, D)
-                    row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
+            if row[PS_DRAIN] > 0.0:
+                xg = drings[i, p, RING_GRACE, g_slot]
+                xn = drings[i, p, RING_NOTICE, g_slot]
+                if xg > 0.0 or xn > 0.0:
+                    drings[i, p, RING_GRACE, g_slot] = 0.0
+                    drings[i, p, RING_NOTICE, g_slot] = 0.0
+                    D = row[PS_DRAIN]
+                    if D > 0.0:
+                        fg = min(xg, D) / D
+                        fn = min(xn, D - min(xg, D)) / D
+                        di = row[PS_ID]
+                        dw = row[PS_WD]
+                        dc = row[PS_CD]
+                        c[CS_DROPPED] += di * fg
+                        m[M_DROPPED] += di * fg
+                        rq = di * fn
+                        if rq > 0.0:
+                            qb = s % L
+                            qring[i, 0, qb] += rq
+                            qring[i, 1, qb] += dc * fn
+                            qring[i, 2, qb] += dw * fn
+                            c[CS_QN] += rq
+                            c[CS_QP] += dc * fn
+                            c[CS_QO] += dw * fn
+                            c[CS_REQUEUED] += rq
+                            m[M_REQUEUED] += rq
+                            if c[CS_QHEAD] > s:
+                                c[CS_QHEAD] = s
+                        keep = 1.0 - fg - fn
+                        row[PS_ID] = di * keep
+                        row[PS_WD] = dw * keep
+                        row[PS_CD] = dc * keep
+                        row[PS_DRAIN] = D - min(xg + xn, D)
+                        row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
 
         # arrivals into this sub-step's cohort; the cohort a timeout ago is dropped first
         qb = s % L
