@@ -619,7 +619,7 @@ class OraclePolicy:
 # --- choosing the utilization bound by replay ------------------------------------------------
 @dataclass(frozen=True)
 class OracleTuning:
-    """The chosen schedule and every utilization tried on the way."""
+    """The chosen schedule and every (lead quantile, utilization) tried on the way."""
 
     policy: OraclePolicy
     schedule: OracleSchedule
@@ -627,7 +627,7 @@ class OracleTuning:
     """The chosen schedule's replay: mean ``cost_usd`` and worst ``slo_attainment`` over seeds."""
     meets_slo: bool
     trials: tuple[dict[str, float], ...]
-    """Every utilization tried with its replay, in increasing utilization."""
+    """Every (lead quantile, utilization) tried with its replay, in increasing order."""
 
 
 def tune_oracle(
@@ -637,7 +637,7 @@ def tune_oracle(
     *,
     lead_quantiles: Sequence[float] = (0.5, 0.75, 0.9),
     low: float = 0.3,
-    high: float = 1.5,
+    high: float = 2.0,
     iterations: int = 6,
     target_attainment: float | None = None,
     burst_window_s: float = 10.0,
@@ -746,6 +746,12 @@ def oracle_for_episode(
 
 def _factory(scenario: Scenario, params: dict[str, Any]) -> OraclePolicy:
     params = dict(params)
+    if "targets" in params:
+        # a saved schedule (an oracle's config()) replays as it is, without solving again
+        targets = params.pop("targets")
+        return OraclePolicy(
+            {str(k): tuple(int(v) for v in row) for k, row in targets.items()}, params
+        )
     if "start_step" not in params:
         raise ScenarioError(
             "policy 'oracle' plans one episode window: give params {'start_step': <decision "
