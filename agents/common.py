@@ -33,6 +33,25 @@ def require(ok: bool, policy: str, param: str, value: Any, rule: str) -> None:
         raise policy_error(policy, param, value, rule)
 
 
+def require_all(policy: Any, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Check ``(param, ok, rule)`` triples of a policy dataclass; the first failure raises."""
+    for param, ok, rule in checks:
+        require(ok, policy.name, param, getattr(policy, param), f"must be {rule}")
+
+
+def require_max_at_least_min(policy: Any, max_param: str, min_param: str) -> None:
+    """A replica ceiling, when set, must allow at least one replica and the floor."""
+    high = getattr(policy, max_param)
+    floor = max(getattr(policy, min_param), 1)
+    require(
+        high is None or high >= floor,
+        policy.name,
+        max_param,
+        high,
+        f"must be >= max({min_param}, 1) = {floor}",
+    )
+
+
 def _coerce(policy: str, param: str, value: Any, hint: Any) -> Any:
     """``value`` as the annotated type (JSON gives 2.0 for 2, ints for floats), or an error."""
     allowed = typing.get_args(hint) or (hint,)

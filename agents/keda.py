@@ -39,6 +39,8 @@ from rlscale.agents.common import (
     deployment,
     factory_for,
     require,
+    require_all,
+    require_max_at_least_min,
     single_pool_targets,
 )
 from rlscale.agents.hpa import (
@@ -81,59 +83,24 @@ class KEDAPolicy:
     scale_down_stabilization_s: float = 300.0
 
     def __post_init__(self) -> None:
-        n = self.name
-        require(self.metric in METRICS, n, "metric", self.metric, f"one of {METRICS}")
-        require(
-            self.target_per_replica > 0,
-            n,
-            "target_per_replica",
-            self.target_per_replica,
-            "must be > 0",
+        require(self.metric in METRICS, self.name, "metric", self.metric, f"one of {METRICS}")
+        require_all(
+            self,
+            (
+                ("target_per_replica", self.target_per_replica > 0, "> 0"),
+                ("activation_threshold", self.activation_threshold >= 0, ">= 0"),
+                ("polling_interval_s", self.polling_interval_s > 0, "> 0"),
+                ("cooldown_period_s", self.cooldown_period_s >= 0, ">= 0"),
+                ("min_replica_count", self.min_replica_count >= 0, ">= 0"),
+                ("tolerance", 0 <= self.tolerance < 1, "in [0, 1)"),
+                (
+                    "scale_down_stabilization_s",
+                    0 <= self.scale_down_stabilization_s <= 3600,
+                    "in [0, 3600] s",
+                ),
+            ),
         )
-        require(
-            self.activation_threshold >= 0,
-            n,
-            "activation_threshold",
-            self.activation_threshold,
-            "must be >= 0",
-        )
-        require(
-            self.polling_interval_s > 0,
-            n,
-            "polling_interval_s",
-            self.polling_interval_s,
-            "must be > 0",
-        )
-        require(
-            self.cooldown_period_s >= 0,
-            n,
-            "cooldown_period_s",
-            self.cooldown_period_s,
-            "must be >= 0",
-        )
-        require(
-            self.min_replica_count >= 0,
-            n,
-            "min_replica_count",
-            self.min_replica_count,
-            "must be >= 0",
-        )
-        require(
-            self.max_replica_count is None
-            or self.max_replica_count >= max(self.min_replica_count, 1),
-            n,
-            "max_replica_count",
-            self.max_replica_count,
-            f"must be >= max(min_replica_count, 1) = {max(self.min_replica_count, 1)}",
-        )
-        require(0 <= self.tolerance < 1, n, "tolerance", self.tolerance, "must be in [0, 1)")
-        require(
-            0 <= self.scale_down_stabilization_s <= 3600,
-            n,
-            "scale_down_stabilization_s",
-            self.scale_down_stabilization_s,
-            "must be in [0, 3600] s",
-        )
+        require_max_at_least_min(self, "max_replica_count", "min_replica_count")
 
     def metric_value(self, state: ClusterState) -> float:
         """The trigger's metric: total over the Deployment, as the scaler reports it."""

@@ -43,7 +43,8 @@ from rlscale.agents.common import (
     clamp,
     deployment,
     factory_for,
-    require,
+    require_all,
+    require_max_at_least_min,
     single_pool_targets,
     window,
 )
@@ -83,7 +84,6 @@ class KnativePolicy:
     max_scale: int | None = None
 
     def __post_init__(self) -> None:
-        n = self.name
         checks = (
             ("container_concurrency_target", self.container_concurrency_target > 0, "> 0"),
             ("target_utilization", 0 < self.target_utilization <= 1, "in (0, 1]"),
@@ -100,15 +100,8 @@ class KnativePolicy:
             ("scale_to_zero_grace_period_s", self.scale_to_zero_grace_period_s >= 0, ">= 0"),
             ("min_scale", self.min_scale >= 0, ">= 0"),
         )
-        for param, ok, rule in checks:
-            require(ok, n, param, getattr(self, param), f"must be {rule}")
-        require(
-            self.max_scale is None or self.max_scale >= max(self.min_scale, 1),
-            n,
-            "max_scale",
-            self.max_scale,
-            f"must be >= max(min_scale, 1) = {max(self.min_scale, 1)}",
-        )
+        require_all(self, checks)
+        require_max_at_least_min(self, "max_scale", "min_scale")
 
     @property
     def target_per_pod(self) -> float:

@@ -42,7 +42,8 @@ from rlscale.agents.common import (
     clamp,
     deployment,
     policy_from_params,
-    require,
+    require_all,
+    require_max_at_least_min,
     single_pool_targets,
     window,
 )
@@ -100,7 +101,6 @@ class PredictivePolicy:
     max_replicas: int | None = None
 
     def __post_init__(self) -> None:
-        n = self.name
         checks = (
             ("lead_s", 0 <= self.lead_s <= 3600, "in [0, 3600] s"),
             ("headroom", 0 <= self.headroom <= 5, "in [0, 5]"),
@@ -114,15 +114,8 @@ class PredictivePolicy:
             ("scale_down_delay_s", self.scale_down_delay_s >= 0, ">= 0"),
             ("min_replicas", self.min_replicas >= 0, ">= 0"),
         )
-        for param, ok, rule in checks:
-            require(ok, n, param, getattr(self, param), f"must be {rule}")
-        require(
-            self.max_replicas is None or self.max_replicas >= max(self.min_replicas, 1),
-            n,
-            "max_replicas",
-            self.max_replicas,
-            f"must be >= max(min_replicas, 1) = {max(self.min_replicas, 1)}",
-        )
+        require_all(self, checks)
+        require_max_at_least_min(self, "max_replicas", "min_replicas")
 
     def initial_memory(self) -> Memory:
         """No history: the ring is allocated at the first decision, when the interval is known."""

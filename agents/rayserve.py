@@ -39,7 +39,8 @@ from rlscale.agents.common import (
     clamp,
     deployment,
     factory_for,
-    require,
+    require_all,
+    require_max_at_least_min,
     single_pool_targets,
     window,
 )
@@ -93,7 +94,6 @@ class RayServePolicy:
     max_replicas: int | None = None
 
     def __post_init__(self) -> None:
-        n = self.name
         checks = (
             ("target_ongoing_requests", self.target_ongoing_requests > 0, "> 0"),
             ("upscale_delay_s", self.upscale_delay_s >= 0, ">= 0"),
@@ -108,15 +108,8 @@ class RayServePolicy:
             ("look_back_period_s", self.look_back_period_s > 0, "> 0"),
             ("min_replicas", self.min_replicas >= 0, ">= 0"),
         )
-        for param, ok, rule in checks:
-            require(ok, n, param, getattr(self, param), f"must be {rule}")
-        require(
-            self.max_replicas is None or self.max_replicas >= max(self.min_replicas, 1),
-            n,
-            "max_replicas",
-            self.max_replicas,
-            f"must be >= max(min_replicas, 1) = {max(self.min_replicas, 1)}",
-        )
+        require_all(self, checks)
+        require_max_at_least_min(self, "max_replicas", "min_replicas")
 
     def initial_memory(self) -> Memory:
         """No samples; no pending decision."""

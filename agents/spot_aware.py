@@ -42,7 +42,8 @@ from rlscale.agents.common import (
     check_pool,
     clamp,
     policy_from_params,
-    require,
+    require_all,
+    require_max_at_least_min,
     window,
 )
 from rlscale.agents.registry import register
@@ -78,7 +79,6 @@ class SpotAwarePolicy:
     max_replicas: int | None = None
 
     def __post_init__(self) -> None:
-        n = self.name
         checks = (
             ("target_utilization", 0 < self.target_utilization <= 1.5, "in (0, 1.5]"),
             ("base_ondemand_fallback_replicas", self.base_ondemand_fallback_replicas >= 0, ">= 0"),
@@ -87,15 +87,8 @@ class SpotAwarePolicy:
             ("qps_window_s", self.qps_window_s > 0, "> 0"),
             ("min_replicas", self.min_replicas >= 0, ">= 0"),
         )
-        for param, ok, rule in checks:
-            require(ok, n, param, getattr(self, param), f"must be {rule}")
-        require(
-            self.max_replicas is None or self.max_replicas >= max(self.min_replicas, 1),
-            n,
-            "max_replicas",
-            self.max_replicas,
-            f"must be >= max(min_replicas, 1) = {max(self.min_replicas, 1)}",
-        )
+        require_all(self, checks)
+        require_max_at_least_min(self, "max_replicas", "min_replicas")
 
     def pools(self, state: ClusterState) -> tuple[PoolState, PoolState]:
         """The spot and on-demand pools this policy drives."""
