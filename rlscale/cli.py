@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.experiments.evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    from rlscale.serving.cli import add_serve_parser
+
+    add_serve_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
 
@@ -271,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.experiments.evaluate import run_evaluate
 
             return run_evaluate(args)
+        elif args.command == "serve":
+            from rlscale.serving.cli import run_serve
+
+            return run_serve(args)
         elif args.command == "scenarios":
             from rlscale.envs.scenario import list_scenarios, load_scenario
 

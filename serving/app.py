@@ -1,0 +1,213 @@
+"""The decision service's HTTP front end (FastAPI): recommendations, health, metrics.
+
+Routes:
+
+- ``POST /v1/recommendations``: metrics in, guarded replicas per pool out (bearer token).
+- ``GET /v1/recommendations/{pool}``: the latest recommendation for one pool (bearer token).
+- ``GET /healthz``: the process answers. ``GET /readyz``: a policy is loaded (503 before).
+- ``GET /metrics``: Prometheus text, from the app's own registry (no global state, so several
+  apps can live in one process, as tests do).
+
+No torch here or in anything imported: the service runs baselines now and ONNX exports later.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sqlite3
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
+from rlscale.serving.service import DecisionService
+from rlscale.serving.shadow import ShadowLog
+
+log = logging.getLogger("rlscale.serving")
+
+TOKEN_ENV_VAR = "RLSCALE_API_TOKEN"
+_BEARER = HTTPBearer(auto_error=False)
+
+
+class ServiceMetrics:
+    """The Prometheus series of one app, in their own registry."""
+
+    def __init__(self, policy_name: str, policy_version: str, fallback_version: str) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "rlscale_decisions",
+            "Decisions by pool and by what decided (policy or fallback).",
+            ["pool", "source"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "rlscale_fallback_causes",
+            "Why the policy did not decide: stale, invalid, missing input, or policy failure.",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.guardrail_changes = Counter(
+            "rlscale_guardrail_changes",
+            "Decisions a guardrail changed.",
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rlscale_decision_latency_seconds",
+            "Time to decide and record one recommendation.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.shadow_errors = Counter(
+            "rlscale_shadow_write_errors",
+            "Decisions answered but not recorded in the shadow database.",
+            registry=self.registry,
+        )
+        self.model = Info("rlscale_policy", "The deployed policy.", registry=self.registry)
+        self.model.info(
+            {"name": policy_name, "version": policy_version, "fallback": fallback_version}
+        )
+
+    def observe(self, response: RecommendationResponse, guard_changed: bool) -> None:
+        """Count one decision."""
+        for pool in response.replicas:
+            self.decisions.labels(pool=pool, source=response.source).inc()
+        if response.source == "fallback":
+            causes = {r.split(":", 1)[0] for r in response.reasons}
+            for cause in ("stale metrics", "invalid input", "missing input", "policy failed"):
+                if cause in causes:
+                    self.fallbacks.labels(cause=cause.replace(" ", "_")).inc()
+        if guard_changed:
+            self.guardrail_changes.inc()
+
+
+def create_app(
+    service: DecisionService, *, token: str | None = None, shadow: ShadowLog | None = None
+) -> FastAPI:
+    """The FastAPI app over ``service``.
+
+    :param token: bearer token required on ``/v1/*``; None disables authentication.
+    :param shadow: where every decision is recorded before its response; None = not recorded.
+    """
+    app = FastAPI(
+        title="rlscale decision service",
+        version="1",
+        description=(
+            "Recommended replicas per pool for a GPU LLM-inference cluster, from an RL or "
+            "rule-based policy, with guardrails and a rule-based fallback."
+        ),
+    )
+    metrics = ServiceMetrics(
+        service.policy.policy.name, service.policy.version, service.fallback.version
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.shadow = shadow
+
+    def authorize(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        if token is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the default handler echoes the input, which may hold NaN (not JSON): answer a 500
+        detail = [
+            {
+                "loc": [str(x) for x in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Ready once a policy is loaded."""
+        if service.is_ready():
+            return JSONResponse({"status": "ready", "policy_version": service.policy.version})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    @app.get("/metrics", tags=["health"])
+    def prometheus_metrics() -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        "/v1/recommendations",
+        response_model=RecommendationResponse,
+        dependencies=[Depends(authorize)],
+        tags=["decisions"],
+        responses={401: {"description": "missing or wrong bearer token"}},
+    )
+    def recommend(body: RecommendationRequest) -> RecommendationResponse:
+        """Recommended replicas and warm pool per pool for the cluster's current metrics.
+
+        Always answers 200 for a body that parses: stale, missing or out-of-range metrics and
+        policy failures make the rule-based fallback (or a hold) decide, and ``reasons`` says
+        why. With a shadow database the decision is durably recorded before this returns.
+        """
+        start = time.perf_counter()
+        response = service.decide(body)
+        if shadow is not None:
+            try:
+                shadow.record(body, response)
+                response.shadow_recorded = True
+            except sqlite3.Error as err:
+                metrics.shadow_errors.inc()
+                log.error("shadow write failed for %s: %s", response.decision_id, err)
+        guard_changed = any(
+            not r.startswith(("stale", "invalid", "missing", "policy failed", "fallback", "hold"))
+            for r in response.reasons
+        )
+        metrics.observe(response, guard_changed)
+        metrics.latency.observe(time.perf_counter() - start)
+        return response
+
+    @app.get(
+        "/v1/recommendations/{pool}",
+        dependencies=[Depends(authorize)],
+        tags=["decisions"],
+        responses={404: {"description": "unknown pool"}},
+    )
+    def latest(pool: str) -> dict[str, object]:
+        """The latest recommendation for one pool (what the KEDA scaler serves)."""
+        try:
+            rec = service.recommend(pool)
+        except KeyError as err:
+            raise HTTPException(status_code=404, detail=str(err)) from None
+        return {
+            "pool": rec.pool,
+            "replicas": rec.replicas,
+            "source": rec.source,
+            "reason": rec.reason,
+            "policy_version": rec.policy_version,
+        }
+
+    return app

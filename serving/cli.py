@@ -1,0 +1,180 @@
+"""``rlscale serve``: the decision service under uvicorn.
+
+The scenario file (``--scenario``) describes the *live* cluster's pools: their names, quotas,
+warm-pool sizes, throughput profiles and list prices, as it describes a simulated one. Point it
+at a YAML that matches the cluster you serve; the request's pool names must be its pool names.
+
+Also runnable as ``python -m rlscale.serving.cli`` (the same options, no subcommand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SERVE_SCENARIO = "azure-conv"
+
+
+def _pool_ints(items: list[str], flag: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"{flag} expects POOL=N, got '{item}'")
+    return out
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        default="hpa",
+        help="policy to serve: a baseline NAME, or NAME=params.json (default hpa)",
+    )
+    p.add_argument(
+        "--fallback",
+        default="hpa",
+        help="rule-based scaler for stale or bad input, NAME[=params.json] (default hpa)",
+    )
+    p.add_argument(
+        "--scenario",
+        default=DEFAULT_SERVE_SCENARIO,
+        help=(
+            "shipped scenario name or YAML path describing the live cluster's pools, quotas "
+            f"and profiles (default {DEFAULT_SERVE_SCENARIO})"
+        ),
+    )
+    p.add_argument(
+        "--shadow-db", type=Path, default=None, help="record every decision in this SQLite file"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--max-staleness-s",
+        type=float,
+        default=120.0,
+        help="metrics older than this go to the fallback (default 120)",
+    )
+    p.add_argument("--max-step-up", type=int, default=4, help="replicas added per decision")
+    p.add_argument("--max-step-down", type=int, default=2, help="replicas removed per decision")
+    p.add_argument(
+        "--min-replicas", action="append", default=[], metavar="POOL=N", help="repeatable"
+    )
+    p.add_argument(
+        "--max-replicas",
+        action="append",
+        default=[],
+        metavar="POOL=N",
+        help="repeatable; default the pool's quota",
+    )
+    p.add_argument(
+        "--max-total-replicas", type=int, default=None, help="quota on the sum over pools"
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve KEDA's external scaler gRPC protocol on this port",
+    )
+    p.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM certificate (gRPC TLS)")
+    p.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM private key (gRPC TLS)")
+    p.add_argument(
+        "--grpc-tls-client-ca",
+        type=Path,
+        default=None,
+        help="PEM CA that client certificates must chain to (mutual TLS)",
+    )
+    p.add_argument("--log-level", default="info")
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand."""
+    p = sub.add_parser(
+        "serve",
+        help="serve scaling recommendations over HTTP",
+        description=(
+            "Start the decision service: POST /v1/recommendations, /healthz, /readyz, /metrics. "
+            "Requests to /v1/* need 'Authorization: Bearer $RLSCALE_API_TOKEN' when that "
+            "variable is set. --scenario describes the live cluster's pools."
+        ),
+    )
+    _add_serve_arguments(p)
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Build the service from ``args`` and run uvicorn until stopped; returns the exit code."""
+    import uvicorn
+
+    from rlscale.envs.scenario import ScenarioError, load_scenario
+    from rlscale.serving.app import TOKEN_ENV_VAR, create_app
+    from rlscale.serving.service import DecisionService, default_guardrails, load_policy
+    from rlscale.serving.shadow import ShadowLog, ShadowLogError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        scenario = load_scenario(args.scenario)
+        rails = default_guardrails(
+            scenario,
+            min_replicas=_pool_ints(args.min_replicas, "--min-replicas"),
+            max_replicas=_pool_ints(args.max_replicas, "--max-replicas"),
+            max_step_up=args.max_step_up,
+            max_step_down=args.max_step_down,
+            max_total_replicas=args.max_total_replicas,
+        )
+        service = DecisionService(
+            scenario,
+            load_policy(args.policy, scenario),
+            load_policy(args.fallback, scenario),
+            guardrails=rails,
+            max_staleness_s=args.max_staleness_s,
+        )
+        shadow = ShadowLog(args.shadow_db) if args.shadow_db is not None else None
+    except (ScenarioError, ShadowLogError, ValueError, argparse.ArgumentTypeError) as err:
+        print(f"rlscale serve: {err}", file=sys.stderr)
+        return 2
+    token = os.environ.get(TOKEN_ENV_VAR) or None
+    if token is None:
+        logging.getLogger("rlscale.serving").warning(
+            "%s is not set: /v1/* accepts requests without a token", TOKEN_ENV_VAR
+        )
+    app = create_app(service, token=token, shadow=shadow)
+    grpc_server = None
+    if args.grpc_port is not None:
+        from rlscale.serving.keda_grpc import serve_grpc
+
+        try:
+            grpc_server = serve_grpc(
+                service,
+                args.host,
+                args.grpc_port,
+                tls_cert=args.grpc_tls_cert,
+                tls_key=args.grpc_tls_key,
+                tls_client_ca=args.grpc_tls_client_ca,
+            )
+        except (OSError, ValueError) as err:
+            print(f"rlscale serve: gRPC on port {args.grpc_port}: {err}", file=sys.stderr)
+            return 2
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=2.0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlscale.serving.cli [options]``."""
+    p = argparse.ArgumentParser(prog="rlscale-serve", description=__doc__)
+    _add_serve_arguments(p)
+    return run_serve(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

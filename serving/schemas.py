@@ -1,0 +1,175 @@
+"""The decision service's HTTP bodies: the cluster's metrics in, replicas per pool out.
+
+The request mirrors :class:`rlscale.agents.base.ClusterState` in the units a live cluster
+reports (rates in req/s, latencies in s, replica counts by state), plus the wall-clock
+``timestamp`` of the metrics (unix s) so the service can tell stale metrics from fresh ones.
+
+The models check *types* only. Ranges (a negative rate, a utilization above 1, NaN) are checked
+by the service, which answers with the rule-based fallback instead of refusing the request:
+a caller whose metrics pipeline hiccups still gets a safe answer, and the reason says why.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    # unknown keys are ignored, not refused: a newer client may send more metrics
+    model_config = ConfigDict(extra="ignore")
+
+
+class ReplicasByState(_Body):
+    """Replicas of one pool by lifecycle state (counts; fractions are rounded; null = unknown)."""
+
+    provisioning: float | None = Field(0.0, description="nodes requested, not yet up")
+    loading: float | None = Field(0.0, description="pulling the image or loading weights")
+    ready: float | None = Field(0.0, description="serving requests")
+    draining: float | None = Field(0.0, description="finishing requests before removal")
+    standby: float | None = Field(0.0, description="stopped in the warm pool, ready to restart")
+    refilling: float | None = Field(0.0, description="warm-pool replicas being prepared")
+
+
+class PoolMetrics(_Body):
+    """One pool as the cluster reports it now."""
+
+    name: str = Field(description="pool name; must be one of the scenario's pools")
+    replicas: ReplicasByState = Field(default_factory=ReplicasByState)
+    spot_price_usd_h: float | None = Field(
+        None, description="current hourly price of one replica (spot pools); default list price"
+    )
+    preempt_notices: float | None = Field(
+        0.0, description="replicas with a pending preemption notice"
+    )
+    spot_capacity_share: float | None = Field(
+        1.0, description="share of spot requests the market fulfils now, in [0, 1]"
+    )
+    capacity_rps: float | None = Field(
+        None,
+        description=(
+            "saturation throughput of one ready replica (req/s) for the current request mix; "
+            "default: computed from the pool's profile and the scenario's token lengths"
+        ),
+    )
+    batch_per_replica: float | None = Field(0.0, description="running sequences per ready replica")
+
+
+class RecommendationRequest(_Body):
+    """The cluster's current metrics; the body of ``POST /v1/recommendations``."""
+
+    cluster_id: str = Field(
+        "default",
+        max_length=128,
+        description="which cluster; the policy's carried memory is kept per cluster",
+    )
+    timestamp: float = Field(description="when the metrics were measured (unix time, s)")
+    interval_s: float | None = Field(
+        None, description="seconds between decisions; default the scenario's control interval"
+    )
+    arrival_rate_rps: float | None = Field(None, description="request arrival rate (req/s)")
+    arrival_rate_ewma_rps: float | None = Field(
+        None, description="smoothed arrival rate (req/s); default the arrival rate"
+    )
+    forecast_rps: float | None = Field(
+        None, description="forecast arrival rate (req/s); default the arrival rate"
+    )
+    queue: float | None = Field(None, description="requests waiting for a replica")
+    in_flight: float | None = Field(None, description="requests being served")
+    gpu_util: float | None = Field(None, description="mean GPU duty cycle, in [0, 1]")
+    kv_util: float | None = Field(None, description="mean KV-cache use, in [0, 1]")
+    ttft_p50_s: float | None = Field(None, description="time to first token, median (s)")
+    ttft_p95_s: float | None = Field(None, description="time to first token, p95 (s)")
+    tpot_p95_s: float | None = Field(None, description="time per output token, p95 (s)")
+    slo_attainment: float | None = Field(
+        None, description="share of requests within the SLO over the last interval, in [0, 1]"
+    )
+    dropped: float | None = Field(None, description="requests dropped in the last interval")
+    pools: list[PoolMetrics] = Field(description="every pool of the cluster")
+    production_decision: dict[str, int] | None = Field(
+        None,
+        description=(
+            "shadow mode: replicas per pool the production scaler actually chose; recorded "
+            "with the recommendation, never used to decide"
+        ),
+    )
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "cluster_id": "prod-eu-1",
+                    "timestamp": 1767225600.0,
+                    "arrival_rate_rps": 42.5,
+                    "arrival_rate_ewma_rps": 40.1,
+                    "queue": 3,
+                    "in_flight": 180,
+                    "gpu_util": 0.93,
+                    "kv_util": 0.41,
+                    "ttft_p50_s": 0.35,
+                    "ttft_p95_s": 1.2,
+                    "tpot_p95_s": 0.045,
+                    "slo_attainment": 0.995,
+                    "pools": [
+                        {"name": "h100", "replicas": {"ready": 2, "loading": 1, "standby": 1}},
+                        {"name": "a100", "replicas": {"ready": 0}},
+                        {
+                            "name": "h100-spot",
+                            "replicas": {"ready": 1},
+                            "spot_price_usd_h": 2.35,
+                            "preempt_notices": 0,
+                        },
+                    ],
+                    "production_decision": {"h100": 3, "a100": 0, "h100-spot": 1},
+                }
+            ]
+        },
+    )
+
+
+Source = Literal["policy", "fallback"]
+
+
+class RecommendationResponse(BaseModel):
+    """Replicas to run per pool, and where the numbers came from."""
+
+    decision_id: str = Field(description="unique id of this decision (the shadow record's key)")
+    cluster_id: str
+    replicas: dict[str, int] = Field(description="target replicas (ready or starting) per pool")
+    warm_pool: dict[str, int] = Field(description="stopped replicas to hold in reserve per pool")
+    source: Source = Field(
+        description="policy, or fallback when the rule-based scaler or a hold decided"
+    )
+    policy_version: str = Field(
+        description="version of the deployed policy (also when the fallback decided)"
+    )
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="why a guardrail or the fallback changed the policy's answer; empty if none",
+    )
+    policy_reason: str = Field("", description="the deciding policy's own explanation")
+    decided_at: float = Field(description="when the service decided (unix time, s)")
+    shadow_recorded: bool = Field(
+        False, description="the decision is durably in the shadow database"
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "decision_id": "0b6f3f0e6a6b4b1d9b1f4a7c2d9e8f10",
+                    "cluster_id": "prod-eu-1",
+                    "replicas": {"h100": 5, "a100": 0, "h100-spot": 0},
+                    "warm_pool": {"h100": 0, "a100": 0, "h100-spot": 0},
+                    "source": "policy",
+                    "policy_version": "hpa@3f9a1c2b7d4e",
+                    "reasons": ["h100: step up limited to +4 (policy asked 9, current 3)"],
+                    "policy_reason": "hpa: throughput 1.10/0.60 -> 9",
+                    "decided_at": 1767225600.4,
+                    "shadow_recorded": True,
+                }
+            ]
+        }
+    )

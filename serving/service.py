@@ -1,0 +1,497 @@
+"""The decision service's core: metrics in, guarded replicas per pool out; no web framework.
+
+:class:`DecisionService` holds the scenario (it describes the live cluster's pools: names,
+quotas, warm-pool sizes, profiles, prices), the policy, the rule-based fallback, the policy
+memory of each cluster, and the guardrails. ``decide(request)`` never raises for a request that
+parsed: whatever is wrong with the metrics, it answers with the best decision it can still make
+safely, in this order:
+
+1. the policy, when the metrics are fresh, complete and in range and the policy does not fail;
+2. else the fallback (the Kubernetes HPA by default) when the arrival rate is usable;
+3. else hold every pool at its current size.
+
+Guardrails (``serving/guardrails.py``) apply to every answer. The service also implements
+:class:`rlscale.serving.base.PoolRecommender` from its latest decision, for the KEDA scaler.
+
+Policies are resolved by :func:`load_policy` from a spec string; a new kind (an ONNX export,
+an MLflow model) plugs in with :func:`register_policy_loader` without touching the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
+from rlscale.envs.scenario import Scenario, ScenarioError
+from rlscale.serving.base import PoolRecommendation
+from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
+from rlscale.serving.schemas import (
+    PoolMetrics,
+    RecommendationRequest,
+    RecommendationResponse,
+    ReplicasByState,
+)
+
+# --- policy loading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A policy ready to decide, with the version reported in every answer."""
+
+    policy: Policy
+    version: str
+    """``NAME@<12 hex of the config's sha256>``: equal configs give equal versions."""
+    spec: str
+    kind: str
+
+
+PolicyLoader = Callable[[str, Scenario], LoadedPolicy]
+_LOADERS: list[tuple[str, Callable[[str], bool], PolicyLoader]] = []
+
+
+def register_policy_loader(kind: str, matches: Callable[[str], bool], load: PolicyLoader) -> None:
+    """Resolve specs for which ``matches(spec)`` holds with ``load``; later ones win."""
+    _LOADERS.insert(0, (kind, matches, load))
+
+
+def policy_version(name: str, config: dict[str, Any]) -> str:
+    """A stable version string from a policy's name and parameters."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{name}@{digest[:12]}"
+
+
+def _load_baseline(spec: str, scenario: Scenario) -> LoadedPolicy:
+    from rlscale.agents.registry import make_policy
+
+    name, _, params = spec.partition("=")
+    policy = make_policy(name, scenario, params or None)
+    return LoadedPolicy(policy, policy_version(policy.name, policy.config()), spec, "baseline")
+
+
+def _not_yet(kind: str) -> PolicyLoader:
+    def load(spec: str, scenario: Scenario) -> LoadedPolicy:
+        raise ScenarioError(
+            f"policy '{spec}': {kind} policies are not served yet; use a baseline name "
+            "(e.g. hpa) or NAME=params.json"
+        )
+
+    return load
+
+
+register_policy_loader("baseline", lambda spec: True, _load_baseline)
+register_policy_loader("onnx", lambda spec: spec.endswith(".onnx"), _not_yet("ONNX"))
+register_policy_loader("mlflow", lambda spec: spec.startswith("models:/"), _not_yet("MLflow"))
+
+
+def load_policy(spec: str, scenario: Scenario) -> LoadedPolicy:
+    """The policy a spec names: ``NAME``, ``NAME=params.json`` (or a registered kind).
+
+    :raises ScenarioError: unknown policy, unreadable parameters, or an unsupported kind.
+    """
+    for _kind, matches, load in _LOADERS:
+        if matches(spec):
+            return load(spec, scenario)
+    raise ScenarioError(f"no loader for policy '{spec}'")  # unreachable: baseline matches all
+
+
+# --- input ranges ------------------------------------------------------------------------------
+
+MAX_RATE_RPS = 1e7
+MAX_COUNT = 1e6
+MAX_REPLICAS_PER_STATE = 1e5
+MAX_LATENCY_S = 86400.0
+MAX_CLOCK_SKEW_S = 60.0
+"""A timestamp this far in the future is out of range (clocks disagree by less)."""
+
+# field -> (low, high); None values are "missing"
+_CLUSTER_RANGES: dict[str, tuple[float, float]] = {
+    "arrival_rate_rps": (0.0, MAX_RATE_RPS),
+    "arrival_rate_ewma_rps": (0.0, MAX_RATE_RPS),
+    "forecast_rps": (0.0, MAX_RATE_RPS),
+    "queue": (0.0, MAX_COUNT),
+    "in_flight": (0.0, MAX_COUNT),
+    "gpu_util": (0.0, 1.0),
+    "kv_util": (0.0, 1.0),
+    "ttft_p50_s": (0.0, MAX_LATENCY_S),
+    "ttft_p95_s": (0.0, MAX_LATENCY_S),
+    "tpot_p95_s": (0.0, MAX_LATENCY_S),
+    "slo_attainment": (0.0, 1.0),
+    "dropped": (0.0, MAX_COUNT),
+}
+_REQUIRED = ("arrival_rate_rps",)
+"""Metrics without which the policy does not decide (the others default)."""
+_POOL_RANGES: dict[str, tuple[float, float]] = {
+    "spot_price_usd_h": (0.0, 1e4),
+    "preempt_notices": (0.0, MAX_REPLICAS_PER_STATE),
+    "spot_capacity_share": (0.0, 1.0),
+    "capacity_rps": (1e-6, MAX_RATE_RPS),
+    "batch_per_replica": (0.0, MAX_COUNT),
+}
+
+
+def _in_range(value: float | None, low: float, high: float) -> bool:
+    return value is not None and math.isfinite(value) and low <= value <= high
+
+
+def _clip(value: float | None, low: float, high: float, default: float) -> float:
+    """A usable number: missing or non-finite -> default, else clipped to [low, high]."""
+    if value is None or not math.isfinite(value):
+        return default
+    return min(max(value, low), high)
+
+
+def _lognormal_mean(median: float, p90: float) -> float:
+    sigma = math.log(p90 / median) / 1.2815515655446004  # z of the 90th percentile
+    return median * math.exp(sigma * sigma / 2)
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+@dataclass
+class _ClusterMemory:
+    policy: Memory
+    fallback: Memory
+    last_replicas: dict[str, int] = field(default_factory=dict)
+    """The last answer per pool: what a pool missing from a request is taken to run."""
+
+
+class DecisionService:
+    """Guarded decisions for live clusters; thread-safe. See the module docstring.
+
+    :param scenario: the live cluster's pools, quotas, profiles and SLO targets.
+    :param policy: the policy that decides when the input is good.
+    :param fallback: the rule-based scaler used when it is not (or when the policy fails).
+    :param guardrails: limits on every answer; default: quotas as bounds, +4/-2 per decision.
+    :param max_staleness_s: metrics older than this (by ``timestamp``) go to the fallback.
+    :param max_clusters: policy memories kept (least recently used ones are forgotten).
+    :param clock: unix time now (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: LoadedPolicy,
+        fallback: LoadedPolicy,
+        *,
+        guardrails: Guardrails | None = None,
+        max_staleness_s: float = 120.0,
+        max_clusters: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not max_staleness_s > 0:
+            raise ValueError(f"max_staleness_s must be > 0, got {max_staleness_s}")
+        self.scenario = scenario
+        self.policy = policy
+        self.fallback = fallback
+        self.guardrails = guardrails or default_guardrails(scenario)
+        missing = [p.name for p in scenario.pools if p.name not in self.guardrails.pools]
+        if missing:
+            raise ValueError(f"guardrails lack limits for pools {missing}")
+        self.max_staleness_s = max_staleness_s
+        self.max_clusters = max_clusters
+        self.clock = clock
+        self._pools = {p.name: p for p in scenario.pools}
+        self._capacity_rps = _default_capacities(scenario)
+        self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
+        self._latest: dict[str, PoolRecommendation] = {}
+        self._lock = threading.Lock()
+
+    # PoolRecommender ---------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """A policy is loaded (it is from construction on)."""
+        return self.policy is not None
+
+    def pools(self) -> list[str]:
+        """The scenario's pool names."""
+        return list(self._pools)
+
+    def recommend(self, pool: str) -> PoolRecommendation:
+        """The latest decision's replicas for ``pool`` (of any cluster); before any decision,
+        the pool's current guardrail floor as a fallback.
+
+        :raises KeyError: unknown pool.
+        """
+        if pool not in self._pools:
+            raise KeyError(f"unknown pool '{pool}'; known: {self.pools()}")
+        with self._lock:
+            latest = self._latest.get(pool)
+        if latest is not None:
+            return latest
+        return PoolRecommendation(
+            pool=pool,
+            replicas=self.guardrails.pools[pool].min_replicas,
+            source="fallback",
+            reason="no decision yet",
+            policy_version=self.policy.version,
+        )
+
+    # deciding ----------------------------------------------------------------------------------
+
+    def decide(self, request: RecommendationRequest) -> RecommendationResponse:
+        """The guarded recommendation for ``request``; see the module docstring."""
+        now = self.clock()
+        with self._lock:
+            memory = self._memory_of(request.cluster_id)
+            problems = self.validate(request, now, memory.last_replicas)
+            state = self.to_state(request, memory.last_replicas)
+            current = {p.name: round(p.desired) for p in state.pools}
+            rate_ok = _in_range(request.arrival_rate_rps, 0.0, MAX_RATE_RPS)
+            decision, source, reasons = self._decide_locked(state, memory, problems, rate_ok)
+            replicas, warm, guard_reasons = guard(
+                decision.replicas, decision.warm_pool, current, self.guardrails
+            )
+            response = RecommendationResponse(
+                decision_id=uuid.uuid4().hex,
+                cluster_id=request.cluster_id,
+                replicas=replicas,
+                warm_pool=warm,
+                source=source,
+                policy_version=self.policy.version,
+                reasons=reasons + guard_reasons,
+                policy_reason=decision.reason,
+                decided_at=now,
+            )
+            memory.last_replicas = dict(replicas)
+            for pool, n in replicas.items():
+                self._latest[pool] = PoolRecommendation(
+                    pool=pool,
+                    replicas=n,
+                    source=source if not guard_reasons else "fallback",
+                    reason="; ".join(response.reasons),
+                    policy_version=self.policy.version,
+                )
+        return response
+
+    def _decide_locked(
+        self, state: ClusterState, memory: _ClusterMemory, problems: list[str], rate_ok: bool
+    ) -> tuple[Decision, str, list[str]]:
+        reasons = list(problems)
+        decision: Decision | None = None
+        if not problems:
+            try:
+                decision, new_memory = self.policy.policy.decide(state, memory.policy)
+                _check_decision(decision)
+                memory.policy = new_memory
+            except Exception as err:  # any policy failure means: fall back
+                decision = None
+                reasons.append(f"policy failed: {type(err).__name__}: {str(err)[:200]}")
+        # The fallback runs on every decision it can make, so its stabilization windows are
+        # current when it has to take over.
+        fallback: Decision | None = None
+        if rate_ok:
+            try:
+                fallback, new_fb = self.fallback.policy.decide(state, memory.fallback)
+                _check_decision(fallback)
+                memory.fallback = new_fb
+            except Exception as err:
+                fallback = None
+                reasons.append(f"fallback failed: {type(err).__name__}: {str(err)[:200]}")
+        if decision is not None:
+            return decision, "policy", reasons
+        if fallback is not None:
+            reasons.append(f"fallback {self.fallback.version} decided")
+            return fallback, "fallback", reasons
+        hold = {p.name: round(p.desired) for p in state.pools}
+        standby = {p.name: round(p.standby) for p in state.pools}
+        reasons.append("hold: no usable arrival rate for the fallback")
+        return Decision(hold, standby, reason="hold current replicas"), "fallback", reasons
+
+    def _memory_of(self, cluster_id: str) -> _ClusterMemory:
+        mem = self._memory.get(cluster_id)
+        if mem is None:
+            mem = _ClusterMemory(
+                self.policy.policy.initial_memory(), self.fallback.policy.initial_memory()
+            )
+            self._memory[cluster_id] = mem
+            while len(self._memory) > self.max_clusters:
+                self._memory.popitem(last=False)
+        self._memory.move_to_end(cluster_id)
+        return mem
+
+    # input -------------------------------------------------------------------------------------
+
+    def validate(
+        self, request: RecommendationRequest, now: float, last: dict[str, int] | None = None
+    ) -> list[str]:
+        """Why the policy should not decide on ``request``: staleness, gaps, ranges, pools."""
+        problems: list[str] = []
+        ts = request.timestamp
+        if not math.isfinite(ts):
+            problems.append(f"invalid input: timestamp {ts}")
+        elif now - ts > self.max_staleness_s:
+            problems.append(f"stale metrics: {now - ts:.0f} s old (max {self.max_staleness_s:g} s)")
+        elif ts - now > MAX_CLOCK_SKEW_S:
+            problems.append(f"invalid input: timestamp {ts - now:.0f} s in the future")
+        if request.interval_s is not None and not _in_range(request.interval_s, 1e-3, 86400.0):
+            problems.append(f"invalid input: interval_s {request.interval_s}")
+        for name in _REQUIRED:
+            if getattr(request, name) is None:
+                problems.append(f"missing input: {name}")
+        for name, (low, high) in _CLUSTER_RANGES.items():
+            value = getattr(request, name)
+            if value is not None and not _in_range(value, low, high):
+                problems.append(f"invalid input: {name} {value}")
+        seen: set[str] = set()
+        for pm in request.pools:
+            if pm.name in seen:
+                problems.append(f"invalid input: pool '{pm.name[:64]}' given twice")
+            seen.add(pm.name)
+            if pm.name not in self._pools:
+                problems.append(f"invalid input: unknown pool '{pm.name[:64]}'")
+                continue
+            for state, value in pm.replicas.model_dump().items():
+                if value is None:
+                    problems.append(f"missing input: {pm.name} replicas.{state}")
+                elif not _in_range(value, 0.0, MAX_REPLICAS_PER_STATE):
+                    problems.append(f"invalid input: {pm.name} replicas.{state} {value}")
+            for name, (low, high) in _POOL_RANGES.items():
+                value = getattr(pm, name)
+                if value is not None and not _in_range(value, low, high):
+                    problems.append(f"invalid input: {pm.name} {name} {value}")
+        for name in self._pools:
+            if name not in seen:
+                held = (last or {}).get(name, 0)
+                problems.append(f"missing input: pool '{name}' (taken as {held} replicas)")
+        return problems
+
+    def to_state(
+        self, request: RecommendationRequest, last: dict[str, int] | None = None
+    ) -> ClusterState:
+        """The policy's view of ``request``: missing or out-of-range numbers made usable.
+
+        A pool missing from the request is taken to run its last recommendation (``last``),
+        so a gap in the metrics holds it rather than scaling it to zero.
+        """
+        sc = self.scenario
+        ts = _clip(request.timestamp, -1e12, 1e12, self.clock())
+        rate = _clip(request.arrival_rate_rps, 0.0, MAX_RATE_RPS, 0.0)
+        given = {}
+        for pm in request.pools:
+            given.setdefault(pm.name, pm)
+        pools = tuple(
+            self._pool_state(
+                name,
+                given.get(name)
+                or PoolMetrics(
+                    name=name, replicas=ReplicasByState(ready=(last or {}).get(name, 0))
+                ),
+            )
+            for name in self._pools
+        )
+        return ClusterState(
+            time_s=ts,
+            # the epoch fell on a Thursday: Monday 00:00 UTC starts the week
+            time_of_week_s=(ts - 4 * 86400.0) % (7 * 86400.0),
+            interval_s=_clip(request.interval_s, 1e-3, 86400.0, sc.control_interval_s),
+            arrival_rate_rps=rate,
+            arrival_rate_ewma_rps=_clip(request.arrival_rate_ewma_rps, 0.0, MAX_RATE_RPS, rate),
+            forecast_rps=_clip(request.forecast_rps, 0.0, MAX_RATE_RPS, rate),
+            queue=_clip(request.queue, 0.0, MAX_COUNT, 0.0),
+            in_flight=_clip(request.in_flight, 0.0, MAX_COUNT, 0.0),
+            gpu_util=_clip(request.gpu_util, 0.0, 1.0, 0.0),
+            kv_util=_clip(request.kv_util, 0.0, 1.0, 0.0),
+            ttft_p50_s=_clip(request.ttft_p50_s, 0.0, MAX_LATENCY_S, 0.0),
+            ttft_p95_s=_clip(request.ttft_p95_s, 0.0, MAX_LATENCY_S, 0.0),
+            tpot_p95_s=_clip(request.tpot_p95_s, 0.0, MAX_LATENCY_S, 0.0),
+            slo_attainment=_clip(request.slo_attainment, 0.0, 1.0, 1.0),
+            dropped=_clip(request.dropped, 0.0, MAX_COUNT, 0.0),
+            ttft_target_s=sc.slo.ttft_s,
+            tpot_target_s=sc.slo.tpot_s,
+            pools=pools,
+        )
+
+    def _pool_state(self, name: str, pm: PoolMetrics) -> PoolState:
+        cfg = self._pools[name]
+        r = pm.replicas
+        n = MAX_REPLICAS_PER_STATE
+        return PoolState(
+            name=name,
+            purchase=cfg.purchase,
+            quota=cfg.quota,
+            warm_pool_max=cfg.warm_pool_max,
+            on_demand_price_usd_h=cfg.price_usd_h,
+            price_usd_h=_clip(pm.spot_price_usd_h, 0.0, 1e4, cfg.price_usd_h),
+            capacity_rps=_clip(pm.capacity_rps, 1e-6, MAX_RATE_RPS, self._capacity_rps[name]),
+            provisioning=_clip(r.provisioning, 0.0, n, 0.0),
+            loading=_clip(r.loading, 0.0, n, 0.0),
+            ready=_clip(r.ready, 0.0, n, 0.0),
+            draining=_clip(r.draining, 0.0, n, 0.0),
+            standby=_clip(r.standby, 0.0, n, 0.0),
+            refilling=_clip(r.refilling, 0.0, n, 0.0),
+            preempt_notices=_clip(pm.preempt_notices, 0.0, n, 0.0),
+            spot_capacity_share=_clip(pm.spot_capacity_share, 0.0, 1.0, 1.0),
+            batch_per_replica=_clip(pm.batch_per_replica, 0.0, MAX_COUNT, 0.0),
+        )
+
+
+def _check_decision(decision: Decision) -> None:
+    """A policy's answer must be whole, finite replica counts."""
+    for table in (decision.replicas, decision.warm_pool):
+        for pool, n in table.items():
+            if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n):
+                raise ValueError(f"pool '{pool}': replicas {n!r} is not a finite number")
+    # ints, so guardrails and JSON see whole replicas
+    for table in (decision.replicas, decision.warm_pool):
+        for pool in list(table):
+            table[pool] = round(table[pool])
+
+
+def _default_capacities(scenario: Scenario) -> dict[str, float]:
+    """Saturation req/s of one replica of each pool for the scenario's mean token lengths."""
+    from rlscale.envs.profiles import load_profile, replica_capacity_rps
+
+    wl = scenario.workload
+    prompt = _lognormal_mean(wl.prompt_tokens.median, wl.prompt_tokens.p90)
+    output = _lognormal_mean(wl.output_tokens.median, wl.output_tokens.p90)
+    return {
+        p.name: replica_capacity_rps(
+            load_profile(p.profile), prompt, output, max_batched_tokens=scenario.max_batched_tokens
+        )
+        for p in scenario.pools
+    }
+
+
+def default_guardrails(
+    scenario: Scenario,
+    *,
+    min_replicas: dict[str, int] | None = None,
+    max_replicas: dict[str, int] | None = None,
+    max_step_up: int = 4,
+    max_step_down: int = 2,
+    max_total_replicas: int | None = None,
+) -> Guardrails:
+    """Guardrails from the scenario's quotas, with optional per-pool overrides.
+
+    :raises ValueError: an override for an unknown pool, or above the pool's quota.
+    """
+    min_replicas = min_replicas or {}
+    max_replicas = max_replicas or {}
+    known = {p.name for p in scenario.pools}
+    for name in {*min_replicas, *max_replicas} - known:
+        raise ValueError(f"guardrail for unknown pool '{name}'; known: {sorted(known)}")
+    limits = {}
+    for p in scenario.pools:
+        hi = max_replicas.get(p.name, p.quota)
+        if hi > p.quota:
+            raise ValueError(f"pool '{p.name}': max_replicas {hi} exceeds its quota {p.quota}")
+        limits[p.name] = PoolLimits(
+            min_replicas=min_replicas.get(p.name, 0), max_replicas=hi, warm_pool_max=p.warm_pool_max
+        )
+    return Guardrails(
+        pools=limits,
+        max_step_up=max_step_up,
+        max_step_down=max_step_down,
+        max_total_replicas=max_total_replicas,
+    )

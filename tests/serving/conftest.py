@@ -1,0 +1,153 @@
+"""Fixtures: the decision service as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+TOKEN = "test-token-1234"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A running ``python -m rlscale.serving.cli`` process."""
+
+    proc: subprocess.Popen
+    url: str
+    args: list[str]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s, by pid."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+
+
+def start_server(log_dir: Path, *args: str, timeout_s: float = 30.0) -> LiveServer:
+    """Start the service with ``args`` and wait until ``/healthz`` answers."""
+    port = free_port()
+    argv = [sys.executable, "-m", "rlscale.serving.cli", "--port", str(port), *args]
+    argv += ["--log-level", "warning"]
+    log_path = log_dir / f"serve-{port}.log"
+    env = {**os.environ, "RLSCALE_API_TOKEN": TOKEN}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", argv, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"server exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not healthy after {timeout_s} s: {log_path.read_text()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers in a test; every one is stopped at teardown."""
+    started: list[LiveServer] = []
+
+    def start(*args: str) -> LiveServer:
+        server = start_server(tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the session: hpa, h100 bounded to [1, 5], a shadow database."""
+    tmp = tmp_path_factory.mktemp("serve")
+    server = start_server(
+        tmp,
+        "--policy",
+        "hpa",
+        "--shadow-db",
+        str(tmp / "shadow.db"),
+        "--min-replicas",
+        "h100=1",
+        "--max-replicas",
+        "h100=5",
+    )
+    server.shadow_db = tmp / "shadow.db"  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def metrics_body(
+    *, ready_h100: float = 2, rate_rps: float = 10.0, age_s: float = 0.0, cluster: str = "test"
+) -> dict:
+    """A well-formed request for the azure-conv pools."""
+    return {
+        "cluster_id": cluster,
+        "timestamp": time.time() - age_s,
+        "arrival_rate_rps": rate_rps,
+        "queue": 0,
+        "in_flight": 5,
+        "gpu_util": 0.5,
+        "kv_util": 0.1,
+        "ttft_p50_s": 0.2,
+        "ttft_p95_s": 0.6,
+        "tpot_p95_s": 0.03,
+        "slo_attainment": 1.0,
+        "pools": [
+            {"name": "h100", "replicas": {"ready": ready_h100}},
+            {"name": "a100", "replicas": {}},
+            {"name": "h100-spot", "replicas": {}, "spot_price_usd_h": 2.4},
+        ],
+    }
+
+
+@pytest.fixture
+def make_body() -> Callable[..., dict]:
+    """:func:`metrics_body`, for tests."""
+    return metrics_body
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    """The bearer header the servers of these fixtures accept."""
+    return dict(AUTH)

@@ -1,0 +1,387 @@
+"""The KEDA external scaler against a real gRPC server on loopback, through a real channel."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+grpc = pytest.importorskip("grpc")
+
+from rlscale.serving import externalscaler_pb2 as pb  # noqa: E402
+from rlscale.serving import externalscaler_pb2_grpc as pb_grpc  # noqa: E402
+from rlscale.serving.base import PoolRecommendation, PoolRecommender  # noqa: E402
+from rlscale.serving.keda_grpc import (  # noqa: E402
+    ExternalScalerServicer,
+    hpa_desired_replicas,
+    metric_name,
+    parse_metadata,
+    serve_grpc,
+)
+
+RPC_TIMEOUT_S = 5.0
+
+
+class TablePoolRecommender:
+    """A real, thread-safe recommender backed by a table the test edits."""
+
+    def __init__(self, replicas_by_pool: dict[str, int]) -> None:
+        self._lock = threading.Lock()
+        self._replicas = dict(replicas_by_pool)
+        self.ready = True
+        self.broken = False
+
+    def set_replicas(self, pool: str, replicas: int) -> None:
+        with self._lock:
+            self._replicas[pool] = replicas
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def pools(self) -> list[str]:
+        with self._lock:
+            return list(self._replicas)
+
+    def recommend(self, pool: str) -> PoolRecommendation:
+        if self.broken:
+            raise RuntimeError("policy crashed")
+        with self._lock:
+            replicas = self._replicas[pool]  # KeyError for an unknown pool, as the protocol says
+        return PoolRecommendation(pool=pool, replicas=replicas, source="policy")
+
+
+def _ref(**metadata: str) -> pb.ScaledObjectRef:
+    return pb.ScaledObjectRef(name="llama-70b", namespace="inference", scalerMetadata=metadata)
+
+
+@pytest.fixture
+def recommender() -> TablePoolRecommender:
+    return TablePoolRecommender({"a100-llama70b": 6, "h100-mixtral": 0})
+
+
+@pytest.fixture
+def server(recommender: TablePoolRecommender) -> Iterator[tuple[grpc.Server, int]]:
+    port = _free_port()
+    srv = serve_grpc(recommender, "127.0.0.1", port, stream_interval_s=0.05)
+    yield srv, port
+    srv.stop(grace=None).wait(RPC_TIMEOUT_S)
+
+
+@pytest.fixture
+def stub(server: tuple[grpc.Server, int]) -> Iterator[pb_grpc.ExternalScalerStub]:
+    _, port = server
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pb_grpc.ExternalScalerStub(channel)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _code(call, request) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=RPC_TIMEOUT_S)
+    return info.value.code(), info.value.details()
+
+
+# -- the protocol object --------------------------------------------------------------------
+
+
+def test_table_recommender_satisfies_protocol(recommender):
+    assert isinstance(recommender, PoolRecommender)
+
+
+# -- every RPC through a real channel -------------------------------------------------------
+
+
+def test_metric_spec_and_metrics_share_one_name(stub):
+    ref = _ref(pool="a100-llama70b", targetValue="2", scalerAddress="rlscale:9090")
+    spec = stub.GetMetricSpec(ref, timeout=RPC_TIMEOUT_S).metricSpecs
+    assert len(spec) == 1
+    assert spec[0].metricName == metric_name("a100-llama70b") == "rlscale-a100-llama70b"
+    assert spec[0].targetSizeFloat == 2.0
+    assert spec[0].targetSize == 0  # the deprecated int64 field is never set
+
+    for asked in ("", spec[0].metricName, "s0-" + spec[0].metricName):
+        values = stub.GetMetrics(
+            pb.GetMetricsRequest(scaledObjectRef=ref, metricName=asked), timeout=RPC_TIMEOUT_S
+        ).metricValues
+        assert len(values) == 1
+        assert values[0].metricName == spec[0].metricName
+        assert values[0].metricValueFloat == 12.0  # 6 replicas * target 2
+        assert values[0].metricValue == 0
+
+
+def test_target_value_defaults_to_one(stub):
+    ref = _ref(pool="a100-llama70b")
+    assert stub.GetMetricSpec(ref, timeout=RPC_TIMEOUT_S).metricSpecs[0].targetSizeFloat == 1.0
+    request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName="rlscale-a100-llama70b")
+    assert stub.GetMetrics(request, timeout=RPC_TIMEOUT_S).metricValues[0].metricValueFloat == 6
+
+
+def test_is_active(stub, recommender):
+    assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result is True
+    assert stub.IsActive(_ref(pool="h100-mixtral"), timeout=RPC_TIMEOUT_S).result is False
+    recommender.ready = False
+    assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result is False
+
+
+def test_stream_is_active_pushes_changes(stub, recommender):
+    stream = stub.StreamIsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S)
+    try:
+        assert next(stream).result is True  # the current state, at once
+        recommender.set_replicas("a100-llama70b", 0)
+        assert next(stream).result is False  # pushed within the interval
+        recommender.set_replicas("a100-llama70b", 3)
+        assert next(stream).result is True
+    finally:
+        stream.cancel()
+
+
+def test_stream_is_active_ends_when_server_stops(recommender):
+    port = _free_port()
+    srv = serve_grpc(recommender, "127.0.0.1", port, stream_interval_s=0.05)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = pb_grpc.ExternalScalerStub(channel).StreamIsActive(
+            _ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S
+        )
+        assert next(stream).result is True
+        srv.stop(grace=None).wait(RPC_TIMEOUT_S)
+        with pytest.raises(grpc.RpcError) as info:
+            next(stream)
+        assert info.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# -- the HPA's AverageValue arithmetic ------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["1", "2", "0.3", "2.01", "1.001", "7.5", "0.001", "100"])
+@pytest.mark.parametrize("recommended", [1, 2, 3, 7, 10, 33, 64, 250])
+def test_hpa_reaches_the_recommendation_from_far_away(stub, recommender, target, recommended):
+    """From a count far outside the tolerance band, the HPA lands exactly on the number."""
+    recommender.set_replicas("a100-llama70b", recommended)
+    ref = _ref(pool="a100-llama70b", targetValue=target)
+    target_value = stub.GetMetricSpec(ref, timeout=RPC_TIMEOUT_S).metricSpecs[0].targetSizeFloat
+    request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName=metric_name("a100-llama70b"))
+    metric = stub.GetMetrics(request, timeout=RPC_TIMEOUT_S).metricValues[0].metricValueFloat
+    assert metric == pytest.approx(recommended * float(target), rel=1e-12)
+    assert int(metric * 1000) == recommended * round(float(target) * 1000)  # KEDA's milli
+    for current in {1, recommended * 2, recommended * 5 + 3}:
+        if abs(recommended / current - 1) > 0.1:
+            assert hpa_desired_replicas(current, metric, target_value) == recommended
+
+
+@pytest.mark.parametrize(
+    ("current", "recommended", "hpa_result"),
+    [
+        (10, 10, 10),
+        (10, 9, 10),  # -10%: 1 - 0.9 rounds below 0.1, inside the band: not applied
+        (10, 11, 11),  # +10%: 1.1 - 1 rounds above 0.1, outside the band: applied
+        (20, 21, 20),  # +5%: not applied
+        (20, 19, 20),  # -5%: not applied
+        (20, 23, 23),  # +15%: applied
+        (50, 46, 50),  # -8%: not applied
+        (50, 44, 44),  # -12%: applied
+        (100, 109, 100),  # +9%: not applied
+        (9, 10, 10),  # +11%: one replica more is always applied below 10 replicas
+        (4, 3, 3),
+        (1, 2, 2),
+        (2, 1, 1),
+    ],
+)
+@pytest.mark.parametrize("target", ["1", "0.3"])
+def test_hpa_tolerance_band(stub, recommender, current, recommended, hpa_result, target):
+    recommender.set_replicas("a100-llama70b", recommended)
+    ref = _ref(pool="a100-llama70b", targetValue=target)
+    target_value = stub.GetMetricSpec(ref, timeout=RPC_TIMEOUT_S).metricSpecs[0].targetSizeFloat
+    metric = (
+        stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref), timeout=RPC_TIMEOUT_S)
+        .metricValues[0]
+        .metricValueFloat
+    )
+    assert hpa_desired_replicas(current, metric, target_value) == hpa_result
+
+
+def test_hpa_mirror_matches_the_kubernetes_formula():
+    # metric 2.5 with target 0.5 from 3 replicas: ratio 5/3, outside the band: ceil(2.5/0.5)
+    assert hpa_desired_replicas(3, 2.5, 0.5) == 5
+    assert hpa_desired_replicas(3, 2.6, 0.5) == 6  # a fractional ratio rounds up
+    assert hpa_desired_replicas(10, 10.5, 1.0) == 10  # within tolerance
+    assert hpa_desired_replicas(10, 10.5, 1.0, tolerance=0.01) == 11
+    with pytest.raises(ValueError, match="does not scale from 0"):
+        hpa_desired_replicas(0, 3.0, 1.0)
+
+
+def test_plain_floats_would_lose_a_replica_to_keda_truncation():
+    """Why the values are milli-exact floats: 2.01 and 2 * 2.01 both truncate a milli short."""
+    naive_metric, naive_target = 2 * 2.01, 2.01
+    assert (int(naive_metric * 1000), int(naive_target * 1000)) == (4019, 2009)
+    assert math.ceil(4019 / 2009) == 3  # one replica too many
+    config = parse_metadata({"pool": "p", "targetValue": "2.01"})
+    assert (int(config.metric_value(2) * 1000), int(config.target_value * 1000)) == (4020, 2010)
+    assert hpa_desired_replicas(1, config.metric_value(2), config.target_value) == 2
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_missing_pool_is_invalid_argument_naming_the_key(stub):
+    for call, request in [
+        (stub.IsActive, _ref()),
+        (stub.GetMetricSpec, _ref(targetValue="2")),
+        (stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=_ref())),
+    ]:
+        code, details = _code(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'pool'" in details
+        assert "inference/llama-70b" in details
+    stream = stub.StreamIsActive(_ref(), timeout=RPC_TIMEOUT_S)
+    with pytest.raises(grpc.RpcError) as info:
+        next(stream)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("bad", ["zero", "0", "-1", "0.0001", "nan", "inf"])
+def test_bad_target_value_is_invalid_argument(stub, bad):
+    code, details = _code(stub.GetMetricSpec, _ref(pool="a100-llama70b", targetValue=bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'targetValue'" in details
+
+
+def test_foreign_metric_name_is_invalid_argument(stub):
+    request = pb.GetMetricsRequest(scaledObjectRef=_ref(pool="a100-llama70b"), metricName="cpu")
+    code, details = _code(stub.GetMetrics, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rlscale-a100-llama70b" in details
+
+
+def test_unknown_pool_is_not_found_listing_known_pools(stub, recommender):
+    for ready in (True, False):
+        recommender.ready = ready
+        for call, request in [
+            (stub.IsActive, _ref(pool="tpu")),
+            (stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=_ref(pool="tpu"))),
+        ]:
+            code, details = _code(call, request)
+            assert code == grpc.StatusCode.NOT_FOUND
+            assert "'tpu'" in details
+            assert "a100-llama70b" in details
+            assert "h100-mixtral" in details
+
+
+def test_recommender_failure_is_internal(stub, recommender):
+    recommender.broken = True
+    for call, request in [
+        (stub.IsActive, _ref(pool="a100-llama70b")),
+        (stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=_ref(pool="a100-llama70b"))),
+    ]:
+        code, details = _code(call, request)
+        assert code == grpc.StatusCode.INTERNAL
+        assert "policy crashed" in details
+
+
+def test_stream_is_active_reports_a_failure_mid_stream(stub, recommender):
+    stream = stub.StreamIsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S)
+    assert next(stream).result is True
+    recommender.broken = True
+    with pytest.raises(grpc.RpcError) as info:
+        next(stream)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+def test_port_taken_by_another_server_raises(server, recommender):
+    _, port = server
+    with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+        serve_grpc(recommender, "127.0.0.1", port)
+
+
+def test_port_taken_by_a_plain_socket_raises(recommender):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        with pytest.raises(OSError, match="cannot listen"):
+            serve_grpc(recommender, "127.0.0.1", sock.getsockname()[1])
+
+
+def test_bad_arguments_fail_fast(recommender, tmp_path):
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        serve_grpc(recommender, "127.0.0.1", 0, tls_cert=tmp_path / "cert.pem")
+    with pytest.raises(ValueError, match="stream_interval_s"):
+        ExternalScalerServicer(recommender, stream_interval_s=0)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_tls_round_trip(recommender, tmp_path: Path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = _free_port()
+    srv = serve_grpc(recommender, "127.0.0.1", port, tls_cert=cert, tls_key=key)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        options = [("grpc.ssl_target_name_override", "localhost")]
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+            stub = pb_grpc.ExternalScalerStub(channel)
+            assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            code, _ = _code(pb_grpc.ExternalScalerStub(channel).IsActive, _ref(pool="x"))
+            assert code == grpc.StatusCode.UNAVAILABLE  # plaintext is refused
+    finally:
+        srv.stop(grace=None).wait(RPC_TIMEOUT_S)
+
+
+# -- the real core, when it exists ------------------------------------------------------------
+
+
+def test_decision_service_behind_the_scaler():
+    """The real core from ``serving/service.py``: before any decision it answers the floor."""
+    try:
+        service = importlib.import_module("rlscale.serving.service")
+        from rlscale.envs.scenario import load_scenario
+    except ImportError as err:
+        pytest.skip(f"rlscale.serving.service not importable yet: {err}")
+    if not hasattr(service, "DecisionService"):
+        pytest.skip("rlscale.serving.service has no DecisionService yet")
+    scenario = load_scenario("synthetic-2week")
+    pool = scenario.pools[0].name
+    floor = min(2, scenario.pools[0].quota)
+    core = service.DecisionService(
+        scenario,
+        service.load_policy("hpa", scenario),
+        service.load_policy("hpa", scenario),
+        guardrails=service.default_guardrails(scenario, min_replicas={pool: floor}),
+    )
+    assert isinstance(core, PoolRecommender)
+    port = _free_port()
+    srv = serve_grpc(core, "127.0.0.1", port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ExternalScalerStub(channel)
+            ref = _ref(pool=pool, targetValue="0.5")
+            metric = stub.GetMetrics(
+                pb.GetMetricsRequest(scaledObjectRef=ref, metricName=metric_name(pool)),
+                timeout=RPC_TIMEOUT_S,
+            ).metricValues[0]
+            assert metric.metricValueFloat == pytest.approx(floor * 0.5)
+            assert stub.IsActive(ref, timeout=RPC_TIMEOUT_S).result is (floor > 0)
+            code, details = _code(stub.IsActive, _ref(pool="no-such-pool"))
+            assert code == grpc.StatusCode.NOT_FOUND
+            assert pool in details
+    finally:
+        srv.stop(grace=None).wait(RPC_TIMEOUT_S)
