@@ -284,5 +284,7 @@ def test_registry_builds_the_oracle_for_a_window(tmp_path: Path) -> None:
     policy = make_policy("oracle", sc, {"start_step": 2, "seed": 0})
     assert isinstance(policy, OraclePolicy)
     assert policy.config()["start_step"] == 2
+    # a saved schedule replays as it is
+    assert make_policy("oracle", sc, policy.config()) == policy
     with pytest.raises(ScenarioError, match="start_step"):
         make_policy("oracle", sc, {})
