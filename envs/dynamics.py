@@ -298,16 +298,8 @@ def _binomial(rng, i, n, p):
 
 @njit(cache=True, error_model="numpy")
 def _draw_table(rng, i, table):
-    """Inverse-CDF draw from a quantile table at levels (k + 0.5) / n, linearly interpolated."""
-    n = table.shape[0]
-    x = _uniform(rng, i) * n - 0.5
-    if x <= 0.0:
-        return table[0]
-    j = int(x)
-    if j >= n - 1:
-        return table[n - 1]
-    f = x - j
-    return table[j] * (1.0 - f) + table[j + 1] * f
+    """Inverse-CDF draw from a quantile table (see :func:`_quantile_at`)."""
+    return _quantile_at(table, _uniform(rng, i))
 
 
 @njit(cache=True, error_model="numpy")
@@ -333,6 +325,7 @@ def _quantile_cdf(q, x):
 
 @njit(cache=True, error_model="numpy")
 def _quantile_at(q, level):
+    """Quantile ``level`` of a distribution given by quantiles q at levels (k + 0.5) / n."""
     n = q.shape[0]
     x = level * n - 0.5
     if x <= 0.0:
