@@ -90,6 +90,26 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="PEM CA that client certificates must chain to (mutual TLS)",
     )
+    p.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="poll cluster metrics from Prometheus' query API (for KEDA, which pushes none)",
+    )
+    p.add_argument("--prometheus-interval-s", type=float, default=15.0)
+    p.add_argument(
+        "--prometheus-query",
+        action="append",
+        default=[],
+        metavar="FIELD=PROMQL",
+        help="replace the PromQL of one request field, e.g. queue=sum(my_queue); repeatable",
+    )
+    p.add_argument(
+        "--deployment",
+        action="append",
+        default=[],
+        metavar="POOL=NAME",
+        help="the pool's Deployment in kube-state-metrics (default: the pool's name)",
+    )
     p.add_argument("--log-level", default="info")
 
 
@@ -161,9 +181,35 @@ def run_serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             print(f"rlscale serve: gRPC on port {args.grpc_port}: {err}", file=sys.stderr)
             return 2
+    source = None
+    if args.prometheus_url:
+        from rlscale.serving.prometheus_source import DEFAULT_QUERIES, PrometheusSource
+
+        queries = dict(DEFAULT_QUERIES)
+        for item in args.prometheus_query:
+            name, sep, promql = item.partition("=")
+            if not sep or not promql:
+                print(
+                    f"rlscale serve: --prometheus-query expects FIELD=PROMQL, got {item!r}",
+                    file=sys.stderr,
+                )
+                return 2
+            queries[name] = promql
+        deployments = dict(item.partition("=")[::2] for item in args.deployment)
+        source = PrometheusSource(
+            args.prometheus_url.rstrip("/"),
+            service.pools(),
+            service.decide,
+            queries=queries,
+            deployment_of=deployments,
+            interval_s=args.prometheus_interval_s,
+        )
+        source.start()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
+        if source is not None:
+            source.stop()
         if grpc_server is not None:
             grpc_server.stop(grace=2.0)
     return 0

@@ -1,0 +1,166 @@
+"""Cluster metrics from Prometheus' HTTP query API, for callers that push nothing (KEDA).
+
+KEDA's gRPC calls carry no metrics, so the service needs the cluster's state from somewhere:
+this source queries Prometheus every ``interval_s`` with PromQL for the standard vLLM serving
+metrics and kube-state-metrics' replica counts, turns the answers into a
+:class:`~rlscale.serving.schemas.RecommendationRequest` and lets the service decide, so the
+latest recommendation per pool is always current. When Prometheus cannot be reached (or a
+required query has no data), the service is asked again with the last good metrics, which are
+then stale: the fallback scaler decides, and the reasons say why.
+
+The default queries assume a typical vLLM on Kubernetes deployment: one Deployment per pool,
+named like the pool (``deployment_of`` maps otherwise), vLLM's ``/metrics`` scraped, and
+kube-state-metrics installed. Every query can be replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from rlscale.serving.schemas import PoolMetrics, RecommendationRequest, ReplicasByState
+
+log = logging.getLogger("rlscale.serving.prometheus")
+
+DEFAULT_QUERIES: dict[str, str] = {
+    # requests finishing per second: in steady state, the arrival rate
+    "arrival_rate_rps": "sum(rate(vllm:request_success_total[1m]))",
+    "queue": "sum(vllm:num_requests_waiting)",
+    "in_flight": "sum(vllm:num_requests_running)",
+    "kv_util": "avg(vllm:gpu_cache_usage_perc)",
+    "ttft_p50_s": (
+        "histogram_quantile(0.5, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket[1m])))"
+    ),
+    "ttft_p95_s": (
+        "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket[1m])))"
+    ),
+    "tpot_p95_s": (
+        "histogram_quantile(0.95, "
+        "sum by (le) (rate(vllm:time_per_output_token_seconds_bucket[1m])))"
+    ),
+}
+"""Cluster-wide PromQL per request field (vLLM's metric names)."""
+
+DEFAULT_POOL_QUERIES: dict[str, str] = {
+    "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})',
+    "desired": 'sum(kube_deployment_spec_replicas{{deployment="{deployment}"}})',
+}
+"""Per-pool PromQL (kube-state-metrics); ``{deployment}`` is the pool's Deployment."""
+
+REQUIRED = ("arrival_rate_rps",)
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus did not answer, or answered something that is not a query result."""
+
+
+@dataclass
+class PrometheusSource:
+    """Polls Prometheus and feeds each snapshot to ``decide``.
+
+    :param url: Prometheus' base URL, e.g. ``http://prometheus.monitoring:9090``.
+    :param pools: the scenario's pool names.
+    :param decide: the service's decision function (``DecisionService.decide``).
+    :param queries: PromQL per request field (defaults: :data:`DEFAULT_QUERIES`).
+    :param pool_queries: PromQL per pool, with ``{deployment}`` (:data:`DEFAULT_POOL_QUERIES`).
+    :param deployment_of: pool name -> Deployment name (default: the same).
+    :param interval_s: seconds between polls.
+    :param timeout_s: HTTP timeout of one query.
+    :param cluster_id: the cluster id the decisions are filed under.
+    """
+
+    url: str
+    pools: list[str]
+    decide: Callable[[RecommendationRequest], object]
+    queries: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_QUERIES))
+    pool_queries: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_POOL_QUERIES))
+    deployment_of: dict[str, str] = field(default_factory=dict)
+    interval_s: float = 15.0
+    timeout_s: float = 2.0
+    cluster_id: str = "default"
+    last_error: str = ""
+    _last_good: RecommendationRequest | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def query(self, client: httpx.Client, promql: str) -> float | None:
+        """One instant query: its single value, or None when the result is empty or NaN."""
+        try:
+            r = client.get(f"{self.url}/api/v1/query", params={"query": promql})
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise PrometheusError(f"query {promql!r}: {err}") from None
+        if r.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"query {promql!r}: {body.get('error', r.status_code)}")
+        result = body.get("data", {}).get("result", [])
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if value != value else value  # NaN: no data in the window
+
+    def snapshot(self) -> RecommendationRequest:
+        """The cluster's metrics now, as the service's request."""
+        with httpx.Client(timeout=self.timeout_s) as client:
+            values = {name: self.query(client, q) for name, q in self.queries.items()}
+            missing = [name for name in REQUIRED if values.get(name) is None]
+            if missing:
+                raise PrometheusError(f"no data for {missing}")
+            pools = []
+            for pool in self.pools:
+                deployment = self.deployment_of.get(pool, pool)
+                got = {
+                    name: self.query(client, q.format(deployment=deployment))
+                    for name, q in self.pool_queries.items()
+                }
+                ready = got.get("ready") or 0.0
+                desired = max(got.get("desired") or 0.0, ready)
+                pools.append(
+                    PoolMetrics(
+                        name=pool,
+                        replicas=ReplicasByState(ready=ready, loading=desired - ready),
+                    )
+                )
+        fields = {k: v for k, v in values.items() if v is not None}
+        return RecommendationRequest(
+            cluster_id=self.cluster_id, timestamp=time.time(), pools=pools, **fields
+        )
+
+    def poll_once(self) -> object:
+        """Query and decide; on failure decide on the last good (now stale) metrics."""
+        try:
+            request = self.snapshot()
+        except PrometheusError as err:
+            self.last_error = f"prometheus unreachable or empty: {err}"
+            log.warning("%s", self.last_error)
+            if self._last_good is None:
+                return None
+            # the old timestamp makes the service treat these metrics as stale
+            return self.decide(self._last_good)
+        self.last_error = ""
+        self._last_good = request
+        return self.decide(request)
+
+    def start(self) -> None:
+        """Poll in a daemon thread every ``interval_s`` until :meth:`stop`."""
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.poll_once()
+                except Exception:  # a bad poll must never end the polling
+                    log.exception("polling Prometheus failed")
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="prometheus-source", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s * 10)
