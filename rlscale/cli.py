@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.serving.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from rlscale.serving.shadow_report import add_shadow_report_parser
+
+    add_shadow_report_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
 
@@ -278,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.cli import run_serve
 
             return run_serve(args)
+        elif args.command == "shadow-report":
+            from rlscale.serving.shadow_report import run_shadow_report
+
+            return run_shadow_report(args)
         elif args.command == "scenarios":
             from rlscale.envs.scenario import list_scenarios, load_scenario
 
