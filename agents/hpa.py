@@ -196,10 +196,14 @@ def hpa_control(
             ready -= cut - from_starting
         current = desired
     keep_s = max(b.scale_up_stabilization_s, b.scale_down_stabilization_s)
+    # The controller records one recommendation per sync, so a window never holds more than
+    # this many. A caller deciding far more often (the service under a runaway client) would
+    # otherwise grow the window, and every decision's copy of it, without bound.
+    most = math.ceil(keep_s / b.sync_period_s) + 2
     return current, {
-        "recs": window(recs, now, keep_s),
-        "up": window(up, now, b.policy_period_s),
-        "down": window(down, now, b.policy_period_s),
+        "recs": window(recs, now, keep_s)[-most:],
+        "up": window(up, now, b.policy_period_s)[-most:],
+        "down": window(down, now, b.policy_period_s)[-most:],
     }
 
 

@@ -103,6 +103,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="sizes at which to compare with gymnasium's SyncVectorEnv",
     )
     e.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
+    from rlscale.serving.bench import add_bench_serve_parser
+
+    add_bench_serve_parser(bsub)
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -259,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_calibrate(args.data, args.out)
             print(json.dumps({"all_pass": result["all_pass"], "files": result["files"]}))
             return 0 if result["all_pass"] else 1
+        elif args.command == "bench" and args.bench_target == "serve":
+            from rlscale.serving.bench import run_bench_serve
+
+            return run_bench_serve(args)
         elif args.command == "bench":
             from rlscale.envs.bench import bench_env
             from rlscale.envs.env import DEFAULT_SCENARIO

@@ -63,6 +63,17 @@ def test_hpa_no_change_inside_tolerance(build):
     assert decide_n(hpa, build.state(pool, rate=26.0))[0] == 6  # ratio 1.3 -> ceil(5.2)
 
 
+def test_hpa_memory_stays_bounded_when_asked_far_more_often_than_it_syncs(build):
+    """The controller records one recommendation per 15 s sync: a caller asking every 5 ms
+    (a runaway client of the service) must not grow the window without bound."""
+    hpa = HPAPolicy(target_utilization=0.5)
+    memory = hpa.initial_memory()
+    pool = build.pool(ready=4, capacity_rps=10.0)
+    for k in range(2000):
+        _, memory = hpa.decide(build.state(pool, t=k * 0.005, rate=15.0 + k % 7), memory)
+    assert len(memory["recs"]) <= math.ceil(300.0 / 15.0) + 2
+
+
 def test_hpa_scales_up_at_once(build):
     """Scale-up has no stabilization window: the first decision moves."""
     hpa = HPAPolicy(target_utilization=0.5)
