@@ -58,7 +58,7 @@ from .traces import (
     sample_renewal_arrivals,
 )
 
-QUANTILE_LEVELS = 16
+QUANTILE_LEVELS = 64
 """Number of prompt-length quantiles carried for latency percentiles."""
 
 

@@ -204,24 +204,8 @@ def test_des_sees_the_fluid_workload_and_is_fast():
     assert res["horizon_s"] % 30.0 == 0.0 and res["horizon_s"] <= span
 
 
-# Known gap, reported rather than hidden: at this point the fluid p95 TTFT is 20.8% below the
-# DES (bound 20%); the helper's exact Gauss-Laguerre version of the same prefill-wait model
-# measured -18.3% here. strict=True fails the suite once it passes, so the mark gets removed.
-KNOWN_GAPS = {
-    ("a100x1-llama3-8b", 2, 0.6): "fluid p95 TTFT -20.8% vs DES (2 x A100, 9.2 req/s)",
-}
-
-
 @needs_trace
-@pytest.mark.parametrize(
-    ("profile", "replicas", "time_scale"),
-    [
-        pytest.param(*point, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[point]))
-        if point in KNOWN_GAPS
-        else point
-        for point in DEFAULT_GRID
-    ],
-)
+@pytest.mark.parametrize(("profile", "replicas", "time_scale"), DEFAULT_GRID)
 def test_fluid_matches_des(profile, replicas, time_scale):
     r = compare(profile, replicas, time_scale=time_scale)
     d, f = r["des"], r["fluid"]
