@@ -94,38 +94,13 @@ _INF = np.inf
 
 
 @njit(cache=True)
-def _start_iteration(
-    r,
-    t,
-    horizon,
-    max_new,
-    arr_t,
-    prompt,
-    output,
-    qstate,
-    a,
-    c,
-    k,
-    pf,
-    kv,
-    maxseq,
-    maxtok,
-    timeout,
-    seq_req,
-    seq_pre,
-    seq_held,
-    seq_gen,
-    seq_chunk,
-    nrun,
-    kv_proj,
-    it_end,
-    it_b,
-    acc,
-    admit_t,
-    drop_t,
-):
+def _start_iteration(r, t, horizon, max_new, reqs, engine, seqs, sched):
     """Schedule replica r's next iteration at time t, admitting at most ``max_new`` requests
     from the queue head."""
+    arr_t, prompt, output = reqs
+    a, c, k, pf, kv, maxseq, maxtok, timeout = engine
+    seq_req, seq_pre, seq_held, seq_gen, seq_chunk, nrun, kv_proj = seqs
+    qstate, it_end, it_b, acc, admit_t, drop_t = sched
     # drop timed-out requests at the head of the queue (FIFO: the head is the oldest)
     qh = qstate[0]
     na = qstate[1]
@@ -192,23 +167,10 @@ def _start_iteration(
 
 
 @njit(cache=True)
-def _finish_iteration(
-    r,
-    t,
-    prompt,
-    output,
-    seq_req,
-    seq_pre,
-    seq_held,
-    seq_gen,
-    seq_chunk,
-    nrun,
-    kv_proj,
-    first_t,
-    done_t,
-    tokens,
-):
+def _finish_iteration(r, t, reqs, seqs, first_t, done_t, tokens):
     """Apply the end of replica r's iteration at time t: emit tokens, complete sequences."""
+    _, prompt, output = reqs
+    seq_req, seq_pre, seq_held, seq_gen, seq_chunk, nrun, kv_proj = seqs
     j = 0
     n = nrun[r]
     while j < n:
@@ -260,6 +222,12 @@ def _run_des(arr_t, prompt, output, R, a, c, k, pf, kv, maxseq, maxtok, timeout,
     acc = np.zeros((R, 5))
     tokens = np.zeros(1, dtype=np.int64)
     qstate = np.zeros(2, dtype=np.int64)  # queue head, requests arrived so far
+    # the helpers' arguments, grouped: the requests, the engine, the running sequences per
+    # replica, and the scheduler's own records
+    reqs = (arr_t, prompt, output)
+    engine = (a, c, k, pf, kv, maxseq, maxtok, timeout)
+    seqs = (seq_req, seq_pre, seq_held, seq_gen, seq_chunk, nrun, kv_proj)
+    sched = (qstate, it_end, it_b, acc, admit_t, drop_t)
     while True:
         r_min = 0
         t_it = it_end[0]
@@ -290,85 +258,14 @@ def _run_des(arr_t, prompt, output, R, a, c, k, pf, kv, maxseq, maxtok, timeout,
                 if waiting <= 0:
                     break
                 _start_iteration(
-                    r,
-                    t_arr,
-                    horizon,
-                    (waiting + n_idle - 1) // n_idle,
-                    arr_t,
-                    prompt,
-                    output,
-                    qstate,
-                    a,
-                    c,
-                    k,
-                    pf,
-                    kv,
-                    maxseq,
-                    maxtok,
-                    timeout,
-                    seq_req,
-                    seq_pre,
-                    seq_held,
-                    seq_gen,
-                    seq_chunk,
-                    nrun,
-                    kv_proj,
-                    it_end,
-                    it_b,
-                    acc,
-                    admit_t,
-                    drop_t,
+                    r, t_arr, horizon, (waiting + n_idle - 1) // n_idle, reqs, engine, seqs, sched
                 )
                 n_idle -= 1
         else:
             if t_it > horizon:
                 break
-            _finish_iteration(
-                r_min,
-                t_it,
-                prompt,
-                output,
-                seq_req,
-                seq_pre,
-                seq_held,
-                seq_gen,
-                seq_chunk,
-                nrun,
-                kv_proj,
-                first_t,
-                done_t,
-                tokens,
-            )
-            _start_iteration(
-                r_min,
-                t_it,
-                horizon,
-                maxseq,
-                arr_t,
-                prompt,
-                output,
-                qstate,
-                a,
-                c,
-                k,
-                pf,
-                kv,
-                maxseq,
-                maxtok,
-                timeout,
-                seq_req,
-                seq_pre,
-                seq_held,
-                seq_gen,
-                seq_chunk,
-                nrun,
-                kv_proj,
-                it_end,
-                it_b,
-                acc,
-                admit_t,
-                drop_t,
-            )
+            _finish_iteration(r_min, t_it, reqs, seqs, first_t, done_t, tokens)
+            _start_iteration(r_min, t_it, horizon, maxseq, reqs, engine, seqs, sched)
     # requests still queued at the horizon whose timeout has passed by then are dropped too
     for i in range(qstate[0], qstate[1]):
         if arr_t[i] + timeout <= horizon and np.isnan(drop_t[i]):
