@@ -1153,8 +1153,9 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
     o[9] = m[M_TTFT95] / sp[SP_TTFT]
     o[10] = m[M_TPOT95] / sp[SP_TPOT]
     o[11] = m[M_ATTAIN]
-    arrived = m[M_ADMITTED] + m[M_DROPPED]
-    o[12] = m[M_DROPPED] / arrived if arrived > 0.0 else 0.0
+    # dropped / (requests reaching the servers + dropped): both are counts a live cluster has
+    reached = m[M_ARRIVED] * (1.0 - sp[SP_CACHE]) + m[M_DROPPED]
+    o[12] = m[M_DROPPED] / reached if reached > 0.0 else 0.0
     tow = (sp[SP_TOW0] + (off + s) * dt) % SECONDS_PER_WEEK
     o[13] = np.sin(2.0 * np.pi * tow / SECONDS_PER_DAY)
     o[14] = np.cos(2.0 * np.pi * tow / SECONDS_PER_DAY)

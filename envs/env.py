@@ -58,7 +58,7 @@ class InferenceClusterEnv(gym.Env):
     | 9 | ttft_p95 | [0, 100] | TTFT p95 / TTFT target |
     | 10 | tpot_p95 | [0, 100] | TPOT p95 / TPOT target |
     | 11 | slo_attainment | [0, 1] | share of the interval's requests meeting the SLO |
-    | 12 | drop_share | [0, 1] | share of the interval's requests dropped |
+    | 12 | drop_share | [0, 1] | dropped / (requests reaching the servers + dropped) |
     | 13-14 | day_sin, day_cos | [-1, 1] | time of day |
     | 15-16 | week_sin, week_cos | [-1, 1] | time of week |
     | 17 | episode_progress | [0, 1] | steps taken / episode length |

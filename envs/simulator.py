@@ -47,7 +47,7 @@ OBS_GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("ttft_p95", 0.0, 100.0, "TTFT p95 of the last interval / TTFT target"),
     ("tpot_p95", 0.0, 100.0, "TPOT p95 of the last interval / TPOT target"),
     ("slo_attainment", 0.0, 1.0, "share of last interval's requests meeting the SLO"),
-    ("drop_share", 0.0, 1.0, "share of last interval's requests dropped (timeout)"),
+    ("drop_share", 0.0, 1.0, "dropped / (requests reaching the servers + dropped), last interval"),
     ("day_sin", -1.0, 1.0, "time of day, sine"),
     ("day_cos", -1.0, 1.0, "time of day, cosine"),
     ("week_sin", -1.0, 1.0, "time of week, sine"),

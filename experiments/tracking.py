@@ -80,6 +80,16 @@ def _sqlite_artifact_root(uri: str, experiment: str) -> str | None:
     return (db.resolve().parent / "mlartifacts" / folder).as_uri()
 
 
+def ensure_experiment(client: Any, uri: str, experiment: str) -> str:
+    """The id of ``experiment``, created (artifacts beside a SQLite store) when missing."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(
+        experiment, artifact_location=_sqlite_artifact_root(uri, experiment)
+    )
+
+
 def metric_key(policy: str, metric: str) -> str:
     """``{policy}/{metric}`` with characters MLflow rejects replaced by ``_``.
 
@@ -153,14 +163,7 @@ def log_run(
     client = MlflowClient(tracking_uri=uri)
     run_id = None
     try:
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp is not None
-            else client.create_experiment(
-                experiment, artifact_location=_sqlite_artifact_root(uri, experiment)
-            )
-        )
+        exp_id = ensure_experiment(client, uri, experiment)
         run = client.create_run(exp_id, run_name=run_name, tags={"rlscale.command": command})
         run_id = run.info.run_id
         now_ms = int(time.time() * 1000)

@@ -16,3 +16,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "needs_data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def exported_policy(tmp_path_factory):
+    """``make(seed, scenario="azure-conv") -> folder``: a small PPO policy exported as an
+    artifact (each distinct call once per session). Skips without the rl extra or onnxruntime.
+    """
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+    from rlscale.training.export import export_ppo
+
+    cache: dict[tuple[int, str], tuple] = {}
+
+    def make(seed: int, scenario: str = "azure-conv", *, with_model: bool = False):
+        key = (seed, scenario)
+        if key not in cache:
+            venv = InferenceClusterVecEnv(2, scenario=scenario)
+            venv.seed(seed)
+            norm = VecNormalize(venv, norm_reward=False)
+            model = PPO(
+                "MlpPolicy",
+                norm,
+                n_steps=32,
+                batch_size=64,
+                n_epochs=1,
+                seed=seed,
+                device="cpu",
+                policy_kwargs={"net_arch": [32, 32]},
+            )
+            model.learn(64)  # a few updates, so the normalization statistics are not trivial
+            folder = tmp_path_factory.mktemp(f"policy-{scenario}-{seed}")
+            export_ppo(model, venv.sim, folder, name=f"ppo-{scenario}-{seed}", vec_normalize=norm)
+            cache[key] = (folder, model, norm, venv)
+        folder, model, norm, venv = cache[key]
+        return (folder, model, norm, venv) if with_model else folder
+
+    return make

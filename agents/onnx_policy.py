@@ -1,0 +1,372 @@
+"""An exported policy: an ONNX model plus a manifest, run with onnxruntime (no torch).
+
+An artifact is a folder with two files::
+
+    manifest.json   what the model is and how to feed it (:class:`PolicyManifest`)
+    model.onnx      observation (float32, [batch, obs_dim]) -> action (int64, [batch, 2P])
+
+The model holds everything learned, observation normalization included, and returns the env's
+``MultiDiscrete`` action: per pool, the replica change plus ``max_step``, then per pool the
+warm-pool size. The manifest holds everything needed to build the observation from a live
+cluster's raw metrics (reference rate, SLO targets, quotas, on-demand prices), the sha256 of
+the model file, and where the policy came from.
+
+:func:`load_onnx_policy` verifies an artifact before anything runs it: the manifest parses and
+matches this version's observation layout, the model's checksum matches the manifest, and the
+model loads, has the declared input and output, and answers a probe batch with actions inside
+the action space. Anything else is an :class:`ArtifactError` naming the file and the problem.
+The verified bytes are the bytes loaded, so a file replaced during loading cannot slip in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlscale.agents.base import ClusterState, Decision, Memory
+from rlscale.envs import dynamics as dyn
+from rlscale.envs.simulator import observation_names
+
+FORMAT = "rlscale-policy/1"
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "model.onnx"
+SECONDS_PER_DAY = 86400.0
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+
+
+class ArtifactError(ValueError):
+    """A policy artifact that cannot be served: unreadable, inconsistent or corrupt."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelFile(_Strict):
+    """The ONNX file and its interface."""
+
+    file: str = MODEL_NAME
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input: str = "observation"
+    output: str = "action"
+
+
+class PoolLayout(_Strict):
+    """A pool as the policy was trained on it (observation scaling uses these numbers)."""
+
+    name: str
+    purchase: Literal["on_demand", "spot"]
+    quota: int = Field(ge=1)
+    on_demand_price_usd_h: float = Field(gt=0)
+    max_num_seqs: int = Field(ge=1)
+    warm_pool_max: int = Field(ge=0)
+
+
+class ObservationLayout(_Strict):
+    """How raw metrics become the normalized observation (see ``envs/simulator.py``)."""
+
+    names: list[str]
+    low: list[float]
+    high: list[float]
+    reference_rps: float = Field(gt=0)
+    queue_timeout_s: float = Field(gt=0)
+    ttft_target_s: float = Field(gt=0)
+    tpot_target_s: float = Field(gt=0)
+    cache_hit_ratio: float = Field(ge=0, lt=1)
+    episode_progress: float = Field(0.5, ge=0, le=1)
+    """A live cluster has no episode: the constant fed for that feature."""
+    budget_spent: float = Field(0.0, ge=0)
+    """Likewise for the share of an episode budget spent."""
+
+
+class ActionLayout(_Strict):
+    """The model's output: ``MultiDiscrete(nvec)``."""
+
+    max_step: int = Field(ge=1)
+    nvec: list[int]
+
+
+class PolicyManifest(_Strict):
+    """``manifest.json`` of a policy artifact."""
+
+    format: Literal["rlscale-policy/1"] = FORMAT
+    name: str = Field(min_length=1, max_length=128)
+    created_at: str
+    model: ModelFile
+    pools: list[PoolLayout] = Field(min_length=1)
+    observation: ObservationLayout
+    action: ActionLayout
+    training: dict[str, Any] = Field(default_factory=dict)
+    """Provenance: algorithm, scenario, timesteps, MLflow run; informative only."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyManifest:
+        pool_names = [p.name for p in self.pools]
+        if len(set(pool_names)) != len(pool_names):
+            raise ValueError(f"pool names repeat: {pool_names}")
+        obs = self.observation
+        expected = observation_names(pool_names)
+        if obs.names != expected:
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(obs.names, expected, strict=False)) if a != b),
+                min(len(obs.names), len(expected)),
+            )
+            raise ValueError(
+                f"observation layout differs from this version's at entry {diff} "
+                f"({len(obs.names)} entries, expected {len(expected)}): the policy was "
+                "exported for another observation layout; export it again"
+            )
+        n = len(expected)
+        if len(obs.low) != n or len(obs.high) != n:
+            raise ValueError(f"observation bounds need {n} entries each")
+        if any(not (lo <= hi) for lo, hi in zip(obs.low, obs.high, strict=True)):
+            raise ValueError("observation low must be <= high everywhere")
+        want = [2 * self.action.max_step + 1] * len(self.pools)
+        want += [p.warm_pool_max + 1 for p in self.pools]
+        if self.action.nvec != want:
+            raise ValueError(f"action nvec {self.action.nvec} != {want} for these pools")
+        return self
+
+    @property
+    def pool_names(self) -> list[str]:
+        """Pool names in observation and action order."""
+        return [p.name for p in self.pools]
+
+    @property
+    def version(self) -> str:
+        """``NAME@<12 hex of the model's sha256>``: a new model is a new version."""
+        return f"{self.name}@{self.model.sha256[:12]}"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.ndarray:
+    """The normalized observation the policy was trained on, from a live cluster's state.
+
+    Entry for entry the formulas of the simulator's kernel (``dynamics._write_obs``), with the
+    scaling constants from the manifest. Two entries have no live counterpart and take the
+    manifest's constants: episode progress and budget spent. The dropped share is estimated as
+    dropped / (requests reaching the servers + dropped), as the simulator counts it.
+    """
+    lay = manifest.observation
+    ref = lay.reference_rps
+    rate = state.arrival_rate_rps
+    served = rate * state.interval_s * (1.0 - lay.cache_hit_ratio)
+    dropped = state.dropped
+    tow = state.time_of_week_s % SECONDS_PER_WEEK
+    o = [
+        rate / ref,
+        state.arrival_rate_ewma_rps / ref,
+        (rate - state.arrival_rate_ewma_rps) / ref,
+        state.forecast_rps / ref,
+        state.queue / (ref * lay.queue_timeout_s),
+        state.in_flight / (ref * 60.0),
+        state.gpu_util,
+        state.kv_util,
+        state.ttft_p50_s / lay.ttft_target_s,
+        state.ttft_p95_s / lay.ttft_target_s,
+        state.tpot_p95_s / lay.tpot_target_s,
+        state.slo_attainment,
+        dropped / (served + dropped) if served + dropped > 0.0 else 0.0,
+        math.sin(2.0 * math.pi * tow / SECONDS_PER_DAY),
+        math.cos(2.0 * math.pi * tow / SECONDS_PER_DAY),
+        math.sin(2.0 * math.pi * tow / SECONDS_PER_WEEK),
+        math.cos(2.0 * math.pi * tow / SECONDS_PER_WEEK),
+        lay.episode_progress,
+        lay.budget_spent,
+    ]
+    assert len(o) == dyn.OBS_GLOBAL
+    for layout in manifest.pools:
+        p = state.pool(layout.name)
+        q = float(layout.quota)
+        o += [
+            p.starting / q,
+            p.ready / q,
+            p.draining / q,
+            p.standby / q,
+            p.refilling / q,
+            p.preempt_notices / q,
+            p.price_usd_h / layout.on_demand_price_usd_h,
+            p.spot_capacity_share,
+            p.batch_per_replica / layout.max_num_seqs,
+        ]
+    x = np.asarray(o, dtype=np.float64)
+    x[~np.isfinite(x)] = 0.0
+    return np.clip(x, lay.low, lay.high).astype(np.float32)
+
+
+class OnnxPolicy:
+    """A verified exported policy; implements :class:`rlscale.agents.base.Policy`.
+
+    Stateless between decisions (the memory is empty): everything it knows is in the
+    observation. Build it with :func:`load_onnx_policy`.
+    """
+
+    def __init__(self, manifest: PolicyManifest, session: Any, source: str) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self.source = source
+        self._session = session
+        self._input = manifest.model.input
+        self._output = manifest.model.output
+
+    def initial_memory(self) -> Memory:
+        """Nothing to carry."""
+        return {}
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """Raw model actions (int64, [batch, 2P]) for a batch of observations."""
+        x = np.ascontiguousarray(observations, dtype=np.float32)
+        return np.asarray(self._session.run([self._output], {self._input: x})[0])
+
+    def decide(self, state: ClusterState, memory: Memory) -> tuple[Decision, Memory]:
+        """The model's action for ``state`` as target replicas and warm-pool sizes."""
+        m = self.manifest
+        action = self.act(observation_from_state(state, m)[None, :])[0]
+        P = len(m.pools)
+        replicas: dict[str, int] = {}
+        warm: dict[str, int] = {}
+        for j, layout in enumerate(m.pools):
+            pool = state.pool(layout.name)
+            delta = int(action[j]) - m.action.max_step
+            replicas[layout.name] = max(0, round(pool.desired) + delta)
+            warm[layout.name] = int(action[P + j])
+        return Decision(replicas, warm, reason=f"onnx {self.version}"), memory
+
+    def config(self) -> dict[str, Any]:
+        """The artifact's identity (what tuning and reports record)."""
+        return {
+            "artifact": self.source,
+            "version": self.version,
+            "sha256": self.manifest.model.sha256,
+        }
+
+
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(manifest, folder)`` of an artifact given as its folder, manifest or model file."""
+    p = Path(path)
+    if p.is_dir():
+        return p / MANIFEST_NAME, p
+    if p.suffix == ".onnx":
+        return p.parent / MANIFEST_NAME, p.parent
+    return p, p.parent
+
+
+def read_manifest(path: str | Path) -> PolicyManifest:
+    """The manifest of the artifact at ``path``, validated.
+
+    :raises ArtifactError: missing, unreadable or invalid manifest.
+    """
+    manifest_path, _ = artifact_paths(path)
+    try:
+        raw = json.loads(manifest_path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{manifest_path}: no manifest (is this a policy artifact?)") from None
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {err}") from None
+    try:
+        return PolicyManifest.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'manifest'}: {e['msg']}" for e in err.errors()
+        )
+        raise ArtifactError(f"{manifest_path}: invalid manifest: {problems}") from None
+
+
+def load_onnx_policy(path: str | Path, *, pools: list[str] | None = None) -> OnnxPolicy:
+    """Load and verify the artifact at ``path`` (folder, manifest or model file).
+
+    :param pools: the pool names the caller serves, in order; the artifact must match them.
+    :raises ArtifactError: see the module docstring.
+    """
+    manifest_path, folder = artifact_paths(path)
+    manifest = read_manifest(manifest_path)
+    if pools is not None and list(pools) != manifest.pool_names:
+        raise ArtifactError(
+            f"{manifest_path}: policy pools {manifest.pool_names} differ from the "
+            f"scenario's {list(pools)}"
+        )
+    rel = Path(manifest.model.file)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ArtifactError(f"{manifest_path}: model.file must be inside the artifact folder")
+    model_path = folder / rel
+    try:
+        blob = model_path.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{model_path}: unreadable model: {err}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != manifest.model.sha256:
+        raise ArtifactError(
+            f"{model_path}: checksum mismatch: sha256 {digest[:12]}... but the manifest says "
+            f"{manifest.model.sha256[:12]}... (corrupt, or replaced without its manifest)"
+        )
+    session = _session(blob, model_path)
+    policy = OnnxPolicy(manifest, session, str(folder))
+    _probe(policy, model_path)
+    return policy
+
+
+def _session(blob: bytes, model_path: Path) -> Any:
+    try:
+        import onnxruntime as ort
+    except ModuleNotFoundError:
+        raise ArtifactError(
+            "onnxruntime is not installed: pip install 'rlscale[serve]' to run ONNX policies"
+        ) from None
+    opts = ort.SessionOptions()
+    # one decision at a time, on a small machine: no thread pools spinning beside uvicorn
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{model_path}: not a loadable ONNX model: {err}") from None
+
+
+def _probe(policy: OnnxPolicy, model_path: Path) -> None:
+    """The model's interface is the manifest's, and it answers inside the action space."""
+    m = policy.manifest
+    sess = policy._session
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = {o.name for o in sess.get_outputs()}
+    if list(inputs) != [m.model.input]:
+        raise ArtifactError(
+            f"{model_path}: inputs {list(inputs)}, the manifest declares [{m.model.input!r}]"
+        )
+    if m.model.output not in outputs:
+        raise ArtifactError(f"{model_path}: no output {m.model.output!r} (has {sorted(outputs)})")
+    dim = inputs[m.model.input].shape[-1]
+    n_obs = len(m.observation.names)
+    if isinstance(dim, int) and dim != n_obs:
+        raise ArtifactError(f"{model_path}: input width {dim}, the manifest's layout has {n_obs}")
+    lo = np.asarray(m.observation.low, dtype=np.float32)
+    hi = np.asarray(m.observation.high, dtype=np.float32)
+    probe = np.stack([lo, hi, (lo + hi) / 2, np.clip(np.zeros_like(lo), lo, hi)])
+    try:
+        action = policy.act(probe)
+    except Exception as err:
+        raise ArtifactError(f"{model_path}: the model fails on a probe batch: {err}") from None
+    nvec = np.asarray(m.action.nvec)
+    if action.shape != (probe.shape[0], nvec.size) or action.dtype.kind not in "iu":
+        raise ArtifactError(
+            f"{model_path}: answers {action.dtype} {action.shape}, expected integer actions "
+            f"of shape (batch, {nvec.size})"
+        )
+    if (action < 0).any() or (action >= nvec).any():
+        raise ArtifactError(f"{model_path}: actions outside MultiDiscrete({nvec.tolist()})")

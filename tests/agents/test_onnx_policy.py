@@ -1,0 +1,215 @@
+"""The exported policy: ONNX export of PPO, the observation from raw metrics, verification."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlscale.agents.base import decision_to_action
+from rlscale.agents.observe import observe
+from rlscale.agents.onnx_policy import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    ArtifactError,
+    load_onnx_policy,
+    observation_from_state,
+    read_manifest,
+    sha256_file,
+)
+from rlscale.envs.simulator import ClusterSimulator, observation_names
+
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture
+def artifact(exported_policy, tmp_path: Path) -> Path:
+    """A private copy of an exported artifact, free to damage."""
+    folder = tmp_path / "policy"
+    shutil.copytree(exported_policy(0), folder)
+    return folder
+
+
+def test_onnx_actions_equal_sb3_deterministic_actions(exported_policy):
+    folder, model, norm, venv = exported_policy(0, with_model=True)
+    policy = load_onnx_policy(folder)
+    rng = np.random.default_rng(1)
+    lo, hi = venv.sim.obs_low, venv.sim.obs_high
+    obs = rng.uniform(lo, np.minimum(hi, lo + 3.0), size=(400, lo.size)).astype(np.float32)
+    expected, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
+    got = policy.act(obs)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    # the normalization is in the graph: the raw observation differs from the normalized one
+    assert not np.allclose(norm.normalize_obs(obs), obs)
+
+
+@pytest.mark.parametrize("scenario", ["azure-conv", "spot-traces", "synthetic-2week"])
+def test_observation_from_state_is_the_simulators_observation(scenario):
+    """Raw metrics (what a live cluster reports) give the kernel's observation, entry for
+    entry, except episode progress and budget spent, which a live cluster does not have."""
+    from rlscale.training.export import manifest_for
+
+    sim = ClusterSimulator(scenario, 1)
+    sim.reset_cluster(0, np.random.default_rng(3))
+    names = observation_names(sim.pool_names)
+    progress = names.index("episode_progress")
+    budget = names.index("budget_spent")
+    rng = np.random.default_rng(4)
+    manifest = manifest_for(sim, name="x", sha256="0" * 64)
+    mask = np.ones(len(names), dtype=bool)
+    mask[[progress, budget]] = False
+    compared = 0
+    for _ in range(60):
+        sim.step(rng.integers(0, sim.action_nvec)[None, :])
+        got = observation_from_state(observe(sim, 0), manifest)
+        want = sim.obs[0]
+        np.testing.assert_allclose(got[mask], want[mask], rtol=1e-5, atol=1e-6)
+        assert got[progress] == manifest.observation.episode_progress
+        assert got[budget] == manifest.observation.budget_spent
+        compared += 1
+    assert compared == 60
+
+
+def test_decisions_round_trip_to_the_models_actions(exported_policy):
+    policy = load_onnx_policy(exported_policy(0))
+    sim = ClusterSimulator("azure-conv", 1)
+    sim.reset_cluster(0, np.random.default_rng(0))
+    max_step = sim.scenario.max_step
+    checked = 0
+    for _ in range(40):
+        state = observe(sim, 0)
+        decision, memory = policy.decide(state, policy.initial_memory())
+        assert memory == {}
+        action = decision_to_action(decision, state, sim.pool_names, max_step)
+        raw = policy.act(observation_from_state(state, policy.manifest)[None, :])[0]
+        P = len(sim.pool_names)
+        np.testing.assert_array_equal(action[P:], raw[P:])
+        for j, pool in enumerate(state.pools):
+            target = round(pool.desired) + int(raw[j]) - max_step
+            if 0 <= target <= pool.quota:  # else the decision is clipped, as the env would
+                assert action[j] == raw[j]
+                checked += 1
+        sim.step(action[None, :])
+    assert checked > 40
+
+
+def test_manifest_records_layout_and_checksum(exported_policy):
+    folder = exported_policy(0)
+    manifest = read_manifest(folder)
+    assert manifest.model.sha256 == sha256_file(folder / MODEL_NAME)
+    assert manifest.pool_names == ["h100", "a100", "h100-spot"]
+    assert manifest.observation.names == observation_names(manifest.pool_names)
+    assert manifest.training["algorithm"] == "PPO"
+    assert manifest.training["scenario"] == "azure-conv"
+    assert load_onnx_policy(folder).version == f"ppo-azure-conv-0@{manifest.model.sha256[:12]}"
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    raw = json.loads((folder / MANIFEST_NAME).read_text())
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    (folder / MANIFEST_NAME).write_text(json.dumps(raw))
+
+
+def test_corrupt_model_is_refused_by_checksum(artifact):
+    blob = bytearray((artifact / MODEL_NAME).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (artifact / MODEL_NAME).write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_onnx_policy(artifact)
+
+
+def test_truncated_model_with_matching_checksum_is_not_loadable(artifact):
+    model = artifact / MODEL_NAME
+    model.write_bytes(model.read_bytes()[:200])
+    _edit_manifest(artifact, model__sha256=sha256_file(model))
+    with pytest.raises(ArtifactError, match="not a loadable ONNX model"):
+        load_onnx_policy(artifact)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / MANIFEST_NAME).unlink(), "no manifest"),
+        (lambda f: (f / MANIFEST_NAME).write_text("{not json"), "unreadable manifest"),
+        (lambda f: _edit_manifest(f, format="rlscale-policy/9"), "format"),
+        (lambda f: _edit_manifest(f, model__sha256="xyz"), "sha256"),
+        (lambda f: _edit_manifest(f, observation__names=["a"] * 46), "observation layout"),
+        (lambda f: _edit_manifest(f, action__max_step=7), "nvec"),
+        (lambda f: _edit_manifest(f, model__file="../model.onnx"), "inside the artifact"),
+        (lambda f: (f / MODEL_NAME).unlink(), "unreadable model"),
+        (lambda f: _edit_manifest(f, surprise=1), "surprise"),
+    ],
+)
+def test_bad_artifacts_are_refused_with_the_reason(artifact, damage, message):
+    damage(artifact)
+    with pytest.raises(ArtifactError, match=message):
+        load_onnx_policy(artifact)
+
+
+def test_pools_must_match_the_scenarios(artifact):
+    with pytest.raises(ArtifactError, match="differ from the scenario"):
+        load_onnx_policy(artifact, pools=["h100", "a100"])
+
+
+def _graph_model(path: Path, n_in: int, n_out: int, offset: int) -> None:
+    """A valid ONNX model: action = int64(observation @ 0) + offset, shape [batch, n_out]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((n_in, n_out), dtype=np.float32), "w")
+    b = numpy_helper.from_array(np.array(offset, dtype=np.int64), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["observation", "w"], ["y"]),
+            helper.make_node("Cast", ["y"], ["yi"], to=TensorProto.INT64),
+            helper.make_node("Add", ["yi", "b"], ["action"]),
+        ],
+        "probe",
+        [helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("action", TensorProto.INT64, ["batch", n_out])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize(
+    ("n_in", "n_out", "offset", "message"),
+    [
+        (46, 6, 0, None),  # inside the action space: accepted
+        (46, 6, 1000, "outside MultiDiscrete"),
+        (46, 4, 2, "expected integer actions of shape"),
+        (40, 6, 2, "input width 40"),
+    ],
+)
+def test_model_interface_is_probed(artifact, n_in, n_out, offset, message):
+    model = artifact / MODEL_NAME
+    _graph_model(model, n_in, n_out, offset)
+    _edit_manifest(artifact, model__sha256=sha256_file(model))
+    if message is None:
+        policy = load_onnx_policy(artifact)
+        assert (policy.act(np.zeros((3, 46), dtype=np.float32)) == 0).all()
+    else:
+        with pytest.raises(ArtifactError, match=message):
+            load_onnx_policy(artifact)
+
+
+def test_export_refuses_a_model_of_another_scenario(exported_policy, tmp_path):
+    from rlscale.training.export import export_ppo
+
+    _, model, norm, _ = exported_policy(0, with_model=True)
+    other = ClusterSimulator("servegen-m-small", 1)
+    if other.spaces()[0].shape == model.observation_space.shape:
+        pytest.skip("servegen-m-small happens to have the same layout")
+    with pytest.raises(ValueError, match="simulator's"):
+        export_ppo(model, other, tmp_path / "x", vec_normalize=norm)
+    assert not (tmp_path / "x" / MANIFEST_NAME).exists()

@@ -1,0 +1,238 @@
+"""Export a stable-baselines3 PPO policy as a served artifact, and register it in MLflow.
+
+:func:`export_ppo` writes the folder that :mod:`rlscale.agents.onnx_policy` loads: the actor's
+deterministic action (argmax of each ``MultiDiscrete`` head) as ONNX, with the
+``VecNormalize`` observation statistics baked into the graph, and a manifest with the
+observation layout, the scaling constants of the simulator it was trained in, and the model's
+sha256. The service then needs neither torch nor the training environment.
+
+:func:`register_policy` logs that folder to an MLflow run, registers it as a new version of a
+registered model (default ``rlscale-policy``) and points an alias (default ``champion``) at it;
+a service started with ``--policy models:/rlscale-policy@champion`` picks it up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlscale.agents.onnx_policy import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    PolicyManifest,
+    load_onnx_policy,
+    sha256_file,
+)
+from rlscale.envs.simulator import ClusterSimulator, observation_names
+
+DEFAULT_MODEL_NAME = "rlscale-policy"
+DEFAULT_ALIAS = "champion"
+POLICY_EXPERIMENT = "rlscale-policies"
+
+
+def manifest_for(
+    sim: ClusterSimulator,
+    *,
+    name: str,
+    sha256: str,
+    training: dict[str, Any] | None = None,
+    episode_progress: float = 0.5,
+) -> PolicyManifest:
+    """The manifest of a policy trained on ``sim``'s scenario and workload."""
+    sc = sim.scenario
+    names = sim.pool_names
+    return PolicyManifest(
+        name=name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        model={"file": MODEL_NAME, "sha256": sha256},
+        pools=[
+            {
+                "name": p.name,
+                "purchase": p.purchase,
+                "quota": p.quota,
+                "on_demand_price_usd_h": p.price_usd_h,
+                "max_num_seqs": p.profile.max_num_seqs,
+                "warm_pool_max": p.warm_pool_max,
+            }
+            for p in sim.pools
+        ],
+        observation={
+            "names": observation_names(names),
+            "low": [float(x) for x in sim.obs_low],
+            "high": [float(x) for x in sim.obs_high],
+            "reference_rps": float(sim.reference_rps),
+            "queue_timeout_s": sc.slo.timeout_s,
+            "ttft_target_s": sc.slo.ttft_s,
+            "tpot_target_s": sc.slo.tpot_s,
+            "cache_hit_ratio": sc.workload.cache_hit_ratio,
+            "episode_progress": episode_progress,
+        },
+        action={"max_step": sc.max_step, "nvec": [int(n) for n in sim.action_nvec]},
+        training={"scenario": sc.name, **(training or {})},
+    )
+
+
+def _actor_module(model: Any, vec_normalize: Any | None, nvec: list[int]) -> Any:
+    """A torch module: raw observation -> deterministic MultiDiscrete action (int64)."""
+    import torch
+
+    policy = model.policy
+    if vec_normalize is not None and getattr(vec_normalize, "norm_obs", False):
+        rms = vec_normalize.obs_rms
+        mean = torch.as_tensor(np.asarray(rms.mean), dtype=torch.float32)
+        scale = torch.as_tensor(
+            1.0 / np.sqrt(np.asarray(rms.var) + vec_normalize.epsilon), dtype=torch.float32
+        )
+        clip = float(vec_normalize.clip_obs)
+    else:
+        mean = scale = None
+        clip = 0.0
+
+    class Actor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = policy.pi_features_extractor
+            self.mlp = policy.mlp_extractor
+            self.head = policy.action_net
+            if mean is not None:
+                self.register_buffer("mean", mean)
+                self.register_buffer("scale", scale)
+
+        def forward(self, observation: torch.Tensor) -> torch.Tensor:
+            x = observation.float()
+            if mean is not None:
+                x = torch.clamp((x - self.mean) * self.scale, -clip, clip)
+            logits = self.head(self.mlp.forward_actor(self.features(x)))
+            heads = torch.split(logits, nvec, dim=1)
+            return torch.stack([torch.argmax(h, dim=1) for h in heads], dim=1)
+
+    return Actor().eval()
+
+
+def export_ppo(
+    model: Any,
+    sim: ClusterSimulator,
+    out_dir: str | Path,
+    *,
+    name: str = "ppo",
+    vec_normalize: Any | None = None,
+    training: dict[str, Any] | None = None,
+    episode_progress: float = 0.5,
+) -> Path:
+    """Write ``model``'s policy as an artifact folder at ``out_dir``; returns the folder.
+
+    :param model: a stable-baselines3 ``PPO`` (or any on-policy model with an
+        ``ActorCriticPolicy``) trained on ``sim``'s ``MultiDiscrete`` action space.
+    :param sim: the simulator it was trained in (its scenario and reference rate).
+    :param vec_normalize: the ``VecNormalize`` wrapper used in training, if any.
+    :param training: provenance for the manifest (timesteps, MLflow run id, ...).
+    :param episode_progress: the constant fed for the episode-progress feature when serving.
+    :raises ValueError: the model's spaces are not ``sim``'s.
+    The artifact is verified by loading it back before this returns.
+    """
+    import torch
+
+    obs_space, _ = sim.spaces()
+    if model.observation_space.shape != obs_space.shape:
+        raise ValueError(
+            f"model observations {model.observation_space.shape} != simulator's {obs_space.shape}"
+        )
+    nvec = [int(n) for n in sim.action_nvec]
+    model_nvec = getattr(model.action_space, "nvec", None)
+    if model_nvec is None or [int(n) for n in model_nvec] != nvec:
+        raise ValueError(f"model actions {model.action_space} != simulator's MultiDiscrete{nvec}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    actor = _actor_module(model, vec_normalize, nvec)
+    example = torch.as_tensor(np.zeros((1, obs_space.shape[0]), dtype=np.float32))
+    tmp_model = out / f".{MODEL_NAME}.tmp"
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        torch.onnx.export(
+            actor,
+            (example,),
+            str(tmp_model),
+            input_names=["observation"],
+            output_names=["action"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+    manifest = manifest_for(
+        sim,
+        name=name,
+        sha256=sha256_file(tmp_model),
+        training={"algorithm": type(model).__name__, **(training or {})},
+        episode_progress=episode_progress,
+    )
+    # model first, manifest last: a watcher never sees a manifest whose model is not in place
+    os.replace(tmp_model, out / MODEL_NAME)
+    _write_atomic(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+    load_onnx_policy(out, pools=sim.pool_names)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def register_policy(
+    artifact_dir: str | Path,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    alias: str | None = DEFAULT_ALIAS,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+) -> int:
+    """Register the artifact as a new version of ``model_name``; returns the version number.
+
+    The folder is verified first (a corrupt artifact is never registered), logged under
+    ``policy/`` of run ``run_id`` (a new run when None), registered, tagged with the policy
+    version, and ``alias`` is moved to it (None leaves aliases alone).
+
+    :raises ArtifactError: the folder is not a valid artifact.
+    """
+    from rlscale.experiments.tracking import ensure_experiment, require_mlflow
+    from rlscale.experiments.tracking import tracking_uri as default_uri
+
+    mlflow = require_mlflow()
+    from mlflow import MlflowClient
+
+    policy = load_onnx_policy(artifact_dir)
+    uri = default_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    if run_id is None:
+        exp_id = ensure_experiment(client, uri, POLICY_EXPERIMENT)
+        run = client.create_run(exp_id, run_name=f"export {policy.name}")
+        run_id = run.info.run_id
+        client.log_dict(run_id, json.loads(policy.manifest.model_dump_json()), "manifest.json")
+        client.set_terminated(run_id)
+    client.log_artifacts(run_id, str(artifact_dir), artifact_path="policy")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    try:
+        client.get_registered_model(model_name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(
+            model_name, description="rlscale autoscaling policies (ONNX + manifest)"
+        )
+    mv = client.create_model_version(
+        model_name,
+        source=f"{artifact_uri}/policy",
+        run_id=run_id,
+        tags={"policy_version": policy.version, "sha256": policy.manifest.model.sha256},
+    )
+    if alias:
+        client.set_registered_model_alias(model_name, alias, mv.version)
+    return int(mv.version)
