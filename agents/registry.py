@@ -29,6 +29,16 @@ def known_policies() -> list[str]:
     return sorted(_FACTORIES)
 
 
+NOT_RULE_BASED = frozenset({"oracle", "onnx"})
+"""Registered policies that are not rule-based scalers: the oracle plans with foresight, and an
+exported policy needs its artifact."""
+
+
+def rule_based_policies() -> list[str]:
+    """The registered rule-based scalers (what tuning and "every baseline" mean)."""
+    return [name for name in known_policies() if name not in NOT_RULE_BASED]
+
+
 def make_policy(
     name: str, scenario: Scenario, params: dict[str, Any] | str | Path | None = None
 ) -> Policy:
@@ -57,6 +67,17 @@ def _static(scenario: Scenario, params: dict[str, Any]) -> Policy:
     return StaticPolicy({str(k): int(v) for k, v in replicas.items()})
 
 
+def _onnx(scenario: Scenario, params: dict[str, Any]) -> Policy:
+    from rlscale.agents.onnx_policy import ArtifactError, load_onnx_policy
+
+    if "artifact" not in params:
+        raise ScenarioError("policy 'onnx' needs its artifact: onnx=FOLDER")
+    try:
+        return load_onnx_policy(params["artifact"], pools=[p.name for p in scenario.pools])
+    except ArtifactError as err:
+        raise ScenarioError(str(err)) from None
+
+
 _BUILTIN_LOADED = False
 
 
@@ -66,6 +87,7 @@ def _load_builtin() -> None:
         return
     _BUILTIN_LOADED = True
     register("static", _static)
+    register("onnx", _onnx)
     # each baseline module registers itself on import
     import importlib
 

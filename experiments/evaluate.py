@@ -128,11 +128,18 @@ class PolicySpec:
 
 
 def parse_policy_arg(text: str) -> PolicySpec:
-    """``NAME`` or ``NAME=ARTIFACT`` (a JSON parameter file) as a :class:`PolicySpec`."""
+    """``NAME``, ``NAME=ARTIFACT`` (a JSON parameter file), or ``onnx=FOLDER`` (an exported
+    policy: its folder, ``manifest.json`` or ``model.onnx``) as a :class:`PolicySpec`."""
     name, sep, artifact = text.partition("=")
     name = name.strip()
     if not name or (sep and not artifact.strip()):
         raise ScenarioError(f"--policy expects NAME or NAME=PARAMS.json, got {text!r}")
+    if name == "onnx":
+        folder = Path(artifact.strip()) if sep else None
+        if folder is None or not folder.exists():
+            raise ScenarioError(f"--policy onnx=FOLDER: no exported policy at {folder}")
+        label = (folder if folder.is_dir() else folder.parent).name
+        return PolicySpec(name, {"artifact": str(folder)}, label=f"onnx[{label}]")
     params = Path(artifact.strip()) if sep else None
     if params is not None and not params.is_file():
         raise ScenarioError(f"--policy {name}={params}: no such file")
@@ -530,8 +537,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         action="append",
         default=None,
         metavar="NAME[=PARAMS.json]",
-        help="a policy, optionally with a parameter file (a tuning result); repeat for "
-        "several (default: every registered baseline). The oracle is added when registered.",
+        help="a policy, optionally with a parameter file (a tuning result), or onnx=FOLDER "
+        "for an exported policy; repeat for several (default: every registered baseline). "
+        "The oracle is added when registered.",
     )
     p.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default 5)")
     p.add_argument(

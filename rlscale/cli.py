@@ -149,12 +149,12 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """``rlscale tune-baseline``: tune, save, log; prints one JSON line of what was written."""
-    from rlscale.agents.registry import known_policies
+    from rlscale.agents.registry import rule_based_policies
     from rlscale.agents.tuning import save_tuning, tune_baseline
     from rlscale.envs.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
-    baselines = [p for p in known_policies() if p != "oracle"]
+    baselines = rule_based_policies()
     names = baselines if "all" in args.policy else args.policy
     unknown = [n for n in names if n not in baselines]
     if unknown:
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.serving.shadow_report import add_shadow_report_parser
 
     add_shadow_report_parser(sub)
+    from rlscale.training.export import add_register_parser
+
+    add_register_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
 
@@ -292,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.shadow_report import run_shadow_report
 
             return run_shadow_report(args)
+        elif args.command == "register-policy":
+            from rlscale.training.export import run_register
+
+            return run_register(args)
         elif args.command == "scenarios":
             from rlscale.envs.scenario import list_scenarios, load_scenario
 

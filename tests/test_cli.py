@@ -138,3 +138,33 @@ def test_tune_baseline_refuses_an_unknown_baseline(tmp_path):
         "tune-baseline", "--scenario", "azure-conv", "--policy", "hpaa", "--no-mlflow", cwd=tmp_path
     )
     assert proc.returncode == 2 and "cannot tune ['hpaa']" in proc.stderr
+
+
+def test_register_policy_registers_a_verified_export_and_refuses_a_corrupt_one(
+    exported_policy, tmp_path
+):
+    pytest.importorskip("mlflow")
+    import shutil
+
+    from mlflow import MlflowClient
+
+    folder = exported_policy(0)
+    done = _rlscale("register-policy", str(folder), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["version"] == 1
+    assert out["serve_with"] == "models:/rlscale-policy@champion"
+    assert out["tracking_uri"] == "sqlite:///mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mv = client.get_model_version_by_alias("rlscale-policy", "champion")
+    assert int(mv.version) == 1 and mv.tags["policy_version"] == out["policy_version"]
+    # the registry's artifacts live beside the database, not in ./mlruns
+    assert not (tmp_path / "mlruns").exists()
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "model.onnx").write_bytes(b"garbage")
+    refused = _rlscale("register-policy", str(bad), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "checksum mismatch" in refused.stderr
+    assert int(client.get_model_version_by_alias("rlscale-policy", "champion").version) == 1

@@ -236,3 +236,54 @@ def register_policy(
     if alias:
         client.set_registered_model_alias(model_name, alias, mv.version)
     return int(mv.version)
+
+
+def add_register_parser(sub: Any) -> Any:
+    """The ``register-policy`` subcommand."""
+    p = sub.add_parser(
+        "register-policy",
+        help="verify an exported policy and register it in the MLflow model registry",
+        description=(
+            "Verify the exported policy in FOLDER (manifest, checksum, model), log it to an "
+            "MLflow run, register it as a new version of --name and move --alias to it. "
+            "The registry is $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."
+        ),
+    )
+    p.add_argument("folder", help="the exported policy (manifest.json + model.onnx)")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"default {DEFAULT_MODEL_NAME}")
+    p.add_argument(
+        "--alias", default=DEFAULT_ALIAS, help=f"alias to move to it (default {DEFAULT_ALIAS})"
+    )
+    p.add_argument("--no-alias", action="store_true", help="register without moving an alias")
+    return p
+
+
+def run_register(args: Any) -> int:
+    """``rlscale register-policy``: prints one JSON line of what was registered."""
+    import sys
+
+    from rlscale.agents.onnx_policy import ArtifactError, read_manifest
+    from rlscale.experiments.tracking import TrackingError
+    from rlscale.experiments.tracking import tracking_uri as default_uri
+
+    alias = None if args.no_alias else args.alias
+    try:
+        version = register_policy(args.folder, model_name=args.name, alias=alias)
+        manifest = read_manifest(args.folder)
+    except (ArtifactError, TrackingError) as err:
+        print(f"rlscale register-policy: {err}", file=sys.stderr)
+        return 2
+    uri = f"models:/{args.name}@{alias}" if alias else f"models:/{args.name}/{version}"
+    print(
+        json.dumps(
+            {
+                "registered_model": args.name,
+                "version": version,
+                "alias": alias,
+                "policy_version": manifest.version,
+                "serve_with": uri,
+                "tracking_uri": default_uri(),
+            }
+        )
+    )
+    return 0

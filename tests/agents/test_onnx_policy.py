@@ -213,3 +213,30 @@ def test_export_refuses_a_model_of_another_scenario(exported_policy, tmp_path):
     with pytest.raises(ValueError, match="simulator's"):
         export_ppo(model, other, tmp_path / "x", vec_normalize=norm)
     assert not (tmp_path / "x" / MANIFEST_NAME).exists()
+
+
+def test_an_exported_policy_is_evaluated_beside_the_baselines(exported_policy):
+    from rlscale.experiments.evaluate import evaluate, parse_policy_arg
+
+    folder = exported_policy(0)
+    spec = parse_policy_arg(f"onnx={folder}")
+    assert spec.display == f"onnx[{folder.name}]"
+    result = evaluate(
+        "azure-conv",
+        [spec, "static"],
+        seeds=1,
+        max_windows=1,
+        include_oracle=False,
+        progress=False,
+    )
+    summary = result.results["policies"][spec.display]
+    assert summary["cost_usd"]["mean"] > 0
+    assert 0.0 <= summary["slo_attainment"]["mean"] <= 1.0
+
+
+def test_evaluate_names_a_missing_export():
+    from rlscale.envs.scenario import ScenarioError
+    from rlscale.experiments.evaluate import parse_policy_arg
+
+    with pytest.raises(ScenarioError, match="no exported policy at /nonexistent"):
+        parse_policy_arg("onnx=/nonexistent")
