@@ -1,4 +1,4 @@
-# The decision service image: rlscale with the `serve` extra, no torch.
+# The decision service image: rlscale with the `serve` and `registry` extras, no torch.
 # Build: docker build -t rlscale-serve .   (not built in CI: the build machines have no Docker engine)
 FROM python:3.11-slim
 
@@ -13,7 +13,7 @@ COPY training ./training
 COPY serving ./serving
 COPY experiments ./experiments
 # torch is never pulled: the serve extra does not ask for it and neither do the core deps
-RUN pip install ".[serve]" && python -c "import rlscale.serving.app, sys; assert 'torch' not in sys.modules"
+RUN pip install ".[serve,registry]" && python -c "import rlscale.serving.app, sys; assert 'torch' not in sys.modules"
 
 # numba caches compiled code beside the sources; an unprivileged user gets its own cache dir
 ENV NUMBA_CACHE_DIR=/tmp/numba-cache

@@ -4,11 +4,12 @@ Routes:
 
 - ``POST /v1/recommendations``: metrics in, guarded replicas per pool out (bearer token).
 - ``GET /v1/recommendations/{pool}``: the latest recommendation for one pool (bearer token).
+- ``GET /v1/policy``: the serving policy and the hot-reload watcher's state (bearer token).
 - ``GET /healthz``: the process answers. ``GET /readyz``: a policy is loaded (503 before).
 - ``GET /metrics``: Prometheus text, from the app's own registry (no global state, so several
   apps can live in one process, as tests do).
 
-No torch here or in anything imported: the service runs baselines now and ONNX exports later.
+No torch here or in anything imported: the service runs baselines and ONNX exports.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from rlscale.serving.reload import PolicyReloader, ReloadEvent
 from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
-from rlscale.serving.service import DecisionService
+from rlscale.serving.service import DecisionService, LoadedPolicy
 from rlscale.serving.shadow import ShadowLog
 
 log = logging.getLogger("rlscale.serving")
@@ -45,7 +47,7 @@ _BEARER = HTTPBearer(auto_error=False)
 class ServiceMetrics:
     """The Prometheus series of one app, in their own registry."""
 
-    def __init__(self, policy_name: str, policy_version: str, fallback_version: str) -> None:
+    def __init__(self, policy: LoadedPolicy | None, fallback_version: str) -> None:
         self.registry = CollectorRegistry()
         self.decisions = Counter(
             "rlscale_decisions",
@@ -75,10 +77,29 @@ class ServiceMetrics:
             "Decisions answered but not recorded in the shadow database.",
             registry=self.registry,
         )
-        self.model = Info("rlscale_policy", "The deployed policy.", registry=self.registry)
-        self.model.info(
-            {"name": policy_name, "version": policy_version, "fallback": fallback_version}
+        self.reloads = Counter(
+            "rlscale_policy_reloads",
+            "Policy reload attempts by result: loaded, or refused (the old policy kept serving).",
+            ["result"],
+            registry=self.registry,
         )
+        self.model = Info("rlscale_policy", "The deployed policy.", registry=self.registry)
+        self.fallback_version = fallback_version
+        self.set_policy(policy)
+
+    def set_policy(self, policy: LoadedPolicy | None) -> None:
+        """Show ``policy`` (None: none loaded) in ``rlscale_policy_info``."""
+        self.model.info(
+            {
+                "name": policy.policy.name if policy is not None else "none",
+                "version": policy.version if policy is not None else "none",
+                "fallback": self.fallback_version,
+            }
+        )
+
+    def reloaded(self, event: ReloadEvent) -> None:
+        """Count one reload attempt."""
+        self.reloads.labels(result=event.result).inc()
 
     def observe(self, response: RecommendationResponse, guard_changed: bool) -> None:
         """Count one decision."""
@@ -94,12 +115,18 @@ class ServiceMetrics:
 
 
 def create_app(
-    service: DecisionService, *, token: str | None = None, shadow: ShadowLog | None = None
+    service: DecisionService,
+    *,
+    token: str | None = None,
+    shadow: ShadowLog | None = None,
+    reloader: PolicyReloader | None = None,
 ) -> FastAPI:
     """The FastAPI app over ``service``.
 
     :param token: bearer token required on ``/v1/*``; None disables authentication.
     :param shadow: where every decision is recorded before its response; None = not recorded.
+    :param reloader: the hot-reload watcher, shown by ``GET /v1/policy`` and counted in
+        ``/metrics`` (the caller starts and stops it).
     """
     app = FastAPI(
         title="rlscale decision service",
@@ -109,9 +136,10 @@ def create_app(
             "rule-based policy, with guardrails and a rule-based fallback."
         ),
     )
-    metrics = ServiceMetrics(
-        service.policy.policy.name, service.policy.version, service.fallback.version
-    )
+    metrics = ServiceMetrics(service.policy, service.fallback.version)
+    service.listeners.append(metrics.set_policy)
+    if reloader is not None:
+        reloader.listeners.append(metrics.reloaded)
     app.state.service = service
     app.state.metrics = metrics
     app.state.shadow = shadow
@@ -151,8 +179,11 @@ def create_app(
     def readyz() -> JSONResponse:
         """Ready once a policy is loaded."""
         if service.is_ready():
-            return JSONResponse({"status": "ready", "policy_version": service.policy.version})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+            return JSONResponse({"status": "ready", "policy_version": service.policy_version})
+        detail = {"status": "not ready", "reason": "no policy loaded"}
+        if reloader is not None and reloader.last_error:
+            detail["reason"] = f"no policy loaded: {reloader.last_error}"
+        return JSONResponse(detail, status_code=503)
 
     @app.get("/metrics", tags=["health"])
     def prometheus_metrics() -> Response:
@@ -189,6 +220,26 @@ def create_app(
         metrics.observe(response, guard_changed)
         metrics.latency.observe(time.perf_counter() - start)
         return response
+
+    @app.get("/v1/policy", dependencies=[Depends(authorize)], tags=["policy"])
+    def policy_status() -> dict[str, object]:
+        """The serving policy, the fallback, and the hot-reload watcher's last attempt."""
+        current = service.policy
+        return {
+            "ready": current is not None,
+            "policy": None
+            if current is None
+            else {
+                "name": current.policy.name,
+                "version": current.version,
+                "kind": current.kind,
+                "spec": current.spec,
+                "origin": current.origin or None,
+                "loaded_at": service.loaded_at,
+            },
+            "fallback": {"version": service.fallback.version, "spec": service.fallback.spec},
+            "reload": reloader.status() if reloader is not None else None,
+        }
 
     @app.get(
         "/v1/recommendations/{pool}",

@@ -35,7 +35,20 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         default="hpa",
-        help="policy to serve: a baseline NAME, or NAME=params.json (default hpa)",
+        help=(
+            "policy to serve: a baseline NAME or NAME=params.json, an exported policy folder "
+            "(manifest.json + model.onnx), or models:/NAME@ALIAS from the MLflow registry "
+            "(default hpa)"
+        ),
+    )
+    p.add_argument(
+        "--reload-interval-s",
+        type=float,
+        default=30.0,
+        help=(
+            "how often to check whether the policy's files or registry alias changed; a new "
+            "policy is verified and swapped in, a bad one refused (default 30)"
+        ),
     )
     p.add_argument(
         "--fallback",
@@ -134,6 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from rlscale.envs.scenario import ScenarioError, load_scenario
     from rlscale.serving.app import TOKEN_ENV_VAR, create_app
+    from rlscale.serving.reload import start_policy
     from rlscale.serving.service import DecisionService, default_guardrails, load_policy
     from rlscale.serving.shadow import ShadowLog, ShadowLogError
 
@@ -148,23 +162,38 @@ def run_serve(args: argparse.Namespace) -> int:
             max_step_down=args.max_step_down,
             max_total_replicas=args.max_total_replicas,
         )
-        service = DecisionService(
+        fallback = load_policy(args.fallback, scenario)
+        service, reloader, startup_error = start_policy(
+            lambda policy: DecisionService(
+                scenario,
+                policy,
+                fallback,
+                guardrails=rails,
+                max_staleness_s=args.max_staleness_s,
+            ),
+            args.policy,
             scenario,
-            load_policy(args.policy, scenario),
-            load_policy(args.fallback, scenario),
-            guardrails=rails,
-            max_staleness_s=args.max_staleness_s,
+            interval_s=args.reload_interval_s,
         )
         shadow = ShadowLog(args.shadow_db) if args.shadow_db is not None else None
     except (ScenarioError, ShadowLogError, ValueError, argparse.ArgumentTypeError) as err:
         print(f"rlscale serve: {err}", file=sys.stderr)
         return 2
+    log = logging.getLogger("rlscale.serving")
+    if startup_error:
+        log.error(
+            "policy %s not loaded (%s): serving the fallback %s, not ready; retrying every %g s",
+            args.policy,
+            startup_error,
+            fallback.version,
+            args.reload_interval_s,
+        )
+    else:
+        log.info("serving policy %s", service.policy_version)
     token = os.environ.get(TOKEN_ENV_VAR) or None
     if token is None:
-        logging.getLogger("rlscale.serving").warning(
-            "%s is not set: /v1/* accepts requests without a token", TOKEN_ENV_VAR
-        )
-    app = create_app(service, token=token, shadow=shadow)
+        log.warning("%s is not set: /v1/* accepts requests without a token", TOKEN_ENV_VAR)
+    app = create_app(service, token=token, shadow=shadow, reloader=reloader)
     grpc_server = None
     if args.grpc_port is not None:
         from rlscale.serving.keda_grpc import serve_grpc
@@ -205,9 +234,11 @@ def run_serve(args: argparse.Namespace) -> int:
             interval_s=args.prometheus_interval_s,
         )
         source.start()
+    reloader.start()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
+        reloader.stop()
         if source is not None:
             source.stop()
         if grpc_server is not None:

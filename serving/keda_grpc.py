@@ -38,8 +38,10 @@ Both values are therefore sent as the nearest float at or above the exact milli 
 (:func:`milli_exact_float`), a difference of a few ulps.
 
 Replicas 0 is reported through ``IsActive``: the HPA never scales to zero, KEDA does, when the
-scaler is inactive and ``minReplicaCount`` is 0. ``IsActive`` is ``is_ready() and replicas > 0``;
-note that with ``minReplicaCount: 0`` a recommender that is not ready deactivates the pool.
+scaler is inactive and ``minReplicaCount`` is 0. ``IsActive`` is ``replicas > 0`` while the
+recommender is ready, and true while it is not (no policy loaded yet, or none that verified):
+a service that does not know must not let KEDA scale a pool to zero. The cost of that choice is
+at most ``minReplicaCount``-to-1 replica kept while the service is not ready.
 
 Errors: missing or malformed metadata is ``INVALID_ARGUMENT`` naming the key, an unknown pool
 ``NOT_FOUND`` listing the known ones, any failure of the recommender ``INTERNAL``.
@@ -241,9 +243,10 @@ class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
             logger.exception("recommender is_ready failed")
             _abort(context, grpc.StatusCode.INTERNAL, f"recommender is_ready failed: {err}")
         if not ready:
-            # No recommendation to ask for yet; an unknown pool is still NOT_FOUND.
+            # Unknown is not idle: stay active (see the module docstring). An unknown pool is
+            # still NOT_FOUND.
             self._check_pool_known(config, ref, context)
-            return False
+            return True
         return self._recommend(config, ref, context).replicas > 0
 
     def _check_pool_known(

@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
@@ -50,24 +51,59 @@ class LoadedPolicy:
 
     policy: Policy
     version: str
-    """``NAME@<12 hex of the config's sha256>``: equal configs give equal versions."""
+    """``NAME@<12 hex>`` of its config (a baseline) or of its model file (an export)."""
     spec: str
     kind: str
+    origin: str = ""
+    """Where it was loaded from, when the spec does not say (``models:/NAME/VERSION``)."""
 
 
 PolicyLoader = Callable[[str, Scenario], LoadedPolicy]
-_LOADERS: list[tuple[str, Callable[[str], bool], PolicyLoader]] = []
+Signature = Callable[[str], Any]
 
 
-def register_policy_loader(kind: str, matches: Callable[[str], bool], load: PolicyLoader) -> None:
-    """Resolve specs for which ``matches(spec)`` holds with ``load``; later ones win."""
-    _LOADERS.insert(0, (kind, matches, load))
+@dataclass(frozen=True)
+class _PolicyKind:
+    kind: str
+    matches: Callable[[str], bool]
+    load: PolicyLoader
+    signature: Signature | None
+
+
+_LOADERS: list[_PolicyKind] = []
+ARTIFACT_KINDS = ("onnx", "mlflow")
+"""Kinds whose loading can fail at run time (a file being replaced, a registry away)."""
+
+
+def register_policy_loader(
+    kind: str,
+    matches: Callable[[str], bool],
+    load: PolicyLoader,
+    signature: Signature | None = None,
+) -> None:
+    """Resolve specs for which ``matches(spec)`` holds with ``load``; later ones win.
+
+    :param signature: a cheap fingerprint of what the spec points at now (file times, the
+        version an alias names); when it changes, the service reloads. None: never reloads.
+    """
+    _LOADERS.insert(0, _PolicyKind(kind, matches, load, signature))
 
 
 def policy_version(name: str, config: dict[str, Any]) -> str:
     """A stable version string from a policy's name and parameters."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     return f"{name}@{digest[:12]}"
+
+
+def _file_signature(*paths: Path) -> tuple:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((str(path), None))
+    return tuple(out)
 
 
 def _load_baseline(spec: str, scenario: Scenario) -> LoadedPolicy:
@@ -78,30 +114,124 @@ def _load_baseline(spec: str, scenario: Scenario) -> LoadedPolicy:
     return LoadedPolicy(policy, policy_version(policy.name, policy.config()), spec, "baseline")
 
 
-def _not_yet(kind: str) -> PolicyLoader:
-    def load(spec: str, scenario: Scenario) -> LoadedPolicy:
+def _baseline_signature(spec: str) -> tuple:
+    _, _, params = spec.partition("=")
+    return _file_signature(Path(params)) if params else ()
+
+
+def _is_artifact(spec: str) -> bool:
+    path = Path(spec)
+    return spec.endswith((".onnx", "manifest.json")) or (path / "manifest.json").is_file()
+
+
+def _load_onnx(spec: str, scenario: Scenario) -> LoadedPolicy:
+    from rlscale.agents.onnx_policy import load_onnx_policy
+
+    policy = load_onnx_policy(spec, pools=[p.name for p in scenario.pools])
+    return LoadedPolicy(policy, policy.version, spec, "onnx")
+
+
+def _onnx_signature(spec: str) -> tuple:
+    from rlscale.agents.onnx_policy import artifact_paths, read_manifest
+
+    manifest_path, folder = artifact_paths(spec)
+    try:
+        model = folder / read_manifest(manifest_path).model.file
+    except ValueError:
+        return _file_signature(manifest_path)
+    return _file_signature(manifest_path, model)
+
+
+register_policy_loader("baseline", lambda spec: True, _load_baseline, _baseline_signature)
+register_policy_loader("onnx", _is_artifact, _load_onnx, _onnx_signature)
+register_policy_loader(
+    "mlflow",
+    lambda spec: spec.startswith("models:/"),
+    lambda spec, scenario: _load_registered(spec, scenario),
+    lambda spec: _registered_version(spec),
+)
+
+
+def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
+    rest = spec[len("models:/") :]
+    name, at, alias = rest.partition("@")
+    if at:
+        if not name or not alias or "/" in alias:
+            raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS")
+        return name, alias, None
+    name, slash, version = rest.rpartition("/")
+    if not slash or not name or not version.isdigit():
+        raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS or models:/NAME/N")
+    return name, None, version
+
+
+def _registry_client() -> Any:
+    try:
+        from mlflow import MlflowClient
+    except ModuleNotFoundError:
         raise ScenarioError(
-            f"policy '{spec}': {kind} policies are not served yet; use a baseline name "
-            "(e.g. hpa) or NAME=params.json"
-        )
+            "models:/ policies need the MLflow client: pip install 'rlscale[registry]'"
+        ) from None
+    from rlscale.experiments.tracking import tracking_uri
 
-    return load
+    return MlflowClient(tracking_uri=tracking_uri())
 
 
-register_policy_loader("baseline", lambda spec: True, _load_baseline)
-register_policy_loader("onnx", lambda spec: spec.endswith(".onnx"), _not_yet("ONNX"))
-register_policy_loader("mlflow", lambda spec: spec.startswith("models:/"), _not_yet("MLflow"))
+def _registered_version(spec: str) -> str:
+    """The registry version ``spec`` names now (an alias is resolved)."""
+    name, alias, version = _parse_model_uri(spec)
+    if version is not None:
+        return version
+    return str(_registry_client().get_model_version_by_alias(name, alias).version)
+
+
+def _load_registered(spec: str, scenario: Scenario) -> LoadedPolicy:
+    """Download the version ``spec`` names and load it as an ONNX artifact."""
+    import tempfile
+
+    from rlscale.agents.onnx_policy import load_onnx_policy
+
+    name, _, _ = _parse_model_uri(spec)
+    version = _registered_version(spec)
+    client = _registry_client()
+    source = client.get_model_version_download_uri(name, version)
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="rlscale-policy-") as tmp:
+        folder = download_artifacts(artifact_uri=source, dst_path=tmp)
+        # the verified bytes are held in memory: the download can go
+        policy = load_onnx_policy(folder, pools=[p.name for p in scenario.pools])
+    return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=f"models:/{name}/{version}")
+
+
+def _kind_of(spec: str) -> _PolicyKind:
+    for kind in _LOADERS:
+        if kind.matches(spec):
+            return kind
+    raise ScenarioError(f"no loader for policy '{spec}'")  # unreachable: baseline matches all
+
+
+def policy_kind(spec: str) -> str:
+    """The kind of loader ``spec`` resolves to (``baseline``, ``onnx``, ``mlflow``, ...)."""
+    return _kind_of(spec).kind
+
+
+def policy_signature(spec: str) -> Any:
+    """What ``spec`` points at now (None: this kind never reloads); may raise while a
+    registry is unreachable."""
+    kind = _kind_of(spec)
+    return kind.signature(spec) if kind.signature is not None else None
 
 
 def load_policy(spec: str, scenario: Scenario) -> LoadedPolicy:
-    """The policy a spec names: ``NAME``, ``NAME=params.json`` (or a registered kind).
+    """The policy a spec names: ``NAME``, ``NAME=params.json``, an exported artifact (its
+    folder, ``manifest.json`` or ``.onnx``), or ``models:/NAME@ALIAS`` / ``models:/NAME/N``.
 
-    :raises ScenarioError: unknown policy, unreadable parameters, or an unsupported kind.
+    :raises ScenarioError: unknown policy, unreadable parameters, or a bad registry URI.
+    :raises ArtifactError: an artifact that fails verification (a ``ValueError``).
     """
-    for _kind, matches, load in _LOADERS:
-        if matches(spec):
-            return load(spec, scenario)
-    raise ScenarioError(f"no loader for policy '{spec}'")  # unreachable: baseline matches all
+    return _kind_of(spec).load(spec, scenario)
 
 
 # --- input ranges ------------------------------------------------------------------------------
@@ -170,7 +300,8 @@ class DecisionService:
     """Guarded decisions for live clusters; thread-safe. See the module docstring.
 
     :param scenario: the live cluster's pools, quotas, profiles and SLO targets.
-    :param policy: the policy that decides when the input is good.
+    :param policy: the policy that decides when the input is good; None until one is loaded
+        (:meth:`swap_policy`): the service answers from the fallback and is not ready.
     :param fallback: the rule-based scaler used when it is not (or when the policy fails).
     :param guardrails: limits on every answer; default: quotas as bounds, +4/-2 per decision.
     :param max_staleness_s: metrics older than this (by ``timestamp``) go to the fallback.
@@ -181,7 +312,7 @@ class DecisionService:
     def __init__(
         self,
         scenario: Scenario,
-        policy: LoadedPolicy,
+        policy: LoadedPolicy | None,
         fallback: LoadedPolicy,
         *,
         guardrails: Guardrails | None = None,
@@ -206,11 +337,33 @@ class DecisionService:
         self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
         self._latest: dict[str, PoolRecommendation] = {}
         self._lock = threading.Lock()
+        self.loaded_at: float | None = clock() if policy is not None else None
+        self.listeners: list[Callable[[LoadedPolicy], None]] = []
+        """Called (outside the lock) after every :meth:`swap_policy`."""
+
+    @property
+    def policy_version(self) -> str:
+        """The serving policy's version, or ``none`` before one is loaded."""
+        policy = self.policy
+        return policy.version if policy is not None else "none"
+
+    def swap_policy(self, new: LoadedPolicy) -> None:
+        """Serve ``new`` from the next decision on; every cluster's policy memory restarts.
+
+        Atomic: a decision runs wholly on the old policy or wholly on the new one.
+        """
+        with self._lock:
+            self.policy = new
+            self.loaded_at = self.clock()
+            for memory in self._memory.values():
+                memory.policy = new.policy.initial_memory()
+        for listener in list(self.listeners):
+            listener(new)
 
     # PoolRecommender ---------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """A policy is loaded (it is from construction on)."""
+        """A policy is loaded."""
         return self.policy is not None
 
     def pools(self) -> list[str]:
@@ -234,7 +387,7 @@ class DecisionService:
             replicas=self.guardrails.pools[pool].min_replicas,
             source="fallback",
             reason="no decision yet",
-            policy_version=self.policy.version,
+            policy_version=self.policy_version,
         )
 
     # deciding ----------------------------------------------------------------------------------
@@ -258,7 +411,7 @@ class DecisionService:
                 replicas=replicas,
                 warm_pool=warm,
                 source=source,
-                policy_version=self.policy.version,
+                policy_version=self.policy_version,
                 reasons=reasons + guard_reasons,
                 policy_reason=decision.reason,
                 decided_at=now,
@@ -270,7 +423,7 @@ class DecisionService:
                     replicas=n,
                     source=source if not guard_reasons else "fallback",
                     reason="; ".join(response.reasons),
-                    policy_version=self.policy.version,
+                    policy_version=self.policy_version,
                 )
         return response
 
@@ -279,7 +432,9 @@ class DecisionService:
     ) -> tuple[Decision, str, list[str]]:
         reasons = list(problems)
         decision: Decision | None = None
-        if not problems:
+        if self.policy is None:
+            reasons.append("no policy loaded")
+        elif not problems:
             try:
                 decision, new_memory = self.policy.policy.decide(state, memory.policy)
                 _check_decision(decision)
@@ -312,7 +467,8 @@ class DecisionService:
         mem = self._memory.get(cluster_id)
         if mem is None:
             mem = _ClusterMemory(
-                self.policy.policy.initial_memory(), self.fallback.policy.initial_memory()
+                self.policy.policy.initial_memory() if self.policy is not None else {},
+                self.fallback.policy.initial_memory(),
             )
             self._memory[cluster_id] = mem
             while len(self._memory) > self.max_clusters:

@@ -58,13 +58,16 @@ class LiveServer:
         self.proc.wait(timeout=5)
 
 
-def start_server(log_dir: Path, *args: str, timeout_s: float = 30.0) -> LiveServer:
-    """Start the service with ``args`` and wait until ``/healthz`` answers."""
+def start_server(
+    log_dir: Path, *args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> LiveServer:
+    """Start the service with ``args`` (and extra ``env``) and wait until ``/healthz``
+    answers."""
     port = free_port()
     argv = [sys.executable, "-m", "rlscale.serving.cli", "--port", str(port), *args]
     argv += ["--log-level", "warning"]
     log_path = log_dir / f"serve-{port}.log"
-    env = {**os.environ, "RLSCALE_API_TOKEN": TOKEN}
+    env = {**os.environ, "RLSCALE_API_TOKEN": TOKEN, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = LiveServer(proc, f"http://127.0.0.1:{port}", argv, log_path)
@@ -87,8 +90,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start servers in a test; every one is stopped at teardown."""
     started: list[LiveServer] = []
 
-    def start(*args: str) -> LiveServer:
-        server = start_server(tmp_path, *args)
+    def start(*args: str, env: dict[str, str] | None = None) -> LiveServer:
+        server = start_server(tmp_path, *args, env=env)
         started.append(server)
         return server
 

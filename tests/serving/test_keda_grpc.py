@@ -131,8 +131,10 @@ def test_target_value_defaults_to_one(stub):
 def test_is_active(stub, recommender):
     assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result is True
     assert stub.IsActive(_ref(pool="h100-mixtral"), timeout=RPC_TIMEOUT_S).result is False
+    # not ready: unknown is not idle, so even a pool recommended 0 stays active
     recommender.ready = False
-    assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result is False
+    assert stub.IsActive(_ref(pool="h100-mixtral"), timeout=RPC_TIMEOUT_S).result is True
+    assert stub.IsActive(_ref(pool="a100-llama70b"), timeout=RPC_TIMEOUT_S).result is True
 
 
 def test_stream_is_active_pushes_changes(stub, recommender):
