@@ -35,12 +35,14 @@ from prometheus_client import (
 
 from rlscale.serving.reload import PolicyReloader, ReloadEvent
 from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
-from rlscale.serving.service import DecisionService, LoadedPolicy
+from rlscale.serving.service import GUARDRAIL_CAUSES, DecisionService, LoadedPolicy
 from rlscale.serving.shadow import ShadowLog
 
 log = logging.getLogger("rlscale.serving")
 
 TOKEN_ENV_VAR = "RLSCALE_API_TOKEN"
+FALLBACK_CAUSES = ("stale_metrics", "invalid_input", "missing_input", "no_policy", "policy_failed")
+"""Why the policy did not decide (``rlscale_fallback_causes_total{cause=...}``)."""
 _BEARER = HTTPBearer(auto_error=False)
 
 
@@ -57,7 +59,8 @@ class ServiceMetrics:
         )
         self.fallbacks = Counter(
             "rlscale_fallback_causes",
-            "Why the policy did not decide: stale, invalid, missing input, or policy failure.",
+            "Why the policy did not decide: stale, invalid or missing input, no policy loaded, "
+            "or a policy failure.",
             ["cause"],
             registry=self.registry,
         )
@@ -101,16 +104,15 @@ class ServiceMetrics:
         """Count one reload attempt."""
         self.reloads.labels(result=event.result).inc()
 
-    def observe(self, response: RecommendationResponse, guard_changed: bool) -> None:
+    def observe(self, response: RecommendationResponse) -> None:
         """Count one decision."""
         for pool in response.replicas:
             self.decisions.labels(pool=pool, source=response.source).inc()
         if response.source == "fallback":
-            causes = {r.split(":", 1)[0] for r in response.reasons}
-            for cause in ("stale metrics", "invalid input", "missing input", "policy failed"):
-                if cause in causes:
-                    self.fallbacks.labels(cause=cause.replace(" ", "_")).inc()
-        if guard_changed:
+            for cause in response.causes:
+                if cause in FALLBACK_CAUSES:
+                    self.fallbacks.labels(cause=cause).inc()
+        if GUARDRAIL_CAUSES.intersection(response.causes):
             self.guardrail_changes.inc()
 
 
@@ -213,11 +215,7 @@ def create_app(
             except sqlite3.Error as err:
                 metrics.shadow_errors.inc()
                 log.error("shadow write failed for %s: %s", response.decision_id, err)
-        guard_changed = any(
-            not r.startswith(("stale", "invalid", "missing", "policy failed", "fallback", "hold"))
-            for r in response.reasons
-        )
-        metrics.observe(response, guard_changed)
+        metrics.observe(response)
         metrics.latency.observe(time.perf_counter() - start)
         return response
 

@@ -149,6 +149,15 @@ class RecommendationResponse(BaseModel):
         default_factory=list,
         description="why a guardrail or the fallback changed the policy's answer; empty if none",
     )
+    causes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "the reasons as codes, for alerting and dashboards: stale_metrics, invalid_input, "
+            "missing_input, no_policy, policy_failed, fallback_failed, fallback_decided, hold, "
+            "step_up_limited, step_down_limited, min_replicas, max_replicas, cluster_quota, "
+            "warm_pool_limited"
+        ),
+    )
     policy_reason: str = Field("", description="the deciding policy's own explanation")
     decided_at: float = Field(description="when the service decided (unix time, s)")
     shadow_recorded: bool = Field(
@@ -165,7 +174,8 @@ class RecommendationResponse(BaseModel):
                     "warm_pool": {"h100": 0, "a100": 0, "h100-spot": 0},
                     "source": "policy",
                     "policy_version": "hpa@3f9a1c2b7d4e",
-                    "reasons": ["h100: step up limited to +4 (policy asked 9, current 3)"],
+                    "reasons": ["h100: step up limited to +4 (asked 9, current 3)"],
+                    "causes": ["step_up_limited"],
                     "policy_reason": "hpa: throughput 1.10/0.60 -> 9",
                     "decided_at": 1767225600.4,
                     "shadow_recorded": True,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -234,6 +235,55 @@ def load_policy(spec: str, scenario: Scenario) -> LoadedPolicy:
     return _kind_of(spec).load(spec, scenario)
 
 
+# --- causes ------------------------------------------------------------------------------------
+
+_CAUSE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (code, re.compile(pattern))
+    for code, pattern in (
+        ("stale_metrics", r"^stale metrics:"),
+        ("invalid_input", r"^invalid input:"),
+        ("missing_input", r"^missing input:"),
+        ("no_policy", r"^no policy loaded"),
+        ("policy_failed", r"^policy failed:"),
+        ("fallback_failed", r"^fallback failed:"),
+        ("fallback_decided", r"^fallback \S+ decided$"),
+        ("hold", r"^hold:"),
+        ("step_up_limited", r": step up limited to "),
+        ("step_down_limited", r": step down limited to "),
+        ("min_replicas", r": min_replicas \d+ \(asked"),
+        ("max_replicas", r": max_replicas \d+ \(asked"),
+        ("cluster_quota", r"^cluster quota:"),
+        ("warm_pool_limited", r": warm pool \d+ \(asked"),
+    )
+)
+CAUSES = tuple(code for code, _ in _CAUSE_PATTERNS)
+"""Every code ``causes`` can hold, in the order the service checks them."""
+GUARDRAIL_CAUSES = frozenset(
+    {
+        "step_up_limited",
+        "step_down_limited",
+        "min_replicas",
+        "max_replicas",
+        "cluster_quota",
+        "warm_pool_limited",
+    }
+)
+"""Causes that mean a guardrail changed the answer."""
+
+
+def cause_of(reason: str) -> str:
+    """The machine-readable code of one of the service's reasons (``other`` if none fits)."""
+    for code, pattern in _CAUSE_PATTERNS:
+        if pattern.search(reason):
+            return code
+    return "other"
+
+
+def causes_of(reasons: list[str]) -> list[str]:
+    """The distinct codes of ``reasons``, in the order they first appear."""
+    return list(dict.fromkeys(cause_of(r) for r in reasons))
+
+
 # --- input ranges ------------------------------------------------------------------------------
 
 MAX_RATE_RPS = 1e7
@@ -413,6 +463,7 @@ class DecisionService:
                 source=source,
                 policy_version=self.policy_version,
                 reasons=reasons + guard_reasons,
+                causes=causes_of(reasons + guard_reasons),
                 policy_reason=decision.reason,
                 decided_at=now,
             )

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rlscale.envs.scenario import load_scenario
 from rlscale.serving.app import create_app
-from rlscale.serving.service import DecisionService, load_policy
+from rlscale.serving.service import DecisionService, cause_of, load_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -130,6 +130,9 @@ def _check(status: int, text: str) -> None:
         out = json.loads(text)
         assert all(isinstance(n, int) and n >= 0 for n in out["replicas"].values())
         assert all(math.isfinite(n) for n in out["warm_pool"].values())
+        # every reason the service gives has its code
+        assert "other" not in out["causes"], out["reasons"]
+        assert set(out["causes"]) == {cause_of(r) for r in out["reasons"]}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

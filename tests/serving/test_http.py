@@ -57,6 +57,7 @@ def test_step_limit_and_max_bound(live_server, make_body, auth):
     assert out["replicas"]["h100"] == 5
     assert any("step up limited to +4" in x for x in out["reasons"])
     assert any("h100: max_replicas 5" in x for x in out["reasons"])
+    assert out["causes"] == ["step_up_limited", "max_replicas"]
 
 
 def test_latest_per_pool(live_server, make_body, auth):
@@ -70,6 +71,7 @@ def test_stale_metrics_fall_back(live_server, make_body, auth):
     out = post(live_server, make_body(age_s=600, cluster="stale"), auth).json()
     assert out["source"] == "fallback"
     assert out["reasons"][0].startswith("stale metrics")
+    assert out["causes"][:2] == ["stale_metrics", "fallback_decided"]
     assert out["replicas"]["h100"] >= 1  # min bound still applies
 
 
@@ -82,6 +84,7 @@ def test_out_of_range_falls_back_to_hold(live_server, make_body, auth):
     assert "invalid input: arrival_rate_rps -4.0" in out["reasons"]
     assert any(x.startswith("hold") for x in out["reasons"])
     assert out["replicas"]["h100"] == 3
+    assert out["causes"] == ["invalid_input", "hold"]
 
 
 def test_missing_pool_is_held_at_last_answer(live_server, make_body, auth):

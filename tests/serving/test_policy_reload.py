@@ -282,3 +282,29 @@ def test_live_server_follows_a_registry_alias(exported_policy, server_factory, t
     _wait_for(lambda: api.reload_count(server, "refused") == 1, "the bad version refused", server)
     assert "checksum mismatch" in api.status(server)["reload"]["last_error"]
     assert api.version(server)[:2] == (second, "policy")
+
+
+def test_every_reason_has_its_cause_code(decide):
+    """Each kind of reason the service and its guardrails give maps to one documented code."""
+    from rlscale.serving.guardrails import guard
+    from rlscale.serving.service import CAUSES, causes_of, default_guardrails
+
+    service = _service(None)
+    reasons = decide(service, age_s=600).reasons
+    assert causes_of(reasons) == ["stale_metrics", "no_policy", "fallback_decided"]
+    rails = default_guardrails(SCENARIO, min_replicas={"a100": 1}, max_total_replicas=3)
+    _, _, guard_reasons = guard(
+        {"h100": 9, "a100": 0, "h100-spot": 0},
+        {"h100": 99},
+        {"h100": 2, "a100": 0, "h100-spot": 4},
+        rails,
+    )
+    assert causes_of(guard_reasons) == [
+        "step_up_limited",
+        "step_down_limited",
+        "min_replicas",
+        "cluster_quota",
+        "warm_pool_limited",
+    ]
+    assert set(causes_of(guard_reasons)) <= set(CAUSES)
+    assert causes_of(["something new"]) == ["other"]
