@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.envs import dynamics as dyn
@@ -36,6 +44,8 @@ from rlscale.envs.simulator import observation_names
 FORMAT = "rlscale-policy/1"
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
+MAX_MODEL_BYTES = 256 * 2**20
+"""Larger files are refused before they are read (a scaling policy is kilobytes to megabytes)."""
 SECONDS_PER_DAY = 86400.0
 SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 
@@ -55,6 +65,14 @@ class ModelFile(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     input: str = "observation"
     output: str = "action"
+
+    @field_validator("file")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        rel = Path(value)
+        if not value or rel.is_absolute() or ".." in rel.parts:
+            raise ValueError("model.file must be inside the artifact folder")
+        return value
 
 
 class PoolLayout(_Strict):
@@ -324,10 +342,16 @@ def load_onnx_policy(path: str | Path, *, pools: list[str] | None = None) -> Onn
             f"scenario's {list(pools)}"
         )
     rel = Path(manifest.model.file)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ArtifactError(f"{manifest_path}: model.file must be inside the artifact folder")
     model_path = folder / rel
+    inside = model_path.resolve().is_relative_to(folder.resolve())
+    if rel.is_absolute() or ".." in rel.parts or not inside:
+        raise ArtifactError(f"{manifest_path}: model.file must be inside the artifact folder")
     try:
+        size = model_path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ArtifactError(
+                f"{model_path}: {size} bytes, more than a policy needs ({MAX_MODEL_BYTES})"
+            )
         blob = model_path.read_bytes()
     except OSError as err:
         raise ArtifactError(f"{model_path}: unreadable model: {err}") from None

@@ -4,8 +4,11 @@ A :class:`PolicyReloader` polls the spec's signature (:func:`policy_signature`: 
 file times and sizes, or the version a registry alias names) every ``interval_s``. When it
 changes, the new policy is loaded and verified (:func:`rlscale.agents.onnx_policy.
 load_onnx_policy`: manifest, checksum, layout, a probe batch) and swapped into the service
-atomically. When loading fails, the old policy keeps serving, the error is kept for
-``GET /v1/policy`` and the logs, and that signature is not tried again: the next change is.
+atomically; the same version again (a file touched, a poll during a write) is not swapped, so
+policy memories are kept. When the artifact fails verification, the old policy keeps serving,
+the error is kept for ``GET /v1/policy`` and the logs, and that signature is not tried again:
+the next change is. Any other failure (a registry or artifact store away) is temporary: the
+next poll tries again.
 
 Writers should put the model file in place before the manifest (``export_ppo`` does); a
 watcher that sees a new model with the old manifest refuses it on the checksum and loads the
@@ -21,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rlscale.envs.scenario import Scenario
+from rlscale.agents.onnx_policy import ArtifactError
+from rlscale.envs.scenario import Scenario, ScenarioError
 from rlscale.serving.service import (
     ARTIFACT_KINDS,
     DecisionService,
     LoadedPolicy,
+    check_registry_spec,
     load_policy,
     policy_kind,
     policy_signature,
@@ -38,7 +43,8 @@ DEFAULT_RELOAD_INTERVAL_S = 30.0
 
 @dataclass(frozen=True)
 class ReloadEvent:
-    """The outcome of one attempt: ``loaded`` or ``refused`` (with the error)."""
+    """The outcome of one attempt: ``loaded``, ``refused`` (the artifact is bad) or
+    ``error`` (a temporary failure; tried again)."""
 
     result: str
     spec: str
@@ -100,22 +106,30 @@ class PolicyReloader:
             try:
                 new: LoadedPolicy = load_policy(self.spec, self.scenario)
             except Exception as err:
+                bad = isinstance(err, ArtifactError | ScenarioError)
                 event = ReloadEvent(
-                    "refused", self.spec, error=f"{type(err).__name__}: {err}", at=self.clock()
+                    "refused" if bad else "error",
+                    self.spec,
+                    error=f"{type(err).__name__}: {err}",
+                    at=self.clock(),
                 )
-                self._refused = signature
+                if bad:
+                    self._refused = signature
                 self.last_error = event.error
                 log.error(
-                    "policy %s refused, still serving %s: %s",
+                    "policy %s %s, still serving %s: %s",
                     self.spec,
+                    "refused" if bad else "not loaded (will retry)",
                     self.service.policy_version,
                     event.error,
                 )
             else:
-                self.service.swap_policy(new)
+                swapped = self.service.swap_policy(new)
                 self._current = signature
                 self._refused = None
                 self.last_error = ""
+                if not swapped:
+                    return None  # the version already serving
                 event = ReloadEvent("loaded", self.spec, version=new.version, at=self.clock())
                 log.info("policy %s loaded: %s", self.spec, new.version)
             self.last_event = event
@@ -124,6 +138,11 @@ class PolicyReloader:
         return event
 
     def _run(self) -> None:
+        if self.service.policy is None:  # not loaded at start: try at once
+            try:
+                self.check()
+            except Exception:
+                log.exception("policy reload check failed")
         while not self._stop.wait(self.interval_s):
             try:
                 self.check()
@@ -169,19 +188,27 @@ def start_policy(
 
     An artifact (ONNX folder, registry URI) that cannot be loaded at startup does not stop the
     service: it starts with no policy (the fallback answers, ``/readyz`` says not ready) and
-    the reloader keeps trying. A baseline spec that does not load is a configuration error
-    and raises. The caller starts the reloader.
+    the reloader keeps trying. A registry policy is always loaded by the reloader, so a
+    registry that is slow or away never delays the start. A baseline spec that does not load,
+    or a malformed spec, is a configuration error and raises. The caller starts the reloader.
     """
     signature = None
     error = ""
-    try:
-        signature = policy_signature(spec)
-        policy: LoadedPolicy | None = load_policy(spec, scenario)
-    except Exception as err:
-        if policy_kind(spec) not in ARTIFACT_KINDS:
+    policy: LoadedPolicy | None = None
+    kind = policy_kind(spec)
+    if kind == "mlflow":
+        check_registry_spec(spec)  # a typo or a missing client stops the start
+        error = "loading from the registry"
+    else:
+        try:
+            signature = policy_signature(spec)
+            policy = load_policy(spec, scenario)
+        except ScenarioError:
             raise
-        policy = None
-        error = f"{type(err).__name__}: {err}"
+        except Exception as err:
+            if kind not in ARTIFACT_KINDS:
+                raise
+            error = f"{type(err).__name__}: {err}"
     service = service_factory(policy)
     reloader = PolicyReloader(
         service, spec, scenario, interval_s=interval_s, loaded=signature if policy else None

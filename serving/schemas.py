@@ -73,7 +73,12 @@ class RecommendationRequest(_Body):
         None, description="smoothed arrival rate (req/s); default the arrival rate"
     )
     forecast_rps: float | None = Field(
-        None, description="forecast arrival rate (req/s); default the arrival rate"
+        None,
+        description=(
+            "forecast rate of requests reaching the servers, after any response cache, for "
+            "the next interval (req/s); default the arrival rate x (1 - the scenario's cache "
+            "hit ratio)"
+        ),
     )
     queue: float | None = Field(None, description="requests waiting for a replica")
     in_flight: float | None = Field(None, description="requests being served")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
+from rlscale.agents.onnx_policy import ArtifactError
 from rlscale.envs.scenario import Scenario, ScenarioError
 from rlscale.serving.base import PoolRecommendation
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
@@ -100,8 +102,11 @@ def _file_signature(*paths: Path) -> tuple:
     out = []
     for path in paths:
         try:
-            st = path.stat()
-            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+            st = path.stat()  # follows symlinks: a ConfigMap's ..data swap is a change
+            # ctime too: a copy that keeps the old mtime (cp -p, tar) still changes it
+            out.append(
+                (str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+            )
         except OSError:
             out.append((str(path), None))
     return tuple(out)
@@ -121,8 +126,11 @@ def _baseline_signature(spec: str) -> tuple:
 
 
 def _is_artifact(spec: str) -> bool:
-    path = Path(spec)
-    return spec.endswith((".onnx", "manifest.json")) or (path / "manifest.json").is_file()
+    """A path, not ``NAME`` or ``NAME=params.json``: a folder (even one still empty, whose
+    files are on their way), a ``manifest.json`` or a ``.onnx`` file."""
+    if "=" in spec:
+        return False
+    return "/" in spec or spec.endswith(".onnx") or Path(spec).is_dir()
 
 
 def _load_onnx(spec: str, scenario: Scenario) -> LoadedPolicy:
@@ -167,7 +175,15 @@ def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
     return name, None, version
 
 
+REGISTRY_HTTP_TIMEOUT_S = "10"
+REGISTRY_HTTP_RETRIES = "2"
+
+
 def _registry_client() -> Any:
+    # a registry away must not hold a decision service for minutes (MLflow's defaults retry
+    # for long); the operator's own settings win
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REGISTRY_HTTP_TIMEOUT_S)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REGISTRY_HTTP_RETRIES)
     try:
         from mlflow import MlflowClient
     except ModuleNotFoundError:
@@ -179,6 +195,15 @@ def _registry_client() -> Any:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+def check_registry_spec(spec: str) -> None:
+    """A ``models:/`` spec is well formed and the MLflow client is installed (no network).
+
+    :raises ScenarioError: otherwise.
+    """
+    _parse_model_uri(spec)
+    _registry_client()
+
+
 def _registered_version(spec: str) -> str:
     """The registry version ``spec`` names now (an alias is resolved)."""
     name, alias, version = _parse_model_uri(spec)
@@ -188,21 +213,32 @@ def _registered_version(spec: str) -> str:
 
 
 def _load_registered(spec: str, scenario: Scenario) -> LoadedPolicy:
-    """Download the version ``spec`` names and load it as an ONNX artifact."""
+    """Download the version ``spec`` names and load it as an ONNX artifact.
+
+    Only the manifest and the model file it names are fetched, not whatever else the
+    version's folder holds.
+    """
     import tempfile
 
-    from rlscale.agents.onnx_policy import load_onnx_policy
+    from rlscale.agents.onnx_policy import MANIFEST_NAME, load_onnx_policy, read_manifest
 
     name, _, _ = _parse_model_uri(spec)
     version = _registered_version(spec)
     client = _registry_client()
-    source = client.get_model_version_download_uri(name, version)
+    source = client.get_model_version_download_uri(name, version).rstrip("/")
     from mlflow.artifacts import download_artifacts
 
     with tempfile.TemporaryDirectory(prefix="rlscale-policy-") as tmp:
-        folder = download_artifacts(artifact_uri=source, dst_path=tmp)
+        download_artifacts(artifact_uri=f"{source}/{MANIFEST_NAME}", dst_path=tmp)
+        manifest = read_manifest(Path(tmp))
+        model_file = Path(manifest.model.file)
+        if model_file.is_absolute() or ".." in model_file.parts:
+            raise ArtifactError(f"{spec}: model.file must be inside the artifact folder")
+        target = Path(tmp) / model_file.parent
+        target.mkdir(parents=True, exist_ok=True)
+        download_artifacts(artifact_uri=f"{source}/{model_file.as_posix()}", dst_path=str(target))
         # the verified bytes are held in memory: the download can go
-        policy = load_onnx_policy(folder, pools=[p.name for p in scenario.pools])
+        policy = load_onnx_policy(tmp, pools=[p.name for p in scenario.pools])
     return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=f"models:/{name}/{version}")
 
 
@@ -397,18 +433,23 @@ class DecisionService:
         policy = self.policy
         return policy.version if policy is not None else "none"
 
-    def swap_policy(self, new: LoadedPolicy) -> None:
+    def swap_policy(self, new: LoadedPolicy) -> bool:
         """Serve ``new`` from the next decision on; every cluster's policy memory restarts.
 
-        Atomic: a decision runs wholly on the old policy or wholly on the new one.
+        Atomic: a decision runs wholly on the old policy or wholly on the new one. A policy of
+        the version already serving is not swapped (its memories are kept); returns whether
+        it was.
         """
         with self._lock:
+            if self.policy is not None and self.policy.version == new.version:
+                return False
             self.policy = new
             self.loaded_at = self.clock()
             for memory in self._memory.values():
                 memory.policy = new.policy.initial_memory()
         for listener in list(self.listeners):
             listener(new)
+        return True
 
     # PoolRecommender ---------------------------------------------------------------------------
 
@@ -604,7 +645,10 @@ class DecisionService:
             interval_s=_clip(request.interval_s, 1e-3, 86400.0, sc.control_interval_s),
             arrival_rate_rps=rate,
             arrival_rate_ewma_rps=_clip(request.arrival_rate_ewma_rps, 0.0, MAX_RATE_RPS, rate),
-            forecast_rps=_clip(request.forecast_rps, 0.0, MAX_RATE_RPS, rate),
+            # the simulator's forecast counts requests reaching the servers (after the cache)
+            forecast_rps=_clip(
+                request.forecast_rps, 0.0, MAX_RATE_RPS, rate * (1.0 - sc.workload.cache_hit_ratio)
+            ),
             queue=_clip(request.queue, 0.0, MAX_COUNT, 0.0),
             in_flight=_clip(request.in_flight, 0.0, MAX_COUNT, 0.0),
             gpu_util=_clip(request.gpu_util, 0.0, 1.0, 0.0),

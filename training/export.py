@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,9 @@ from rlscale.agents.onnx_policy import (
     MANIFEST_NAME,
     MODEL_NAME,
     PolicyManifest,
+    artifact_paths,
     load_onnx_policy,
+    read_manifest,
     sha256_file,
 )
 from rlscale.envs.simulator import ClusterSimulator, observation_names
@@ -130,13 +133,26 @@ def export_ppo(
     :param model: a stable-baselines3 ``PPO`` (or any on-policy model with an
         ``ActorCriticPolicy``) trained on ``sim``'s ``MultiDiscrete`` action space.
     :param sim: the simulator it was trained in (its scenario and reference rate).
-    :param vec_normalize: the ``VecNormalize`` wrapper used in training, if any.
+    :param vec_normalize: the ``VecNormalize`` wrapper used in training; default the one
+        around the model's own env, if any. Exporting a model trained under normalization
+        without its statistics would silently give other actions, so that is refused.
     :param training: provenance for the manifest (timesteps, MLflow run id, ...).
     :param episode_progress: the constant fed for the episode-progress feature when serving.
-    :raises ValueError: the model's spaces are not ``sim``'s.
-    The artifact is verified by loading it back before this returns.
+    :raises ValueError: the model's spaces are not ``sim``'s, or the export does not act as
+        the model does.
+    The artifact is verified by loading it back, and its actions are compared with
+    ``model.predict(..., deterministic=True)`` on observations across the space, before the
+    manifest is written.
     """
     import torch
+    from stable_baselines3.common.vec_env import unwrap_vec_normalize
+
+    env = model.get_env()
+    trained_with = unwrap_vec_normalize(env) if env is not None else None
+    if vec_normalize is None:
+        vec_normalize = trained_with
+    elif trained_with is not None and trained_with is not vec_normalize:
+        raise ValueError("vec_normalize is not the VecNormalize around the model's env")
 
     obs_space, _ = sim.spaces()
     if model.observation_space.shape != obs_space.shape:
@@ -172,11 +188,39 @@ def export_ppo(
         training={"algorithm": type(model).__name__, **(training or {})},
         episode_progress=episode_progress,
     )
+    _check_parity(model, vec_normalize, tmp_model, manifest, sim)
     # model first, manifest last: a watcher never sees a manifest whose model is not in place
     os.replace(tmp_model, out / MODEL_NAME)
     _write_atomic(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
     load_onnx_policy(out, pools=sim.pool_names)
     return out
+
+
+PARITY_SAMPLES = 512
+
+
+def _check_parity(
+    model: Any, vec_normalize: Any, onnx_path: Path, manifest: PolicyManifest, sim: Any
+) -> None:
+    """The exported graph picks the model's deterministic action on sampled observations."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(onnx_path, Path(tmp) / MODEL_NAME)
+        (Path(tmp) / MANIFEST_NAME).write_text(manifest.model_dump_json())
+        policy = load_onnx_policy(tmp, pools=sim.pool_names)
+    rng = np.random.default_rng(0)
+    lo, hi = sim.obs_low, sim.obs_high
+    # most entries live near their low end (rates ~1 x reference, shares < 1): sample there
+    obs = rng.uniform(lo, np.minimum(hi, lo + 3.0), size=(PARITY_SAMPLES, lo.size))
+    obs = obs.astype(np.float32)
+    fed = vec_normalize.normalize_obs(obs) if vec_normalize is not None else obs
+    expected, _ = model.predict(fed, deterministic=True)
+    got = policy.act(obs)
+    differ = int((np.asarray(expected) != got).any(axis=1).sum())
+    if differ:
+        raise ValueError(
+            f"the exported policy differs from model.predict on {differ} of {PARITY_SAMPLES} "
+            "observations (a policy or feature extractor this exporter does not handle?)"
+        )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -210,16 +254,24 @@ def register_policy(
     mlflow = require_mlflow()
     from mlflow import MlflowClient
 
-    policy = load_onnx_policy(artifact_dir)
     uri = default_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
-    if run_id is None:
-        exp_id = ensure_experiment(client, uri, POLICY_EXPERIMENT)
-        run = client.create_run(exp_id, run_name=f"export {policy.name}")
-        run_id = run.info.run_id
-        client.log_dict(run_id, json.loads(policy.manifest.model_dump_json()), "manifest.json")
-        client.set_terminated(run_id)
-    client.log_artifacts(run_id, str(artifact_dir), artifact_path="policy")
+    with tempfile.TemporaryDirectory(prefix="rlscale-register-") as staged:
+        # exactly the two files, verified as copied: what is uploaded is what was checked
+        manifest_path, folder = artifact_paths(artifact_dir)
+        manifest = read_manifest(manifest_path)
+        shutil.copyfile(manifest_path, Path(staged) / MANIFEST_NAME)
+        staged_model = Path(staged) / manifest.model.file
+        staged_model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / manifest.model.file, staged_model)
+        policy = load_onnx_policy(staged)
+        if run_id is None:
+            exp_id = ensure_experiment(client, uri, POLICY_EXPERIMENT)
+            run = client.create_run(exp_id, run_name=f"export {policy.name}")
+            run_id = run.info.run_id
+            client.log_dict(run_id, json.loads(manifest.model_dump_json()), "manifest.json")
+            client.set_terminated(run_id)
+        client.log_artifacts(run_id, staged, artifact_path="policy")
     artifact_uri = client.get_run(run_id).info.artifact_uri
     try:
         client.get_registered_model(model_name)
@@ -262,15 +314,22 @@ def run_register(args: Any) -> int:
     """``rlscale register-policy``: prints one JSON line of what was registered."""
     import sys
 
-    from rlscale.agents.onnx_policy import ArtifactError, read_manifest
-    from rlscale.experiments.tracking import TrackingError
+    from rlscale.agents.onnx_policy import ArtifactError
+    from rlscale.experiments.tracking import TrackingError, require_mlflow
     from rlscale.experiments.tracking import tracking_uri as default_uri
 
     alias = None if args.no_alias else args.alias
     try:
+        require_mlflow()
+    except TrackingError as err:
+        print(f"rlscale register-policy: {err}", file=sys.stderr)
+        return 2
+    from mlflow.exceptions import MlflowException
+
+    try:
         version = register_policy(args.folder, model_name=args.name, alias=alias)
         manifest = read_manifest(args.folder)
-    except (ArtifactError, TrackingError) as err:
+    except (ArtifactError, TrackingError, MlflowException, OSError) as err:
         print(f"rlscale register-policy: {err}", file=sys.stderr)
         return 2
     uri = f"models:/{args.name}@{alias}" if alias else f"models:/{args.name}/{version}"

@@ -47,7 +47,9 @@ def test_onnx_actions_equal_sb3_deterministic_actions(exported_policy):
     assert not np.allclose(norm.normalize_obs(obs), obs)
 
 
-@pytest.mark.parametrize("scenario", ["azure-conv", "spot-traces", "synthetic-2week"])
+@pytest.mark.parametrize(
+    "scenario", ["azure-conv", "spot-traces", "synthetic-2week", "servegen-m-large"]
+)
 def test_observation_from_state_is_the_simulators_observation(scenario):
     """Raw metrics (what a live cluster reports) give the kernel's observation, entry for
     entry, except episode progress and budget spent, which a live cluster does not have."""
@@ -62,6 +64,8 @@ def test_observation_from_state_is_the_simulators_observation(scenario):
     manifest = manifest_for(sim, name="x", sha256="0" * 64)
     mask = np.ones(len(names), dtype=bool)
     mask[[progress, budget]] = False
+    if scenario == "servegen-m-large":
+        assert manifest.observation.cache_hit_ratio > 0  # the cache factor is exercised
     compared = 0
     for _ in range(60):
         sim.step(rng.integers(0, sim.action_nvec)[None, :])
@@ -240,3 +244,15 @@ def test_evaluate_names_a_missing_export():
 
     with pytest.raises(ScenarioError, match="no exported policy at /nonexistent"):
         parse_policy_arg("onnx=/nonexistent")
+
+
+def test_export_takes_the_normalization_from_the_models_env(exported_policy, tmp_path):
+    """Forgetting vec_normalize must not export a policy that acts otherwise."""
+    from rlscale.training.export import export_ppo
+
+    _, model, norm, venv = exported_policy(0, with_model=True)
+    folder = export_ppo(model, venv.sim, tmp_path / "auto")  # no vec_normalize given
+    obs = np.random.default_rng(2).uniform(0, 2, (200, venv.sim.obs_low.size))
+    obs = np.clip(obs, venv.sim.obs_low, venv.sim.obs_high).astype(np.float32)
+    expected, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
+    np.testing.assert_array_equal(load_onnx_policy(folder).act(obs), expected)

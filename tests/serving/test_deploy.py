@@ -52,4 +52,5 @@ def test_deployment_reads_the_mounted_scenario_and_the_token_secret():
     secret = env["RLSCALE_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert secret["name"] == docs["Secret"]["metadata"]["name"]
     assert secret["key"] in docs["Secret"]["stringData"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # the fallback answers before a policy loads: traffic must reach it (see the manifest)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"

@@ -90,6 +90,51 @@ def test_a_bad_file_is_refused_once_and_the_old_policy_keeps_serving(tmp_path, d
     assert reloader.status()["last_error"] is None
 
 
+def test_the_same_version_again_is_not_swapped(tmp_path, decide):
+    """A touched file (or a poll during a write) reloads the same version: memories stay."""
+    params = tmp_path / "hpa.json"
+    _write_params(params, 0.5)
+    service, reloader, _ = start_policy(_service, f"hpa={params}", SCENARIO, interval_s=1)
+    for _ in range(3):
+        decide(service, cluster="a", rate_rps=40.0)
+    memory = service._memory["a"].policy
+    assert memory != service.policy.policy.initial_memory()
+    _write_params(params, 0.5)  # same content, new file
+    assert reloader.check() is None
+    assert service._memory["a"].policy == memory
+    assert reloader.check() is None  # and the new signature is remembered
+
+
+def test_an_empty_artifact_folder_is_an_artifact_waiting_for_its_files(tmp_path):
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    assert policy_kind(str(folder)) == "onnx"
+    service, _, error = start_policy(_service, str(folder), SCENARIO)
+    assert "no manifest" in error and not service.is_ready()
+
+
+def test_a_registry_error_is_retried_at_every_poll(exported_policy, tmp_path, decide):
+    """No alias yet (as a registry away) is temporary: every poll asks again, and the first
+    one that finds the version loads it."""
+    pytest.importorskip("mlflow")
+    from rlscale.training.export import register_policy
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        spec = "models:/rlscale-policy@champion"
+        service, reloader, error = start_policy(_service, spec, SCENARIO)
+        assert error and not service.is_ready()
+        for _ in range(2):
+            assert reloader.check() is None
+            assert "cannot check models:/rlscale-policy@champion" in reloader.last_error
+        register_policy(exported_policy(0), tracking_uri=uri)
+        assert reloader.check().result == "loaded"
+        assert decide(service).source == "policy"
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+
 def test_swap_restarts_every_clusters_policy_memory(tmp_path, decide):
     params = tmp_path / "hpa.json"
     _write_params(params, 0.5)
@@ -210,10 +255,16 @@ def test_live_server_swaps_a_new_artifact_and_refuses_a_corrupt_one(
     assert api.reload_count(server, "loaded") == 1
     assert f'version="{v2}"' in httpx.get(f"{server.url}/metrics").text
 
-    # a model replaced by garbage of the same size, its manifest untouched
+    # a model replaced by garbage of the same size, its manifest untouched (a poll between
+    # _install's two renames may already have refused the new model beside the old manifest)
+    refused = api.reload_count(server, "refused")
     size = (live / MODEL_NAME).stat().st_size
     (live / MODEL_NAME).write_bytes(os.urandom(size))
-    _wait_for(lambda: api.reload_count(server, "refused") == 1, "the corrupt model refused", server)
+    _wait_for(
+        lambda: api.reload_count(server, "refused") == refused + 1,
+        "the corrupt model refused",
+        server,
+    )
     status = api.status(server)
     assert "checksum mismatch" in status["reload"]["last_error"]
     assert status["policy"]["version"] == v2
@@ -258,6 +309,8 @@ def test_live_server_follows_a_registry_alias(exported_policy, server_factory, t
         "0.2",
         env={"MLFLOW_TRACKING_URI": uri},
     )
+    # the registry is read in the background: the service answers before it is ready
+    _wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, "loaded", server)
     first, source, _ = api.version(server)
     assert source == "policy" and first.startswith("ppo-azure-conv-0@")
     assert api.status(server)["policy"]["origin"] == f"models:/rlscale-policy/{v1}"
