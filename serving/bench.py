@@ -364,7 +364,11 @@ def add_bench_serve_parser(bsub: argparse._SubParsersAction) -> argparse.Argumen
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--scenario", default="azure-conv", help="scenario served (default azure-conv)")
-    p.add_argument("--policy", default="hpa", help="policy served, NAME[=params.json]")
+    p.add_argument(
+        "--policy",
+        default="hpa",
+        help="policy served: NAME[=params.json] or an exported policy folder (default hpa)",
+    )
     p.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s (default 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per endpoint")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured warm-up per endpoint")

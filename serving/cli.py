@@ -10,6 +10,7 @@ Also runnable as ``python -m rlscale.serving.cli`` (the same options, no subcomm
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -235,6 +236,11 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         source.start()
     reloader.start()
+    # Everything loaded so far (numba, scipy, pydantic, the policy: ~130k objects) lives as
+    # long as the process; a full collection walking it stalls every request for ~65 ms on a
+    # small machine. Frozen, collections only look at what requests allocate.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:

@@ -15,6 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlscale.agents.base import ClusterState
+
+EPOCH_MONDAY_S = 4 * 86400.0
+"""1970-01-05 00:00 UTC, the first Monday of the unix epoch: where weeks start."""
+
 
 class _Body(BaseModel):
     # unknown keys are ignored, not refused: a newer client may send more metrics
@@ -99,6 +104,51 @@ class RecommendationRequest(_Body):
             "with the recommendation, never used to decide"
         ),
     )
+
+    @classmethod
+    def from_state(
+        cls, state: ClusterState, *, timestamp: float | None = None, cluster_id: str = "default"
+    ) -> RecommendationRequest:
+        """The body a cluster in ``state`` would send (a simulated one, for replays and
+        tests). ``timestamp`` defaults to a time in the state's hour of the week."""
+        if timestamp is None:
+            timestamp = EPOCH_MONDAY_S + state.time_of_week_s
+        return cls(
+            cluster_id=cluster_id,
+            timestamp=timestamp,
+            interval_s=state.interval_s,
+            arrival_rate_rps=state.arrival_rate_rps,
+            arrival_rate_ewma_rps=state.arrival_rate_ewma_rps,
+            forecast_rps=state.forecast_rps,
+            queue=state.queue,
+            in_flight=state.in_flight,
+            gpu_util=state.gpu_util,
+            kv_util=state.kv_util,
+            ttft_p50_s=state.ttft_p50_s,
+            ttft_p95_s=state.ttft_p95_s,
+            tpot_p95_s=state.tpot_p95_s,
+            slo_attainment=state.slo_attainment,
+            dropped=state.dropped,
+            pools=[
+                PoolMetrics(
+                    name=p.name,
+                    replicas=ReplicasByState(
+                        provisioning=p.provisioning,
+                        loading=p.loading,
+                        ready=p.ready,
+                        draining=p.draining,
+                        standby=p.standby,
+                        refilling=p.refilling,
+                    ),
+                    spot_price_usd_h=p.price_usd_h,
+                    preempt_notices=p.preempt_notices,
+                    spot_capacity_share=p.spot_capacity_share,
+                    capacity_rps=p.capacity_rps,
+                    batch_per_replica=p.batch_per_replica,
+                )
+                for p in state.pools
+            ],
+        )
 
     model_config = ConfigDict(
         extra="ignore",

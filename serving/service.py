@@ -39,6 +39,7 @@ from rlscale.envs.scenario import Scenario, ScenarioError
 from rlscale.serving.base import PoolRecommendation
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
 from rlscale.serving.schemas import (
+    EPOCH_MONDAY_S,
     PoolMetrics,
     RecommendationRequest,
     RecommendationResponse,
@@ -641,7 +642,7 @@ class DecisionService:
         return ClusterState(
             time_s=ts,
             # the epoch fell on a Thursday: Monday 00:00 UTC starts the week
-            time_of_week_s=(ts - 4 * 86400.0) % (7 * 86400.0),
+            time_of_week_s=(ts - EPOCH_MONDAY_S) % (7 * 86400.0),
             interval_s=_clip(request.interval_s, 1e-3, 86400.0, sc.control_interval_s),
             arrival_rate_rps=rate,
             arrival_rate_ewma_rps=_clip(request.arrival_rate_ewma_rps, 0.0, MAX_RATE_RPS, rate),

@@ -256,3 +256,27 @@ def test_export_takes_the_normalization_from_the_models_env(exported_policy, tmp
     obs = np.clip(obs, venv.sim.obs_low, venv.sim.obs_high).astype(np.float32)
     expected, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
     np.testing.assert_array_equal(load_onnx_policy(folder).act(obs), expected)
+
+
+def test_the_service_feeds_the_policy_the_simulators_observation():
+    """Through the HTTP body and the service's parsing (defaults, clipping, the week clock),
+    a simulated cluster's metrics still give the kernel's observation."""
+    from rlscale.serving.schemas import RecommendationRequest
+    from rlscale.serving.service import DecisionService, load_policy
+    from rlscale.training.export import manifest_for
+
+    sim = ClusterSimulator("servegen-m-large", 1)
+    sim.reset_cluster(0, np.random.default_rng(5))
+    service = DecisionService(sim.scenario, None, load_policy("hpa", sim.scenario))
+    manifest = manifest_for(sim, name="x", sha256="0" * 64)
+    names = observation_names(sim.pool_names)
+    mask = np.ones(len(names), dtype=bool)
+    mask[[names.index("episode_progress"), names.index("budget_spent")]] = False
+    rng = np.random.default_rng(6)
+    for _ in range(30):
+        sim.step(rng.integers(0, sim.action_nvec)[None, :])
+        request = RecommendationRequest.model_validate_json(
+            RecommendationRequest.from_state(observe(sim, 0)).model_dump_json()
+        )
+        got = observation_from_state(service.to_state(request), manifest)
+        np.testing.assert_allclose(got[mask], sim.obs[0][mask], rtol=1e-5, atol=1e-5)
