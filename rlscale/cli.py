@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.serving.shadow_report import add_shadow_report_parser
 
     add_shadow_report_parser(sub)
-    from rlscale.training.export import add_register_parser
+    from rlscale.training.export import add_export_parser, add_register_parser
 
+    add_export_parser(sub)
     add_register_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.shadow_report import run_shadow_report
 
             return run_shadow_report(args)
+        elif args.command == "export-policy":
+            from rlscale.training.export import run_export
+
+            return run_export(args)
         elif args.command == "register-policy":
             from rlscale.training.export import run_register
 

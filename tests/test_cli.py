@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.needs_data
@@ -168,3 +169,47 @@ def test_register_policy_registers_a_verified_export_and_refuses_a_corrupt_one(
     assert refused.returncode == 2
     assert "checksum mismatch" in refused.stderr
     assert int(client.get_model_version_by_alias("rlscale-policy", "champion").version) == 1
+
+
+def test_export_policy_writes_what_serve_loads(exported_policy, tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from rlscale.agents.onnx_policy import load_onnx_policy
+
+    _, model, norm, venv = exported_policy(0, with_model=True)
+    model.save(tmp_path / "ppo.zip")
+    norm.save(str(tmp_path / "vecnormalize.pkl"))
+    out = tmp_path / "policy"
+    done = _rlscale(
+        "export-policy",
+        "--model",
+        str(tmp_path / "ppo.zip"),
+        "--vecnormalize",
+        str(tmp_path / "vecnormalize.pkl"),
+        "--scenario",
+        "azure-conv",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    policy = load_onnx_policy(out)
+    assert line["policy_version"] == policy.version
+    obs = np.clip(
+        np.random.default_rng(3).uniform(0, 2, (100, venv.sim.obs_low.size)),
+        venv.sim.obs_low,
+        venv.sim.obs_high,
+    ).astype(np.float32)
+    expected, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
+    np.testing.assert_array_equal(policy.act(obs), expected)
+
+    wrong = _rlscale(
+        "export-policy",
+        "--model",
+        str(tmp_path / "ppo.zip"),
+        "--scenario",
+        "servegen-m-small",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert wrong.returncode == 2
+    assert "rlscale export-policy:" in wrong.stderr

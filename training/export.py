@@ -290,6 +290,84 @@ def register_policy(
     return int(mv.version)
 
 
+def export_saved(
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    scenario: str | Path,
+    vec_normalize_path: str | Path | None = None,
+    workload_seed: int = 0,
+    name: str | None = None,
+) -> Path:
+    """Export a PPO saved with ``model.save`` (and ``VecNormalize.save``) for ``scenario``.
+
+    :param workload_seed: the seed of the training env's workload (its reference rate).
+    :raises ValueError: unreadable files, or a model of another scenario.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+
+    venv = InferenceClusterVecEnv(1, scenario=str(scenario), workload_seed=workload_seed)
+    norm = None
+    try:
+        if vec_normalize_path is not None:
+            norm = VecNormalize.load(str(vec_normalize_path), venv)
+            norm.training = False
+        model = PPO.load(str(model_path), env=norm or venv, device="cpu")
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise ValueError(f"cannot load the saved model: {type(err).__name__}: {err}") from None
+    label = name or f"ppo-{venv.sim.scenario.name}"
+    training = {"model_file": Path(model_path).name, "workload_seed": workload_seed}
+    return export_ppo(model, venv.sim, out_dir, name=label, vec_normalize=norm, training=training)
+
+
+def add_export_parser(sub: Any) -> Any:
+    """The ``export-policy`` subcommand."""
+    p = sub.add_parser(
+        "export-policy",
+        help="export a saved stable-baselines3 PPO as a served policy (ONNX + manifest)",
+        description=(
+            "Write the folder rlscale serve and rlscale evaluate load: the PPO's deterministic "
+            "action as ONNX with the VecNormalize statistics baked in, and a manifest. The "
+            "export is checked against the model's own predictions before it is written."
+        ),
+    )
+    p.add_argument("--model", required=True, type=Path, help="PPO saved with model.save()")
+    p.add_argument(
+        "--vecnormalize", type=Path, default=None, help="VecNormalize saved with .save()"
+    )
+    p.add_argument("--scenario", required=True, help="the scenario it was trained on")
+    p.add_argument("--workload-seed", type=int, default=0, help="the training env's (default 0)")
+    p.add_argument("--name", default=None, help="policy name (default ppo-SCENARIO)")
+    p.add_argument("--out", required=True, type=Path, help="the artifact folder to write")
+    return p
+
+
+def run_export(args: Any) -> int:
+    """``rlscale export-policy``: prints one JSON line of what was written."""
+    import sys
+
+    from rlscale.agents.onnx_policy import ArtifactError
+
+    try:
+        folder = export_saved(
+            args.model,
+            args.out,
+            scenario=args.scenario,
+            vec_normalize_path=args.vecnormalize,
+            workload_seed=args.workload_seed,
+            name=args.name,
+        )
+    except (ValueError, ArtifactError) as err:
+        print(f"rlscale export-policy: {err}", file=sys.stderr)
+        return 2
+    manifest = read_manifest(folder)
+    print(json.dumps({"folder": str(folder), "policy_version": manifest.version}))
+    return 0
+
+
 def add_register_parser(sub: Any) -> Any:
     """The ``register-policy`` subcommand."""
     p = sub.add_parser(

@@ -52,6 +52,15 @@ def decide(make_body):
     return run
 
 
+@pytest.fixture
+def watched(tmp_path):
+    """``(params file, service, reloader)``: HPA from a parameter file the test may rewrite."""
+    params = tmp_path / "hpa.json"
+    _write_params(params, 0.5)
+    service, reloader, _ = start_policy(_service, f"hpa={params}", SCENARIO, interval_s=1)
+    return params, service, reloader
+
+
 # --- in process ---------------------------------------------------------------------------------
 
 
@@ -71,10 +80,8 @@ def test_a_changed_parameter_file_is_swapped_in(tmp_path, decide):
     assert decide(service, cluster="a").policy_version == event.version
 
 
-def test_a_bad_file_is_refused_once_and_the_old_policy_keeps_serving(tmp_path, decide):
-    params = tmp_path / "hpa.json"
-    _write_params(params, 0.5)
-    service, reloader, _ = start_policy(_service, f"hpa={params}", SCENARIO, interval_s=1)
+def test_a_bad_file_is_refused_once_and_the_old_policy_keeps_serving(watched, decide):
+    params, service, reloader = watched
     good = service.policy_version
     params.write_text("{broken")
     event = reloader.check()
@@ -90,11 +97,9 @@ def test_a_bad_file_is_refused_once_and_the_old_policy_keeps_serving(tmp_path, d
     assert reloader.status()["last_error"] is None
 
 
-def test_the_same_version_again_is_not_swapped(tmp_path, decide):
+def test_the_same_version_again_is_not_swapped(watched, decide):
     """A touched file (or a poll during a write) reloads the same version: memories stay."""
-    params = tmp_path / "hpa.json"
-    _write_params(params, 0.5)
-    service, reloader, _ = start_policy(_service, f"hpa={params}", SCENARIO, interval_s=1)
+    params, service, reloader = watched
     for _ in range(3):
         decide(service, cluster="a", rate_rps=40.0)
     memory = service._memory["a"].policy
@@ -135,10 +140,8 @@ def test_a_registry_error_is_retried_at_every_poll(exported_policy, tmp_path, de
         del os.environ["MLFLOW_TRACKING_URI"]
 
 
-def test_swap_restarts_every_clusters_policy_memory(tmp_path, decide):
-    params = tmp_path / "hpa.json"
-    _write_params(params, 0.5)
-    service, reloader, _ = start_policy(_service, f"hpa={params}", SCENARIO, interval_s=1)
+def test_swap_restarts_every_clusters_policy_memory(watched, decide):
+    params, service, reloader = watched
     for _ in range(3):
         decide(service, cluster="a", rate_rps=40.0)
     assert service._memory["a"].policy != service.policy.policy.initial_memory()
