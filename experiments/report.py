@@ -65,7 +65,8 @@ SUMMARY_COLUMNS = (
 # --- figures -------------------------------------------------------------------------------------
 
 
-def _png_data_uri(fig: Figure) -> str:
+def png_data_uri(fig: Figure) -> str:
+    """``fig`` as a PNG ``data:`` URI, so a report is one self-contained file."""
     FigureCanvasAgg(fig)  # attaches an Agg canvas; no GUI backend is ever touched
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -145,7 +146,7 @@ def plot_load_capacity(ev: Evaluation) -> str:
     fig.suptitle(
         f"Load against ready capacity (seed {res['seeds'][0]}, held-out window at step {start})"
     )
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def plot_cost_breakdown(ev: Evaluation) -> str:
@@ -198,7 +199,7 @@ def plot_cost_breakdown(ev: Evaluation) -> str:
         ax.grid(axis="y", alpha=0.3)
     ax_pool.set_ylabel("mean cost per held-out episode (USD)")
     fig.suptitle("Cost breakdown by pool and by purchase option")
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def plot_cost_vs_slo(ev: Evaluation) -> str:
@@ -245,7 +246,7 @@ def plot_cost_vs_slo(ev: Evaluation) -> str:
     ax.grid(alpha=0.3)
     # outside the axes: the upper left, where a legend would go, is where good policies sit
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -299,7 +300,8 @@ def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None,
     return rows, best, note
 
 
-def _fmt(value: float, fmt: str) -> str:
+def format_number(value: float, fmt: str) -> str:
+    """``value`` with ``fmt`` (a format string, or ``pct``); ``n/a`` when missing or not finite."""
     if value is None or not math.isfinite(value):
         return "n/a"
     if fmt == "pct":
@@ -310,18 +312,19 @@ def _fmt(value: float, fmt: str) -> str:
 def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
     mean = _mean(results, policy, metric)
     ci = _ci(results, policy, metric)
-    text = _fmt(mean, fmt)
+    text = format_number(mean, fmt)
     if ci is None:
         return f"<td>{html.escape(text)}</td>"
     half = max(ci[1] - mean, mean - ci[0])
-    span = f"95% CI [{_fmt(ci[0], fmt)}, {_fmt(ci[1], fmt)}]"
+    span = f"95% CI [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
     return (
         f'<td title="{html.escape(span)}">{html.escape(text)}'
-        f'<span class="ci"> ± {html.escape(_fmt(half, fmt))}</span></td>'
+        f'<span class="ci"> ± {html.escape(format_number(half, fmt))}</span></td>'
     )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of escaped ``header`` cells over ``rows`` of ready ``<td>`` cells."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -334,7 +337,7 @@ def summary_table(results: dict[str, Any]) -> str:
         cells = [f"<th>{html.escape(label)}</th>"]
         cells += [_cell(results, label, key, fmt) for key, _, fmt in SUMMARY_COLUMNS]
         rows.append(cells)
-    return _table(["Policy", *[title for _, title, _ in SUMMARY_COLUMNS]], rows)
+    return html_table(["Policy", *[title for _, title, _ in SUMMARY_COLUMNS]], rows)
 
 
 def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str) -> str:
@@ -350,7 +353,7 @@ def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str
         cells = [f"<th>{html.escape(key)}</th>"]
         cells += [_cell(results, label, f"{prefix}/{key}", fmt) for label in labels]
         rows.append(cells)
-    return _table([key_title, *labels], rows)
+    return html_table([key_title, *labels], rows)
 
 
 def gap_table(results: dict[str, Any]) -> str:
@@ -368,12 +371,12 @@ def gap_table(results: dict[str, Any]) -> str:
         body.append(
             [
                 f"<th{cls}>{html.escape(r['policy'])}</th>",
-                f"<td>{_fmt(r['cost_usd'], '{:.2f}')}</td>",
-                f"<td>{_fmt(r['over_oracle_usd'], '{:+.2f}')}</td>",
-                f"<td>{_fmt(r['over_oracle_pct'], '{:+.1f}%')}</td>",
-                f"<td>{_fmt(r['slo_attainment'], 'pct')}</td>",
+                f"<td>{format_number(r['cost_usd'], '{:.2f}')}</td>",
+                f"<td>{format_number(r['over_oracle_usd'], '{:+.2f}')}</td>",
+                f"<td>{format_number(r['over_oracle_pct'], '{:+.1f}%')}</td>",
+                f"<td>{format_number(r['slo_attainment'], 'pct')}</td>",
                 f"<td>{'yes' if r['meets_slo'] else 'no'}</td>",
-                f"<td>{_fmt(100.0 * r['closed'], '{:.0f}%')}</td>"
+                f"<td>{format_number(100.0 * r['closed'], '{:.0f}%')}</td>"
                 if r["meets_slo"]
                 else '<td class="miss">n/a: misses the SLO</td>',
             ]
@@ -388,7 +391,7 @@ def gap_table(results: dict[str, Any]) -> str:
         "Best baseline's gap closed",
     ]
     best_text = html.escape(best) if best else "none"
-    return _table(header, body) + (
+    return html_table(header, body) + (
         f'<p class="note">Best baseline: <b>{best_text}</b> ({html.escape(note)}). '
         "Gap closed = (best baseline's cost &minus; policy's cost) / (best baseline's cost &minus; "
         "oracle's cost): 0% is the best baseline, 100% the oracle. A policy that misses the "
@@ -398,7 +401,7 @@ def gap_table(results: dict[str, Any]) -> str:
 
 # --- the page ------------------------------------------------------------------------------------
 
-_CSS = """
+REPORT_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 1200px; color: #222; padding: 0 1rem; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem;
@@ -417,7 +420,8 @@ dt { font-weight: 600; } dd { margin: 0; }
 """
 
 
-def _figure(section_id: str, title: str, uri: str, caption: str) -> str:
+def html_figure(section_id: str, title: str, uri: str, caption: str) -> str:
+    """A titled section with one image and its caption."""
     return (
         f'<section id="{section_id}"><h2>{html.escape(title)}</h2><figure>'
         f'<img src="{uri}" alt="{html.escape(title)}">'
@@ -458,10 +462,10 @@ def render_report(ev: Evaluation) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>rlscale evaluation: {esc(res['scenario'])}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>Policy evaluation: {esc(res['scenario'])}</h1>",
         f'<section id="setup"><dl>{facts_html}</dl></section>',
-        _figure(
+        html_figure(
             "load-capacity",
             "Load against ready capacity",
             plot_load_capacity(ev),
@@ -471,14 +475,14 @@ def render_report(ev: Evaluation) -> str:
             "so arrivals near the top of the band already mean queueing, and a band far above "
             "them means paying for idle GPUs.",
         ),
-        _figure(
+        html_figure(
             "cost-breakdown",
             "Cost by pool and purchase option",
             plot_cost_breakdown(ev),
             "Mean cost per held-out episode over seeds, split by pool (left) and by on-demand "
             "against spot (right).",
         ),
-        _figure(
+        html_figure(
             "cost-slo",
             "Cost against SLO attainment",
             plot_cost_vs_slo(ev),

@@ -388,7 +388,7 @@ def run_replays(
 def _plot_agreement(rec: ShadowRecords, agree: np.ndarray) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import _png_data_uri
+    from rlscale.experiments.report import png_data_uri
 
     hours = (rec.time_s - rec.time_s[0]) / 3600.0
     fig = Figure(figsize=(10, 4.5))
@@ -414,13 +414,13 @@ def _plot_agreement(rec: ShadowRecords, agree: np.ndarray) -> str:
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("agreement")
     ax.set_xlabel("hours since the first decision")
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _plot_pools(rec: ShadowRecords) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import _png_data_uri
+    from rlscale.experiments.report import png_data_uri
 
     hours = (rec.time_s - rec.time_s[0]) / 3600.0
     n = len(rec.pools)
@@ -434,13 +434,13 @@ def _plot_pools(rec: ShadowRecords) -> str:
         ax.set_ylabel(f"{p}\nreplicas")
         ax.legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel("hours since the first decision")
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _plot_replay(replay: dict[str, Any], timelines: dict[str, dict[str, np.ndarray]]) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import _png_data_uri
+    from rlscale.experiments.report import png_data_uri
 
     labels = list(timelines)
     colors = {"recommended": "#1f77b4", "production": "#d62728"}
@@ -462,12 +462,12 @@ def _plot_replay(replay: dict[str, Any], timelines: dict[str, dict[str, np.ndarr
     ax_cum.set_title("cumulative cost (USD)", fontsize=9)
     ax_cum.set_xlabel("hours")
     ax_cum.legend(fontsize=8)
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
     """The report as one self-contained HTML string."""
-    from rlscale.experiments.report import _CSS, _figure, _fmt, _table
+    from rlscale.experiments.report import REPORT_CSS, format_number, html_figure, html_table
 
     esc = html.escape
     ag = summary["agreement"]
@@ -481,8 +481,9 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         "Span": f"{summary['span_hours']:.2f} h, from unix {summary['first_time_s']:.0f}",
         "Policy versions": ", ".join(summary["policy_versions"]),
         "Decisions compared": f"{ag['compared']} (with a production decision)",
-        "Overall agreement": _fmt(ag["agreement"], "pct") + " of decisions agree on every pool",
-        "Mean |difference|": _fmt(ag["mean_abs_diff"], "{:.3f}")
+        "Overall agreement": format_number(ag["agreement"], "pct")
+        + " of decisions agree on every pool",
+        "Mean |difference|": format_number(ag["mean_abs_diff"], "{:.3f}")
         + " replicas per decision, summed over pools",
     }
     facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in facts.items())
@@ -490,25 +491,25 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         [
             f"<td>{esc(p)}</td>",
             f"<td>{s['compared']}</td>",
-            f"<td>{esc(_fmt(s['agreement'], 'pct'))}</td>",
-            f"<td>{esc(_fmt(s['mean_abs_diff'], '{:.3f}'))}</td>",
-            f"<td>{esc(_fmt(s['max_abs_diff'], '{:.0f}'))}</td>",
-            f"<td>{esc(_fmt(s['recommended_mean'], '{:.2f}'))}</td>",
-            f"<td>{esc(_fmt(s['production_mean'], '{:.2f}'))}</td>",
+            f"<td>{esc(format_number(s['agreement'], 'pct'))}</td>",
+            f"<td>{esc(format_number(s['mean_abs_diff'], '{:.3f}'))}</td>",
+            f"<td>{esc(format_number(s['max_abs_diff'], '{:.0f}'))}</td>",
+            f"<td>{esc(format_number(s['recommended_mean'], '{:.2f}'))}</td>",
+            f"<td>{esc(format_number(s['production_mean'], '{:.2f}'))}</td>",
         ]
         for p, s in ag["per_pool"].items()
     ]
-    pool_table = _table(
+    pool_table = html_table(
         ["Pool", "Compared", "Agreement", "Mean |diff|", "Max |diff|", "Mean rec.", "Mean prod."],
         pool_rows,
     )
     diff_rows = [
         [
             f"<td>{d['offset_s'] / 3600:.3f}</td>",
-            f"<td>{esc(_fmt(d['arrival_rate_rps'], '{:.2f}'))}</td>",
+            f"<td>{esc(format_number(d['arrival_rate_rps'], '{:.2f}'))}</td>",
             *[
-                f"<td>{esc(_fmt(d['recommended'][p], '{:.0f}'))} / "
-                f"{esc(_fmt(d['production'][p], '{:.0f}'))}</td>"
+                f"<td>{esc(format_number(d['recommended'][p], '{:.0f}'))} / "
+                f"{esc(format_number(d['production'][p], '{:.0f}'))}</td>"
                 for p in pools
             ],
             f"<td>{d['total_abs_diff']:.0f}</td>",
@@ -518,7 +519,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         for d in ag["largest_differences"]
     ]
     diff_table = (
-        _table(
+        html_table(
             [
                 "Hour",
                 "Arrivals (req/s)",
@@ -536,7 +537,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
     replay_rows = [
         [f"<td>{esc(k)}</td>"]
         + [
-            f"<td>{esc(_fmt(rp[k][m], f))}</td>"
+            f"<td>{esc(format_number(rp[k][m], f))}</td>"
             for m, f in (
                 ("cost_usd", "{:.2f}"),
                 ("slo_attainment", "pct"),
@@ -547,7 +548,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         ]
         for k in labels
     ]
-    replay_table = _table(
+    replay_table = html_table(
         ["Followed", "Cost (USD)", "SLO attainment", "TTFT p95 (s)", "TPOT p95 (s)", "Dropped"],
         replay_rows,
     )
@@ -566,10 +567,10 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>rlscale shadow report: {esc(summary['cluster'])}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>Shadow report: {esc(summary['cluster'])}</h1>",
         f'<section id="setup"><dl>{facts_html}</dl></section>',
-        _figure(
+        html_figure(
             "agreement",
             "Agreement over time",
             figures["agreement"],
@@ -580,7 +581,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         '<section id="pools-table"><h2>Agreement by pool</h2>',
         pool_table,
         "</section>",
-        _figure(
+        html_figure(
             "pools",
             "Recommended against production replicas",
             figures["pools"],
@@ -590,7 +591,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         f'<section id="differences"><h2>Largest differences (top {TOP_DIFFERENCES})</h2>',
         diff_table,
         "</section>",
-        _figure(
+        html_figure(
             "replay",
             "Estimated cost and SLO attainment",
             figures["replay"],
