@@ -146,6 +146,9 @@ def create_app(
     app.state.service = service
     app.state.metrics = metrics
     app.state.shadow = shadow
+    # Shadow writes wait for the disk one at a time (they share one connection): their own
+    # thread, so a slow disk never holds the worker threads other work might need.
+    shadow_writer = anyio.CapacityLimiter(1)
 
     async def authorize(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
@@ -174,12 +177,12 @@ def create_app(
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process answers."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         """Ready once a policy is loaded."""
         if service.is_ready():
             return JSONResponse({"status": "ready", "policy_version": service.policy_version})
@@ -189,7 +192,7 @@ def create_app(
         return JSONResponse(detail, status_code=503)
 
     @app.get("/metrics", tags=["health"])
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -211,19 +214,23 @@ def create_app(
         # hop to a worker thread would. The shadow write waits for the disk, so it does not.
         start = time.perf_counter()
         response = service.decide(body)
-        if shadow is not None:
-            try:
-                await anyio.to_thread.run_sync(shadow.record, body, response)
-                response.shadow_recorded = True
-            except sqlite3.Error as err:
-                metrics.shadow_errors.inc()
-                log.error("shadow write failed for %s: %s", response.decision_id, err)
-        metrics.observe(response)
-        metrics.latency.observe(time.perf_counter() - start)
+        try:
+            if shadow is not None:
+                try:
+                    await anyio.to_thread.run_sync(
+                        shadow.record, body, response, limiter=shadow_writer
+                    )
+                    response.shadow_recorded = True
+                except sqlite3.Error as err:
+                    metrics.shadow_errors.inc()
+                    log.error("shadow write failed for %s: %s", response.decision_id, err)
+        finally:  # counted even when the request is cancelled (shutdown) while it writes
+            metrics.observe(response)
+            metrics.latency.observe(time.perf_counter() - start)
         return response
 
     @app.get("/v1/policy", dependencies=[Depends(authorize)], tags=["policy"])
-    def policy_status() -> dict[str, object]:
+    async def policy_status() -> dict[str, object]:
         """The serving policy, the fallback, and the hot-reload watcher's last attempt."""
         current = service.policy
         return {
@@ -248,7 +255,7 @@ def create_app(
         tags=["decisions"],
         responses={404: {"description": "unknown pool"}},
     )
-    def latest(pool: str) -> dict[str, object]:
+    async def latest(pool: str) -> dict[str, object]:
         """The latest recommendation for one pool (what the KEDA scaler serves)."""
         try:
             rec = service.recommend(pool)

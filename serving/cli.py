@@ -195,6 +195,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if token is None:
         log.warning("%s is not set: /v1/* accepts requests without a token", TOKEN_ENV_VAR)
     app = create_app(service, token=token, shadow=shadow, reloader=reloader)
+    # Everything loaded so far (numba, scipy, pydantic, the policy: ~130k objects) lives as
+    # long as the process; a full collection walking it stalls every request for ~65 ms on a
+    # small machine. Frozen, collections only look at what requests allocate. Before any
+    # thread starts, so nothing half-built is frozen.
+    gc.collect()
+    gc.freeze()
     grpc_server = None
     if args.grpc_port is not None:
         from rlscale.serving.keda_grpc import serve_grpc
@@ -236,11 +242,6 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         source.start()
     reloader.start()
-    # Everything loaded so far (numba, scipy, pydantic, the policy: ~130k objects) lives as
-    # long as the process; a full collection walking it stalls every request for ~65 ms on a
-    # small machine. Frozen, collections only look at what requests allocate.
-    gc.collect()
-    gc.freeze()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:

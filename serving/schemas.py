@@ -11,6 +11,7 @@ a caller whose metrics pipeline hiccups still gets a safe answer, and the reason
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,9 +111,14 @@ class RecommendationRequest(_Body):
         cls, state: ClusterState, *, timestamp: float | None = None, cluster_id: str = "default"
     ) -> RecommendationRequest:
         """The body a cluster in ``state`` would send (a simulated one, for replays and
-        tests). ``timestamp`` defaults to a time in the state's hour of the week."""
+        tests).
+
+        ``timestamp`` defaults to now, so a live service takes the metrics as fresh; the time
+        of week the service then sees is the wall clock's. To keep the state's own week clock,
+        pass ``EPOCH_MONDAY_S + state.time_of_week_s`` (and give the service a matching clock).
+        """
         if timestamp is None:
-            timestamp = EPOCH_MONDAY_S + state.time_of_week_s
+            timestamp = time.time()
         return cls(
             cluster_id=cluster_id,
             timestamp=timestamp,

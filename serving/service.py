@@ -381,6 +381,8 @@ class _ClusterMemory:
     fallback: Memory
     last_replicas: dict[str, int] = field(default_factory=dict)
     """The last answer per pool: what a pool missing from a request is taken to run."""
+    generation: int = 0
+    """The service's policy generation ``policy`` belongs to."""
 
 
 class DecisionService:
@@ -424,6 +426,7 @@ class DecisionService:
         self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
         self._latest: dict[str, PoolRecommendation] = {}
         self._lock = threading.Lock()
+        self._generation = 0
         self.loaded_at: float | None = clock() if policy is not None else None
         self.listeners: list[Callable[[LoadedPolicy], None]] = []
         """Called (outside the lock) after every :meth:`swap_policy`."""
@@ -446,8 +449,8 @@ class DecisionService:
                 return False
             self.policy = new
             self.loaded_at = self.clock()
-            for memory in self._memory.values():
-                memory.policy = new.policy.initial_memory()
+            # memories restart lazily, at each cluster's next decision: O(1) under the lock
+            self._generation += 1
         for listener in list(self.listeners):
             listener(new)
         return True
@@ -562,10 +565,14 @@ class DecisionService:
             mem = _ClusterMemory(
                 self.policy.policy.initial_memory() if self.policy is not None else {},
                 self.fallback.policy.initial_memory(),
+                generation=self._generation,
             )
             self._memory[cluster_id] = mem
             while len(self._memory) > self.max_clusters:
                 self._memory.popitem(last=False)
+        elif mem.generation != self._generation:  # the policy changed since its last decision
+            mem.policy = self.policy.policy.initial_memory() if self.policy is not None else {}
+            mem.generation = self._generation
         self._memory.move_to_end(cluster_id)
         return mem
 

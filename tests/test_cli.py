@@ -202,14 +202,21 @@ def test_export_policy_writes_what_serve_loads(exported_policy, tmp_path):
     expected, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
     np.testing.assert_array_equal(policy.act(obs), expected)
 
-    wrong = _rlscale(
-        "export-policy",
-        "--model",
-        str(tmp_path / "ppo.zip"),
-        "--scenario",
-        "servegen-m-small",
-        "--out",
-        str(tmp_path / "x"),
+    def refused(*args: str) -> str:
+        done = _rlscale("export-policy", "--model", str(tmp_path / "ppo.zip"), *args)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        return done.stderr
+
+    out_x = ["--out", str(tmp_path / "x")]
+    # a model of other spaces
+    assert "cannot load the saved model" in refused(
+        "--no-vecnormalize", "--scenario", "servegen-m-small", *out_x
     )
-    assert wrong.returncode == 2
-    assert "rlscale export-policy:" in wrong.stderr
+    # statistics that are not statistics
+    assert "cannot load the saved statistics" in refused(
+        "--vecnormalize", str(tmp_path / "ppo.zip"), "--scenario", "azure-conv", *out_x
+    )
+    # whether it was normalized must be said: a saved model cannot tell
+    assert "--no-vecnormalize" in refused("--scenario", "azure-conv", *out_x)
+    assert not (tmp_path / "x").exists()

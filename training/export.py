@@ -107,10 +107,14 @@ def _actor_module(model: Any, vec_normalize: Any | None, nvec: list[int]) -> Any
                 self.register_buffer("mean", mean)
                 self.register_buffer("scale", scale)
 
-        def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        def normalized(self, observation: torch.Tensor) -> torch.Tensor:
             x = observation.float()
             if mean is not None:
                 x = torch.clamp((x - self.mean) * self.scale, -clip, clip)
+            return x
+
+        def forward(self, observation: torch.Tensor) -> torch.Tensor:
+            x = self.normalized(observation)
             logits = self.head(self.mlp.forward_actor(self.features(x)))
             heads = torch.split(logits, nvec, dim=1)
             return torch.stack([torch.argmax(h, dim=1) for h in heads], dim=1)
@@ -197,30 +201,71 @@ def export_ppo(
 
 
 PARITY_SAMPLES = 512
+PARITY_TIE = 1e-4
+"""Logit margins below this are ties: float32 sums in another order may pick either."""
 
 
 def _check_parity(
     model: Any, vec_normalize: Any, onnx_path: Path, manifest: PolicyManifest, sim: Any
 ) -> None:
-    """The exported graph picks the model's deterministic action on sampled observations."""
+    """The exported graph picks the model's deterministic action on observations from a
+    random rollout of ``sim``'s scenario and on samples across the space."""
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(onnx_path, Path(tmp) / MODEL_NAME)
         (Path(tmp) / MANIFEST_NAME).write_text(manifest.model_dump_json())
         policy = load_onnx_policy(tmp, pools=sim.pool_names)
-    rng = np.random.default_rng(0)
-    lo, hi = sim.obs_low, sim.obs_high
-    # most entries live near their low end (rates ~1 x reference, shares < 1): sample there
-    obs = rng.uniform(lo, np.minimum(hi, lo + 3.0), size=(PARITY_SAMPLES, lo.size))
-    obs = obs.astype(np.float32)
-    fed = vec_normalize.normalize_obs(obs) if vec_normalize is not None else obs
-    expected, _ = model.predict(fed, deterministic=True)
+    obs = np.concatenate([_rollout(sim, PARITY_SAMPLES // 2), _samples(sim, PARITY_SAMPLES // 2)])
+    x = torch.as_tensor(obs)
+    actor = _actor_module(model, vec_normalize, [int(n) for n in sim.action_nvec])
+    with torch.no_grad():
+        expected = actor(x).numpy()  # the torch graph that was exported: the same float32 math
+        fed = actor.normalized(x)
+        logits = model.policy.action_net(
+            model.policy.mlp_extractor.forward_actor(model.policy.pi_features_extractor(fed))
+        ).numpy()
+        # and the model's own deterministic predict on those inputs
+        predicted, _ = model.predict(fed.numpy(), deterministic=True)
+    if not np.array_equal(expected, predicted):
+        raise ValueError("the export's torch graph does not reproduce model.predict")
     got = policy.act(obs)
-    differ = int((np.asarray(expected) != got).any(axis=1).sum())
-    if differ:
+    rows = np.flatnonzero((got != expected).any(axis=1))
+    heads = np.split(logits, np.cumsum(sim.action_nvec)[:-1], axis=1)
+    margin = np.full(len(obs), np.inf)
+    for h in heads:
+        if h.shape[1] > 1:
+            top2 = np.sort(h, axis=1)[:, -2:]
+            margin = np.minimum(margin, top2[:, 1] - top2[:, 0])
+    real = [int(i) for i in rows if margin[i] >= PARITY_TIE]
+    if real:
         raise ValueError(
-            f"the exported policy differs from model.predict on {differ} of {PARITY_SAMPLES} "
+            f"the exported policy differs from model.predict on {len(real)} of {len(obs)} "
             "observations (a policy or feature extractor this exporter does not handle?)"
         )
+
+
+def _rollout(sim: Any, n: int) -> np.ndarray:
+    """Observations of one cluster of ``sim``'s scenario under random actions."""
+    from rlscale.envs.simulator import ClusterSimulator
+
+    probe = ClusterSimulator(sim.scenario, 1, workload=sim.workload)
+    rng = np.random.default_rng(0)
+    probe.reset_cluster(0, rng)
+    out = np.empty((n, probe.obs.shape[1]), dtype=np.float32)
+    for i in range(n):
+        probe.step(rng.integers(0, probe.action_nvec)[None, :])
+        out[i] = probe.obs[0]
+        if probe.truncated()[0]:
+            probe.reset_cluster(0, rng)
+    return out
+
+
+def _samples(sim: Any, n: int) -> np.ndarray:
+    """Uniform samples near the low end of each entry (rates ~1x reference, shares < 1)."""
+    rng = np.random.default_rng(1)
+    lo, hi = sim.obs_low, sim.obs_high
+    return rng.uniform(lo, np.minimum(hi, lo + 3.0), size=(n, lo.size)).astype(np.float32)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -295,15 +340,21 @@ def export_saved(
     out_dir: str | Path,
     *,
     scenario: str | Path,
-    vec_normalize_path: str | Path | None = None,
+    vec_normalize_path: str | Path | None,
     workload_seed: int = 0,
     name: str | None = None,
 ) -> Path:
     """Export a PPO saved with ``model.save`` (and ``VecNormalize.save``) for ``scenario``.
 
+    :param vec_normalize_path: the saved ``VecNormalize`` statistics; None only for a model
+        trained without normalization (a saved model does not say which it was).
     :param workload_seed: the seed of the training env's workload (its reference rate).
-    :raises ValueError: unreadable files, or a model of another scenario.
+    :raises ValueError: unreadable files, or a model or statistics whose spaces are not the
+        scenario's. A model trained on another scenario with the same pools and layout
+        cannot be told apart: the scenario named here is the one recorded.
     """
+    import pickle
+
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -314,12 +365,28 @@ def export_saved(
     try:
         if vec_normalize_path is not None:
             norm = VecNormalize.load(str(vec_normalize_path), venv)
+            if not isinstance(norm, VecNormalize):
+                raise TypeError(f"{vec_normalize_path} holds a {type(norm).__name__}")
             norm.training = False
         model = PPO.load(str(model_path), env=norm or venv, device="cpu")
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        raise ValueError(f"cannot load the saved model: {type(err).__name__}: {err}") from None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        TypeError,
+        AttributeError,
+        AssertionError,  # SB3 asserts that the statistics' shape fits the env
+        pickle.UnpicklingError,
+    ) as err:
+        what = "statistics" if norm is None and vec_normalize_path is not None else "model"
+        raise ValueError(f"cannot load the saved {what}: {type(err).__name__}: {err}") from None
     label = name or f"ppo-{venv.sim.scenario.name}"
-    training = {"model_file": Path(model_path).name, "workload_seed": workload_seed}
+    training = {
+        "model_file": Path(model_path).name,
+        "vec_normalize": vec_normalize_path is not None,
+        "workload_seed": workload_seed,
+    }
     return export_ppo(model, venv.sim, out_dir, name=label, vec_normalize=norm, training=training)
 
 
@@ -335,8 +402,12 @@ def add_export_parser(sub: Any) -> Any:
         ),
     )
     p.add_argument("--model", required=True, type=Path, help="PPO saved with model.save()")
-    p.add_argument(
-        "--vecnormalize", type=Path, default=None, help="VecNormalize saved with .save()"
+    norm = p.add_mutually_exclusive_group(required=True)
+    norm.add_argument("--vecnormalize", type=Path, help="VecNormalize saved with .save()")
+    norm.add_argument(
+        "--no-vecnormalize",
+        action="store_true",
+        help="the model was trained without VecNormalize (say so: a saved model cannot tell)",
     )
     p.add_argument("--scenario", required=True, help="the scenario it was trained on")
     p.add_argument("--workload-seed", type=int, default=0, help="the training env's (default 0)")
@@ -360,7 +431,7 @@ def run_export(args: Any) -> int:
             workload_seed=args.workload_seed,
             name=args.name,
         )
-    except (ValueError, ArtifactError) as err:
+    except (ValueError, ArtifactError, OSError) as err:
         print(f"rlscale export-policy: {err}", file=sys.stderr)
         return 2
     manifest = read_manifest(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,10 +259,20 @@ def test_export_takes_the_normalization_from_the_models_env(exported_policy, tmp
     np.testing.assert_array_equal(load_onnx_policy(folder).act(obs), expected)
 
 
+def test_from_state_is_fresh_by_default():
+    from rlscale.serving.schemas import RecommendationRequest
+
+    sim = ClusterSimulator("azure-conv", 1)
+    sim.reset_cluster(0, np.random.default_rng(0))
+    body = RecommendationRequest.from_state(observe(sim, 0))
+    assert abs(body.timestamp - time.time()) < 5
+    assert [p.name for p in body.pools] == sim.pool_names
+
+
 def test_the_service_feeds_the_policy_the_simulators_observation():
     """Through the HTTP body and the service's parsing (defaults, clipping, the week clock),
     a simulated cluster's metrics still give the kernel's observation."""
-    from rlscale.serving.schemas import RecommendationRequest
+    from rlscale.serving.schemas import EPOCH_MONDAY_S, RecommendationRequest
     from rlscale.serving.service import DecisionService, load_policy
     from rlscale.training.export import manifest_for
 
@@ -275,8 +286,10 @@ def test_the_service_feeds_the_policy_the_simulators_observation():
     rng = np.random.default_rng(6)
     for _ in range(30):
         sim.step(rng.integers(0, sim.action_nvec)[None, :])
-        request = RecommendationRequest.model_validate_json(
-            RecommendationRequest.from_state(observe(sim, 0)).model_dump_json()
+        state = observe(sim, 0)
+        body = RecommendationRequest.from_state(
+            state, timestamp=EPOCH_MONDAY_S + state.time_of_week_s
         )
+        request = RecommendationRequest.model_validate_json(body.model_dump_json())
         got = observation_from_state(service.to_state(request), manifest)
         np.testing.assert_allclose(got[mask], sim.obs[0][mask], rtol=1e-5, atol=1e-5)

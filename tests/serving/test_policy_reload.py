@@ -141,13 +141,20 @@ def test_a_registry_error_is_retried_at_every_poll(exported_policy, tmp_path, de
 
 
 def test_swap_restarts_every_clusters_policy_memory(watched, decide):
+    """After a swap a cluster decides as a new one would: the old policy's windows are gone."""
     params, service, reloader = watched
-    for _ in range(3):
-        decide(service, cluster="a", rate_rps=40.0)
-    assert service._memory["a"].policy != service.policy.policy.initial_memory()
+    for cluster in ("a", "b"):
+        for _ in range(3):
+            decide(service, cluster=cluster, rate_rps=40.0)
+    # control: HPA's scale-down stabilization remembers the peak, a new cluster does not
+    assert decide(service, cluster="a", rate_rps=5.0).replicas != (
+        decide(service, cluster="new-1", rate_rps=5.0).replicas
+    )
     _write_params(params, 0.6)
-    reloader.check()
-    assert service._memory["a"].policy == service.policy.policy.initial_memory()
+    assert reloader.check().result == "loaded"
+    assert decide(service, cluster="b", rate_rps=5.0).replicas == (
+        decide(service, cluster="new-2", rate_rps=5.0).replicas
+    )
 
 
 def test_without_a_policy_the_fallback_answers_and_the_service_is_not_ready(decide):
