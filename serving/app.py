@@ -203,7 +203,7 @@ def create_app(
         tags=["decisions"],
         responses={401: {"description": "missing or wrong bearer token"}},
     )
-    async def recommend(body: RecommendationRequest) -> RecommendationResponse:
+    async def recommend(body: RecommendationRequest) -> Response:
         """Recommended replicas and warm pool per pool for the cluster's current metrics.
 
         Always answers 200 for a body that parses: stale, missing or out-of-range metrics and
@@ -227,7 +227,9 @@ def create_app(
         finally:  # counted even when the request is cancelled (shutdown) while it writes
             metrics.observe(response)
             metrics.latency.observe(time.perf_counter() - start)
-        return response
+        # serialized once, here: the model is already valid (FastAPI's response_model pass
+        # would validate and encode it again; the schema in /docs still comes from it)
+        return Response(response.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/policy", dependencies=[Depends(authorize)], tags=["policy"])
     async def policy_status() -> dict[str, object]:

@@ -345,6 +345,7 @@ _CLUSTER_RANGES: dict[str, tuple[float, float]] = {
     "slo_attainment": (0.0, 1.0),
     "dropped": (0.0, MAX_COUNT),
 }
+_REPLICA_STATES = tuple(ReplicasByState.model_fields)
 _REQUIRED = ("arrival_rate_rps",)
 """Metrics without which the policy does not decide (the others default)."""
 _POOL_RANGES: dict[str, tuple[float, float]] = {
@@ -607,7 +608,9 @@ class DecisionService:
             if pm.name not in self._pools:
                 problems.append(f"invalid input: unknown pool '{pm.name[:64]}'")
                 continue
-            for state, value in pm.replicas.model_dump().items():
+            replicas = pm.replicas
+            for state in _REPLICA_STATES:
+                value = getattr(replicas, state)
                 if value is None:
                     problems.append(f"missing input: {pm.name} replicas.{state}")
                 elif not _in_range(value, 0.0, MAX_REPLICAS_PER_STATE):
