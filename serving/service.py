@@ -152,16 +152,6 @@ def _onnx_signature(spec: str) -> tuple:
     return _file_signature(manifest_path, model)
 
 
-register_policy_loader("baseline", lambda spec: True, _load_baseline, _baseline_signature)
-register_policy_loader("onnx", _is_artifact, _load_onnx, _onnx_signature)
-register_policy_loader(
-    "mlflow",
-    lambda spec: spec.startswith("models:/"),
-    lambda spec, scenario: _load_registered(spec, scenario),
-    lambda spec: _registered_version(spec),
-)
-
-
 def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
     rest = spec[len("models:/") :]
@@ -241,6 +231,13 @@ def _load_registered(spec: str, scenario: Scenario) -> LoadedPolicy:
         # the verified bytes are held in memory: the download can go
         policy = load_onnx_policy(tmp, pools=[p.name for p in scenario.pools])
     return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=f"models:/{name}/{version}")
+
+
+register_policy_loader("baseline", lambda spec: True, _load_baseline, _baseline_signature)
+register_policy_loader("onnx", _is_artifact, _load_onnx, _onnx_signature)
+register_policy_loader(
+    "mlflow", lambda spec: spec.startswith("models:/"), _load_registered, _registered_version
+)
 
 
 def _kind_of(spec: str) -> _PolicyKind:
