@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -215,10 +216,11 @@ class Api:
         self.auth = auth
 
     def version(self, server) -> tuple[str, str, list[str]]:
-        """(policy_version, source, reasons) of one recommendation."""
+        """(policy_version, source, reasons) of one recommendation (kept in ``last``)."""
         r = httpx.post(f"{server.url}/v1/recommendations", json=self.body, headers=self.auth)
         assert r.status_code == 200, r.text
-        return r.json()["policy_version"], r.json()["source"], r.json()["reasons"]
+        self.last = r.json()
+        return self.last["policy_version"], self.last["source"], self.last["reasons"]
 
     def status(self, server) -> dict:
         r = httpx.get(f"{server.url}/v1/policy", headers=self.auth)
@@ -287,16 +289,37 @@ def test_live_server_swaps_a_new_artifact_and_refuses_a_corrupt_one(
 def test_live_server_started_on_a_corrupt_artifact_falls_back_until_a_good_one_lands(
     exported_policy, server_factory, tmp_path, api
 ):
+    grpc = pytest.importorskip("grpc")
+    from rlscale.serving import externalscaler_pb2 as pb
+    from rlscale.serving import externalscaler_pb2_grpc as pb_grpc
+
     live = tmp_path / "live"
     _install(exported_policy(0), live)
     (live / MODEL_NAME).write_bytes(b"not an onnx model")
-    server = server_factory("--policy", str(live), "--reload-interval-s", "0.2")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        grpc_port = sock.getsockname()[1]
+    server = server_factory(
+        "--policy", str(live), "--reload-interval-s", "0.2", "--grpc-port", str(grpc_port)
+    )
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 503
     assert "checksum mismatch" in ready.json()["reason"]
     version, source, reasons = api.version(server)
     assert (version, source) == ("none", "fallback")
     assert "no policy loaded" in reasons
+    # KEDA, through the real gRPC server: the fallback's numbers, and a pool the fallback
+    # would run at zero stays active while the service does not know (not ready)
+    fallback = api.last
+    idle = [pool for pool, n in fallback["replicas"].items() if n == 0]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.ExternalScalerStub(channel)
+        for pool, n in fallback["replicas"].items():
+            ref = pb.ScaledObjectRef(name=pool, namespace="t", scalerMetadata={"pool": pool})
+            got = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref), timeout=5)
+            assert got.metricValues[0].metricValueFloat == pytest.approx(n, abs=1e-3)
+            assert stub.IsActive(ref, timeout=5).result is True
+    assert idle, "the test needs a pool the fallback runs at zero"
     _install(exported_policy(0), live)
     _wait_for(
         lambda: httpx.get(f"{server.url}/readyz").status_code == 200, "ready once loaded", server
