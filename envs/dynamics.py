@@ -1215,11 +1215,16 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
 
 @njit(cache=True, error_model="numpy")
 def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
-    """Episode TTFT and TPOT p50/p95/p99 of one cluster, as an array of six seconds."""
-    out = np.zeros(6)
+    """Episode TTFT and TPOT p50/p95/p99 of one cluster in seconds, then the TTFT attainment.
+
+    The attainment (entry 6) is the share of requests that reached the servers (admitted or
+    dropped) whose first token came within the TTFT target; 1 when none did.
+    """
+    out = np.zeros(7)
+    out[6] = 1.0
     if cs_row[CS_EP_BASE_W] > 0.0:
         w = cs_row[CS_EP_BASE_W]
-        t50, t95, t99, _ = _ttft_stats(
+        t50, t95, t99, ok = _ttft_stats(
             ep_whist_row,
             np.arange(ep_whist_row.shape[0]),
             sp[SP_DT],
@@ -1231,6 +1236,9 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
         out[0] = t50
         out[1] = t95
         out[2] = t99
+        reached = cs_row[CS_ADMITTED] + cs_row[CS_DROPPED]
+        if reached > 0.0:
+            out[6] = min(1.0, ok / reached)
     total = ep_tpot_row.sum()
     if total > 0.0:
         log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)

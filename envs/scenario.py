@@ -244,6 +244,14 @@ class Scenario(_Strict):
         default=8192, description="vLLM scheduler token budget of one iteration (decode + prefill)"
     )
     budget_usd: PositiveFloat | None = None
+    routing: Literal["least_loaded", "random", "round_robin"] = Field(
+        default="least_loaded",
+        description=(
+            "how requests reach replicas: least_loaded, one queue that every replica pulls from "
+            "(a gateway that knows each replica's load); random or round_robin, a queue per "
+            "replica fed blindly (a plain Kubernetes Service in front of vLLM pods)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> Scenario:

@@ -498,7 +498,9 @@ class ClusterSimulator:
         }
 
     def episode_latency(self, i: int) -> dict[str, float]:
-        """TTFT and TPOT percentiles of cluster ``i``'s episode so far, in seconds."""
+        """TTFT and TPOT percentiles of cluster ``i``'s episode so far, in seconds, and the
+        TTFT attainment: the share of requests reaching the servers whose first token came
+        within the SLO's TTFT target (dropped requests count as missing it)."""
         v = dyn.episode_latency(
             self.sim_params,
             self.prompt_quantiles,
@@ -506,7 +508,15 @@ class ClusterSimulator:
             self.episode_wait_hist[i],
             self.episode_tpot_hist[i],
         )
-        keys = ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s")
+        keys = (
+            "ttft_p50_s",
+            "ttft_p95_s",
+            "ttft_p99_s",
+            "tpot_p50_s",
+            "tpot_p95_s",
+            "tpot_p99_s",
+            "ttft_attainment",
+        )
         return {k: float(x) for k, x in zip(keys, v, strict=True)}
 
     def tenant_costs(self, i: int) -> dict[str, float]:
