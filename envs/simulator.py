@@ -195,6 +195,12 @@ class ClusterSimulator:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         sc = load_scenario(scenario)
+        if sc.routing != "least_loaded":
+            # the request-level reference (experiments/des.py) routes either way; the fluid
+            # kernel pools every replica behind one queue so far
+            raise ScenarioError(
+                f"routing: {sc.routing} is not modelled by the simulator yet; use least_loaded"
+            )
         self.scenario = sc
         self.num_clusters = n = int(num_clusters)
         wl = workload if workload is not None else scenario_workload(sc, workload_seed)

@@ -212,3 +212,25 @@ def test_quantile_table_draws_reproduce_the_table():
     x = np.array([dyn._draw_table(rng, 0, table) for _ in range(40_000)])
     levels = (np.arange(32) + 0.5) / 32
     assert np.allclose(np.quantile(x, levels[2:-2]), table[2:-2], rtol=0.03)
+
+
+@pytest.mark.parametrize("tpot_s", [0.0123, 0.031, 0.0877, 0.42])
+def test_episode_tpot_percentiles_within_two_percent(tpot_s):
+    """The episode TPOT histogram resolves a percentile to within 2 % of its value."""
+    from rlscale.envs import dynamics as dyn
+
+    span = np.log(dyn.TPOT_MAX_S / dyn.TPOT_MIN_S)
+    hist = np.zeros(dyn.TPOT_BINS)
+    # every token at one TPOT, binned as the kernel bins it
+    hist[int(np.log(tpot_s / dyn.TPOT_MIN_S) / span * dyn.TPOT_BINS)] = 1000.0
+    sp = np.zeros(dyn.N_SP)
+    out = dyn.episode_latency(sp, np.ones((1, 4)), np.zeros(dyn.N_CS), np.zeros((1, 4)), hist)
+    for k in (3, 4, 5):
+        assert out[k] == pytest.approx(tpot_s, rel=0.02)
+
+
+def test_fluid_refuses_routing_it_does_not_model(make_small_scenario):
+    from rlscale.envs.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="routing: random"):
+        ClusterSimulator(make_small_scenario(routing="random"), 1)
