@@ -365,11 +365,6 @@ def _clip(value: float | None, low: float, high: float, default: float) -> float
     return min(max(value, low), high)
 
 
-def _lognormal_mean(median: float, p90: float) -> float:
-    sigma = math.log(p90 / median) / 1.2815515655446004  # z of the 90th percentile
-    return median * math.exp(sigma * sigma / 2)
-
-
 # --- the service -------------------------------------------------------------------------------
 
 
@@ -708,18 +703,10 @@ def _check_decision(decision: Decision) -> None:
 
 
 def _default_capacities(scenario: Scenario) -> dict[str, float]:
-    """Saturation req/s of one replica of each pool for the scenario's mean token lengths."""
-    from rlscale.envs.profiles import load_profile, replica_capacity_rps
+    """Saturation req/s of one replica of each pool for the scenario's configured request mix."""
+    from rlscale.envs.capacity import scenario_capacities_rps
 
-    wl = scenario.workload
-    prompt = _lognormal_mean(wl.prompt_tokens.median, wl.prompt_tokens.p90)
-    output = _lognormal_mean(wl.output_tokens.median, wl.output_tokens.p90)
-    return {
-        p.name: replica_capacity_rps(
-            load_profile(p.profile), prompt, output, max_batched_tokens=scenario.max_batched_tokens
-        )
-        for p in scenario.pools
-    }
+    return scenario_capacities_rps(scenario)
 
 
 def default_guardrails(
