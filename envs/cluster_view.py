@@ -52,8 +52,13 @@ class ClusterView:
 
     __slots__ = (
         "_c",
+        "_cache_keep",
+        "_forecast_rps",
         "_m",
-        "_sim",
+        "_spot_share",
+        "_start_s_of_week",
+        "_substep_s",
+        "_substeps_per_step",
         "batch_per_replica",
         "cost_by_pool_usd",
         "draining",
@@ -95,7 +100,14 @@ class ClusterView:
         if not 0 <= i < sim.num_clusters:
             raise IndexError(f"cluster {i} outside [0, {sim.num_clusters - 1}]")
         self.index = i
-        self._sim = sim
+        # what the readers need, not the simulator itself: no reference cycle through its cache
+        sc, wl = sim.scenario, sim.workload
+        self._substep_s = sc.substep_s
+        self._substeps_per_step = sim.substeps_per_step
+        self._start_s_of_week = wl.start_s_of_week
+        self._cache_keep = 1.0 - sc.workload.cache_hit_ratio
+        self._forecast_rps = sim.workload_arrays[3]
+        self._spot_share = _read_only(sim.spot_series[2])
         self._c = sim.cluster_state[i]
         self._m = sim.metrics[i]
         ps = sim.pool_state[i]
@@ -121,15 +133,13 @@ class ClusterView:
     @property
     def time_s(self) -> float:
         """Seconds since the episode started."""
-        return float(int(self._c[dyn.CS_SUB])) * self._sim.scenario.substep_s
+        return float(int(self._c[dyn.CS_SUB])) * self._substep_s
 
     @property
     def time_of_week_s(self) -> float:
         """Seconds since Monday 00:00 of the workload's clock."""
-        wl = self._sim.workload
-        return float(
-            (wl.start_s_of_week + self._bin * self._sim.scenario.substep_s) % dyn.SECONDS_PER_WEEK
-        )
+        t = self._start_s_of_week + self._bin * self._substep_s
+        return float(t % dyn.SECONDS_PER_WEEK)
 
     @property
     def arrival_rate_rps(self) -> float:
@@ -144,15 +154,13 @@ class ClusterView:
     @property
     def forecast_rps(self) -> float:
         """The workload's forecast rate of the next interval, after the response cache."""
-        sim = self._sim
-        keep = 1.0 - sim.scenario.workload.cache_hit_ratio
-        return float(sim.workload_arrays[3, self._bin % sim.workload.n_bins] * keep)
+        forecast = self._forecast_rps
+        return float(forecast[self._bin % forecast.shape[0]] * self._cache_keep)
 
     def spot_capacity_share(self) -> np.ndarray:
         """[pools] share of the quota the spot market can supply now (1 on demand); a copy."""
-        spot = self._sim.spot_series
-        step = (self._bin // self._sim.substeps_per_step) % spot.shape[2]
-        return spot[2, :, step].copy()
+        share = self._spot_share
+        return share[:, (self._bin // self._substeps_per_step) % share.shape[1]].copy()
 
     # --- the last interval ---------------------------------------------------------------------
     @property

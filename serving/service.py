@@ -35,6 +35,7 @@ from typing import Any
 
 from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
 from rlscale.agents.onnx_policy import ArtifactError
+from rlscale.envs.capacity import scenario_capacities_rps
 from rlscale.envs.scenario import Scenario, ScenarioError
 from rlscale.serving.base import PoolRecommendation
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
@@ -415,7 +416,8 @@ class DecisionService:
         self.max_clusters = max_clusters
         self.clock = clock
         self._pools = {p.name: p for p in scenario.pools}
-        self._capacity_rps = _default_capacities(scenario)
+        # what a request that sends no capacity_rps gets (the scenario's configured mix)
+        self._capacity_rps = scenario_capacities_rps(scenario)
         self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
         self._latest: dict[str, PoolRecommendation] = {}
         self._lock = threading.Lock()
@@ -700,13 +702,6 @@ def _check_decision(decision: Decision) -> None:
     for table in (decision.replicas, decision.warm_pool):
         for pool in list(table):
             table[pool] = round(table[pool])
-
-
-def _default_capacities(scenario: Scenario) -> dict[str, float]:
-    """Saturation req/s of one replica of each pool for the scenario's configured request mix."""
-    from rlscale.envs.capacity import scenario_capacities_rps
-
-    return scenario_capacities_rps(scenario)
 
 
 def default_guardrails(
