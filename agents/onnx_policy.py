@@ -38,16 +38,14 @@ from pydantic import (
 )
 
 from rlscale.agents.base import ClusterState, Decision, Memory
-from rlscale.envs import dynamics as dyn
-from rlscale.envs.simulator import observation_names
+from rlscale.envs.simulator import OBS_GLOBAL_FEATURES, OBS_POOL_FEATURES, observation_names
+from rlscale.envs.workload import DAY_S, WEEK_S
 
 FORMAT = "rlscale-policy/1"
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 MAX_MODEL_BYTES = 256 * 2**20
 """Larger files are refused before they are read (a scaling policy is kilobytes to megabytes)."""
-SECONDS_PER_DAY = 86400.0
-SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 
 
 class ArtifactError(ValueError):
@@ -201,7 +199,7 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
     rate = state.arrival_rate_rps
     served = rate * state.interval_s * (1.0 - lay.cache_hit_ratio)
     dropped = state.dropped
-    tow = state.time_of_week_s % SECONDS_PER_WEEK
+    tow = state.time_of_week_s % WEEK_S
     o = [
         rate / ref,
         state.arrival_rate_ewma_rps / ref,
@@ -216,14 +214,14 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
         state.tpot_p95_s / lay.tpot_target_s,
         state.slo_attainment,
         dropped / (served + dropped) if served + dropped > 0.0 else 0.0,
-        math.sin(2.0 * math.pi * tow / SECONDS_PER_DAY),
-        math.cos(2.0 * math.pi * tow / SECONDS_PER_DAY),
-        math.sin(2.0 * math.pi * tow / SECONDS_PER_WEEK),
-        math.cos(2.0 * math.pi * tow / SECONDS_PER_WEEK),
+        math.sin(2.0 * math.pi * tow / DAY_S),
+        math.cos(2.0 * math.pi * tow / DAY_S),
+        math.sin(2.0 * math.pi * tow / WEEK_S),
+        math.cos(2.0 * math.pi * tow / WEEK_S),
         lay.episode_progress,
         lay.budget_spent,
     ]
-    assert len(o) == dyn.OBS_GLOBAL
+    assert len(o) == len(OBS_GLOBAL_FEATURES)
     for layout in manifest.pools:
         p = state.pool(layout.name)
         q = float(layout.quota)
@@ -238,6 +236,7 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
             p.spot_capacity_share,
             p.batch_per_replica / layout.max_num_seqs,
         ]
+    assert len(o) == len(OBS_GLOBAL_FEATURES) + len(OBS_POOL_FEATURES) * len(manifest.pools)
     x = np.array(o, dtype=np.float64)
     x[~np.isfinite(x)] = 0.0
     # minimum/maximum in place: np.clip's dispatch costs more than the work (a decision's

@@ -53,7 +53,6 @@ window and seed (:func:`oracle_for_episode`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,8 +65,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import register
-from rlscale.envs import dynamics as dyn
-from rlscale.envs.profiles import ThroughputProfile, replica_capacity_rps
+from rlscale.envs.capacity import RequestMix
+from rlscale.envs.profiles import slo_capacity_rps
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
 
@@ -113,52 +112,6 @@ class OracleInputs:
         return int(self.demand_rps.shape[0])
 
 
-def slo_capacity_rps(
-    profile: ThroughputProfile,
-    prompt_tokens: float,
-    output_tokens: float,
-    *,
-    tpot_s: float,
-    max_batched_tokens: int = 8192,
-) -> float:
-    """Requests/s one replica serves with its time per output token at ``tpot_s``.
-
-    In steady state a replica at batch ``b`` spends a share of each second prefilling, which
-    stretches every decode iteration: TPOT(b) = iter_s(b) + b * prompt * prefill_s / output,
-    linear in ``b``. The saturation throughput (:func:`replica_capacity_rps`) may sit at a batch
-    whose TPOT breaks the SLO, so sizing by it would plan for latency the SLO forbids.
-    """
-    sat = replica_capacity_rps(
-        profile, prompt_tokens, output_tokens, max_batched_tokens=max_batched_tokens
-    )
-    ctx_per_seq = prompt_tokens + output_tokens / 2.0
-    slope = (
-        profile.iter_per_seq_s
-        + profile.iter_per_ctx_token_s * ctx_per_seq
-        + prompt_tokens * profile.prefill_per_token_s / output_tokens
-    )
-    b = (tpot_s - profile.iter_base_s) / slope if slope > 0 else math.inf
-    b_sat = max(
-        1.0,
-        min(
-            float(profile.max_num_seqs),
-            profile.kv_cache_tokens / (prompt_tokens + output_tokens),
-            float(max_batched_tokens),
-        ),
-    )
-    if b >= b_sat:
-        return sat
-    b = max(b, 1.0)  # a replica that breaks TPOT even alone still serves one at a time
-    iter_s = (
-        profile.iter_base_s
-        + profile.iter_per_seq_s * b
-        + profile.iter_per_ctx_token_s * (b * ctx_per_seq)
-    )
-    return min(
-        sat, 1.0 / (profile.prefill_per_token_s * prompt_tokens + output_tokens * iter_s / b)
-    )
-
-
 def cold_start_s(sim: ClusterSimulator, quantile: float) -> np.ndarray:
     """Per pool, seconds from request to ready at ``quantile`` of the cold start.
 
@@ -168,10 +121,11 @@ def cold_start_s(sim: ClusterSimulator, quantile: float) -> np.ndarray:
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"lead quantile must be in (0, 1), got {quantile}")
+    levels = sim.cold_start_levels_s()
     out = np.zeros(len(sim.pools))
     for p in range(len(sim.pools)):
-        prov = sim.cold_tables[p, dyn.CT_PROV]
-        load = sim.cold_tables[p, dyn.CT_LOAD]
+        prov = levels.provisioning_s[p]
+        load = levels.loading_s[p]
         out[p] = float(np.quantile((prov[:, None] + load[None, :]).ravel(), quantile))
     return out
 
@@ -209,15 +163,13 @@ def episode_inputs(
     demand = rate.reshape(T, K).max(axis=1) * keep
 
     own = (start_step * K + np.arange(T * K)) % wl.n_bins
-    n_req = max(float(wl.arrivals[own].sum()), 1e-9)
-    prompt = max(float(wl.prompt_tokens[own].sum()) / n_req, 1.0)
-    output = max(float(wl.output_tokens[own].sum()) / n_req, 1.0)
+    mix = RequestMix.of_series(wl, own)
     caps = np.array(
         [
             slo_capacity_rps(
                 p.profile,
-                prompt,
-                output,
+                mix.prompt_tokens,
+                mix.output_tokens,
                 tpot_s=sc.slo.tpot_s,
                 max_batched_tokens=sc.max_batched_tokens,
             )
@@ -225,18 +177,18 @@ def episode_inputs(
         ]
     )
     lead_s = cold_start_s(sim, lead_quantile)
-    n_spot = sim.spot_series.shape[2]
-    steps = (start_step + np.arange(T)) % n_spot
-    price = sim.spot_series[0][:, steps].copy()
-    preempt = np.clip(sim.spot_series[1][:, steps], 0.0, 1.0)
-    share = sim.spot_series[2][:, steps]
+    markets = sim.spot_market_series()
+    steps = (start_step + np.arange(T)) % markets.steps
+    price = markets.price_usd_h[:, steps].copy()
+    preempt = np.clip(markets.preempt_prob[:, steps], 0.0, 1.0)
+    share = markets.capacity_share[:, steps]
     quota = np.array([p.quota for p in sim.pools], dtype=np.int64)
     market = np.floor(quota[:, None] * share + 1e-9).astype(np.int64)
     spot = np.array([p.purchase == "spot" for p in sim.pools])
     market[~spot] = quota[~spot, None]
     # an unfulfilled spot request is retried at the next decision: on average (1 - f) / f
     # intervals more lead
-    fulfil = sim.pool_params[:, dyn.PP_FULFIL]
+    fulfil = markets.fulfil_prob
     extra_s = sc.control_interval_s * (1.0 - fulfil) / np.maximum(fulfil, 1e-3)
     lead_s = lead_s + np.where(spot, extra_s, 0.0)
     # a request at step t - L serves from step t when its cold start fits in L intervals
@@ -258,7 +210,7 @@ def episode_inputs(
         reset[p] = sure | np.concatenate(([False], sure[:-1]))
     # a drained replica stays billed while it finishes its sequences: about one output's worth
     # of decoding at the TPOT target, at most the grace period
-    drain = np.full(len(sim.pools), min(sc.drain_grace_s, output * sc.slo.tpot_s))
+    drain = np.full(len(sim.pools), min(sc.drain_grace_s, mix.output_tokens * sc.slo.tpot_s))
     return OracleInputs(
         pool_names=tuple(sim.pool_names),
         interval_s=sc.control_interval_s,

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rlscale.agents.base import Policy
-from rlscale.agents.observe import pool_capacities_rps, run_episode
+from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import known_policies, make_policy
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
@@ -50,8 +50,7 @@ SAMPLE_SEED = 0
 
 def static_space(sim: ClusterSimulator) -> dict[str, list[Any]]:
     """``static``'s space: the cheapest on-demand pool per capacity held at 1..quota replicas."""
-    caps = pool_capacities_rps(sim)
-    pools = [(p, c) for p, c in zip(sim.pools, caps, strict=True) if c > 0]
+    pools = [(p, c) for p, c in zip(sim.pools, sim.pool_capacity_rps, strict=True) if c > 0]
     on_demand = [(p, c) for p, c in pools if p.purchase == "on_demand"] or pools
     pool = min(on_demand, key=lambda pc: (pc[0].price_usd_h / pc[1], pc[0].name))[0]
     return {"replicas": [{pool.name: n} for n in range(1, pool.quota + 1)]}

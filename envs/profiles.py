@@ -13,6 +13,7 @@ from measured vLLM rows and stored as YAML in ``experiments/profiles/``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,26 @@ def load_profile(name: str | Path, profile_dir: Path = PROFILE_DIR) -> Throughpu
     return profile_from_dict(raw, str(path))
 
 
+def saturation_batch(
+    profile: ThroughputProfile,
+    prompt_tokens: float,
+    output_tokens: float,
+    *,
+    max_batched_tokens: int = 8192,
+) -> float:
+    """Sequences one replica holds at its largest batch for a request mix (at least 1).
+
+    As large as sequence slots, the KV cache (full context per sequence, as the simulator
+    admits) and the iteration token budget allow.
+    """
+    b = min(
+        float(profile.max_num_seqs),
+        profile.kv_cache_tokens / (prompt_tokens + output_tokens),
+        float(max_batched_tokens),
+    )
+    return max(b, 1.0)
+
+
 def replica_capacity_rps(
     profile: ThroughputProfile,
     prompt_tokens: float,
@@ -134,23 +155,66 @@ def replica_capacity_rps(
 
     At batch ``b`` a request costs its prefill, ``prefill_per_token_s * prompt``, plus its share
     of ``output`` decode iterations, ``output * iter_s(b) / b``, with the batch holding on
-    average ``prompt + output / 2`` context tokens per sequence. ``b`` is as large as sequence
-    slots, the KV cache (full context per sequence, as the simulator admits) and the iteration
-    token budget allow. It is the saturation throughput that plots draw as "ready capacity"
-    and that rule-based scalers size replicas by.
+    average ``prompt + output / 2`` context tokens per sequence; ``b`` is
+    :func:`saturation_batch`. So
+
+        capacity_rps = 1 / (prefill_per_token_s * prompt + output * iter_s(b) / b)
+
+    It is the saturation throughput that plots draw as "ready capacity" and that rule-based
+    scalers size replicas by; :func:`rlscale.envs.capacity.pool_capacities_rps` applies it to
+    every pool of a scenario.
     """
     if prompt_tokens <= 0 or output_tokens <= 0:
         raise ValueError(
             f"prompt_tokens and output_tokens must be positive, got {prompt_tokens}, "
             f"{output_tokens}"
         )
-    b = min(
-        float(profile.max_num_seqs),
-        profile.kv_cache_tokens / (prompt_tokens + output_tokens),
-        float(max_batched_tokens),
+    b = saturation_batch(
+        profile, prompt_tokens, output_tokens, max_batched_tokens=max_batched_tokens
     )
-    b = max(b, 1.0)
     ctx = b * (prompt_tokens + output_tokens / 2.0)
     iter_s = profile.iter_base_s + profile.iter_per_seq_s * b + profile.iter_per_ctx_token_s * ctx
     per_request_s = profile.prefill_per_token_s * prompt_tokens + output_tokens * iter_s / b
     return 1.0 / per_request_s
+
+
+def slo_capacity_rps(
+    profile: ThroughputProfile,
+    prompt_tokens: float,
+    output_tokens: float,
+    *,
+    tpot_s: float,
+    max_batched_tokens: int = 8192,
+) -> float:
+    """Requests/s one replica serves with its time per output token at ``tpot_s``.
+
+    In steady state a replica at batch ``b`` spends a share of each second prefilling, which
+    stretches every decode iteration: TPOT(b) = iter_s(b) + b * prompt * prefill_s / output,
+    linear in ``b``. The saturation throughput (:func:`replica_capacity_rps`) may sit at a batch
+    whose TPOT breaks the SLO, so sizing by it would plan for latency the SLO forbids; this is
+    the throughput at the largest batch whose TPOT meets ``tpot_s`` (never above saturation).
+    """
+    sat = replica_capacity_rps(
+        profile, prompt_tokens, output_tokens, max_batched_tokens=max_batched_tokens
+    )
+    ctx_per_seq = prompt_tokens + output_tokens / 2.0
+    slope = (
+        profile.iter_per_seq_s
+        + profile.iter_per_ctx_token_s * ctx_per_seq
+        + prompt_tokens * profile.prefill_per_token_s / output_tokens
+    )
+    b = (tpot_s - profile.iter_base_s) / slope if slope > 0 else math.inf
+    b_sat = saturation_batch(
+        profile, prompt_tokens, output_tokens, max_batched_tokens=max_batched_tokens
+    )
+    if b >= b_sat:
+        return sat
+    b = max(b, 1.0)  # a replica that breaks TPOT even alone still serves one at a time
+    iter_s = (
+        profile.iter_base_s
+        + profile.iter_per_seq_s * b
+        + profile.iter_per_ctx_token_s * (b * ctx_per_seq)
+    )
+    return min(
+        sat, 1.0 / (profile.prefill_per_token_s * prompt_tokens + output_tokens * iter_s / b)
+    )

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rlscale.envs.profiles import replica_capacity_rps
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
 
@@ -58,17 +57,7 @@ def simulate_static(
     sc = with_fixed_replicas(sc, replicas or {})
     sim = ClusterSimulator(sc, 1)
     sim.reset_cluster(0, np.random.default_rng(seed), start_step=start_step)
-    wl = sim.workload
-    mean_prompt = float(wl.prompt_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
-    mean_output = float(wl.output_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
-    cap = np.array(
-        [
-            replica_capacity_rps(
-                p.profile, mean_prompt, mean_output, max_batched_tokens=sc.max_batched_tokens
-            )
-            for p in sim.pools
-        ]
-    )
+    cap = sim.pool_capacity_rps
     action = sim.noop_action()[None, :]
     timeline: list[dict[str, float]] = []
     dt_h = sc.control_interval_s / 3600.0

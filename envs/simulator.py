@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from rlscale.envs import dynamics as dyn
+from rlscale.envs.capacity import RequestMix, pool_capacities_rps
+from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
@@ -361,6 +363,7 @@ class ClusterSimulator:
             self.episode_tpot_hist,
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
+        self._cluster_views: dict[int, ClusterView] = {}
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -524,6 +527,39 @@ class ClusterSimulator:
             "ttft_attainment",
         )
         return {k: float(x) for k, x in zip(keys, v, strict=True)}
+
+    def cluster(self, i: int) -> ClusterView:
+        """Cluster ``i`` read by name; live, so one view serves every step (see
+        :class:`~rlscale.envs.cluster_view.ClusterView`)."""
+        view = self._cluster_views.get(i)
+        if view is None:
+            view = self._cluster_views[i] = ClusterView(self, i)
+        return view
+
+    def spot_market_series(self) -> SpotMarketSeries:
+        """Every pool's market per decision step: price, preemption chance, capacity share."""
+        ro = self.spot_series.view()
+        ro.flags.writeable = False
+        fulfil = self.pool_params[:, dyn.PP_FULFIL].copy()
+        return SpotMarketSeries(ro[0], ro[1], ro[2], fulfil)
+
+    def cold_start_levels_s(self) -> ColdStartLevels:
+        """Every pool's cold-start phases as equally likely levels, in seconds."""
+        ro = self.cold_tables.view()
+        ro.flags.writeable = False
+        return ColdStartLevels(ro[:, dyn.CT_PROV], ro[:, dyn.CT_LOAD], ro[:, dyn.CT_WARM])
+
+    @functools.cached_property
+    def pool_capacity_rps(self) -> np.ndarray:
+        """[pools] saturation req/s of one ready replica of each pool for the request mix of
+        the whole workload series (:mod:`rlscale.envs.capacity`); read-only."""
+        caps = pool_capacities_rps(
+            [p.profile for p in self.pools],
+            RequestMix.of_series(self.workload),
+            max_batched_tokens=self.scenario.max_batched_tokens,
+        )
+        caps.flags.writeable = False
+        return caps
 
     def tenant_costs(self, i: int) -> dict[str, float]:
         """Cost of cluster ``i``'s episode so far, allocated to tenants by tokens arriving."""

@@ -19,6 +19,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import DEFAULT_SCENARIO
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator, observation_names
@@ -115,7 +116,7 @@ class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
             truncated[i] = False
         self._needs_reset = truncated.copy()
         info: dict[str, Any] = {
-            "cost/usd": self.sim.metrics[:, 0].copy(),
-            "slo/attainment": self.sim.metrics[:, 2].copy(),
+            "cost/usd": self.sim.metrics[:, dyn.M_COST].copy(),
+            "slo/attainment": self.sim.metrics[:, dyn.M_ATTAIN].copy(),
         }
         return self.sim.obs.copy(), rewards, np.zeros(self.num_envs, dtype=bool), truncated, info

@@ -383,7 +383,6 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from rlscale.agents.observe import pool_capacities_rps
     from rlscale.agents.registry import known_policies, make_policy
     from rlscale.envs.simulator import ClusterSimulator
     from rlscale.experiments.splits import split_scenario
@@ -422,7 +421,7 @@ def evaluate(
             make_policy(spec.name, sc, params)
     test_starts = list(split.test_starts[:max_windows] if max_windows else split.test_starts)
     sim = ClusterSimulator(sc, 1)
-    caps = pool_capacities_rps(sim)
+    caps = sim.pool_capacity_rps
     pool_purchase = {p.name: p.purchase for p in sc.pools}
 
     tasks = grid_tasks(specs, seed_list, test_starts, windows)

@@ -35,6 +35,7 @@ from typing import Any
 
 from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
 from rlscale.agents.onnx_policy import ArtifactError
+from rlscale.envs.capacity import scenario_capacities_rps
 from rlscale.envs.scenario import Scenario, ScenarioError
 from rlscale.serving.base import PoolRecommendation
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
@@ -365,11 +366,6 @@ def _clip(value: float | None, low: float, high: float, default: float) -> float
     return min(max(value, low), high)
 
 
-def _lognormal_mean(median: float, p90: float) -> float:
-    sigma = math.log(p90 / median) / 1.2815515655446004  # z of the 90th percentile
-    return median * math.exp(sigma * sigma / 2)
-
-
 # --- the service -------------------------------------------------------------------------------
 
 
@@ -420,7 +416,8 @@ class DecisionService:
         self.max_clusters = max_clusters
         self.clock = clock
         self._pools = {p.name: p for p in scenario.pools}
-        self._capacity_rps = _default_capacities(scenario)
+        # what a request that sends no capacity_rps gets (the scenario's configured mix)
+        self._capacity_rps = scenario_capacities_rps(scenario)
         self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
         self._latest: dict[str, PoolRecommendation] = {}
         self._lock = threading.Lock()
@@ -705,21 +702,6 @@ def _check_decision(decision: Decision) -> None:
     for table in (decision.replicas, decision.warm_pool):
         for pool in list(table):
             table[pool] = round(table[pool])
-
-
-def _default_capacities(scenario: Scenario) -> dict[str, float]:
-    """Saturation req/s of one replica of each pool for the scenario's mean token lengths."""
-    from rlscale.envs.profiles import load_profile, replica_capacity_rps
-
-    wl = scenario.workload
-    prompt = _lognormal_mean(wl.prompt_tokens.median, wl.prompt_tokens.p90)
-    output = _lognormal_mean(wl.output_tokens.median, wl.output_tokens.p90)
-    return {
-        p.name: replica_capacity_rps(
-            load_profile(p.profile), prompt, output, max_batched_tokens=scenario.max_batched_tokens
-        )
-        for p in scenario.pools
-    }
 
 
 def default_guardrails(

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 
 from rlscale.agents.base import ClusterState, Decision, Memory
+from rlscale.envs.capacity import RequestMix
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.workload import (
     QUANTILE_LEVELS,
     WEEK_S,
     WorkloadSeries,
     causal_forecast_rps,
-    length_moments,
     length_quantiles,
 )
 
@@ -261,16 +261,16 @@ def replay_workload(
     which = np.minimum(np.searchsorted(rel, bin_t, side="right"), rec.n - 1)
     arrivals = rate[which] * dt
     wl = scenario.workload
-    p_mean, _ = length_moments(wl.prompt_tokens)
-    o_mean, _ = length_moments(wl.output_tokens)
+    # the configured mix, as the decision service assumes it for its default capacity_rps
+    mix = RequestMix.of_config(wl)
     levels = (np.arange(QUANTILE_LEVELS) + 0.5) / QUANTILE_LEVELS
     series = WorkloadSeries(
         name=f"shadow:{rec.cluster}",
         substep_s=float(dt),
         control_interval_s=float(scenario.control_interval_s),
         arrivals=arrivals,
-        prompt_tokens=arrivals * p_mean,
-        output_tokens=arrivals * o_mean,
+        prompt_tokens=arrivals * mix.prompt_tokens,
+        output_tokens=arrivals * mix.output_tokens,
         stochastic=True,
         forecast_rps=causal_forecast_rps(
             arrivals, substep_s=dt, control_interval_s=scenario.control_interval_s

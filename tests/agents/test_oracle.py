@@ -21,7 +21,6 @@ from rlscale.agents.oracle import (
 )
 from rlscale.agents.registry import make_policy, rule_based_policies
 from rlscale.agents.static import StaticPolicy
-from rlscale.envs import dynamics as dyn
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.experiments.splits import split_scenario
@@ -274,7 +273,7 @@ def test_replay_is_deterministic_and_memory_round_trips_json(azure_window: dict[
         text = dump_memory(memory)
         sim.step(decision_to_action(decision, state, sim.pool_names, sc.max_step)[None, :])
     assert load_memory(text) == {"step": sim.episode_steps}
-    assert sim.metrics[0, dyn.M_COST_TOTAL] == pytest.approx(a["cost_usd"], rel=1e-12)
+    assert sim.cluster(0).episode_cost_usd == pytest.approx(a["cost_usd"], rel=1e-12)
     assert dump_memory(policy.config())  # the config is JSON too
 
 
