@@ -41,6 +41,7 @@ from scipy import optimize, stats
 
 from rlscale.envs.profiles import ThroughputProfile, profile_to_dict
 from rlscale.experiments.des import simulate
+from rlscale.experiments.replay import fluid_scenario, run_fluid, workload_config
 
 PREFILL_S_PER_TOKEN = 1e-9
 """The queue profile's prefill cost: not zero, as the fluid model divides by it, but negligible
@@ -306,8 +307,6 @@ def fluid_queue(case: QueueCase, hours: float, *, seed: int = 0) -> dict[str, fl
     YAML file, which the scenario names by path. The fluid model reports no wait directly; its
     TTFT is the wait plus the prefill iteration, as in the theory.
     """
-    from rlscale.experiments.fidelity import fluid_scenario, run_fluid, workload_config
-
     n = math.ceil(case.arrival_rps * hours * 3600.0 * 1.2) + 100
     t, prompt, output = queue_requests(case, n, seed)
     # a minute past the episode, so the trace (last request to last request) covers it

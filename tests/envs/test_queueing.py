@@ -127,12 +127,12 @@ def _fluid_vs_theory(case: QueueCase) -> tuple[dict[str, float], dict[str, float
 
 # measured with the fluid kernel of a04f3b0, 100 h episodes: fluid / theory
 _FLUID_MEASURED = {
-    ("M/D/8", 0.7): "p50 TTFT 0.78 / 0.50 s, p95 4.8 / 4.5 s, attainment 0.865 / 0.847",
-    ("M/D/8", 0.85): "p50 TTFT 1.8 / 1.1 s, p95 13.9 / 10.7 s, attainment 0.50 / 0.58",
-    ("M/D/8", 0.95): "p50 TTFT 223 / 7.3 s, p95 356 / 36 s, attainment 0.02 / 0.24",
-    ("M/M/8", 0.7): "p50 TTFT 0.30 / 0.20 s, p95 10.0 / 7.2 s, attainment 0.74 / 0.82",
-    ("M/M/8", 0.85): "p50 TTFT 9.7 / 1.3 s, p95 67 / 21 s, attainment 0.27 / 0.54",
-    ("M/M/8", 0.95): "p50 TTFT 771 / 13 s, p95 1446 / 71 s, attainment 0.003 / 0.21",
+    ("M/D/8", 0.7): "p50 TTFT 0.78 / 0.50 s, p95 4.7 / 4.5 s, attainment 0.865 / 0.847",
+    ("M/D/8", 0.85): "p50 TTFT 1.8 / 1.1 s, p95 15.5 / 10.7 s, attainment 0.51 / 0.58",
+    ("M/D/8", 0.95): "p50 TTFT 214 / 7.3 s, p95 485 / 36 s, attainment 0.02 / 0.24",
+    ("M/M/8", 0.7): "p50 TTFT 0.30 / 0.20 s, p95 9.8 / 7.2 s, attainment 0.75 / 0.82",
+    ("M/M/8", 0.85): "p50 TTFT 5.7 / 1.3 s, p95 40 / 21 s, attainment 0.35 / 0.54",
+    ("M/M/8", 0.95): "p50 TTFT 3115 / 13 s, p95 3551 / 71 s, attainment 0.001 / 0.21",
 }
 
 
