@@ -51,11 +51,8 @@ from rlscale.experiments.replay import (
     replay,
     run_des,
     run_fluid,
-    window_requests,
     workload_config,
 )
-
-__all__ = ["AZURE_CONV", "TTFT_TARGET_S", "window_requests", "workload_config"]
 
 COMPLETED_TOL = 0.05
 """Bound on the relative error of completed requests (DES vs fluid)."""

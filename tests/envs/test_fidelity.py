@@ -22,9 +22,9 @@ from rlscale.experiments.fidelity import (
     compare,
     fidelity_table,
     format_markdown,
-    window_requests,
     workload_config,
 )
+from rlscale.experiments.replay import window_requests
 
 # --- DES vs fluid on the Azure conversation trace ---------------------------------------------
 
