@@ -1,70 +1,93 @@
-"""Fidelity of the fluid cluster model against a request-level discrete-event simulator (DES).
+"""Fidelity of the fluid cluster model against the request-level discrete-event simulator (DES).
 
 The fluid model (:mod:`rlscale.envs.dynamics`) never sees a request: it moves fractional
-sequences, context tokens and queue cohorts through 1 s sub-steps. This module simulates the SAME
-cluster one request and one continuous-batching iteration at a time, written from the per-request
-semantics alone, and compares the two on a replayed trace at fixed replica counts.
+sequences, context tokens and queue cohorts through 1 s sub-steps. The DES
+(:mod:`rlscale.experiments.des`) simulates the SAME cluster one request and one
+continuous-batching iteration at a time. :func:`compare` replays a trace window through both at a
+fixed replica count (:mod:`rlscale.experiments.replay`), and the report holds four tables:
 
-The DES (:func:`simulate`):
+* **Off the knee** (:data:`DEFAULT_GRID`): the Azure conversation trace from light load to
+  saturation at its peak minutes; completed requests and p95 TTFT.
+* **At the knee** (:data:`~rlscale.experiments.knee.KNEE_GRID`): for each trace, GPU and time
+  compression, the replica counts around the SLO's knee (the last whose DES p95 TTFT misses 2 s,
+  the first two that hold it). There a 1-2 % capacity difference can move p95 TTFT twofold (on
+  1 H100 at time_scale 0.45 the DES's p94/p95/p97 TTFT are 0.49/0.57/0.93 s), so beside the
+  percentiles the table shows two better-conditioned measures: the TTFT attainment (share of
+  requests reaching a replica whose first token came within 2 s, drops counting as misses) and
+  the capacity at the SLO.
+* **Capacity at the SLO** (:func:`~rlscale.experiments.knee.capacity_at_slo`): the highest time
+  compression at which R replicas hold p95 TTFT within 2 s, bisected in each model.
+* **Routing**: the replicas the SLO needs behind a least-loaded gateway vs per-replica queues fed
+  at random or round robin (a plain Kubernetes Service in front of vLLM pods).
 
-* ``R`` identical replicas of one :class:`~rlscale.envs.profiles.ThroughputProfile`, ready for
-  the whole run (no scaling, no cold starts), fed by one global FIFO queue.
-* Each replica runs vLLM-style iterations back to back while it holds sequences; an idle replica
-  wakes when a request arrives. At the START of each iteration the replica schedules, in vLLM's
-  order: one token for every decoding sequence, then the next chunk of every sequence still in
-  (chunked) prefill, then new requests from the head of the global queue (FIFO, never skipping the
-  head) while it has a free sequence slot (``max_num_seqs``), KV room for the new request's full
-  projected context (``prompt + output`` of all its sequences, admitted ones included, at most
-  ``kv_cache_tokens``) and token budget left (``max_batched_tokens``, decodes taking one token
-  each; a prompt larger than the budget left is prefilled in chunks over several iterations).
-* An iteration takes ``iter_base_s + iter_per_seq_s*b + iter_per_ctx_token_s*ctx +
-  prefill_per_token_s*q`` with ``b`` decoding sequences, ``ctx`` the context tokens held at the
-  iteration's start (prompt prefilled so far + tokens generated so far, over all its sequences)
-  and ``q`` the prompt tokens prefilled in it. At its end a sequence whose prefill finished emits
-  its first token (TTFT = now - arrival), each decoding sequence emits one token, and a sequence
-  that has emitted all its output tokens completes and frees its slot and KV room.
-* Routing: replicas PULL from the global FIFO at each iteration start. A request that arrives
-  while a replica is idle wakes an idle replica (it holds no sequences, so it is the least
-  loaded; requests arriving at the same instant are shared evenly among the idle replicas);
-  otherwise the first replica to start an iteration with room takes it. With iterations of
-  10-50 ms this is the least-loaded router up to one iteration of delay, except that a request
-  never waits behind one replica's long prefill while another replica could take it.
-* A request still queued ``timeout_s`` after its arrival is dropped; a request whose projected
-  context alone exceeds the KV cache can never run and is dropped as soon as it reaches the head.
-
-The event loop is compiled with numba (the whole 1 h Azure conversation trace, 19,366 requests,
-takes 0.05-0.5 s at 1-8 replicas once compiled); :func:`compare` runs both models on the same
-requests and horizon, :func:`fidelity_table` sweeps a load grid and :func:`format_markdown`
-prints it. Utilization (share of time an iteration runs) is near 1 at any load where replicas
-always hold a sequence, so the load level is read from the batch and KV fill and the queueing.
-
-Near the load where the trace's peak minutes first build a queue, p95 TTFT is ill-conditioned
-(on 1 H100 at time_scale 0.45 the DES's p94/p95/p97 TTFT are 0.49/0.57/0.93 s): a 1-2 % capacity
-difference moves it by 2x. The grid stays off that knee, on both sides of it.
-
-Run ``python -m rlscale.experiments.fidelity`` for the README table.
+Run ``python -m rlscale.experiments.fidelity`` for the README tables (``--quick`` for the
+off-knee table alone).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 import time
+from collections.abc import Iterable
 
-import numpy as np
+from tqdm import tqdm
 
-from rlscale.envs.scenario import Scenario, WorkloadConfig, scenario_from_dict
-from rlscale.envs.traces import TraceRequests, read_trace
-from rlscale.experiments.des import simulate
-
-AZURE_CONV = "azure_llm_trace_2023/AzureLLMInferenceTrace_conv.csv"
-"""The Azure LLM inference trace (conversation), relative to the data root."""
+from rlscale.experiments.des import ROUTINGS, Routing
+from rlscale.experiments.knee import (
+    KNEE_CASES,
+    KNEE_GRID,
+    TRACES,
+    KneeCase,
+    capacity_at_slo,
+    fluid_routes,
+    knee_case,
+    replicas_for_slo,
+)
+from rlscale.experiments.replay import (
+    AZURE_CONV,
+    TTFT_TARGET_S,
+    rel_err,
+    replay,
+    run_des,
+    run_fluid,
+    workload_config,
+)
 
 COMPLETED_TOL = 0.05
 """Bound on the relative error of completed requests (DES vs fluid)."""
 
+TTFT_P50_TOL = 0.20
+"""Bound on the relative error of p50 TTFT (DES vs fluid)."""
+
 TTFT_P95_TOL = 0.20
 """Bound on the relative error of p95 TTFT (DES vs fluid)."""
+
+TTFT_P99_TOL = 0.30
+"""Bound on the relative error of p99 TTFT (DES vs fluid)."""
+
+TPOT_TOL = 0.10
+"""Bound on the relative error of p50 and p95 TPOT (DES vs fluid)."""
+
+ATTAINMENT_TOL = 0.01
+"""Bound on the ABSOLUTE error of the TTFT attainment (1 percentage point)."""
+
+CAPACITY_TOL = 0.05
+"""Bound on the relative error of the capacity at the SLO (DES vs fluid)."""
+
+KNEE_BOUNDS: dict[str, float] = {
+    "completed": COMPLETED_TOL,
+    "ttft_p50_s": TTFT_P50_TOL,
+    "ttft_p95_s": TTFT_P95_TOL,
+    "ttft_p99_s": TTFT_P99_TOL,
+    "tpot_p50_s": TPOT_TOL,
+    "tpot_p95_s": TPOT_TOL,
+    "ttft_attainment": ATTAINMENT_TOL,
+}
+"""The knee grid's bound on each metric's error (relative; the attainment's absolute)."""
+
+KNEE_METRICS = tuple(KNEE_BOUNDS)
+"""The metrics compared at every point, in the report's column order."""
 
 DEFAULT_GRID: tuple[tuple[str, int, float], ...] = (
     ("a100x1-llama3-8b", 4, 1.0),
@@ -85,146 +108,6 @@ prefill: p95 TTFT about twice the prefill-only value), and saturated at the trac
 (a queue of tens of seconds there, the KV cache or the sequence slots full, yet no drops).
 """
 
-# --- the same requests the fluid model sees -----------------------------------------------------
-
-
-def workload_config(
-    *,
-    time_scale: float = 1.0,
-    rate_scale: float = 1.0,
-    window_hours: float | None = None,
-    path: str = AZURE_CONV,
-    kind: str = "azure",
-) -> WorkloadConfig:
-    """The workload section both models replay."""
-    return WorkloadConfig(
-        kind=kind,
-        path=path,
-        time_scale=time_scale,
-        rate_scale=rate_scale,
-        window_hours=window_hours,
-    )
-
-
-def window_requests(
-    cfg: WorkloadConfig, *, substep_s: float = 1.0, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The requests of a recorded-trace workload exactly as ``build_workload`` bins them.
-
-    Returns (arrival_s from the window start, prompt, output, window length in seconds), sorted
-    by time. Time scaling and the window are deterministic; a ``rate_scale`` other than 1 uses
-    the workload module's own thinning/superposition with the same seeded generator, so the DES
-    and the fluid model see the same requests (``compare`` checks the binned counts agree).
-    """
-    from rlscale.envs import workload as wlmod
-
-    if cfg.path is None or cfg.kind not in ("azure", "mooncake", "csv"):
-        raise ValueError(f"window_requests needs a recorded trace, got kind {cfg.kind!r}")
-    req = read_trace(cfg.kind, cfg.path)
-    if cfg.time_scale != 1.0:
-        req = TraceRequests(
-            req.source,
-            req.time_s * cfg.time_scale,
-            req.prompt_tokens,
-            req.output_tokens,
-            req.tenant,
-            req.tenant_names,
-        )
-    start_s, n_bins = wlmod._select_window(
-        cfg, float(req.time_s[-1]), substep_s, what=req.source, last_is_request=True
-    )
-    span_s = n_bins * substep_s
-    mask = (req.time_s >= start_s) & (req.time_s < start_s + span_s)
-    scale = wlmod._rate_scale(cfg, int(mask.sum()), span_s, req.source)
-    rng = np.random.default_rng(np.random.SeedSequence(seed))
-    t, prompt, output, _ = wlmod._rescale_requests(req, mask, start_s, span_s, scale, rng)
-    order = np.argsort(t, kind="stable")
-    return t[order], prompt[order], output[order], span_s
-
-
-def fluid_scenario(
-    profile_name: str,
-    replicas: int,
-    cfg: WorkloadConfig,
-    episode_hours: float,
-    *,
-    max_batched_tokens: int = 8192,
-    timeout_s: float = 60.0,
-    substep_s: float = 1.0,
-    control_interval_s: float = 30.0,
-) -> Scenario:
-    """One on-demand pool of ``replicas`` ready replicas, nothing else moving."""
-    return scenario_from_dict(
-        {
-            "name": f"fidelity-{profile_name}-x{replicas}",
-            "description": "fixed replicas, for the fluid-vs-DES fidelity check",
-            "control_interval_s": control_interval_s,
-            "substep_s": substep_s,
-            "episode_hours": episode_hours,
-            "workload": cfg.model_dump(),
-            "pools": [
-                {
-                    "name": "gpu",
-                    "profile": profile_name,
-                    "purchase": "on_demand",
-                    "price_usd_h": 1.0,
-                    "quota": replicas,
-                    "initial_replicas": replicas,
-                }
-            ],
-            "slo": {"timeout_s": timeout_s},
-            "max_batched_tokens": max_batched_tokens,
-        }
-    )
-
-
-def run_fluid(sc: Scenario, seed: int = 0) -> dict[str, float]:
-    """Step the fluid model through one episode with no-op actions; its totals and latencies.
-
-    :param seed: the workload seed (rate-scaling copies); the cluster's own stream is seed 0.
-    """
-    from rlscale.envs.simulator import ClusterSimulator
-
-    t0 = time.perf_counter()
-    sim = ClusterSimulator(sc, 1, workload_seed=seed)
-    sim.reset_cluster(0, np.random.default_rng(0), start_step=0)
-    a = sim.noop_action()
-    util = []
-    batch = []
-    while not sim.truncated()[0]:
-        sim.step(a)
-        info = sim.step_info(0)
-        util.append(info["load/compute_util"])
-        batch.append(info["load/in_flight"])
-    cnt = sim.counters(0)
-    lat = sim.episode_latency(0)
-    prof = sim.pools[0].profile
-    R = sc.pools[0].initial_replicas
-    return {
-        "arrived": cnt["arrived"],
-        "completed": cnt["completed"],
-        "dropped": cnt["dropped"],
-        "admitted": cnt["admitted"],
-        "queued": cnt["queued"],
-        "in_flight": cnt["in_flight"],
-        "ttft_p50_s": lat["ttft_p50_s"],
-        "ttft_p95_s": lat["ttft_p95_s"],
-        "ttft_p99_s": lat["ttft_p99_s"],
-        "tpot_p50_s": lat["tpot_p50_s"],
-        "tpot_p95_s": lat["tpot_p95_s"],
-        "utilization": float(np.mean(util)) if util else 0.0,
-        "batch_fill": float(np.mean(batch)) / (R * prof.max_num_seqs) if batch else 0.0,
-        "episode_s": sim.episode_steps * sc.control_interval_s,
-        "wall_s": time.perf_counter() - t0,
-    }
-
-
-def _rel(des: float, fluid: float) -> float:
-    """Relative error of the fluid value, taking the DES as the reference."""
-    if des == 0.0:
-        return 0.0 if fluid == 0.0 else math.inf
-    return (fluid - des) / des
-
 
 def compare(
     profile_name: str,
@@ -234,78 +117,59 @@ def compare(
     rate_scale: float = 1.0,
     window_hours: float | None = None,
     path: str = AZURE_CONV,
+    kind: str = "azure",
     max_batched_tokens: int = 8192,
     timeout_s: float = 60.0,
     substep_s: float = 1.0,
     control_interval_s: float = 30.0,
+    routing: Routing = "least_loaded",
+    ttft_target_s: float = TTFT_TARGET_S,
     seed: int = 0,
 ) -> dict:
     """Run the DES and the fluid model on the same requests and horizon; relative errors.
 
     The horizon is the workload window rounded DOWN to whole control intervals (the fluid
-    episode). Errors are ``(fluid - des) / des``.
+    episode). Errors are ``(fluid - des) / des``, the attainment's an absolute difference.
 
     :return: ``{"profile", "replicas", "time_scale", "rate_scale", "load_rps", "horizon_s",
-        "des": DESResult.summary(), "fluid": run_fluid(...), "completed_err", "ttft_p95_err"}``.
+        "des": DESResult.summary(), "fluid": run_fluid(...), "<metric>_err" for each of
+        :data:`KNEE_METRICS`}``.
     """
-    from rlscale.envs.simulator import scenario_workload
-
     cfg = workload_config(
-        time_scale=time_scale, rate_scale=rate_scale, window_hours=window_hours, path=path
+        time_scale=time_scale,
+        rate_scale=rate_scale,
+        window_hours=window_hours,
+        path=path,
+        kind=kind,
     )
-    probe = fluid_scenario(
+    rp = replay(
         profile_name,
         replicas,
         cfg,
-        control_interval_s / 3600.0,
         max_batched_tokens=max_batched_tokens,
         timeout_s=timeout_s,
         substep_s=substep_s,
         control_interval_s=control_interval_s,
+        routing=routing,
+        ttft_target_s=ttft_target_s,
+        seed=seed,
     )
-    wl = scenario_workload(probe, seed)
-    steps = int(wl.duration_s // control_interval_s)
-    horizon_s = steps * control_interval_s
-    sc = fluid_scenario(
-        profile_name,
-        replicas,
-        cfg,
-        horizon_s / 3600.0,
-        max_batched_tokens=max_batched_tokens,
-        timeout_s=timeout_s,
-        substep_s=substep_s,
-        control_interval_s=control_interval_s,
-    )
-    assert sc.episode_steps == steps, (sc.episode_steps, steps)
-    t, prompt, output, _ = window_requests(cfg, substep_s=substep_s, seed=seed)
-    # the DES must see exactly the requests the fluid model bins
-    n_bins = round(horizon_s / substep_s)
-    fed = t < horizon_s
-    counts = np.bincount((t[fed] / substep_s).astype(np.int64), minlength=n_bins)[:n_bins]
-    if not np.allclose(counts, wl.arrivals[:n_bins]):
-        raise AssertionError("DES requests differ from the fluid workload's binned arrivals")
-    des = simulate(
-        profile_name,
-        replicas,
-        t[fed],
-        prompt[fed],
-        output[fed],
-        horizon_s=horizon_s,
-        max_batched_tokens=max_batched_tokens,
-        timeout_s=timeout_s,
-    )
-    fluid = run_fluid(sc, seed)
+    des = run_des(rp, seed).summary()
+    fluid = run_fluid(rp.scenario, seed)
+    errors = {
+        f"{m}_err": (fluid[m] - des[m]) if m == "ttft_attainment" else rel_err(des[m], fluid[m])
+        for m in KNEE_METRICS
+    }
     return {
         "profile": profile_name,
         "replicas": replicas,
         "time_scale": time_scale,
         "rate_scale": rate_scale,
-        "load_rps": des.arrived / horizon_s,
-        "horizon_s": horizon_s,
-        "des": des.summary(),
+        "load_rps": rp.load_rps,
+        "horizon_s": rp.horizon_s,
+        "des": des,
         "fluid": fluid,
-        "completed_err": _rel(des.completed, fluid["completed"]),
-        "ttft_p95_err": _rel(des.ttft_p95_s, fluid["ttft_p95_s"]),
+        **errors,
     }
 
 
@@ -334,7 +198,7 @@ def fidelity_table(
                 "completed_err": res["completed_err"],
                 "des_ttft_p95_s": d["ttft_p95_s"],
                 "fluid_ttft_p95_s": f["ttft_p95_s"],
-                "ttft_p95_err": res["ttft_p95_err"],
+                "ttft_p95_err": res["ttft_p95_s_err"],
                 "fluid_dropped": f["dropped"],
                 "des_wall_s": d["wall_s"],
                 "fluid_wall_s": f["wall_s"],
@@ -344,7 +208,7 @@ def fidelity_table(
 
 
 def within_bounds(row: dict) -> bool:
-    """Whether a table row meets the fidelity bounds (completed 5 %, p95 TTFT 20 %)."""
+    """Whether an off-knee row meets its bounds (completed 5 %, p95 TTFT 20 %)."""
     return abs(row["completed_err"]) <= COMPLETED_TOL and abs(row["ttft_p95_err"]) <= TTFT_P95_TOL
 
 
@@ -373,16 +237,194 @@ def format_markdown(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+# --- at the knee -------------------------------------------------------------------------------
+
+
+def knee_table(grid: Iterable[tuple[str, str, float, int]] = KNEE_GRID) -> list[dict]:
+    """:func:`compare` at every knee grid point: both models' :data:`KNEE_METRICS` and errors.
+
+    Each row also says whether the DES holds the SLO there and whether every error is within
+    :data:`KNEE_BOUNDS` (``within``).
+    """
+    rows = []
+    for trace, profile, compression, replicas in grid:
+        case = knee_case(trace, profile, compression)
+        kind, path = TRACES[trace]
+        res = compare(
+            profile,
+            replicas,
+            time_scale=1.0 / compression,
+            path=path,
+            kind=kind,
+            ttft_target_s=case.ttft_target_s,
+        )
+        row = {"case": case, "replicas": replicas, "load_rps": res["load_rps"]}
+        for m in KNEE_METRICS:
+            row[f"des_{m}"] = res["des"][m]
+            row[f"fluid_{m}"] = res["fluid"][m]
+            row[f"{m}_err"] = res[f"{m}_err"]
+        row["within"] = all(abs(row[f"{m}_err"]) <= KNEE_BOUNDS[m] for m in KNEE_METRICS)
+        rows.append(row)
+    return rows
+
+
+def format_knee_markdown(rows: list[dict]) -> str:
+    """The knee table in markdown: DES / fluid per metric, then the fluid's error (% relative;
+    percentage points for the attainment), bold where out of its bound."""
+    names = {
+        "completed": "completed",
+        "ttft_p50_s": "TTFT p50 (s)",
+        "ttft_p95_s": "TTFT p95 (s)",
+        "ttft_p99_s": "TTFT p99 (s)",
+        "tpot_p50_s": "TPOT p50 (ms)",
+        "tpot_p95_s": "TPOT p95 (ms)",
+        "ttft_attainment": "attainment (%)",
+    }
+    head = "| case | replicas | " + " | ".join(f"{names[m]} DES / fluid / err" for m in names)
+    lines = [head + " | within bounds |", "|---|---:|" + "---:|" * len(names) + ":---:|"]
+    for r in rows:
+        cells = []
+        for m in KNEE_METRICS:
+            d, f, e = r[f"des_{m}"], r[f"fluid_{m}"], r[f"{m}_err"]
+            if m == "completed":
+                vals = f"{d:,.0f} / {f:,.0f}"
+            elif m.startswith("tpot"):
+                vals = f"{1000 * d:.1f} / {1000 * f:.1f}"
+            elif m == "ttft_attainment":
+                vals = f"{100 * d:.1f} / {100 * f:.1f}"
+            else:
+                vals = f"{d:.3g} / {f:.3g}"
+            err = f"{100 * e:+.1f}" + ("pp" if m == "ttft_attainment" else "%")
+            cells.append(f"{vals} / {err if abs(e) <= KNEE_BOUNDS[m] else f'**{err}**'}")
+        target = f" ({r['case'].ttft_target_s:g} s)" if r["case"].ttft_target_s != 2.0 else ""
+        lines.append(
+            f"| {r['case'].label}{target} | {r['replicas']} | "
+            + " | ".join(cells)
+            + f" | {'yes' if r['within'] else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def capacity_table(grid: Iterable[tuple[str, str, float, int]] = KNEE_GRID) -> list[dict]:
+    """The capacity at the SLO of every (case, replicas) of the grid, in both models."""
+    rows = []
+    for trace, profile, compression, replicas in grid:
+        case = knee_case(trace, profile, compression)
+        des = capacity_at_slo(case, replicas, model="des")
+        fluid = capacity_at_slo(case, replicas, model="fluid")
+        err = rel_err(des, fluid)
+        rows.append(
+            {
+                "case": case,
+                "replicas": replicas,
+                "des_capacity": des,
+                "fluid_capacity": fluid,
+                "capacity_err": err,
+                "within": abs(err) <= CAPACITY_TOL,
+            }
+        )
+    return rows
+
+
+def format_capacity_markdown(rows: list[dict]) -> str:
+    """The capacity table in markdown: the highest time compression holding the SLO."""
+    lines = [
+        "| case | replicas | DES capacity (x) | fluid capacity (x) | error % | within bounds |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case'].label} | {r['replicas']} | {r['des_capacity']:.3g} | "
+            f"{r['fluid_capacity']:.3g} | {100 * r['capacity_err']:+.1f} | "
+            f"{'yes' if r['within'] else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def routing_table(cases: Iterable[KneeCase] | None = None) -> list[dict]:
+    """Replicas the SLO needs under each routing, per case (the Azure ones by default).
+
+    The fluid column is None where the fluid model ignores the routing (:func:`fluid_routes`).
+    """
+    if cases is None:
+        cases = [c for c in KNEE_CASES if c.trace == "azure-conv"]
+    routes = fluid_routes()
+    rows = []
+    for case in cases:
+        row: dict = {"case": case}
+        for routing in ROUTINGS:
+            row[f"des_{routing}"] = replicas_for_slo(case, model="des", routing=routing)
+            fluid = routing == "least_loaded" or routes
+            row[f"fluid_{routing}"] = (
+                replicas_for_slo(case, model="fluid", routing=routing) if fluid else None
+            )
+        rows.append(row)
+    return rows
+
+
+def format_routing_markdown(rows: list[dict]) -> str:
+    """The routing table in markdown: DES / fluid replicas per routing, and the extra ones."""
+
+    def cell(r: dict, routing: Routing) -> str:
+        f = r[f"fluid_{routing}"]
+        return f"{r[f'des_{routing}']} / {'n/a' if f is None else f}"
+
+    lines = [
+        "| case | least loaded DES / fluid | random DES / fluid | round robin DES / fluid "
+        "| extra for random / round robin (DES) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = r["des_least_loaded"]
+        lines.append(
+            f"| {r['case'].label} | {cell(r, 'least_loaded')} | {cell(r, 'random')} | "
+            f"{cell(r, 'round_robin')} | +{r['des_random'] - base} / "
+            f"+{r['des_round_robin'] - base} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Print the report's tables in markdown, then whether every point is within its bounds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the off-knee table alone")
     parser.add_argument("--verbose", action="store_true", help="print extra DES columns")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = fidelity_table()
+
+    def progress(items: list, what: str) -> list:
+        return list(tqdm(items, desc=what, file=sys.stderr, leave=False))
+
+    rows = [fidelity_table([g])[0] for g in progress(list(DEFAULT_GRID), "off the knee")]
+    print("### Off the knee\n")
     print(format_markdown(rows))
     if args.verbose:
         for r in rows:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    if args.quick:
+        print(f"({time.perf_counter() - t0:.1f} s)")
+        return
+    knee = [knee_table([g])[0] for g in progress(list(KNEE_GRID), "knee")]
+    capacity = [capacity_table([g])[0] for g in progress(list(KNEE_GRID), "capacity at SLO")]
+    azure = [c for c in KNEE_CASES if c.trace == "azure-conv"]
+    routing = [routing_table([c])[0] for c in progress(azure, "routing")]
+    print("### At the knee\n")
+    print(format_knee_markdown(knee))
+    print("### Capacity at the SLO\n")
+    print(format_capacity_markdown(capacity))
+    print("### Routing: replicas the SLO needs\n")
+    print(format_routing_markdown(routing))
+    if not fluid_routes():
+        print("(fluid: n/a, the fluid model ignores the scenario's routing setting)\n")
+    off = sum(not within_bounds(r) for r in rows)
+    off_knee = sum(not r["within"] for r in knee)
+    off_cap = sum(not r["within"] for r in capacity)
+    print(
+        f"Within bounds: off the knee {len(rows) - off}/{len(rows)}, at the knee "
+        f"{len(knee) - off_knee}/{len(knee)}, capacity at the SLO "
+        f"{len(capacity) - off_cap}/{len(capacity)}: "
+        + ("every point within its bounds." if off + off_knee + off_cap == 0 else "**NOT all**.")
+    )
     print(f"({time.perf_counter() - t0:.1f} s)")
 
 
