@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 
 from rlscale.serving.base import TOKEN_ENV_VAR
-from rlscale.serving.limits import SHADOW_MAX_AGE_S, SHADOW_MAX_BYTES, STALENESS_INTERVALS
+from rlscale.serving.limits import (
+    MAX_CLUSTERS,
+    SHADOW_MAX_AGE_S,
+    SHADOW_MAX_BYTES,
+    STALENESS_INTERVALS,
+)
 
 DEFAULT_SERVE_SCENARIO = "azure-conv"
 
@@ -104,6 +109,12 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
             f"(its fallback applies); default {STALENESS_INTERVALS} of the scenario's control "
             "intervals"
         ),
+    )
+    p.add_argument(
+        "--max-clusters",
+        type=int,
+        default=MAX_CLUSTERS,
+        help=f"clusters tracked at once; a new one is refused (429) (default {MAX_CLUSTERS})",
     )
     p.add_argument("--max-step-up", type=int, default=4, help="replicas added per decision")
     p.add_argument("--max-step-down", type=int, default=2, help="replicas removed per decision")
@@ -227,6 +238,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 fallback,
                 guardrails=rails,
                 max_staleness_s=args.max_staleness_s,
+                max_clusters=args.max_clusters,
                 shadow=shadow,
             ),
             args.policy,
