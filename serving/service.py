@@ -68,6 +68,8 @@ class _ClusterMemory:
     last_seen_s: float
     last_known_good: dict[str, tuple[int, float]] = field(default_factory=dict)
     """Per pool: the latest reported current replicas and when they were measured."""
+    last_answer: dict[str, int] = field(default_factory=dict)
+    """Per pool: the latest recommendation (a scale-up may still be under way)."""
     generation: int = 0
     """The service's policy generation ``policy`` belongs to."""
 
@@ -240,6 +242,8 @@ class DecisionService:
             wanted = dict(decision.replicas)
             if read.problems:  # never scale down out of ignorance
                 for pool, n in current.items():
+                    # nor below what was last asked for: a scale-up may still be under way
+                    n = max(n, memory.last_answer.get(pool, n))
                     if pool not in unknown and wanted.get(pool, n) < n:
                         reasons.append(
                             Reason(Cause.NO_SCALE_DOWN, f"(asked {wanted[pool]}, kept {n})", pool)
@@ -277,8 +281,9 @@ class DecisionService:
     def _current_replicas(
         self, read: ReadRequest, memory: _ClusterMemory, reasons: list[Reason]
     ) -> tuple[dict[str, int], list[str]]:
-        """Each pool's current count for the guardrails: reported, else last known-good;
-        and the pools with neither (they get no recommendation)."""
+        """Each pool's current count for the guardrails: reported, else the last known-good
+        count (or the last answer, when a scale-up to it was under way); and the pools with
+        neither (they get no recommendation)."""
         current: dict[str, int] = {}
         unknown: list[str] = []
         for pool, n in read.current.items():
@@ -288,7 +293,7 @@ class DecisionService:
                     unknown.append(pool)
                     n = 0
                 else:
-                    n = good[0]
+                    n = max(good[0], memory.last_answer.get(pool, 0))
                     reasons.append(Reason(Cause.LAST_KNOWN_GOOD, f"({n})", pool))
             current[pool] = n
         return current, unknown
@@ -309,6 +314,7 @@ class DecisionService:
                 old = memory.last_known_good.get(pool)
                 if n is not None and (old is None or measured >= old[1]):
                     memory.last_known_good[pool] = (n, measured)
+        memory.last_answer.update(response.replicas)
         if request.shadow_only:
             return
         reason = "; ".join(response.reasons)
