@@ -6,9 +6,10 @@ metrics and kube-state-metrics' replica counts, turns the answers into a
 :class:`~rlscale.serving.schemas.RecommendationRequest` and lets the service decide and
 record (the same recorder as HTTP pushes: shadow log and metrics), so the latest
 recommendation per pool is always current. When Prometheus cannot be reached (or a required
-query has no data), the service is asked again with the last good metrics, which are then
-stale: the fallback scaler decides, no pool scales down, KEDA gets no number (its fallback
-applies), and the reasons say why. A pool whose ready count has no data is reported unknown,
+query has no data), the service is asked again with the last good replica counts, at their
+own time and without rates: it holds every pool (no scale-down on a snapshot it has already
+seen), the metrics go stale, KEDA gets no number (its fallback applies), and the reasons say
+why. A pool whose ready count has no data is reported unknown,
 never 0: the service holds it at its last known-good count.
 
 The default queries assume a typical vLLM on Kubernetes deployment: one Deployment per pool,
@@ -132,7 +133,7 @@ class PrometheusSource:
         )
 
     def poll_once(self) -> object:
-        """Query and decide; on failure decide on the last good (now stale) metrics."""
+        """Query and decide; on failure decide on what is still known, and nothing more."""
         try:
             request = self.snapshot()
         except PrometheusError as err:
@@ -140,8 +141,16 @@ class PrometheusSource:
             log.warning("%s", self.last_error)
             if self._last_good is None:
                 return None
-            # the old timestamp makes the service treat these metrics as stale
-            return self.decide(self._last_good)
+            # The last good replica counts at their own (aging) time, and no rates: the same
+            # snapshot decided again would be taken as news, and a policy could scale down on
+            # it. Without a rate the service holds, and once the time is past the staleness
+            # bound KEDA gets no number.
+            known = RecommendationRequest(
+                cluster_id=self.cluster_id,
+                timestamp=self._last_good.timestamp,
+                pools=self._last_good.pools,
+            )
+            return self.decide(known)
         self.last_error = ""
         self._last_good = request
         return self.decide(request)

@@ -25,8 +25,9 @@ EPOCH_MONDAY_S = 4 * 86400.0
 
 
 class _Body(BaseModel):
-    # unknown keys are ignored, not refused: a newer client may send more metrics
-    model_config = ConfigDict(extra="ignore")
+    # unknown keys are ignored, not refused: a newer client may send more metrics. Strict: a
+    # number is a number (true, "3" are refused, as the OpenAPI schema says), not coerced.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ReplicasByState(_Body):
@@ -181,6 +182,7 @@ class RecommendationRequest(_Body):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {

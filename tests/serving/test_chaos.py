@@ -177,6 +177,16 @@ def _latest_causes(db: Path, cluster: str = CLUSTER) -> list[str]:
     return json.loads(row[0])["causes"] if row else []
 
 
+def _says(db: Path, *causes: str, within_s: float = 3.0) -> bool:
+    """The latest decision's causes include ``causes`` (polled: the poller runs on)."""
+    deadline = time.monotonic() + within_s
+    while not set(causes) <= set(_latest_causes(db)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make_body, auth):
     exporter = Exporter()
     prometheus = Prometheus(tmp_path, exporter.port)
@@ -197,11 +207,14 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
         server = server_factory(*args)
         log: list[str] = []
 
+        reported = {"h100": True}  # whether kube-state-metrics reports h100's count
+
         def step(name: str, *, ignorant: bool, wait_s: float) -> tuple[grpc.StatusCode, bool]:
             time.sleep(wait_s)
             before = keda.replicas
             after, status, active = keda.sync()
-            exporter.set_replicas(h100=after)  # the Deployment follows the HPA
+            if reported["h100"]:
+                exporter.set_replicas(h100=after)  # the Deployment follows the HPA
             floor = before if ignorant else before - STEP_DOWN
             log.append(f"{name}: {before} -> {after} ({status.name}, active={active})")
             assert after >= floor, "\n".join(log)
@@ -209,43 +222,50 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
                 assert active, log  # never inactive (scale to zero) out of ignorance
             return status, active
 
+        def until(name: str, wanted: grpc.StatusCode, *, ignorant: bool, within_s: float) -> None:
+            """Sync every half second until KEDA's call answers ``wanted``; every sync on
+            the way is held to the floor."""
+            deadline = time.monotonic() + within_s
+            while step(name, ignorant=ignorant, wait_s=0.5)[0] != wanted:
+                assert time.monotonic() < deadline, log
+
         # before Prometheus has a rate window: no state yet, so no number (and active)
-        for _ in range(20):
-            status, _ = step("starting", ignorant=True, wait_s=1.0)
-            if status == grpc.StatusCode.OK:
-                break
+        until("starting", grpc.StatusCode.OK, ignorant=True, within_s=20.0)
         # under load, fresh metrics: KEDA follows the recommendation up
         for _ in range(3):
             status, _ = step("load", ignorant=False, wait_s=3.0)
             assert status == grpc.StatusCode.OK, log
-        grown = keda.replicas
-        assert grown > 2, log
+        assert keda.replicas > 2, log
 
-        # metrics missing field by field: the pool's ready count first, at low load
+        # the load falls: with good metrics, KEDA may follow it down one step at a time
         exporter.rate_rps = 0.2
+        for _ in range(3):
+            step("load falls", ignorant=False, wait_s=2.5)
+        # metrics missing field by field: the pool's ready count first, at that low load
+        reported["h100"] = False
         exporter.drop_replicas("h100")
-        status, _ = step("h100 ready missing", ignorant=True, wait_s=7.0)
-        assert status == grpc.StatusCode.OK
-        assert keda.replicas >= grown, log  # held: last known-good count or last answer
-        assert {"missing_input", "last_known_good"} <= set(_latest_causes(db))
-        # then the arrival rate: the poller has no data, the last good metrics go stale
+        assert _says(db, "missing_input", "last_known_good", within_s=10.0), _latest_causes(db)
+        held = keda.replicas
+        for _ in range(4):
+            status, _ = step("h100 ready missing", ignorant=True, wait_s=1.0)
+            assert status == grpc.StatusCode.OK, log  # held, so there is a number
+        assert keda.replicas >= held, log
+        # then the arrival rate: the poller has no data; the service holds, and once the last
+        # good metrics are stale KEDA gets no number (its fallback, not a guess)
         exporter.drop_rate()
-        status, _ = step("rate missing", ignorant=True, wait_s=STALENESS_S + 3.0)
-        assert status == grpc.StatusCode.UNAVAILABLE, log  # KEDA's fallback, not a guess
-        assert "stale_metrics" in _latest_causes(db)
+        assert _says(db, "missing_input", "hold", within_s=10.0), _latest_causes(db)
+        until("rate missing", grpc.StatusCode.UNAVAILABLE, ignorant=True, within_s=15.0)
+        assert _says(db, "stale_metrics", "missing_input", "hold"), _latest_causes(db)
 
         # Prometheus down, then back with complete metrics
         prometheus.stop()
         status, _ = step("prometheus down", ignorant=True, wait_s=2.0)
         assert status == grpc.StatusCode.UNAVAILABLE, log
         exporter.registry.register(exporter.success)
+        reported["h100"] = True
         exporter.set_replicas(h100=keda.replicas)
         prometheus.start()
-        for _ in range(10):
-            status, _ = step("prometheus back", ignorant=False, wait_s=1.5)
-            if status == grpc.StatusCode.OK:
-                break
-        assert status == grpc.StatusCode.OK, log
+        until("prometheus back", grpc.StatusCode.OK, ignorant=False, within_s=20.0)
 
         # a pusher for another cluster stops: its number goes stale, this cluster's does not
         push = make_body(cluster="pushed", ready_h100=3)
@@ -260,15 +280,17 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
         status, _ = step("other pusher stopped", ignorant=False, wait_s=0.0)
         assert status == grpc.StatusCode.OK, log
 
-        # a restart on the same shadow database: no number until state arrives, then one
+        # a restart on the same shadow database, Prometheus away meanwhile: no state, so no
+        # number and active; then state arrives and KEDA follows again
         server.kill()
+        prometheus.stop()
         restarted = server_factory(*args)
         assert restarted.alive()
-        status, _ = step("restarted", ignorant=True, wait_s=0.0)
-        # the first poll may already have landed; if not, KEDA got no number (fallback)
-        assert status in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE), log
-        status, _ = step("after restart", ignorant=False, wait_s=3.0)
-        assert status == grpc.StatusCode.OK, log
+        for _ in range(3):
+            status, _ = step("restarted, prometheus away", ignorant=True, wait_s=0.5)
+            assert status == grpc.StatusCode.UNAVAILABLE, log
+        prometheus.start()
+        until("after restart", grpc.StatusCode.OK, ignorant=False, within_s=20.0)
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         print("\n".join(log))
