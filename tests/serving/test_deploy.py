@@ -5,8 +5,11 @@ the token the operator creates, Prometheus, KEDA's fallback, the volume's owner,
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rlscale.envs.scenario import scenario_from_dict
@@ -106,3 +109,18 @@ def test_the_namespace_is_one_setting():
     assert re.findall(r"\$\{?(\w+)", body) == [NAMESPACE_VAR]
     assert f"envsubst '${NAMESPACE_VAR}'" in text
     assert f'kubectl apply -n "${NAMESPACE_VAR}"' in text
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="needs envsubst (gettext-base)")
+def test_the_apply_command_puts_the_namespace_in_the_scaler_address():
+    done = subprocess.run(
+        ["envsubst", f"${NAMESPACE_VAR}"],
+        input=MANIFEST.read_text(),
+        env={NAMESPACE_VAR: "team-a"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    docs = {d["kind"]: d for d in yaml.safe_load_all(done.stdout)}
+    address = docs["ScaledObject"]["spec"]["triggers"][0]["metadata"]["scalerAddress"]
+    assert address == "rlscale.team-a.svc.cluster.local:9090"
