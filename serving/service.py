@@ -16,6 +16,8 @@ It fails safe (the README's fail-safe table; each row is a test):
 - a pool whose current replicas are missing or null is taken to run its last known-good count
   for that cluster; with no such count it gets no recommendation (never 0);
 - on missing, stale or invalid input no pool is scaled down: ignorance is not idleness;
+- no answer is more than one step below the cluster's last answer for the pool, whatever
+  count is reported (a report can lag what the scaler already applied);
 - guardrails (``serving/guardrails.py``) apply to every answer.
 
 KEDA (:class:`~rlscale.serving.base.PoolRecommender`) reads the latest answer per
@@ -249,6 +251,19 @@ class DecisionService:
                             Reason(Cause.NO_SCALE_DOWN, f"(asked {wanted[pool]}, kept {n})", pool)
                         )
                         wanted[pool] = n
+            # nor more than one step below the last answer: the reported count may lag what
+            # the scaler already applied, and a step from a lagging count is more than a step
+            step = self.guardrails.max_step_down
+            for pool, last in memory.last_answer.items():
+                if pool in wanted and wanted[pool] < last - step:
+                    reasons.append(
+                        Reason(
+                            Cause.STEP_DOWN_LIMITED,
+                            f"-{step} from the last answer (asked {wanted[pool]}, last {last})",
+                            pool,
+                        )
+                    )
+                    wanted[pool] = last - step
             replicas, warm, guard_reasons = guard(
                 wanted, decision.warm_pool, current, self.guardrails
             )

@@ -230,7 +230,7 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
                 assert time.monotonic() < deadline, log
 
         # before Prometheus has a rate window: no state yet, so no number (and active)
-        until("starting", grpc.StatusCode.OK, ignorant=True, within_s=20.0)
+        until("starting", grpc.StatusCode.OK, ignorant=True, within_s=30.0)
         # under load, fresh metrics: KEDA follows the recommendation up
         for _ in range(3):
             status, _ = step("load", ignorant=False, wait_s=3.0)
@@ -265,7 +265,7 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
         reported["h100"] = True
         exporter.set_replicas(h100=keda.replicas)
         prometheus.start()
-        until("prometheus back", grpc.StatusCode.OK, ignorant=False, within_s=20.0)
+        until("prometheus back", grpc.StatusCode.OK, ignorant=False, within_s=30.0)
 
         # a pusher for another cluster stops: its number goes stale, this cluster's does not
         push = make_body(cluster="pushed", ready_h100=3)
@@ -290,7 +290,7 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
             status, _ = step("restarted, prometheus away", ignorant=True, wait_s=0.5)
             assert status == grpc.StatusCode.UNAVAILABLE, log
         prometheus.start()
-        until("after restart", grpc.StatusCode.OK, ignorant=False, within_s=20.0)
+        until("after restart", grpc.StatusCode.OK, ignorant=False, within_s=30.0)
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         print("\n".join(log))

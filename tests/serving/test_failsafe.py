@@ -139,8 +139,19 @@ def test_missing_input_never_scales_down(service, clock, keda):
     assert out.replicas["h100"] >= 8 - STEP_DOWN and out.replicas["h100"] < 8
 
 
+def test_no_answer_falls_more_than_a_step_below_the_last(service, clock, keda):
+    """Row 3: a reported count that lags (or drops) never takes the answer more than one
+    step below the last one."""
+    assert push(service, clock, rate=60.0, h100=8).replicas["h100"] == 8
+    clock.now += 15
+    out = push(service, clock, rate=0.5, h100=2)  # the report says 2, the last answer was 8
+    assert out.replicas["h100"] == 8 - STEP_DOWN
+    assert "step_down_limited" in out.causes
+    assert keda_reads(keda)[1] == 8 - STEP_DOWN
+
+
 def test_unknown_count_without_history_gives_no_recommendation(service, clock, keda):
-    """Row 3: unknown current replicas and no history: no number for that pool, not 0."""
+    """Row 4: unknown current replicas and no history: no number for that pool, not 0."""
     out = push(service, clock, cluster="fresh", h100=None)
     assert "h100" not in out.replicas
     assert "no_recommendation" in out.causes
@@ -150,14 +161,14 @@ def test_unknown_count_without_history_gives_no_recommendation(service, clock, k
 
 
 def test_keda_gets_no_number_before_any_state(service, keda):
-    """Row 4: a fresh start (policy loaded, ready) has no state: GetMetrics fails so KEDA's
+    """Row 5: a fresh start (policy loaded, ready) has no state: GetMetrics fails so KEDA's
     fallback applies; IsActive is true."""
     assert service.is_ready()
     assert keda_reads(keda, cluster="a") == (grpc.StatusCode.UNAVAILABLE, None, True)
 
 
 def test_keda_gets_no_number_from_stale_state(service, clock, keda):
-    """Row 5: state older than the staleness bound (two control intervals by default) is
+    """Row 6: state older than the staleness bound (two control intervals by default) is
     not acted on; fresh state again is."""
     assert service.max_staleness_s == 2 * SCENARIO.control_interval_s
     push(service, clock, h100=6)
@@ -172,7 +183,7 @@ def test_keda_gets_no_number_from_stale_state(service, clock, keda):
 
 
 def test_one_cluster_never_steers_another(service, clock, keda):
-    """Row 6: recommendations are per (cluster, pool)."""
+    """Row 7: recommendations are per (cluster, pool)."""
     push(service, clock, cluster="a", h100=10, rate=60.0)
     before = keda_reads(keda, cluster="a")
     out_b = push(service, clock, cluster="b", h100=0, rate=0.0)
@@ -182,7 +193,7 @@ def test_one_cluster_never_steers_another(service, clock, keda):
 
 
 def test_shadow_only_pushes_never_steer_keda(service, clock, keda):
-    """Row 7: a push marked shadow_only is answered and recorded, never read by KEDA."""
+    """Row 8: a push marked shadow_only is answered and recorded, never read by KEDA."""
     assert push(service, clock, cluster="a", h100=6, shadow_only=True).replicas["h100"] > 0
     assert keda_reads(keda, cluster="a")[0] == grpc.StatusCode.UNAVAILABLE
     push(service, clock, cluster="a", h100=6)
@@ -192,7 +203,7 @@ def test_shadow_only_pushes_never_steer_keda(service, clock, keda):
 
 
 def test_no_policy_keeps_keda_active(clock, keda_for):
-    """Row 8: no policy loaded: the fallback answers, and IsActive stays true even for a
+    """Row 9: no policy loaded: the fallback answers, and IsActive stays true even for a
     pool it runs at 0."""
     hpa = load_policy("hpa", SCENARIO)
     service = DecisionService(SCENARIO, None, hpa, clock=clock)
