@@ -3,11 +3,15 @@
 Routes:
 
 - ``POST /v1/recommendations``: metrics in, guarded replicas per pool out (bearer token).
-- ``GET /v1/recommendations/{pool}``: the latest recommendation for one pool (bearer token).
+- ``GET /v1/recommendations/{pool}?cluster_id=...``: what KEDA reads for one pool of one
+  cluster (bearer token).
 - ``GET /v1/policy``: the serving policy and the hot-reload watcher's state (bearer token).
 - ``GET /healthz``: the process answers. ``GET /readyz``: a policy is loaded (503 before).
-- ``GET /metrics``: Prometheus text, from the app's own registry (no global state, so several
-  apps can live in one process, as tests do).
+- ``GET /metrics``: Prometheus text, from the service's recorder (no global state, so several
+  services can live in one process, as tests do).
+
+``/v1/*`` needs a bearer token unless the app is built with ``insecure_no_auth``; bodies over
+``MAX_BODY_BYTES`` get 413 before they are read.
 
 No torch here or in anything imported: the service runs baselines and ONNX exports.
 """
@@ -15,122 +19,122 @@ No torch here or in anything imported: the service runs baselines and ONNX expor
 from __future__ import annotations
 
 import hmac
-import logging
-import sqlite3
+import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    Info,
-    generate_latest,
-)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlscale.serving.reload import PolicyReloader, ReloadEvent
+from rlscale.serving.base import TOKEN_ENV_VAR, NoRecommendationError
+from rlscale.serving.limits import MAX_BODY_BYTES
+from rlscale.serving.recorder import METRICS_CONTENT_TYPE
+from rlscale.serving.reload import PolicyReloader
 from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
-from rlscale.serving.service import GUARDRAIL_CAUSES, DecisionService, LoadedPolicy
-from rlscale.serving.shadow import ShadowLog
+from rlscale.serving.service import DecisionService, TooManyClustersError
 
-log = logging.getLogger("rlscale.serving")
-
-TOKEN_ENV_VAR = "RLSCALE_API_TOKEN"
-FALLBACK_CAUSES = ("stale_metrics", "invalid_input", "missing_input", "no_policy", "policy_failed")
-"""Why the policy did not decide (``rlscale_fallback_causes_total{cause=...}``)."""
 _BEARER = HTTPBearer(auto_error=False)
+_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+        }
+    }
+}
+_V1_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not JSON", **_ERROR},
+    401: {"description": "missing or wrong bearer token", **_ERROR},
+    413: {"description": f"the body is over {MAX_BODY_BYTES} bytes", **_ERROR},
+}
 
 
-class ServiceMetrics:
-    """The Prometheus series of one app, in their own registry."""
+class NoTokenError(ValueError):
+    """The service would start without authentication, and nobody said so."""
 
-    def __init__(self, policy: LoadedPolicy | None, fallback_version: str) -> None:
-        self.registry = CollectorRegistry()
-        self.decisions = Counter(
-            "rlscale_decisions",
-            "Decisions by pool and by what decided (policy or fallback).",
-            ["pool", "source"],
-            registry=self.registry,
-        )
-        self.fallbacks = Counter(
-            "rlscale_fallback_causes",
-            "Why the policy did not decide: stale, invalid or missing input, no policy loaded, "
-            "or a policy failure.",
-            ["cause"],
-            registry=self.registry,
-        )
-        self.guardrail_changes = Counter(
-            "rlscale_guardrail_changes",
-            "Decisions a guardrail changed.",
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "rlscale_decision_latency_seconds",
-            "Time to decide and record one recommendation.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-            registry=self.registry,
-        )
-        self.shadow_errors = Counter(
-            "rlscale_shadow_write_errors",
-            "Decisions answered but not recorded in the shadow database.",
-            registry=self.registry,
-        )
-        self.reloads = Counter(
-            "rlscale_policy_reloads",
-            "Policy reload attempts by result: loaded, or refused (the old policy kept serving).",
-            ["result"],
-            registry=self.registry,
-        )
-        self.model = Info("rlscale_policy", "The deployed policy.", registry=self.registry)
-        self.fallback_version = fallback_version
-        self.set_policy(policy)
 
-    def set_policy(self, policy: LoadedPolicy | None) -> None:
-        """Show ``policy`` (None: none loaded) in ``rlscale_policy_info``."""
-        self.model.info(
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, before reading them when the
+    ``Content-Length`` says so, and as soon as the count passes it for chunked ones.
+
+    Pure ASGI, outside everything else: an oversized body costs the event loop nothing but the
+    header check, so ``/healthz`` keeps answering.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.max_bytes
+                except ValueError:
+                    too_large = False  # the server's HTTP parser refuses it
+                if too_large:
+                    await self._refuse(send)
+                    return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"request body over {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": self._detail()}).encode()
+        await send(
             {
-                "name": policy.policy.name if policy is not None else "none",
-                "version": policy.version if policy is not None else "none",
-                "fallback": self.fallback_version,
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),  # the unread body is not this server's problem
+                ],
             }
         )
-
-    def reloaded(self, event: ReloadEvent) -> None:
-        """Count one reload attempt."""
-        self.reloads.labels(result=event.result).inc()
-
-    def observe(self, response: RecommendationResponse) -> None:
-        """Count one decision."""
-        for pool in response.replicas:
-            self.decisions.labels(pool=pool, source=response.source).inc()
-        if response.source == "fallback":
-            for cause in response.causes:
-                if cause in FALLBACK_CAUSES:
-                    self.fallbacks.labels(cause=cause).inc()
-        if GUARDRAIL_CAUSES.intersection(response.causes):
-            self.guardrail_changes.inc()
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
     service: DecisionService,
     *,
     token: str | None = None,
-    shadow: ShadowLog | None = None,
+    insecure_no_auth: bool = False,
     reloader: PolicyReloader | None = None,
 ) -> FastAPI:
     """The FastAPI app over ``service``.
 
-    :param token: bearer token required on ``/v1/*``; None disables authentication.
-    :param shadow: where every decision is recorded before its response; None = not recorded.
+    :param token: bearer token required on ``/v1/*``; an empty one counts as none.
+    :param insecure_no_auth: serve ``/v1/*`` without a token; required to say so when there
+        is none (the service never runs open by accident).
     :param reloader: the hot-reload watcher, shown by ``GET /v1/policy`` and counted in
         ``/metrics`` (the caller starts and stops it).
+    :raises NoTokenError: no token, and ``insecure_no_auth`` not given.
     """
+    token = token or None
+    if token is None and not insecure_no_auth:
+        raise NoTokenError(
+            f"no API token: set {TOKEN_ENV_VAR} (a non-empty secret), or pass "
+            "--insecure-no-auth to let anyone reach /v1/*"
+        )
     app = FastAPI(
         title="rlscale decision service",
         version="1",
@@ -139,13 +143,12 @@ def create_app(
             "rule-based policy, with guardrails and a rule-based fallback."
         ),
     )
-    metrics = ServiceMetrics(service.policy, service.fallback.version)
-    service.listeners.append(metrics.set_policy)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    recorder = service.recorder
+    metrics = recorder.metrics
     if reloader is not None:
         reloader.listeners.append(metrics.reloaded)
     app.state.service = service
-    app.state.metrics = metrics
-    app.state.shadow = shadow
     # Shadow writes wait for the disk one at a time (they share one connection): their own
     # thread, so a slow disk never holds the worker threads other work might need.
     shadow_writer = anyio.CapacityLimiter(1)
@@ -166,22 +169,28 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # the default handler echoes the input, which may hold NaN (not JSON): answer a 500
+        errors = exc.errors()
         detail = [
             {
                 "loc": [str(x) for x in e.get("loc", ())],
                 "msg": str(e.get("msg", "")),
                 "type": e.get("type", ""),
             }
-            for e in exc.errors()
+            for e in errors
         ]
-        return JSONResponse(status_code=422, content={"detail": detail})
+        not_json = any(e.get("type") == "json_invalid" for e in errors)
+        return JSONResponse(status_code=400 if not_json else 422, content={"detail": detail})
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "no policy loaded (the fallback answers)"}},
+    )
     async def readyz() -> JSONResponse:
         """Ready once a policy is loaded."""
         if service.is_ready():
@@ -191,47 +200,63 @@ def create_app(
             detail["reason"] = f"no policy loaded: {reloader.last_error}"
         return JSONResponse(detail, status_code=503)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {METRICS_CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post(
         "/v1/recommendations",
         response_model=RecommendationResponse,
         dependencies=[Depends(authorize)],
         tags=["decisions"],
-        responses={401: {"description": "missing or wrong bearer token"}},
+        responses={
+            **_V1_ERRORS,
+            429: {"description": "a new cluster while the cluster table is full", **_ERROR},
+        },
     )
     async def recommend(body: RecommendationRequest) -> Response:
         """Recommended replicas and warm pool per pool for the cluster's current metrics.
 
-        Always answers 200 for a body that parses: stale, missing or out-of-range metrics and
-        policy failures make the rule-based fallback (or a hold) decide, and ``reasons`` says
-        why. With a shadow database the decision is durably recorded before this returns.
+        Always answers 200 for a body that parses (unless it names a new cluster while the
+        cluster table is full: 429): stale, missing or out-of-range metrics and policy
+        failures make the rule-based fallback (or a hold) decide, and ``reasons`` says why.
+        With a shadow database the decision is durably recorded before this returns.
         """
         # The decision runs on the event loop: it takes tens of microseconds, less than the
         # hop to a worker thread would. The shadow write waits for the disk, so it does not.
         start = time.perf_counter()
-        response = service.decide(body)
         try:
-            if shadow is not None:
-                try:
-                    await anyio.to_thread.run_sync(
-                        shadow.record, body, response, limiter=shadow_writer
-                    )
-                    response.shadow_recorded = True
-                except sqlite3.Error as err:
-                    metrics.shadow_errors.inc()
-                    log.error("shadow write failed for %s: %s", response.decision_id, err)
+            response = service.decide(body)
+        except TooManyClustersError as err:
+            raise HTTPException(status_code=429, detail=str(err)) from None
+        try:
+            if recorder.shadow is not None:
+                await anyio.to_thread.run_sync(
+                    recorder.write_shadow, body, response, limiter=shadow_writer
+                )
         finally:  # counted even when the request is cancelled (shutdown) while it writes
-            metrics.observe(response)
-            metrics.latency.observe(time.perf_counter() - start)
+            recorder.observe(response, time.perf_counter() - start)
         # serialized once, here: the model is already valid (FastAPI's response_model pass
         # would validate and encode it again; the schema in /docs still comes from it)
         return Response(response.model_dump_json(), media_type="application/json")
 
-    @app.get("/v1/policy", dependencies=[Depends(authorize)], tags=["policy"])
+    @app.get(
+        "/v1/policy",
+        dependencies=[Depends(authorize)],
+        tags=["policy"],
+        responses={401: _V1_ERRORS[401]},
+    )
     async def policy_status() -> dict[str, object]:
         """The serving policy, the fallback, and the hot-reload watcher's last attempt."""
         current = service.policy
@@ -255,15 +280,29 @@ def create_app(
         "/v1/recommendations/{pool}",
         dependencies=[Depends(authorize)],
         tags=["decisions"],
-        responses={404: {"description": "unknown pool"}},
+        responses={
+            401: _V1_ERRORS[401],
+            404: {"description": "unknown pool", **_ERROR},
+            503: {
+                "description": "no fresh recommendation for this cluster and pool (what KEDA "
+                "is told too: its fallback applies)",
+                **_ERROR,
+            },
+        },
     )
-    async def latest(pool: str) -> dict[str, object]:
-        """The latest recommendation for one pool (what the KEDA scaler serves)."""
+    async def latest(
+        pool: str,
+        cluster_id: Annotated[str, Query(max_length=128)] = "default",
+    ) -> dict[str, object]:
+        """The latest recommendation for one pool of one cluster: what KEDA reads."""
         try:
-            rec = service.recommend(pool)
+            rec = service.recommend(cluster_id, pool)
         except KeyError as err:
             raise HTTPException(status_code=404, detail=str(err)) from None
+        except NoRecommendationError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from None
         return {
+            "cluster_id": rec.cluster,
             "pool": rec.pool,
             "replicas": rec.replicas,
             "source": rec.source,

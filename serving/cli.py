@@ -16,6 +16,14 @@ import os
 import sys
 from pathlib import Path
 
+from rlscale.serving.base import TOKEN_ENV_VAR
+from rlscale.serving.limits import (
+    MAX_CLUSTERS,
+    SHADOW_MAX_AGE_S,
+    SHADOW_MAX_BYTES,
+    STALENESS_INTERVALS,
+)
+
 DEFAULT_SERVE_SCENARIO = "azure-conv"
 
 
@@ -67,13 +75,46 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shadow-db", type=Path, default=None, help="record every decision in this SQLite file"
     )
+    p.add_argument(
+        "--shadow-max-age-days",
+        type=float,
+        default=SHADOW_MAX_AGE_S / 86400,
+        help=f"prune shadow rows older than this (default {SHADOW_MAX_AGE_S / 86400:g})",
+    )
+    p.add_argument(
+        "--shadow-max-mb",
+        type=float,
+        default=SHADOW_MAX_BYTES / 2**20,
+        help=(
+            "prune the oldest shadow rows while they take more than this many MiB "
+            f"(default {SHADOW_MAX_BYTES / 2**20:g})"
+        ),
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help=(
+            f"serve /v1/* to anyone; without it, the service refuses to start unless "
+            f"{TOKEN_ENV_VAR} holds a non-empty token"
+        ),
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--max-staleness-s",
         type=float,
-        default=120.0,
-        help="metrics older than this go to the fallback (default 120)",
+        default=None,
+        help=(
+            "metrics older than this go to the fallback, and KEDA gets no number from them "
+            f"(its fallback applies); default {STALENESS_INTERVALS} of the scenario's control "
+            "intervals"
+        ),
+    )
+    p.add_argument(
+        "--max-clusters",
+        type=int,
+        default=MAX_CLUSTERS,
+        help=f"clusters tracked at once; a new one is refused (429) (default {MAX_CLUSTERS})",
     )
     p.add_argument("--max-step-up", type=int, default=4, help="replicas added per decision")
     p.add_argument("--max-step-down", type=int, default=2, help="replicas removed per decision")
@@ -111,6 +152,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--prometheus-interval-s", type=float, default=15.0)
     p.add_argument(
+        "--cluster-id",
+        default="default",
+        help=(
+            "the cluster_id the Prometheus poller's decisions are filed under (a ScaledObject's "
+            "'cluster' metadata names it; default 'default')"
+        ),
+    )
+    p.add_argument(
         "--prometheus-query",
         action="append",
         default=[],
@@ -134,8 +183,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="serve scaling recommendations over HTTP",
         description=(
             "Start the decision service: POST /v1/recommendations, /healthz, /readyz, /metrics. "
-            "Requests to /v1/* need 'Authorization: Bearer $RLSCALE_API_TOKEN' when that "
-            "variable is set. --scenario describes the live cluster's pools."
+            "Requests to /v1/* need 'Authorization: Bearer $RLSCALE_API_TOKEN'; without that "
+            "variable the service does not start, unless --insecure-no-auth. --scenario "
+            "describes the live cluster's pools."
         ),
     )
     _add_serve_arguments(p)
@@ -147,12 +197,20 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rlscale.envs.scenario import ScenarioError, load_scenario
-    from rlscale.serving.app import TOKEN_ENV_VAR, create_app
+    from rlscale.serving.app import NoTokenError, create_app
     from rlscale.serving.reload import start_policy
     from rlscale.serving.service import DecisionService, default_guardrails, load_policy
     from rlscale.serving.shadow import ShadowLog, ShadowLogError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    token = os.environ.get(TOKEN_ENV_VAR) or None  # an empty token is none
+    if token is None and not args.insecure_no_auth:
+        print(
+            f"rlscale serve: {TOKEN_ENV_VAR} is not set (or empty): set it to a secret token, "
+            "or pass --insecure-no-auth to serve /v1/* to anyone",
+            file=sys.stderr,
+        )
+        return 2
     try:
         scenario = load_scenario(args.scenario)
         rails = default_guardrails(
@@ -164,6 +222,15 @@ def run_serve(args: argparse.Namespace) -> int:
             max_total_replicas=args.max_total_replicas,
         )
         fallback = load_policy(args.fallback, scenario)
+        shadow = (
+            ShadowLog(
+                args.shadow_db,
+                max_age_s=args.shadow_max_age_days * 86400,
+                max_bytes=int(args.shadow_max_mb * 2**20),
+            )
+            if args.shadow_db is not None
+            else None
+        )
         service, reloader, startup_error = start_policy(
             lambda policy: DecisionService(
                 scenario,
@@ -171,13 +238,23 @@ def run_serve(args: argparse.Namespace) -> int:
                 fallback,
                 guardrails=rails,
                 max_staleness_s=args.max_staleness_s,
+                max_clusters=args.max_clusters,
+                shadow=shadow,
             ),
             args.policy,
             scenario,
             interval_s=args.reload_interval_s,
         )
-        shadow = ShadowLog(args.shadow_db) if args.shadow_db is not None else None
-    except (ScenarioError, ShadowLogError, ValueError, argparse.ArgumentTypeError) as err:
+        app = create_app(
+            service, token=token, insecure_no_auth=args.insecure_no_auth, reloader=reloader
+        )
+    except (
+        ScenarioError,
+        ShadowLogError,
+        NoTokenError,
+        ValueError,
+        argparse.ArgumentTypeError,
+    ) as err:
         print(f"rlscale serve: {err}", file=sys.stderr)
         return 2
     log = logging.getLogger("rlscale.serving")
@@ -191,10 +268,8 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     else:
         log.info("serving policy %s", service.policy_version)
-    token = os.environ.get(TOKEN_ENV_VAR) or None
     if token is None:
-        log.warning("%s is not set: /v1/* accepts requests without a token", TOKEN_ENV_VAR)
-    app = create_app(service, token=token, shadow=shadow, reloader=reloader)
+        log.warning("--insecure-no-auth: /v1/* accepts requests from anyone, without a token")
     # Everything loaded so far (numba, scipy, pydantic, the policy: ~130k objects) lives as
     # long as the process; a full collection walking it stalls every request for ~65 ms on a
     # small machine. Frozen, collections only look at what requests allocate. Before any
@@ -235,12 +310,15 @@ def run_serve(args: argparse.Namespace) -> int:
         source = PrometheusSource(
             args.prometheus_url.rstrip("/"),
             service.pools(),
-            service.decide,
+            service.decide_and_record,
             queries=queries,
             deployment_of=deployments,
             interval_s=args.prometheus_interval_s,
+            cluster_id=args.cluster_id,
         )
         source.start()
+    if shadow is not None:
+        shadow.start_pruning()
     reloader.start()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
@@ -249,7 +327,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if source is not None:
             source.stop()
         if grpc_server is not None:
-            grpc_server.stop(grace=2.0)
+            grpc_server.stop(grace=2.0).wait(5.0)
+        if shadow is not None:
+            shadow.close()
     return 0
 
 

@@ -1,7 +1,8 @@
 """Guardrails applied to every answer: replica bounds, step limits, quotas, warm-pool size.
 
 Pure functions of the wanted targets, the current replicas and the limits; each returns the
-guarded numbers and one reason string per change, so the caller can see what a guardrail did.
+guarded numbers and one :class:`~rlscale.serving.causes.Reason` per change, so the caller can
+see what a guardrail did.
 Order matters and is fixed: step limits first (how far one decision may move a pool), then
 bounds (min/max per pool, which win over the step limit so a pool outside its bounds is brought
 back), then the cluster quota on the sum, then warm pools within what the quota leaves.
@@ -10,6 +11,8 @@ back), then the cluster quota on the sum, then warm pools within what the quota 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from rlscale.serving.causes import Cause, Reason
 
 
 @dataclass(frozen=True)
@@ -52,43 +55,41 @@ class Guardrails:
 
 def limit_steps(
     wanted: dict[str, int], current: dict[str, int], max_up: int, max_down: int
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[Reason]]:
     """Each pool moves at most ``max_up`` up or ``max_down`` down from ``current``."""
     out: dict[str, int] = {}
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     for pool, want in wanted.items():
         now = current.get(pool, 0)
         got = min(max(want, now - max_down), now + max_up)
         if got != want:
-            sign = "+" if want > now else "-"
-            step = max_up if want > now else max_down
-            reasons.append(
-                f"{pool}: step {'up' if want > now else 'down'} limited to {sign}{step} "
-                f"(asked {want}, current {now})"
-            )
+            up = want > now
+            cause = Cause.STEP_UP_LIMITED if up else Cause.STEP_DOWN_LIMITED
+            step = f"+{max_up}" if up else f"-{max_down}"
+            reasons.append(Reason(cause, f"{step} (asked {want}, current {now})", pool))
         out[pool] = got
     return out, reasons
 
 
 def apply_bounds(
     wanted: dict[str, int], limits: dict[str, PoolLimits]
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[Reason]]:
     """Each pool within ``[min_replicas, max_replicas]``; pools without limits are dropped."""
     out: dict[str, int] = {}
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     for pool, lim in limits.items():
         want = wanted.get(pool, lim.min_replicas)
         got = min(max(want, lim.min_replicas), lim.max_replicas)
         if got != want:
-            bound = "min_replicas" if got > want else "max_replicas"
-            reasons.append(f"{pool}: {bound} {got} (asked {want})")
+            bound = Cause.MIN_REPLICAS if got > want else Cause.MAX_REPLICAS
+            reasons.append(Reason(bound, f"{got} (asked {want})", pool))
         out[pool] = got
     return out, reasons
 
 
 def apply_total_quota(
     wanted: dict[str, int], limits: dict[str, PoolLimits], max_total: int | None
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[Reason]]:
     """The sum within ``max_total``: trim the largest pools first, never below their minimum."""
     if max_total is None:
         return dict(wanted), []
@@ -106,21 +107,22 @@ def apply_total_quota(
         biggest = max(spare, key=lambda p: (out[p], p))
         out[biggest] -= 1
         excess -= 1
-    return out, [f"cluster quota: {max_total} replicas in all (asked {asked})"]
+    return out, [Reason(Cause.CLUSTER_QUOTA, f"{max_total} replicas in all (asked {asked})")]
 
 
 def limit_warm_pool(
     wanted: dict[str, int], replicas: dict[str, int], limits: dict[str, PoolLimits]
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[Reason]]:
     """Warm pool in ``[0, warm_pool_max]`` and within the quota left by the targets."""
     out: dict[str, int] = {}
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     for pool, lim in limits.items():
         want = wanted.get(pool, 0)
         room = max(min(lim.warm_pool_max, lim.max_replicas - replicas.get(pool, 0)), 0)
         got = min(max(want, 0), room)
         if got != want:
-            reasons.append(f"{pool}: warm pool {got} (asked {want}, room {room})")
+            detail = f"{got} (asked {want}, room {room})"
+            reasons.append(Reason(Cause.WARM_POOL_LIMITED, detail, pool))
         out[pool] = got
     return out, reasons
 
@@ -130,7 +132,7 @@ def guard(
     warm: dict[str, int],
     current: dict[str, int],
     rails: Guardrails,
-) -> tuple[dict[str, int], dict[str, int], list[str]]:
+) -> tuple[dict[str, int], dict[str, int], list[Reason]]:
     """All guardrails in order; returns (replicas, warm pool, reasons)."""
     stepped, r1 = limit_steps(wanted, current, rails.max_step_up, rails.max_step_down)
     bounded, r2 = apply_bounds(stepped, rails.pools)

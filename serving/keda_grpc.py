@@ -5,11 +5,15 @@ KEDA calls this server through ``externalscaler.proto`` (``IsActive``, ``StreamI
 which KEDA forwards whole as ``ScaledObjectRef.scalerMetadata`` (so ``scalerAddress`` and the
 like are there too and are ignored):
 
+``cluster`` (required)
+    The cluster whose state this ScaledObject follows: the ``cluster_id`` its metrics are
+    pushed under (or the Prometheus poller's ``--cluster-id``). Recommendations are kept per
+    (cluster, pool), so one cluster's pushes never steer another's pools.
 ``pool`` (required)
     The pool this ScaledObject scales; one of :meth:`PoolRecommender.pools`.
 ``targetValue`` (optional, default ``1``)
     The per-replica ``AverageValue`` target. Kubernetes quantities carry milli precision, so it
-    must be a positive multiple of 0.001.
+    must be a multiple of 0.001, at most ``MAX_KEDA_TARGET_VALUE``.
 
 How the number becomes replicas
 -------------------------------
@@ -37,14 +41,21 @@ and 2 replicas' ``4.02`` as 4019m, and ``ceil(4019 / 2009) = 3``.
 Both values are therefore sent as the nearest float at or above the exact milli value
 (:func:`milli_exact_float`), a difference of a few ulps.
 
+Nothing is ever reported out of ignorance. While the cluster's state never arrived, is older
+than the service's staleness bound, or never gave the pool's current count, ``GetMetrics``
+fails with ``UNAVAILABLE`` and says which: after ``failureThreshold`` failures KEDA applies
+the ScaledObject's ``fallback`` replicas (``behavior: currentReplicasIfHigher`` keeps at least
+the current count), and until then the HPA keeps its current count.
+
 Replicas 0 is reported through ``IsActive``: the HPA never scales to zero, KEDA does, when the
-scaler is inactive and ``minReplicaCount`` is 0. ``IsActive`` is ``replicas > 0`` while the
-recommender is ready, and true while it is not (no policy loaded yet, or none that verified):
-a service that does not know must not let KEDA scale a pool to zero. The cost of that choice is
-at most ``minReplicaCount``-to-1 replica kept while the service is not ready.
+scaler is inactive and ``minReplicaCount`` is 0. ``IsActive`` is ``replicas > 0`` only while
+the recommender is ready and has a fresh recommendation; otherwise it is true: a service that
+does not know must not let KEDA scale a pool to zero.
 
 Errors: missing or malformed metadata is ``INVALID_ARGUMENT`` naming the key, an unknown pool
-``NOT_FOUND`` listing the known ones, any failure of the recommender ``INTERNAL``.
+``NOT_FOUND`` listing the known ones (from every RPC, ``GetMetricSpec`` included), no fresh
+recommendation ``UNAVAILABLE``, too many open streams ``RESOURCE_EXHAUSTED``, any failure of
+the recommender ``INTERNAL``.
 
 Generated code
 --------------
@@ -59,12 +70,12 @@ package so the generated import reads ``from rlscale.serving import externalscal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent import futures
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -73,10 +84,12 @@ import grpc
 
 from rlscale.serving import externalscaler_pb2 as pb
 from rlscale.serving import externalscaler_pb2_grpc as pb_grpc
-from rlscale.serving.base import PoolRecommendation, PoolRecommender
+from rlscale.serving.base import NoRecommendationError, PoolRecommendation, PoolRecommender
+from rlscale.serving.limits import MAX_GRPC_STREAMS, MAX_KEDA_TARGET_VALUE
 
 logger = logging.getLogger(__name__)
 
+METADATA_CLUSTER = "cluster"
 METADATA_POOL = "pool"
 METADATA_TARGET_VALUE = "targetValue"
 DEFAULT_TARGET_VALUE = 1.0
@@ -84,6 +97,9 @@ HPA_TOLERANCE = 0.1
 """The HPA's default ``--horizontal-pod-autoscaler-tolerance``."""
 METRIC_PREFIX = "rlscale-"
 MAX_STREAM_INTERVAL_S = 60.0
+NO_RECOMMENDATION_STATUS = grpc.StatusCode.UNAVAILABLE
+"""GetMetrics' status while there is no fresh recommendation: the condition is transient (it
+ends when fresh state arrives), and any error counts as a failure for KEDA's fallback."""
 
 # The HPA (and KEDA's logs) name an external trigger's metric "s<trigger index>-<name>".
 _KEDA_INDEX_PREFIX = re.compile(r"^s\d+-")
@@ -144,6 +160,8 @@ def hpa_desired_replicas(
 class ScalerConfig:
     """One ScaledObject's configuration, parsed from its trigger metadata."""
 
+    cluster: str
+    """The cluster whose pushed (or polled) state the recommendation comes from."""
     pool: str
     target_milli: int
     """``targetValue`` in milli-units (Kubernetes quantities carry no finer precision)."""
@@ -163,7 +181,14 @@ class MetadataError(ValueError):
 
 
 def parse_metadata(metadata: Mapping[str, str]) -> ScalerConfig:
-    """Read ``pool`` and ``targetValue`` from a trigger's metadata (other keys are ignored)."""
+    """Read ``cluster``, ``pool`` and ``targetValue`` from a trigger's metadata (other keys
+    are ignored)."""
+    cluster = (metadata.get(METADATA_CLUSTER) or "").strip()
+    if not cluster:
+        raise MetadataError(
+            f"ScaledObject metadata needs {METADATA_CLUSTER!r} (the cluster_id its state is "
+            "pushed under, or --cluster-id of the Prometheus poller)"
+        )
     pool = (metadata.get(METADATA_POOL) or "").strip()
     if not pool:
         raise MetadataError(
@@ -179,146 +204,218 @@ def parse_metadata(metadata: Mapping[str, str]) -> ScalerConfig:
             raise MetadataError(
                 f"metadata {METADATA_TARGET_VALUE!r}={raw_target!r} is not a number"
             ) from None
-    target_milli = round(target * 1000) if math.isfinite(target) else 0
+    ok = math.isfinite(target) and 0 < target <= MAX_KEDA_TARGET_VALUE
+    target_milli = round(target * 1000) if ok else 0
     if target_milli < 1 or abs(target * 1000 - target_milli) > 1e-6 * max(1.0, target_milli):
         raise MetadataError(
-            f"metadata {METADATA_TARGET_VALUE!r}={raw_target!r} must be a positive multiple "
-            "of 0.001 (Kubernetes quantities carry milli precision)"
+            f"metadata {METADATA_TARGET_VALUE!r}={raw_target!r} must be a multiple of 0.001 "
+            f"in (0, {MAX_KEDA_TARGET_VALUE:g}] (Kubernetes quantities carry milli precision)"
         )
-    return ScalerConfig(pool=pool, target_milli=target_milli)
+    return ScalerConfig(cluster=cluster, pool=pool, target_milli=target_milli)
 
 
 class ExternalScalerServicer(pb_grpc.ExternalScalerServicer):
-    """KEDA's ``ExternalScaler`` service in front of a :class:`PoolRecommender`.
+    """KEDA's ``ExternalScaler`` service in front of a :class:`PoolRecommender` (grpc.aio).
+
+    Every RPC is a coroutine on the server's event loop; the recommender's calls are short and
+    never block. Streams sleep on the loop, so any number of them leaves ``GetMetrics`` its
+    answer; they are still bounded (``max_streams``), as everything a client can open is.
 
     :param recommender: the decision service's core.
     :param stream_interval_s: how often ``StreamIsActive`` re-checks activity; a change is
         pushed at most this long after it happens (0 < interval <= 60 s).
+    :param max_streams: open ``StreamIsActive`` streams; one more is RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, recommender: PoolRecommender, *, stream_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        recommender: PoolRecommender,
+        *,
+        stream_interval_s: float = 1.0,
+        max_streams: int = MAX_GRPC_STREAMS,
+    ) -> None:
         if not 0 < stream_interval_s <= MAX_STREAM_INTERVAL_S:
             raise ValueError(
                 f"stream_interval_s={stream_interval_s} must be in (0, {MAX_STREAM_INTERVAL_S}]"
             )
+        if max_streams < 1:
+            raise ValueError(f"max_streams={max_streams} must be >= 1")
         self._recommender = recommender
         self._stream_interval_s = stream_interval_s
+        self._max_streams = max_streams
+        self.open_streams = 0
+        """Streams open now (changed only on the server's event loop)."""
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _config(self, ref: pb.ScaledObjectRef, context: grpc.ServicerContext) -> ScalerConfig:
+    async def _config(
+        self, ref: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
+    ) -> ScalerConfig:
+        """The trigger's configuration; INVALID_ARGUMENT if malformed, NOT_FOUND for a pool
+        the service does not know."""
         try:
-            return parse_metadata(ref.scalerMetadata)
+            config = parse_metadata(ref.scalerMetadata)
         except MetadataError as err:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{_ref_name(ref)}: {err}")
-
-    def _recommend(
-        self, config: ScalerConfig, ref: pb.ScaledObjectRef, context: grpc.ServicerContext
-    ) -> PoolRecommendation:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{_ref_name(ref)}: {err}")
         try:
-            return self._recommender.recommend(config.pool)
-        except KeyError:
-            self._check_pool_known(config, ref, context)
-            # pools() lists it, yet recommend() has no entry: the core is inconsistent.
-            _abort(
-                context,
-                grpc.StatusCode.INTERNAL,
-                f"{_ref_name(ref)}: recommender has no recommendation for {config.pool!r}",
-            )
+            known = sorted(self._recommender.pools())
         except Exception as err:
-            logger.exception("recommender failed for pool %r", config.pool)
-            _abort(
+            logger.exception("recommender pools failed")
+            await _abort(context, grpc.StatusCode.INTERNAL, f"recommender pools failed: {err}")
+        if config.pool not in known:
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"{_ref_name(ref)}: unknown pool {config.pool!r}; known pools: {known}",
+            )
+        return config
+
+    async def _recommend(
+        self, config: ScalerConfig, ref: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
+    ) -> PoolRecommendation:
+        """The recommendation; :class:`NoRecommendationError` passes through to the caller."""
+        try:
+            return self._recommender.recommend(config.cluster, config.pool)
+        except NoRecommendationError:
+            raise
+        except Exception as err:
+            logger.exception("recommender failed for %s/%s", config.cluster, config.pool)
+            await _abort(
                 context,
                 grpc.StatusCode.INTERNAL,
-                f"{_ref_name(ref)}: recommender failed for pool {config.pool!r}: "
-                f"{type(err).__name__}: {err}",
+                f"{_ref_name(ref)}: recommender failed for pool {config.pool!r} of cluster "
+                f"{config.cluster!r}: {type(err).__name__}: {err}",
             )
 
-    def _is_active(
-        self, config: ScalerConfig, ref: pb.ScaledObjectRef, context: grpc.ServicerContext
+    async def _is_active(
+        self, config: ScalerConfig, ref: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> bool:
         try:
             ready = self._recommender.is_ready()
         except Exception as err:
             logger.exception("recommender is_ready failed")
-            _abort(context, grpc.StatusCode.INTERNAL, f"recommender is_ready failed: {err}")
+            await _abort(context, grpc.StatusCode.INTERNAL, f"recommender is_ready failed: {err}")
         if not ready:
-            # Unknown is not idle: stay active (see the module docstring). An unknown pool is
-            # still NOT_FOUND.
-            self._check_pool_known(config, ref, context)
-            return True
-        return self._recommend(config, ref, context).replicas > 0
-
-    def _check_pool_known(
-        self, config: ScalerConfig, ref: pb.ScaledObjectRef, context: grpc.ServicerContext
-    ) -> None:
+            return True  # unknown is not idle (see the module docstring)
         try:
-            known = sorted(self._recommender.pools())
-        except Exception as err:
-            logger.exception("recommender pools failed")
-            _abort(context, grpc.StatusCode.INTERNAL, f"recommender pools failed: {err}")
-        if config.pool not in known:
-            _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"{_ref_name(ref)}: unknown pool {config.pool!r}; known pools: {known}",
-            )
+            recommendation = await self._recommend(config, ref, context)
+        except NoRecommendationError:
+            return True  # no fresh state is not idle either
+        return recommendation.replicas > 0
 
     # -- RPCs ------------------------------------------------------------------------------
 
-    def IsActive(  # noqa: N802 (the proto's name)
-        self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
+    async def IsActive(  # noqa: N802 (the proto's name)
+        self, request: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> pb.IsActiveResponse:
-        """Active when the recommender is ready and recommends at least one replica."""
-        config = self._config(request, context)
-        return pb.IsActiveResponse(result=self._is_active(config, request, context))
+        """Active unless the service is ready, has a fresh recommendation, and it is 0."""
+        config = await self._config(request, context)
+        return pb.IsActiveResponse(result=await self._is_active(config, request, context))
 
-    def StreamIsActive(  # noqa: N802
-        self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
-    ) -> Iterator[pb.IsActiveResponse]:
+    async def StreamIsActive(  # noqa: N802
+        self, request: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.IsActiveResponse]:
         """The current activity at once, then each change within ``stream_interval_s``."""
-        config = self._config(request, context)
-        done = threading.Event()
-        context.add_callback(done.set)  # the client left or the server stops
-        last: bool | None = None
-        while True:
-            active = self._is_active(config, request, context)
-            if active != last:
-                last = active
-                yield pb.IsActiveResponse(result=active)
-            if done.wait(self._stream_interval_s):
-                return
+        config = await self._config(request, context)
+        if self.open_streams >= self._max_streams:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{_ref_name(request)}: {self.open_streams} StreamIsActive streams open "
+                f"(max {self._max_streams}); poll IsActive instead",
+            )
+        self.open_streams += 1
+        try:
+            last: bool | None = None
+            while True:
+                active = await self._is_active(config, request, context)
+                if active != last:
+                    last = active
+                    yield pb.IsActiveResponse(result=active)
+                await asyncio.sleep(self._stream_interval_s)
+        finally:  # the client left, the server stops, or a failure ended the stream
+            self.open_streams -= 1
 
-    def GetMetricSpec(  # noqa: N802
-        self, request: pb.ScaledObjectRef, context: grpc.ServicerContext
+    async def GetMetricSpec(  # noqa: N802
+        self, request: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> pb.GetMetricSpecResponse:
         """One metric, ``rlscale-<pool>``, with ``targetSizeFloat = targetValue``."""
-        config = self._config(request, context)
+        config = await self._config(request, context)
         spec = pb.MetricSpec(
             metricName=metric_name(config.pool), targetSizeFloat=config.target_value
         )
         return pb.GetMetricSpecResponse(metricSpecs=[spec])
 
-    def GetMetrics(  # noqa: N802
-        self, request: pb.GetMetricsRequest, context: grpc.ServicerContext
+    async def GetMetrics(  # noqa: N802
+        self, request: pb.GetMetricsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMetricsResponse:
-        """``metricValueFloat = recommended_replicas * targetValue`` for the pool."""
+        """``metricValueFloat = recommended_replicas * targetValue`` for the pool; UNAVAILABLE
+        while there is no fresh recommendation, so that KEDA's ``fallback`` applies."""
         ref = request.scaledObjectRef
-        config = self._config(ref, context)
+        config = await self._config(ref, context)
         name = metric_name(config.pool)
         asked = _KEDA_INDEX_PREFIX.sub("", request.metricName)
         if request.metricName and asked != name:
-            _abort(
+            await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{_ref_name(ref)}: metricName {request.metricName!r} is not this "
                 f"ScaledObject's metric {name!r}",
             )
-        recommendation = self._recommend(config, ref, context)
+        try:
+            recommendation = await self._recommend(config, ref, context)
+        except NoRecommendationError as err:
+            await _abort(
+                context,
+                NO_RECOMMENDATION_STATUS,
+                f"{_ref_name(ref)}: {err}; no number rather than a guess (KEDA's fallback "
+                "applies after failureThreshold failures)",
+            )
         value = pb.MetricValue(
             metricName=name, metricValueFloat=config.metric_value(recommendation.replicas)
         )
         return pb.GetMetricsResponse(metricValues=[value])
+
+
+class ScalerServer:
+    """The KEDA scaler's gRPC server, running on an event loop in its own thread."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        servicer: ExternalScalerServicer,
+        address: str,
+    ) -> None:
+        self._server = server
+        self._loop = loop
+        self._thread = thread
+        self.servicer = servicer
+        self.address = address
+        self._stopped: threading.Event | None = None
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving (open RPCs get ``grace`` seconds, None: none); the returned event is
+        set once the server and its loop have stopped (``stop(g).wait(timeout)``)."""
+        if self._stopped is not None:
+            return self._stopped
+        done = threading.Event()
+        self._stopped = done
+
+        async def shutdown() -> None:
+            try:
+                await self._server.stop(grace)
+            finally:
+                self._loop.stop()
+
+        def join() -> None:
+            self._thread.join()
+            done.set()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        threading.Thread(target=join, name="keda-grpc-stop", daemon=True).start()
+        return done
 
 
 def serve_grpc(
@@ -330,8 +427,8 @@ def serve_grpc(
     tls_key: str | Path | None = None,
     tls_client_ca: str | Path | None = None,
     stream_interval_s: float = 1.0,
-    max_workers: int = 16,
-) -> grpc.Server:
+    max_streams: int = MAX_GRPC_STREAMS,
+) -> ScalerServer:
     """Start the KEDA external scaler on ``host:port`` and return the running server.
 
     Raises :class:`OSError` when the address cannot be bound; port reuse is switched off, so a
@@ -344,42 +441,66 @@ def serve_grpc(
     :param tls_client_ca: PEM CA bundle; when given, clients must present a certificate it
         signed (mutual TLS; KEDA's ``tlsClientCert``/``tlsClientKey``).
     :param stream_interval_s: see :class:`ExternalScalerServicer`.
-    :param max_workers: worker threads; each open ``StreamIsActive`` holds one.
+    :param max_streams: see :class:`ExternalScalerServicer`.
     """
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("tls_cert and tls_key go together: give both or neither")
     if tls_client_ca is not None and tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
-    servicer = ExternalScalerServicer(recommender, stream_interval_s=stream_interval_s)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="keda-grpc"),
-        options=[("grpc.so_reuseport", 0)],
+    servicer = ExternalScalerServicer(
+        recommender, stream_interval_s=stream_interval_s, max_streams=max_streams
     )
-    pb_grpc.add_ExternalScalerServicer_to_server(servicer, server)
+    credentials = None
+    if tls_cert is not None and tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
+            root_certificates=Path(tls_client_ca).read_bytes() if tls_client_ca else None,
+            require_client_auth=tls_client_ca is not None,
+        )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def start() -> grpc.aio.Server:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_ExternalScalerServicer_to_server(servicer, server)
+        try:
+            if credentials is not None:
+                bound = server.add_secure_port(address, credentials)
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError as err:  # grpcio >= 1.50 raises instead of returning 0
+            raise OSError(f"cannot listen on {address}: {err}") from err
+        if bound == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        return server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=_run_loop, args=(loop,), name="keda-grpc", daemon=True)
+    thread.start()
     try:
-        if tls_cert is not None and tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
-                root_certificates=Path(tls_client_ca).read_bytes() if tls_client_ca else None,
-                require_client_auth=tls_client_ca is not None,
-            )
-            bound = server.add_secure_port(address, credentials)
-        else:
-            bound = server.add_insecure_port(address)
-    except RuntimeError as err:  # grpcio >= 1.50 raises instead of returning 0
-        raise OSError(f"cannot listen on {address}: {err}") from err
-    if bound == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
+        server = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        raise
     logger.info("KEDA external scaler listening on %s (tls=%s)", address, tls_cert is not None)
-    return server
+    return ScalerServer(server, loop, thread, servicer, address)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _ref_name(ref: pb.ScaledObjectRef) -> str:
     return f"ScaledObject {ref.namespace or '?'}/{ref.name or '?'}"
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # for type checkers

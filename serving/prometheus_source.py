@@ -3,10 +3,14 @@
 KEDA's gRPC calls carry no metrics, so the service needs the cluster's state from somewhere:
 this source queries Prometheus every ``interval_s`` with PromQL for the standard vLLM serving
 metrics and kube-state-metrics' replica counts, turns the answers into a
-:class:`~rlscale.serving.schemas.RecommendationRequest` and lets the service decide, so the
-latest recommendation per pool is always current. When Prometheus cannot be reached (or a
-required query has no data), the service is asked again with the last good metrics, which are
-then stale: the fallback scaler decides, and the reasons say why.
+:class:`~rlscale.serving.schemas.RecommendationRequest` and lets the service decide and
+record (the same recorder as HTTP pushes: shadow log and metrics), so the latest
+recommendation per pool is always current. When Prometheus cannot be reached (or a required
+query has no data), the service is asked again with the last good replica counts, at their
+own time and without rates: it holds every pool (no scale-down on a snapshot it has already
+seen), the metrics go stale, KEDA gets no number (its fallback applies), and the reasons say
+why. A pool whose ready count has no data is reported unknown,
+never 0: the service holds it at its last known-good count.
 
 The default queries assume a typical vLLM on Kubernetes deployment: one Deployment per pool,
 named like the pool (``deployment_of`` maps otherwise), vLLM's ``/metrics`` scraped, and
@@ -65,7 +69,7 @@ class PrometheusSource:
 
     :param url: Prometheus' base URL, e.g. ``http://prometheus.monitoring:9090``.
     :param pools: the scenario's pool names.
-    :param decide: the service's decision function (``DecisionService.decide``).
+    :param decide: decides and records one request (``DecisionService.decide_and_record``).
     :param queries: PromQL per request field (defaults: :data:`DEFAULT_QUERIES`).
     :param pool_queries: PromQL per pool, with ``{deployment}`` (:data:`DEFAULT_POOL_QUERIES`).
     :param deployment_of: pool name -> Deployment name (default: the same).
@@ -117,13 +121,11 @@ class PrometheusSource:
                     name: self.query(client, q.format(deployment=deployment))
                     for name, q in self.pool_queries.items()
                 }
-                ready = got.get("ready") or 0.0
-                desired = max(got.get("desired") or 0.0, ready)
+                ready = got.get("ready")  # None: unknown, never taken as 0
+                desired = got.get("desired")
+                starting = max(desired - ready, 0.0) if ready is not None and desired else 0.0
                 pools.append(
-                    PoolMetrics(
-                        name=pool,
-                        replicas=ReplicasByState(ready=ready, loading=desired - ready),
-                    )
+                    PoolMetrics(name=pool, replicas=ReplicasByState(ready=ready, loading=starting))
                 )
         fields = {k: v for k, v in values.items() if v is not None}
         return RecommendationRequest(
@@ -131,7 +133,7 @@ class PrometheusSource:
         )
 
     def poll_once(self) -> object:
-        """Query and decide; on failure decide on the last good (now stale) metrics."""
+        """Query and decide; on failure decide on what is still known, and nothing more."""
         try:
             request = self.snapshot()
         except PrometheusError as err:
@@ -139,8 +141,16 @@ class PrometheusSource:
             log.warning("%s", self.last_error)
             if self._last_good is None:
                 return None
-            # the old timestamp makes the service treat these metrics as stale
-            return self.decide(self._last_good)
+            # The last good replica counts at their own (aging) time, and no rates: the same
+            # snapshot decided again would be taken as news, and a policy could scale down on
+            # it. Without a rate the service holds, and once the time is past the staleness
+            # bound KEDA gets no number.
+            known = RecommendationRequest(
+                cluster_id=self.cluster_id,
+                timestamp=self._last_good.timestamp,
+                pools=self._last_good.pools,
+            )
+            return self.decide(known)
         self.last_error = ""
         self._last_good = request
         return self.decide(request)

@@ -26,15 +26,15 @@ from typing import Any
 
 from rlscale.agents.onnx_policy import ArtifactError
 from rlscale.envs.scenario import Scenario, ScenarioError
-from rlscale.serving.service import (
+from rlscale.serving.loaders import (
     ARTIFACT_KINDS,
-    DecisionService,
     LoadedPolicy,
     check_registry_spec,
     load_policy,
     policy_kind,
     policy_signature,
 )
+from rlscale.serving.service import DecisionService
 
 log = logging.getLogger("rlscale.serving.reload")
 

@@ -17,22 +17,36 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlscale.agents.base import ClusterState
+from rlscale.serving.causes import Cause
+from rlscale.serving.limits import MAX_POOLS_PER_REQUEST
 
 EPOCH_MONDAY_S = 4 * 86400.0
 """1970-01-05 00:00 UTC, the first Monday of the unix epoch: where weeks start."""
 
 
 class _Body(BaseModel):
-    # unknown keys are ignored, not refused: a newer client may send more metrics
-    model_config = ConfigDict(extra="ignore")
+    # unknown keys are ignored, not refused: a newer client may send more metrics. Strict: a
+    # number is a number (true, "3" are refused, as the OpenAPI schema says), not coerced.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ReplicasByState(_Body):
-    """Replicas of one pool by lifecycle state (counts; fractions are rounded; null = unknown)."""
+    """Replicas of one pool by lifecycle state (counts; fractions are rounded; null = unknown).
+
+    ``ready`` is what makes the pool's current count known: left out or null, the count is
+    unknown and the service holds the pool at its last known-good count (never at 0). Other
+    states left out count 0; one given as null makes the count unknown too.
+    """
 
     provisioning: float | None = Field(0.0, description="nodes requested, not yet up")
     loading: float | None = Field(0.0, description="pulling the image or loading weights")
-    ready: float | None = Field(0.0, description="serving requests")
+    ready: float | None = Field(
+        None,
+        description=(
+            "serving requests; required for the pool's current count to be known (left out "
+            "or null: the pool is held at its last known-good count)"
+        ),
+    )
     draining: float | None = Field(0.0, description="finishing requests before removal")
     standby: float | None = Field(0.0, description="stopped in the warm pool, ready to restart")
     refilling: float | None = Field(0.0, description="warm-pool replicas being prepared")
@@ -97,12 +111,22 @@ class RecommendationRequest(_Body):
         None, description="share of requests within the SLO over the last interval, in [0, 1]"
     )
     dropped: float | None = Field(None, description="requests dropped in the last interval")
-    pools: list[PoolMetrics] = Field(description="every pool of the cluster")
+    pools: list[PoolMetrics] = Field(
+        max_length=MAX_POOLS_PER_REQUEST, description="every pool of the cluster"
+    )
     production_decision: dict[str, int] | None = Field(
         None,
+        max_length=MAX_POOLS_PER_REQUEST,
         description=(
             "shadow mode: replicas per pool the production scaler actually chose; recorded "
             "with the recommendation, never used to decide"
+        ),
+    )
+    shadow_only: bool = Field(
+        False,
+        description=(
+            "decide and record, but never steer KEDA: the answer is not what KEDA reads for "
+            "this cluster, and the policy memory is kept apart from the steering client's"
         ),
     )
 
@@ -158,6 +182,7 @@ class RecommendationRequest(_Body):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -198,7 +223,12 @@ class RecommendationResponse(BaseModel):
 
     decision_id: str = Field(description="unique id of this decision (the shadow record's key)")
     cluster_id: str
-    replicas: dict[str, int] = Field(description="target replicas (ready or starting) per pool")
+    replicas: dict[str, int] = Field(
+        description=(
+            "target replicas (ready or starting) per pool; a pool whose current count is "
+            "unknown and was never reported for this cluster has none (no_recommendation)"
+        )
+    )
     warm_pool: dict[str, int] = Field(description="stopped replicas to hold in reserve per pool")
     source: Source = Field(
         description="policy, or fallback when the rule-based scaler or a hold decided"
@@ -213,10 +243,7 @@ class RecommendationResponse(BaseModel):
     causes: list[str] = Field(
         default_factory=list,
         description=(
-            "the reasons as codes, for alerting and dashboards: stale_metrics, invalid_input, "
-            "missing_input, no_policy, policy_failed, fallback_failed, fallback_decided, hold, "
-            "step_up_limited, step_down_limited, min_replicas, max_replicas, cluster_quota, "
-            "warm_pool_limited"
+            "the reasons as codes, for alerting and dashboards: " + ", ".join(c for c in Cause)
         ),
     )
     policy_reason: str = Field("", description="the deciding policy's own explanation")

@@ -1,382 +1,86 @@
 """The decision service's core: metrics in, guarded replicas per pool out; no web framework.
 
 :class:`DecisionService` holds the scenario (it describes the live cluster's pools: names,
-quotas, warm-pool sizes, profiles, prices), the policy, the rule-based fallback, the policy
-memory of each cluster, and the guardrails. ``decide(request)`` never raises for a request that
-parsed: whatever is wrong with the metrics, it answers with the best decision it can still make
-safely, in this order:
+quotas, warm-pool sizes, profiles, prices), the policy, the rule-based fallback, each cluster's
+memory, the guardrails and the :class:`~rlscale.serving.recorder.Recorder` every decision goes
+through. ``decide(request)`` never raises for a request that parsed (unless the cluster table
+is full): whatever is wrong with the metrics, it answers with the best decision it can still
+make safely, in this order:
 
 1. the policy, when the metrics are fresh, complete and in range and the policy does not fail;
 2. else the fallback (the Kubernetes HPA by default) when the arrival rate is usable;
 3. else hold every pool at its current size.
 
-Guardrails (``serving/guardrails.py``) apply to every answer. The service also implements
-:class:`rlscale.serving.base.PoolRecommender` from its latest decision, for the KEDA scaler.
+It fails safe (the README's fail-safe table; each row is a test):
 
-Policies are resolved by :func:`load_policy` from a spec string; a new kind (an ONNX export,
-an MLflow model) plugs in with :func:`register_policy_loader` without touching the service.
+- a pool whose current replicas are missing or null is taken to run its last known-good count
+  for that cluster; with no such count it gets no recommendation (never 0);
+- on missing, stale or invalid input no pool is scaled down: ignorance is not idleness;
+- no answer is more than one step below the cluster's last answer for the pool, whatever
+  count is reported (a report can lag what the scaler already applied);
+- guardrails (``serving/guardrails.py``) apply to every answer.
+
+KEDA (:class:`~rlscale.serving.base.PoolRecommender`) reads the latest answer per
+(cluster, pool), from pushes not marked ``shadow_only``, and only while the metrics it came
+from are within the staleness bound: otherwise :meth:`DecisionService.recommend` raises
+:class:`~rlscale.serving.base.NoRecommendationError`, the gRPC call fails, and KEDA's own
+``fallback`` applies.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from rlscale.agents.base import ClusterState, Decision, Memory, Policy, PoolState
-from rlscale.agents.onnx_policy import ArtifactError
+from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.envs.capacity import scenario_capacities_rps
-from rlscale.envs.scenario import Scenario, ScenarioError
-from rlscale.serving.base import PoolRecommendation
+from rlscale.envs.scenario import Scenario
+from rlscale.serving.base import NoRecommendationError, PoolRecommendation
+from rlscale.serving.causes import Cause, Reason, codes, texts
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
-from rlscale.serving.schemas import (
-    EPOCH_MONDAY_S,
-    PoolMetrics,
-    RecommendationRequest,
-    RecommendationResponse,
-    ReplicasByState,
+from rlscale.serving.inputs import ReadRequest, read_request
+from rlscale.serving.limits import CLUSTER_FORGET_AFTER_S, MAX_CLUSTERS, STALENESS_INTERVALS
+from rlscale.serving.loaders import (  # noqa: F401 (re-exported: the service's policy API)
+    ARTIFACT_KINDS,
+    LoadedPolicy,
+    check_registry_spec,
+    load_policy,
+    policy_kind,
+    policy_signature,
+    register_policy_loader,
 )
+from rlscale.serving.recorder import Recorder, ServiceMetrics
+from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
+from rlscale.serving.shadow import ShadowLog
 
-# --- policy loading ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class LoadedPolicy:
-    """A policy ready to decide, with the version reported in every answer."""
-
-    policy: Policy
-    version: str
-    """``NAME@<12 hex>`` of its config (a baseline) or of its model file (an export)."""
-    spec: str
-    kind: str
-    origin: str = ""
-    """Where it was loaded from, when the spec does not say (``models:/NAME/VERSION``)."""
-
-
-PolicyLoader = Callable[[str, Scenario], LoadedPolicy]
-Signature = Callable[[str], Any]
-
-
-@dataclass(frozen=True)
-class _PolicyKind:
-    kind: str
-    matches: Callable[[str], bool]
-    load: PolicyLoader
-    signature: Signature | None
-
-
-_LOADERS: list[_PolicyKind] = []
-ARTIFACT_KINDS = ("onnx", "mlflow")
-"""Kinds whose loading can fail at run time (a file being replaced, a registry away)."""
-
-
-def register_policy_loader(
-    kind: str,
-    matches: Callable[[str], bool],
-    load: PolicyLoader,
-    signature: Signature | None = None,
-) -> None:
-    """Resolve specs for which ``matches(spec)`` holds with ``load``; later ones win.
-
-    :param signature: a cheap fingerprint of what the spec points at now (file times, the
-        version an alias names); when it changes, the service reloads. None: never reloads.
-    """
-    _LOADERS.insert(0, _PolicyKind(kind, matches, load, signature))
-
-
-def policy_version(name: str, config: dict[str, Any]) -> str:
-    """A stable version string from a policy's name and parameters."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{name}@{digest[:12]}"
-
-
-def _file_signature(*paths: Path) -> tuple:
-    out = []
-    for path in paths:
-        try:
-            st = path.stat()  # follows symlinks: a ConfigMap's ..data swap is a change
-            # ctime too: a copy that keeps the old mtime (cp -p, tar) still changes it
-            out.append(
-                (str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
-            )
-        except OSError:
-            out.append((str(path), None))
-    return tuple(out)
-
-
-def _load_baseline(spec: str, scenario: Scenario) -> LoadedPolicy:
-    from rlscale.agents.registry import make_policy
-
-    name, _, params = spec.partition("=")
-    policy = make_policy(name, scenario, params or None)
-    return LoadedPolicy(policy, policy_version(policy.name, policy.config()), spec, "baseline")
-
-
-def _baseline_signature(spec: str) -> tuple:
-    _, _, params = spec.partition("=")
-    return _file_signature(Path(params)) if params else ()
-
-
-def _is_artifact(spec: str) -> bool:
-    """A path, not ``NAME`` or ``NAME=params.json``: a folder (even one still empty, whose
-    files are on their way), a ``manifest.json`` or a ``.onnx`` file."""
-    if "=" in spec:
-        return False
-    return "/" in spec or spec.endswith(".onnx") or Path(spec).is_dir()
-
-
-def _load_onnx(spec: str, scenario: Scenario) -> LoadedPolicy:
-    from rlscale.agents.onnx_policy import load_onnx_policy
-
-    policy = load_onnx_policy(spec, pools=[p.name for p in scenario.pools])
-    return LoadedPolicy(policy, policy.version, spec, "onnx")
-
-
-def _onnx_signature(spec: str) -> tuple:
-    from rlscale.agents.onnx_policy import artifact_paths, read_manifest
-
-    manifest_path, folder = artifact_paths(spec)
-    try:
-        model = folder / read_manifest(manifest_path).model.file
-    except ValueError:
-        return _file_signature(manifest_path)
-    return _file_signature(manifest_path, model)
-
-
-def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    rest = spec[len("models:/") :]
-    name, at, alias = rest.partition("@")
-    if at:
-        if not name or not alias or "/" in alias:
-            raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS")
-        return name, alias, None
-    name, slash, version = rest.rpartition("/")
-    if not slash or not name or not version.isdigit():
-        raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS or models:/NAME/N")
-    return name, None, version
-
-
-REGISTRY_HTTP_TIMEOUT_S = "10"
-REGISTRY_HTTP_RETRIES = "2"
-
-
-def _registry_client() -> Any:
-    # a registry away must not hold a decision service for minutes (MLflow's defaults retry
-    # for long); the operator's own settings win
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REGISTRY_HTTP_TIMEOUT_S)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REGISTRY_HTTP_RETRIES)
-    try:
-        from mlflow import MlflowClient
-    except ModuleNotFoundError:
-        raise ScenarioError(
-            "models:/ policies need the MLflow client: pip install 'rlscale[registry]'"
-        ) from None
-    from rlscale.experiments.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri=tracking_uri())
-
-
-def check_registry_spec(spec: str) -> None:
-    """A ``models:/`` spec is well formed and the MLflow client is installed (no network).
-
-    :raises ScenarioError: otherwise.
-    """
-    _parse_model_uri(spec)
-    _registry_client()
-
-
-def _registered_version(spec: str) -> str:
-    """The registry version ``spec`` names now (an alias is resolved)."""
-    name, alias, version = _parse_model_uri(spec)
-    if version is not None:
-        return version
-    return str(_registry_client().get_model_version_by_alias(name, alias).version)
-
-
-def _load_registered(spec: str, scenario: Scenario) -> LoadedPolicy:
-    """Download the version ``spec`` names and load it as an ONNX artifact.
-
-    Only the manifest and the model file it names are fetched, not whatever else the
-    version's folder holds.
-    """
-    import tempfile
-
-    from rlscale.agents.onnx_policy import MANIFEST_NAME, load_onnx_policy, read_manifest
-
-    name, _, _ = _parse_model_uri(spec)
-    version = _registered_version(spec)
-    client = _registry_client()
-    source = client.get_model_version_download_uri(name, version).rstrip("/")
-    from mlflow.artifacts import download_artifacts
-
-    with tempfile.TemporaryDirectory(prefix="rlscale-policy-") as tmp:
-        download_artifacts(artifact_uri=f"{source}/{MANIFEST_NAME}", dst_path=tmp)
-        manifest = read_manifest(Path(tmp))
-        model_file = Path(manifest.model.file)
-        if model_file.is_absolute() or ".." in model_file.parts:
-            raise ArtifactError(f"{spec}: model.file must be inside the artifact folder")
-        target = Path(tmp) / model_file.parent
-        target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(artifact_uri=f"{source}/{model_file.as_posix()}", dst_path=str(target))
-        # the verified bytes are held in memory: the download can go
-        policy = load_onnx_policy(tmp, pools=[p.name for p in scenario.pools])
-    return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=f"models:/{name}/{version}")
-
-
-register_policy_loader("baseline", lambda spec: True, _load_baseline, _baseline_signature)
-register_policy_loader("onnx", _is_artifact, _load_onnx, _onnx_signature)
-register_policy_loader(
-    "mlflow", lambda spec: spec.startswith("models:/"), _load_registered, _registered_version
-)
-
-
-def _kind_of(spec: str) -> _PolicyKind:
-    for kind in _LOADERS:
-        if kind.matches(spec):
-            return kind
-    raise ScenarioError(f"no loader for policy '{spec}'")  # unreachable: baseline matches all
-
-
-def policy_kind(spec: str) -> str:
-    """The kind of loader ``spec`` resolves to (``baseline``, ``onnx``, ``mlflow``, ...)."""
-    return _kind_of(spec).kind
-
-
-def policy_signature(spec: str) -> Any:
-    """What ``spec`` points at now (None: this kind never reloads); may raise while a
-    registry is unreachable."""
-    kind = _kind_of(spec)
-    return kind.signature(spec) if kind.signature is not None else None
-
-
-def load_policy(spec: str, scenario: Scenario) -> LoadedPolicy:
-    """The policy a spec names: ``NAME``, ``NAME=params.json``, an exported artifact (its
-    folder, ``manifest.json`` or ``.onnx``), or ``models:/NAME@ALIAS`` / ``models:/NAME/N``.
-
-    :raises ScenarioError: unknown policy, unreadable parameters, or a bad registry URI.
-    :raises ArtifactError: an artifact that fails verification (a ``ValueError``).
-    """
-    return _kind_of(spec).load(spec, scenario)
-
-
-# --- causes ------------------------------------------------------------------------------------
-
-_CAUSE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (code, re.compile(pattern))
-    for code, pattern in (
-        ("stale_metrics", r"^stale metrics:"),
-        ("invalid_input", r"^invalid input:"),
-        ("missing_input", r"^missing input:"),
-        ("no_policy", r"^no policy loaded"),
-        ("policy_failed", r"^policy failed:"),
-        ("fallback_failed", r"^fallback failed:"),
-        ("fallback_decided", r"^fallback \S+ decided$"),
-        ("hold", r"^hold:"),
-        ("step_up_limited", r": step up limited to "),
-        ("step_down_limited", r": step down limited to "),
-        ("min_replicas", r": min_replicas \d+ \(asked"),
-        ("max_replicas", r": max_replicas \d+ \(asked"),
-        ("cluster_quota", r"^cluster quota:"),
-        ("warm_pool_limited", r": warm pool \d+ \(asked"),
-    )
-)
-CAUSES = tuple(code for code, _ in _CAUSE_PATTERNS)
-"""Every code ``causes`` can hold, in the order the service checks them."""
-GUARDRAIL_CAUSES = frozenset(
-    {
-        "step_up_limited",
-        "step_down_limited",
-        "min_replicas",
-        "max_replicas",
-        "cluster_quota",
-        "warm_pool_limited",
-    }
-)
-"""Causes that mean a guardrail changed the answer."""
-
-
-def cause_of(reason: str) -> str:
-    """The machine-readable code of one of the service's reasons (``other`` if none fits)."""
-    for code, pattern in _CAUSE_PATTERNS:
-        if pattern.search(reason):
-            return code
-    return "other"
-
-
-def causes_of(reasons: list[str]) -> list[str]:
-    """The distinct codes of ``reasons``, in the order they first appear."""
-    return list(dict.fromkeys(cause_of(r) for r in reasons))
-
-
-# --- input ranges ------------------------------------------------------------------------------
-
-MAX_RATE_RPS = 1e7
-MAX_COUNT = 1e6
-MAX_REPLICAS_PER_STATE = 1e5
-MAX_LATENCY_S = 86400.0
-MAX_CLOCK_SKEW_S = 60.0
-"""A timestamp this far in the future is out of range (clocks disagree by less)."""
-
-# field -> (low, high); None values are "missing"
-_CLUSTER_RANGES: dict[str, tuple[float, float]] = {
-    "arrival_rate_rps": (0.0, MAX_RATE_RPS),
-    "arrival_rate_ewma_rps": (0.0, MAX_RATE_RPS),
-    "forecast_rps": (0.0, MAX_RATE_RPS),
-    "queue": (0.0, MAX_COUNT),
-    "in_flight": (0.0, MAX_COUNT),
-    "gpu_util": (0.0, 1.0),
-    "kv_util": (0.0, 1.0),
-    "ttft_p50_s": (0.0, MAX_LATENCY_S),
-    "ttft_p95_s": (0.0, MAX_LATENCY_S),
-    "tpot_p95_s": (0.0, MAX_LATENCY_S),
-    "slo_attainment": (0.0, 1.0),
-    "dropped": (0.0, MAX_COUNT),
-}
-_REPLICA_STATES = tuple(ReplicasByState.model_fields)
-_REQUIRED = ("arrival_rate_rps",)
-"""Metrics without which the policy does not decide (the others default)."""
-_POOL_RANGES: dict[str, tuple[float, float]] = {
-    "spot_price_usd_h": (0.0, 1e4),
-    "preempt_notices": (0.0, MAX_REPLICAS_PER_STATE),
-    "spot_capacity_share": (0.0, 1.0),
-    "capacity_rps": (1e-6, MAX_RATE_RPS),
-    "batch_per_replica": (0.0, MAX_COUNT),
-}
-
-
-def _in_range(value: float | None, low: float, high: float) -> bool:
-    return value is not None and math.isfinite(value) and low <= value <= high
-
-
-def _clip(value: float | None, low: float, high: float, default: float) -> float:
-    """A usable number: missing or non-finite -> default, else clipped to [low, high]."""
-    if value is None or not math.isfinite(value):
-        return default
-    return min(max(value, low), high)
-
-
-# --- the service -------------------------------------------------------------------------------
+class TooManyClustersError(RuntimeError):
+    """The cluster table is full of clusters heard from recently; a new one is refused."""
 
 
 @dataclass
 class _ClusterMemory:
     policy: Memory
     fallback: Memory
-    last_replicas: dict[str, int] = field(default_factory=dict)
-    """The last answer per pool: what a pool missing from a request is taken to run."""
+    last_seen_s: float
+    last_known_good: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Per pool: the latest reported current replicas and when they were measured."""
+    last_answer: dict[str, int] = field(default_factory=dict)
+    """Per pool: the latest recommendation (a scale-up may still be under way)."""
     generation: int = 0
     """The service's policy generation ``policy`` belongs to."""
+
+
+@dataclass(frozen=True)
+class _Latest:
+    recommendation: PoolRecommendation
+    metrics_time_s: float
+    """When the metrics it was decided on were measured (-inf: unusable timestamp)."""
 
 
 class DecisionService:
@@ -387,8 +91,11 @@ class DecisionService:
         (:meth:`swap_policy`): the service answers from the fallback and is not ready.
     :param fallback: the rule-based scaler used when it is not (or when the policy fails).
     :param guardrails: limits on every answer; default: quotas as bounds, +4/-2 per decision.
-    :param max_staleness_s: metrics older than this (by ``timestamp``) go to the fallback.
-    :param max_clusters: policy memories kept (least recently used ones are forgotten).
+    :param max_staleness_s: metrics older than this (by ``timestamp``) go to the fallback, and
+        KEDA gets no number from them; default two of the scenario's control intervals.
+    :param max_clusters: clusters tracked at once (steering and shadow-only ones apart).
+    :param forget_after_s: a cluster silent this long may make room for a new one.
+    :param shadow: the shadow log every decision is recorded in; None: not recorded.
     :param clock: unix time now (tests pass a fake one).
     """
 
@@ -399,12 +106,18 @@ class DecisionService:
         fallback: LoadedPolicy,
         *,
         guardrails: Guardrails | None = None,
-        max_staleness_s: float = 120.0,
-        max_clusters: int = 1024,
+        max_staleness_s: float | None = None,
+        max_clusters: int = MAX_CLUSTERS,
+        forget_after_s: float = CLUSTER_FORGET_AFTER_S,
+        shadow: ShadowLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if max_staleness_s is None:
+            max_staleness_s = STALENESS_INTERVALS * scenario.control_interval_s
         if not max_staleness_s > 0:
             raise ValueError(f"max_staleness_s must be > 0, got {max_staleness_s}")
+        if max_clusters < 1:
+            raise ValueError(f"max_clusters must be >= 1, got {max_clusters}")
         self.scenario = scenario
         self.policy = policy
         self.fallback = fallback
@@ -414,17 +127,23 @@ class DecisionService:
             raise ValueError(f"guardrails lack limits for pools {missing}")
         self.max_staleness_s = max_staleness_s
         self.max_clusters = max_clusters
+        self.forget_after_s = forget_after_s
         self.clock = clock
         self._pools = {p.name: p for p in scenario.pools}
         # what a request that sends no capacity_rps gets (the scenario's configured mix)
         self._capacity_rps = scenario_capacities_rps(scenario)
         self._memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
-        self._latest: dict[str, PoolRecommendation] = {}
+        self._shadow_memory: OrderedDict[str, _ClusterMemory] = OrderedDict()
+        self._latest: dict[tuple[str, str], _Latest] = {}
         self._lock = threading.Lock()
         self._generation = 0
         self.loaded_at: float | None = clock() if policy is not None else None
         self.listeners: list[Callable[[LoadedPolicy], None]] = []
         """Called (outside the lock) after every :meth:`swap_policy`."""
+        metrics = ServiceMetrics(policy, fallback.version)
+        self.listeners.append(metrics.set_policy)
+        self.recorder = Recorder(metrics, shadow)
+        """Where every decision and KEDA answer is recorded (shadow log, metrics)."""
 
     @property
     def policy_version(self) -> str:
@@ -460,41 +179,105 @@ class DecisionService:
         """The scenario's pool names."""
         return list(self._pools)
 
-    def recommend(self, pool: str) -> PoolRecommendation:
-        """The latest decision's replicas for ``pool`` (of any cluster); before any decision,
-        the pool's current guardrail floor as a fallback.
+    def recommend(self, cluster: str, pool: str) -> PoolRecommendation:
+        """The latest answer for ``pool`` of ``cluster``, from a push that may steer KEDA.
 
         :raises KeyError: unknown pool.
+        :raises NoRecommendationError: no state from the cluster yet, state older than the
+            staleness bound, or none for this pool (its count was never reported).
         """
         if pool not in self._pools:
             raise KeyError(f"unknown pool '{pool}'; known: {self.pools()}")
+        now = self.clock()
         with self._lock:
-            latest = self._latest.get(pool)
-        if latest is not None:
-            return latest
-        return PoolRecommendation(
-            pool=pool,
-            replicas=self.guardrails.pools[pool].min_replicas,
-            source="fallback",
-            reason="no decision yet",
-            policy_version=self.policy_version,
-        )
+            latest = self._latest.get((cluster, pool))
+            heard = cluster in self._memory
+        try:
+            if latest is None:
+                if heard:
+                    raise NoRecommendationError(
+                        f"no recommendation for pool '{pool}' of cluster '{cluster}': its "
+                        "current replicas were never reported"
+                    )
+                raise NoRecommendationError(f"no state from cluster '{cluster}' yet")
+            age_s = now - latest.metrics_time_s
+            if not age_s <= self.max_staleness_s:
+                raise NoRecommendationError(
+                    f"cluster '{cluster}': the state behind pool '{pool}'s recommendation is "
+                    + (f"{age_s:.0f} s old" if math.isfinite(age_s) else "of unknown age")
+                    + f" (max {self.max_staleness_s:g} s)"
+                )
+        except NoRecommendationError:
+            self.recorder.keda_answer("no_state")
+            raise
+        self.recorder.keda_answer("ok")
+        return latest.recommendation
 
     # deciding ----------------------------------------------------------------------------------
 
+    def decide_and_record(self, request: RecommendationRequest) -> RecommendationResponse:
+        """:meth:`decide`, then record it (shadow row, metrics) in the caller's thread."""
+        start = time.perf_counter()
+        response = self.decide(request)
+        self.recorder.record(request, response, time.perf_counter() - start)
+        return response
+
     def decide(self, request: RecommendationRequest) -> RecommendationResponse:
-        """The guarded recommendation for ``request``; see the module docstring."""
+        """The guarded recommendation for ``request``; see the module docstring. Not recorded:
+        the caller hands it to :attr:`recorder` (or uses :meth:`decide_and_record`).
+
+        :raises TooManyClustersError: a new cluster while the table is full of live ones.
+        """
         now = self.clock()
         with self._lock:
-            memory = self._memory_of(request.cluster_id)
-            problems = self.validate(request, now, memory.last_replicas)
-            state = self.to_state(request, memory.last_replicas)
-            current = {p.name: round(p.desired) for p in state.pools}
-            rate_ok = _in_range(request.arrival_rate_rps, 0.0, MAX_RATE_RPS)
-            decision, source, reasons = self._decide_locked(state, memory, problems, rate_ok)
-            replicas, warm, guard_reasons = guard(
-                decision.replicas, decision.warm_pool, current, self.guardrails
+            memory = self._memory_of(request.cluster_id, request.shadow_only, now)
+            read = read_request(
+                request,
+                now=now,
+                scenario=self.scenario,
+                capacity_rps=self._capacity_rps,
+                last_known_good={p: n for p, (n, _) in memory.last_known_good.items()},
+                max_staleness_s=self.max_staleness_s,
             )
+            decision, source, reasons = self._decide_locked(read, memory)
+            current, unknown = self._current_replicas(read, memory, reasons)
+            wanted = dict(decision.replicas)
+            if read.problems:  # never scale down out of ignorance
+                for pool, n in current.items():
+                    # nor below what was last asked for: a scale-up may still be under way
+                    n = max(n, memory.last_answer.get(pool, n))
+                    if pool not in unknown and wanted.get(pool, n) < n:
+                        reasons.append(
+                            Reason(Cause.NO_SCALE_DOWN, f"(asked {wanted[pool]}, kept {n})", pool)
+                        )
+                        wanted[pool] = n
+            # nor more than one step below the last answer: the reported count may lag what
+            # the scaler already applied, and a step from a lagging count is more than a step
+            step = self.guardrails.max_step_down
+            for pool, last in memory.last_answer.items():
+                if pool in wanted and wanted[pool] < last - step:
+                    reasons.append(
+                        Reason(
+                            Cause.STEP_DOWN_LIMITED,
+                            f"-{step} from the last answer (asked {wanted[pool]}, last {last})",
+                            pool,
+                        )
+                    )
+                    wanted[pool] = last - step
+            replicas, warm, guard_reasons = guard(
+                wanted, decision.warm_pool, current, self.guardrails
+            )
+            reasons += guard_reasons
+            for pool in unknown:
+                replicas.pop(pool, None)
+                warm.pop(pool, None)
+                reasons.append(
+                    Reason(
+                        Cause.NO_RECOMMENDATION,
+                        "(current replicas unknown and never reported for this cluster)",
+                        pool,
+                    )
+                )
             response = RecommendationResponse(
                 decision_id=uuid.uuid4().hex,
                 cluster_id=request.cluster_id,
@@ -502,194 +285,153 @@ class DecisionService:
                 warm_pool=warm,
                 source=source,
                 policy_version=self.policy_version,
-                reasons=reasons + guard_reasons,
-                causes=causes_of(reasons + guard_reasons),
+                reasons=texts(reasons),
+                causes=codes(reasons),
                 policy_reason=decision.reason,
                 decided_at=now,
             )
-            memory.last_replicas = dict(replicas)
-            for pool, n in replicas.items():
-                self._latest[pool] = PoolRecommendation(
-                    pool=pool,
-                    replicas=n,
-                    source=source if not guard_reasons else "fallback",
-                    reason="; ".join(response.reasons),
-                    policy_version=self.policy_version,
-                )
+            self._remember(request, read, memory, response, changed=bool(guard_reasons))
         return response
 
+    def _current_replicas(
+        self, read: ReadRequest, memory: _ClusterMemory, reasons: list[Reason]
+    ) -> tuple[dict[str, int], list[str]]:
+        """Each pool's current count for the guardrails: reported, else the last known-good
+        count (or the last answer, when a scale-up to it was under way); and the pools with
+        neither (they get no recommendation)."""
+        current: dict[str, int] = {}
+        unknown: list[str] = []
+        for pool, n in read.current.items():
+            if n is None:
+                good = memory.last_known_good.get(pool)
+                if good is None:
+                    unknown.append(pool)
+                    n = 0
+                else:
+                    n = max(good[0], memory.last_answer.get(pool, 0))
+                    reasons.append(Reason(Cause.LAST_KNOWN_GOOD, f"({n})", pool))
+            current[pool] = n
+        return current, unknown
+
+    def _remember(
+        self,
+        request: RecommendationRequest,
+        read: ReadRequest,
+        memory: _ClusterMemory,
+        response: RecommendationResponse,
+        *,
+        changed: bool,
+    ) -> None:
+        """Keep the reported counts as known-good, and the answer for KEDA (steering only)."""
+        measured = read.metrics_time_s
+        if math.isfinite(measured):
+            for pool, n in read.current.items():
+                old = memory.last_known_good.get(pool)
+                if n is not None and (old is None or measured >= old[1]):
+                    memory.last_known_good[pool] = (n, measured)
+        memory.last_answer.update(response.replicas)
+        if request.shadow_only:
+            return
+        reason = "; ".join(response.reasons)
+        for pool in self._pools:
+            n = response.replicas.get(pool)
+            if n is None:
+                self._latest.pop((request.cluster_id, pool), None)
+                continue
+            self._latest[(request.cluster_id, pool)] = _Latest(
+                PoolRecommendation(
+                    pool=pool,
+                    replicas=n,
+                    source="fallback" if changed else response.source,
+                    reason=reason,
+                    policy_version=response.policy_version,
+                    cluster=request.cluster_id,
+                ),
+                measured,
+            )
+
     def _decide_locked(
-        self, state: ClusterState, memory: _ClusterMemory, problems: list[str], rate_ok: bool
-    ) -> tuple[Decision, str, list[str]]:
-        reasons = list(problems)
+        self, read: ReadRequest, memory: _ClusterMemory
+    ) -> tuple[Decision, str, list[Reason]]:
+        state = read.state
+        reasons = list(read.problems)
         decision: Decision | None = None
         if self.policy is None:
-            reasons.append("no policy loaded")
-        elif not problems:
+            reasons.append(Reason(Cause.NO_POLICY))
+        elif not read.problems:
             try:
                 decision, new_memory = self.policy.policy.decide(state, memory.policy)
                 _check_decision(decision)
                 memory.policy = new_memory
             except Exception as err:  # any policy failure means: fall back
                 decision = None
-                reasons.append(f"policy failed: {type(err).__name__}: {str(err)[:200]}")
+                reasons.append(
+                    Reason(Cause.POLICY_FAILED, f"{type(err).__name__}: {str(err)[:200]}")
+                )
         # The fallback runs on every decision it can make, so its stabilization windows are
         # current when it has to take over.
         fallback: Decision | None = None
-        if rate_ok:
+        if read.rate_ok:
             try:
                 fallback, new_fb = self.fallback.policy.decide(state, memory.fallback)
                 _check_decision(fallback)
                 memory.fallback = new_fb
             except Exception as err:
                 fallback = None
-                reasons.append(f"fallback failed: {type(err).__name__}: {str(err)[:200]}")
+                reasons.append(
+                    Reason(Cause.FALLBACK_FAILED, f"{type(err).__name__}: {str(err)[:200]}")
+                )
         if decision is not None:
             return decision, "policy", reasons
         if fallback is not None:
-            reasons.append(f"fallback {self.fallback.version} decided")
+            reasons.append(Reason(Cause.FALLBACK_DECIDED, self.fallback.version))
             return fallback, "fallback", reasons
         hold = {p.name: round(p.desired) for p in state.pools}
         standby = {p.name: round(p.standby) for p in state.pools}
-        reasons.append("hold: no usable arrival rate for the fallback")
+        reasons.append(Reason(Cause.HOLD, "no usable arrival rate for the fallback"))
         return Decision(hold, standby, reason="hold current replicas"), "fallback", reasons
 
-    def _memory_of(self, cluster_id: str) -> _ClusterMemory:
-        mem = self._memory.get(cluster_id)
+    def _memory_of(self, cluster_id: str, shadow_only: bool, now: float) -> _ClusterMemory:
+        table = self._shadow_memory if shadow_only else self._memory
+        mem = table.get(cluster_id)
         if mem is None:
+            if len(table) >= self.max_clusters:
+                oldest_id, oldest = next(iter(table.items()))
+                if now - oldest.last_seen_s < self.forget_after_s:
+                    raise TooManyClustersError(
+                        f"{len(table)} clusters tracked (max {self.max_clusters}), none silent "
+                        f"for {self.forget_after_s:g} s; cluster '{cluster_id[:64]}' refused"
+                    )
+                del table[oldest_id]
+                if not shadow_only:
+                    for pool in self._pools:
+                        self._latest.pop((oldest_id, pool), None)
             mem = _ClusterMemory(
                 self.policy.policy.initial_memory() if self.policy is not None else {},
                 self.fallback.policy.initial_memory(),
+                last_seen_s=now,
                 generation=self._generation,
             )
-            self._memory[cluster_id] = mem
-            while len(self._memory) > self.max_clusters:
-                self._memory.popitem(last=False)
+            table[cluster_id] = mem
         elif mem.generation != self._generation:  # the policy changed since its last decision
             mem.policy = self.policy.policy.initial_memory() if self.policy is not None else {}
             mem.generation = self._generation
-        self._memory.move_to_end(cluster_id)
+        mem.last_seen_s = now
+        table.move_to_end(cluster_id)
         return mem
 
     # input -------------------------------------------------------------------------------------
 
-    def validate(
-        self, request: RecommendationRequest, now: float, last: dict[str, int] | None = None
-    ) -> list[str]:
-        """Why the policy should not decide on ``request``: staleness, gaps, ranges, pools."""
-        problems: list[str] = []
-        ts = request.timestamp
-        if not math.isfinite(ts):
-            problems.append(f"invalid input: timestamp {ts}")
-        elif now - ts > self.max_staleness_s:
-            problems.append(f"stale metrics: {now - ts:.0f} s old (max {self.max_staleness_s:g} s)")
-        elif ts - now > MAX_CLOCK_SKEW_S:
-            problems.append(f"invalid input: timestamp {ts - now:.0f} s in the future")
-        if request.interval_s is not None and not _in_range(request.interval_s, 1e-3, 86400.0):
-            problems.append(f"invalid input: interval_s {request.interval_s}")
-        for name in _REQUIRED:
-            if getattr(request, name) is None:
-                problems.append(f"missing input: {name}")
-        for name, (low, high) in _CLUSTER_RANGES.items():
-            value = getattr(request, name)
-            if value is not None and not _in_range(value, low, high):
-                problems.append(f"invalid input: {name} {value}")
-        seen: set[str] = set()
-        for pm in request.pools:
-            if pm.name in seen:
-                problems.append(f"invalid input: pool '{pm.name[:64]}' given twice")
-            seen.add(pm.name)
-            if pm.name not in self._pools:
-                problems.append(f"invalid input: unknown pool '{pm.name[:64]}'")
-                continue
-            replicas = pm.replicas
-            for state in _REPLICA_STATES:
-                value = getattr(replicas, state)
-                if value is None:
-                    problems.append(f"missing input: {pm.name} replicas.{state}")
-                elif not _in_range(value, 0.0, MAX_REPLICAS_PER_STATE):
-                    problems.append(f"invalid input: {pm.name} replicas.{state} {value}")
-            for name, (low, high) in _POOL_RANGES.items():
-                value = getattr(pm, name)
-                if value is not None and not _in_range(value, low, high):
-                    problems.append(f"invalid input: {pm.name} {name} {value}")
-        for name in self._pools:
-            if name not in seen:
-                held = (last or {}).get(name, 0)
-                problems.append(f"missing input: pool '{name}' (taken as {held} replicas)")
-        return problems
-
-    def to_state(
-        self, request: RecommendationRequest, last: dict[str, int] | None = None
-    ) -> ClusterState:
-        """The policy's view of ``request``: missing or out-of-range numbers made usable.
-
-        A pool missing from the request is taken to run its last recommendation (``last``),
-        so a gap in the metrics holds it rather than scaling it to zero.
-        """
-        sc = self.scenario
-        ts = _clip(request.timestamp, -1e12, 1e12, self.clock())
-        rate = _clip(request.arrival_rate_rps, 0.0, MAX_RATE_RPS, 0.0)
-        given = {}
-        for pm in request.pools:
-            given.setdefault(pm.name, pm)
-        pools = tuple(
-            self._pool_state(
-                name,
-                given.get(name)
-                or PoolMetrics(
-                    name=name, replicas=ReplicasByState(ready=(last or {}).get(name, 0))
-                ),
-            )
-            for name in self._pools
-        )
-        return ClusterState(
-            time_s=ts,
-            # the epoch fell on a Thursday: Monday 00:00 UTC starts the week
-            time_of_week_s=(ts - EPOCH_MONDAY_S) % (7 * 86400.0),
-            interval_s=_clip(request.interval_s, 1e-3, 86400.0, sc.control_interval_s),
-            arrival_rate_rps=rate,
-            arrival_rate_ewma_rps=_clip(request.arrival_rate_ewma_rps, 0.0, MAX_RATE_RPS, rate),
-            # the simulator's forecast counts requests reaching the servers (after the cache)
-            forecast_rps=_clip(
-                request.forecast_rps, 0.0, MAX_RATE_RPS, rate * (1.0 - sc.workload.cache_hit_ratio)
-            ),
-            queue=_clip(request.queue, 0.0, MAX_COUNT, 0.0),
-            in_flight=_clip(request.in_flight, 0.0, MAX_COUNT, 0.0),
-            gpu_util=_clip(request.gpu_util, 0.0, 1.0, 0.0),
-            kv_util=_clip(request.kv_util, 0.0, 1.0, 0.0),
-            ttft_p50_s=_clip(request.ttft_p50_s, 0.0, MAX_LATENCY_S, 0.0),
-            ttft_p95_s=_clip(request.ttft_p95_s, 0.0, MAX_LATENCY_S, 0.0),
-            tpot_p95_s=_clip(request.tpot_p95_s, 0.0, MAX_LATENCY_S, 0.0),
-            slo_attainment=_clip(request.slo_attainment, 0.0, 1.0, 1.0),
-            dropped=_clip(request.dropped, 0.0, MAX_COUNT, 0.0),
-            ttft_target_s=sc.slo.ttft_s,
-            tpot_target_s=sc.slo.tpot_s,
-            pools=pools,
-        )
-
-    def _pool_state(self, name: str, pm: PoolMetrics) -> PoolState:
-        cfg = self._pools[name]
-        r = pm.replicas
-        n = MAX_REPLICAS_PER_STATE
-        return PoolState(
-            name=name,
-            purchase=cfg.purchase,
-            quota=cfg.quota,
-            warm_pool_max=cfg.warm_pool_max,
-            on_demand_price_usd_h=cfg.price_usd_h,
-            price_usd_h=_clip(pm.spot_price_usd_h, 0.0, 1e4, cfg.price_usd_h),
-            capacity_rps=_clip(pm.capacity_rps, 1e-6, MAX_RATE_RPS, self._capacity_rps[name]),
-            provisioning=_clip(r.provisioning, 0.0, n, 0.0),
-            loading=_clip(r.loading, 0.0, n, 0.0),
-            ready=_clip(r.ready, 0.0, n, 0.0),
-            draining=_clip(r.draining, 0.0, n, 0.0),
-            standby=_clip(r.standby, 0.0, n, 0.0),
-            refilling=_clip(r.refilling, 0.0, n, 0.0),
-            preempt_notices=_clip(pm.preempt_notices, 0.0, n, 0.0),
-            spot_capacity_share=_clip(pm.spot_capacity_share, 0.0, 1.0, 1.0),
-            batch_per_replica=_clip(pm.batch_per_replica, 0.0, MAX_COUNT, 0.0),
-        )
+    def to_state(self, request: RecommendationRequest) -> ClusterState:
+        """The policy's view of ``request`` for a cluster with no history (replays, tests)."""
+        return read_request(
+            request,
+            now=self.clock(),
+            scenario=self.scenario,
+            capacity_rps=self._capacity_rps,
+            last_known_good={},
+            max_staleness_s=self.max_staleness_s,
+        ).state
 
 
 def _check_decision(decision: Decision) -> None:

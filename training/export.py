@@ -194,6 +194,7 @@ def export_ppo(
     )
     _check_parity(model, vec_normalize, tmp_model, manifest, sim)
     # model first, manifest last: a watcher never sees a manifest whose model is not in place
+    os.chmod(tmp_model, EXPORT_FILE_MODE)
     os.replace(tmp_model, out / MODEL_NAME)
     _write_atomic(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
     load_onnx_policy(out, pools=sim.pool_names)
@@ -268,8 +269,13 @@ def _samples(sim: Any, n: int) -> np.ndarray:
     return rng.uniform(lo, np.minimum(hi, lo + 3.0), size=(n, lo.size)).astype(np.float32)
 
 
+EXPORT_FILE_MODE = 0o644
+"""Exported files are readable by all: a policy copied into an image runs as another user."""
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, EXPORT_FILE_MODE)  # mkstemp creates 0600
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()

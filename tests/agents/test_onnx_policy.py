@@ -102,6 +102,15 @@ def test_decisions_round_trip_to_the_models_actions(exported_policy):
     assert checked > 40
 
 
+def test_exported_files_are_readable_by_all(exported_policy):
+    """An export copied into an image is read by the service's own user (uid 10001)."""
+    from rlscale.training.export import EXPORT_FILE_MODE
+
+    folder = exported_policy(0)
+    for name in (MANIFEST_NAME, MODEL_NAME):
+        assert (folder / name).stat().st_mode & 0o777 == EXPORT_FILE_MODE == 0o644, name
+
+
 def test_manifest_records_layout_and_checksum(exported_policy):
     folder = exported_policy(0)
     manifest = read_manifest(folder)

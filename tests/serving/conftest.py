@@ -138,8 +138,8 @@ def metrics_body(
         "slo_attainment": 1.0,
         "pools": [
             {"name": "h100", "replicas": {"ready": ready_h100}},
-            {"name": "a100", "replicas": {}},
-            {"name": "h100-spot", "replicas": {}, "spot_price_usd_h": 2.4},
+            {"name": "a100", "replicas": {"ready": 0}},
+            {"name": "h100-spot", "replicas": {"ready": 0}, "spot_price_usd_h": 2.4},
         ],
     }
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from rlscale.envs.scenario import load_scenario
 from rlscale.serving.app import create_app
-from rlscale.serving.service import DecisionService, cause_of, load_policy
+from rlscale.serving.causes import Cause
+from rlscale.serving.service import DecisionService, load_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -130,9 +131,11 @@ def _check(status: int, text: str) -> None:
         out = json.loads(text)
         assert all(isinstance(n, int) and n >= 0 for n in out["replicas"].values())
         assert all(math.isfinite(n) for n in out["warm_pool"].values())
-        # every reason the service gives has its code
-        assert "other" not in out["causes"], out["reasons"]
-        assert set(out["causes"]) == {cause_of(r) for r in out["reasons"]}
+        # every code is a known cause, and every cause has a reason that starts with its words
+        assert all(c in set(Cause) for c in out["causes"]), out["causes"]
+        for code in out["causes"]:
+            assert any(Cause(code).label in r for r in out["reasons"]), (code, out["reasons"])
+        assert len(out["reasons"]) >= len(out["causes"])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +12,10 @@ import sys
 import httpx
 import pytest
 
+from rlscale.envs.scenario import load_scenario
+from rlscale.serving.app import NoTokenError, create_app
+from rlscale.serving.base import TOKEN_ENV_VAR
+from rlscale.serving.causes import Cause
 from rlscale.serving.guardrails import (
     Guardrails,
     PoolLimits,
@@ -19,6 +25,14 @@ from rlscale.serving.guardrails import (
     limit_steps,
     limit_warm_pool,
 )
+from rlscale.serving.service import DecisionService, load_policy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 URL = "/v1/recommendations"
 
@@ -60,11 +74,16 @@ def test_step_limit_and_max_bound(live_server, make_body, auth):
     assert out["causes"] == ["step_up_limited", "max_replicas"]
 
 
-def test_latest_per_pool(live_server, make_body, auth):
-    post(live_server, make_body(rate_rps=10.0, cluster="latest"), auth)
-    r = httpx.get(live_server.url + URL + "/h100", headers=auth)
-    assert r.status_code == 200 and r.json()["pool"] == "h100"
+def test_latest_per_cluster_and_pool(live_server, make_body, auth):
+    out = post(live_server, make_body(rate_rps=10.0, cluster="latest"), auth).json()
+    r = httpx.get(live_server.url + URL + "/h100", params={"cluster_id": "latest"}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["pool"] == "h100" and r.json()["cluster_id"] == "latest"
+    assert r.json()["replicas"] == out["replicas"]["h100"]
     assert httpx.get(live_server.url + URL + "/nope", headers=auth).status_code == 404
+    # a cluster never heard from has no number, not 0
+    r = httpx.get(live_server.url + URL + "/h100", params={"cluster_id": "nobody"}, headers=auth)
+    assert r.status_code == 503 and "no state from cluster 'nobody'" in r.json()["detail"]
 
 
 def test_stale_metrics_fall_back(live_server, make_body, auth):
@@ -98,16 +117,22 @@ def test_missing_pool_is_held_at_last_answer(live_server, make_body, auth):
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"not json", b'{"timestamp": "yesterday", "pools": []}', b"[]", b'{"pools": 3}'],
+    ("content", "status"),
+    [
+        (b"not json", 400),
+        (b'{"timestamp": 1', 400),
+        (b'{"timestamp": "yesterday", "pools": []}', 422),
+        (b"[]", 422),
+        (b'{"pools": 3}', 422),
+    ],
 )
-def test_malformed_body_is_422(live_server, auth, content):
+def test_malformed_body_is_400_or_422(live_server, auth, content, status):
     r = httpx.post(
         live_server.url + URL,
         content=content,
         headers={**auth, "content-type": "application/json"},
     )
-    assert r.status_code == 422
+    assert r.status_code == status, r.text
 
 
 def test_auth(live_server, make_body, auth):
@@ -136,7 +161,8 @@ def test_serving_imports_no_torch():
         "from rlscale.serving.app import create_app\n"
         "from rlscale.serving.service import DecisionService, load_policy\n"
         "sc = load_scenario('azure-conv')\n"
-        "create_app(DecisionService(sc, load_policy('hpa', sc), load_policy('hpa', sc)))\n"
+        "svc = DecisionService(sc, load_policy('hpa', sc), load_policy('hpa', sc))\n"
+        "create_app(svc, token='t')\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -144,8 +170,40 @@ def test_serving_imports_no_torch():
 
 def test_bad_policy_spec_exits_2(tmp_path):
     cmd = [sys.executable, "-m", "rlscale.serving.cli", "--policy", "nope", "--port", "1"]
+    cmd.append("--insecure-no-auth")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown policy 'nope'" in done.stderr
+
+
+# --- auth by default ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_no_token_means_no_start(token):
+    """Without a token (an empty one counts as none) the service refuses to start."""
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV_VAR}
+    if token is not None:
+        env[TOKEN_ENV_VAR] = token
+    cmd = [sys.executable, "-m", "rlscale.serving.cli", "--port", str(free_port())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert TOKEN_ENV_VAR in done.stderr and "--insecure-no-auth" in done.stderr
+
+
+def test_insecure_no_auth_serves_openly_when_asked(server_factory, make_body):
+    server = server_factory("--insecure-no-auth", env={TOKEN_ENV_VAR: ""})
+    r = post(server, make_body(cluster="open"), {})
+    assert r.status_code == 200, r.text
+    assert "--insecure-no-auth" in server.log_path.read_text()  # said out loud
+
+
+def test_create_app_refuses_to_run_open_by_accident():
+    sc = load_scenario("azure-conv")
+    service = DecisionService(sc, load_policy("hpa", sc), load_policy("hpa", sc))
+    for token in (None, ""):
+        with pytest.raises(NoTokenError, match="--insecure-no-auth"):
+            create_app(service, token=token)
+    assert create_app(service, token=None, insecure_no_auth=True) is not None
 
 
 # --- guardrails as pure functions -------------------------------------------------------------
@@ -154,7 +212,8 @@ def test_bad_policy_spec_exits_2(tmp_path):
 def test_limit_steps_both_ways():
     out, reasons = limit_steps({"a": 10, "b": 0, "c": 3}, {"a": 2, "b": 6, "c": 3}, 4, 2)
     assert out == {"a": 6, "b": 4, "c": 3}
-    assert len(reasons) == 2 and "step down limited to -2" in reasons[1]
+    assert len(reasons) == 2 and "step down limited to -2" in str(reasons[1])
+    assert [r.cause for r in reasons] == [Cause.STEP_UP_LIMITED, Cause.STEP_DOWN_LIMITED]
 
 
 def test_bounds_win_over_current():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import shutil
 import socket
@@ -17,7 +16,11 @@ grpc = pytest.importorskip("grpc")
 
 from rlscale.serving import externalscaler_pb2 as pb  # noqa: E402
 from rlscale.serving import externalscaler_pb2_grpc as pb_grpc  # noqa: E402
-from rlscale.serving.base import PoolRecommendation, PoolRecommender  # noqa: E402
+from rlscale.serving.base import (  # noqa: E402
+    NoRecommendationError,
+    PoolRecommendation,
+    PoolRecommender,
+)
 from rlscale.serving.keda_grpc import (  # noqa: E402
     ExternalScalerServicer,
     hpa_desired_replicas,
@@ -49,15 +52,19 @@ class TablePoolRecommender:
         with self._lock:
             return list(self._replicas)
 
-    def recommend(self, pool: str) -> PoolRecommendation:
+    def recommend(self, cluster: str, pool: str) -> PoolRecommendation:
         if self.broken:
             raise RuntimeError("policy crashed")
         with self._lock:
             replicas = self._replicas[pool]  # KeyError for an unknown pool, as the protocol says
-        return PoolRecommendation(pool=pool, replicas=replicas, source="policy")
+        if replicas is None:
+            raise NoRecommendationError(f"no state from cluster '{cluster}' yet")
+        return PoolRecommendation(pool=pool, replicas=replicas, source="policy", cluster=cluster)
 
 
-def _ref(**metadata: str) -> pb.ScaledObjectRef:
+def _ref(cluster: str | None = "prod", **metadata: str) -> pb.ScaledObjectRef:
+    if cluster is not None:
+        metadata["cluster"] = cluster
     return pb.ScaledObjectRef(name="llama-70b", namespace="inference", scalerMetadata=metadata)
 
 
@@ -228,12 +235,38 @@ def test_plain_floats_would_lose_a_replica_to_keda_truncation():
     naive_metric, naive_target = 2 * 2.01, 2.01
     assert (int(naive_metric * 1000), int(naive_target * 1000)) == (4019, 2009)
     assert math.ceil(4019 / 2009) == 3  # one replica too many
-    config = parse_metadata({"pool": "p", "targetValue": "2.01"})
+    config = parse_metadata({"cluster": "c", "pool": "p", "targetValue": "2.01"})
     assert (int(config.metric_value(2) * 1000), int(config.target_value * 1000)) == (4020, 2010)
     assert hpa_desired_replicas(1, config.metric_value(2), config.target_value) == 2
 
 
 # -- errors -----------------------------------------------------------------------------------
+
+
+def test_missing_cluster_is_invalid_argument_naming_the_key(stub):
+    for call, request in [
+        (stub.IsActive, _ref(cluster=None, pool="a100-llama70b")),
+        (stub.GetMetricSpec, _ref(cluster=None, pool="a100-llama70b")),
+        (stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=_ref(None, pool="a100-llama70b"))),
+    ]:
+        code, details = _code(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'cluster'" in details
+
+
+def test_no_fresh_state_is_unavailable_and_active(stub, recommender):
+    """No number rather than a guess: GetMetrics fails (KEDA's fallback), IsActive is true."""
+    recommender.set_replicas("h100-mixtral", None)
+    ref = _ref(pool="h100-mixtral")
+    code, details = _code(stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=ref))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "no state from cluster 'prod'" in details and "fallback" in details
+    assert stub.IsActive(ref, timeout=RPC_TIMEOUT_S).result is True
+    stream = stub.StreamIsActive(ref, timeout=RPC_TIMEOUT_S)
+    try:
+        assert next(stream).result is True
+    finally:
+        stream.cancel()
 
 
 def test_missing_pool_is_invalid_argument_naming_the_key(stub):
@@ -252,7 +285,7 @@ def test_missing_pool_is_invalid_argument_naming_the_key(stub):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize("bad", ["zero", "0", "-1", "0.0001", "nan", "inf"])
+@pytest.mark.parametrize("bad", ["zero", "0", "-1", "0.0001", "nan", "inf", "1e300", "1000001"])
 def test_bad_target_value_is_invalid_argument(stub, bad):
     code, details = _code(stub.GetMetricSpec, _ref(pool="a100-llama70b", targetValue=bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -271,6 +304,7 @@ def test_unknown_pool_is_not_found_listing_known_pools(stub, recommender):
         recommender.ready = ready
         for call, request in [
             (stub.IsActive, _ref(pool="tpu")),
+            (stub.GetMetricSpec, _ref(pool="tpu")),
             (stub.GetMetrics, pb.GetMetricsRequest(scaledObjectRef=_ref(pool="tpu"))),
         ]:
             code, details = _code(call, request)
@@ -348,26 +382,24 @@ def test_tls_round_trip(recommender, tmp_path: Path):
         srv.stop(grace=None).wait(RPC_TIMEOUT_S)
 
 
-# -- the real core, when it exists ------------------------------------------------------------
+# -- the real core ----------------------------------------------------------------------------
 
 
 def test_decision_service_behind_the_scaler():
-    """The real core from ``serving/service.py``: before any decision it answers the floor."""
-    try:
-        service = importlib.import_module("rlscale.serving.service")
-        from rlscale.envs.scenario import load_scenario
-    except ImportError as err:
-        pytest.skip(f"rlscale.serving.service not importable yet: {err}")
-    if not hasattr(service, "DecisionService"):
-        pytest.skip("rlscale.serving.service has no DecisionService yet")
+    """The real core: before any state it gives no number (UNAVAILABLE, active); after a push
+    it gives that cluster's answer, and only to that cluster's ScaledObjects."""
+    from rlscale.envs.scenario import load_scenario
+    from rlscale.serving.schemas import RecommendationRequest
+    from rlscale.serving.service import DecisionService, default_guardrails, load_policy
+
     scenario = load_scenario("synthetic-2week")
     pool = scenario.pools[0].name
     floor = min(2, scenario.pools[0].quota)
-    core = service.DecisionService(
+    core = DecisionService(
         scenario,
-        service.load_policy("hpa", scenario),
-        service.load_policy("hpa", scenario),
-        guardrails=service.default_guardrails(scenario, min_replicas={pool: floor}),
+        load_policy("hpa", scenario),
+        load_policy("hpa", scenario),
+        guardrails=default_guardrails(scenario, min_replicas={pool: floor}),
     )
     assert isinstance(core, PoolRecommender)
     port = _free_port()
@@ -375,13 +407,22 @@ def test_decision_service_behind_the_scaler():
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.ExternalScalerStub(channel)
-            ref = _ref(pool=pool, targetValue="0.5")
-            metric = stub.GetMetrics(
-                pb.GetMetricsRequest(scaledObjectRef=ref, metricName=metric_name(pool)),
-                timeout=RPC_TIMEOUT_S,
-            ).metricValues[0]
-            assert metric.metricValueFloat == pytest.approx(floor * 0.5)
-            assert stub.IsActive(ref, timeout=RPC_TIMEOUT_S).result is (floor > 0)
+            ref = _ref(cluster="a", pool=pool, targetValue="0.5")
+            request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName=metric_name(pool))
+            code, details = _code(stub.GetMetrics, request)
+            assert code == grpc.StatusCode.UNAVAILABLE and "cluster 'a'" in details
+            assert stub.IsActive(ref, timeout=RPC_TIMEOUT_S).result is True
+            body = {
+                "cluster_id": "a",
+                "timestamp": core.clock(),
+                "arrival_rate_rps": 1.0,
+                "pools": [{"name": p.name, "replicas": {"ready": 3}} for p in scenario.pools],
+            }
+            out = core.decide(RecommendationRequest.model_validate(body))
+            metric = stub.GetMetrics(request, timeout=RPC_TIMEOUT_S).metricValues[0]
+            assert metric.metricValueFloat == pytest.approx(out.replicas[pool] * 0.5)
+            other = pb.GetMetricsRequest(scaledObjectRef=_ref(cluster="b", pool=pool))
+            assert _code(stub.GetMetrics, other)[0] == grpc.StatusCode.UNAVAILABLE
             code, details = _code(stub.IsActive, _ref(pool="no-such-pool"))
             assert code == grpc.StatusCode.NOT_FOUND
             assert pool in details

@@ -148,13 +148,14 @@ def test_swap_restarts_every_clusters_policy_memory(watched, decide):
         for _ in range(3):
             decide(service, cluster=cluster, rate_rps=40.0)
     # control: HPA's scale-down stabilization remembers the peak, a new cluster does not
-    assert decide(service, cluster="a", rate_rps=5.0).replicas != (
-        decide(service, cluster="new-1", rate_rps=5.0).replicas
+    # (the policy's own answer: the service's guardrails keep their own per-cluster memory)
+    assert decide(service, cluster="a", rate_rps=5.0).policy_reason != (
+        decide(service, cluster="new-1", rate_rps=5.0).policy_reason
     )
     _write_params(params, 0.6)
     assert reloader.check().result == "loaded"
-    assert decide(service, cluster="b", rate_rps=5.0).replicas == (
-        decide(service, cluster="new-2", rate_rps=5.0).replicas
+    assert decide(service, cluster="b", rate_rps=5.0).policy_reason == (
+        decide(service, cluster="new-2", rate_rps=5.0).policy_reason
     )
 
 
@@ -217,6 +218,7 @@ class Api:
 
     def version(self, server) -> tuple[str, str, list[str]]:
         """(policy_version, source, reasons) of one recommendation (kept in ``last``)."""
+        self.body["timestamp"] = time.time()  # fresh metrics each time
         r = httpx.post(f"{server.url}/v1/recommendations", json=self.body, headers=self.auth)
         assert r.status_code == 200, r.text
         self.last = r.json()
@@ -315,7 +317,8 @@ def test_live_server_started_on_a_corrupt_artifact_falls_back_until_a_good_one_l
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pb_grpc.ExternalScalerStub(channel)
         for pool, n in fallback["replicas"].items():
-            ref = pb.ScaledObjectRef(name=pool, namespace="t", scalerMetadata={"pool": pool})
+            metadata = {"cluster": api.body["cluster_id"], "pool": pool}
+            ref = pb.ScaledObjectRef(name=pool, namespace="t", scalerMetadata=metadata)
             got = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref), timeout=5)
             assert got.metricValues[0].metricValueFloat == pytest.approx(n, abs=1e-3)
             assert stub.IsActive(ref, timeout=5).result is True
@@ -372,12 +375,14 @@ def test_live_server_follows_a_registry_alias(exported_policy, server_factory, t
 
 def test_every_reason_has_its_cause_code(decide):
     """Each kind of reason the service and its guardrails give maps to one documented code."""
+    from rlscale.serving.causes import Cause, codes
     from rlscale.serving.guardrails import guard
-    from rlscale.serving.service import CAUSES, causes_of, default_guardrails
+    from rlscale.serving.service import default_guardrails
 
     service = _service(None)
-    reasons = decide(service, age_s=600).reasons
-    assert causes_of(reasons) == ["stale_metrics", "no_policy", "fallback_decided"]
+    out = decide(service, age_s=600)
+    assert out.causes == ["stale_metrics", "no_policy", "fallback_decided"]
+    assert out.reasons[0].startswith("stale metrics: ")
     rails = default_guardrails(SCENARIO, min_replicas={"a100": 1}, max_total_replicas=3)
     _, _, guard_reasons = guard(
         {"h100": 9, "a100": 0, "h100-spot": 0},
@@ -385,12 +390,12 @@ def test_every_reason_has_its_cause_code(decide):
         {"h100": 2, "a100": 0, "h100-spot": 4},
         rails,
     )
-    assert causes_of(guard_reasons) == [
+    assert codes(guard_reasons) == [
         "step_up_limited",
         "step_down_limited",
         "min_replicas",
         "cluster_quota",
         "warm_pool_limited",
     ]
-    assert set(causes_of(guard_reasons)) <= set(CAUSES)
-    assert causes_of(["something new"]) == ["other"]
+    assert all(isinstance(r.cause, Cause) for r in guard_reasons)
+    assert str(guard_reasons[0]) == "h100: step up limited to +4 (asked 9, current 2)"

@@ -19,6 +19,7 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from rlscale.envs.scenario import load_scenario  # noqa: E402
 from rlscale.serving.prometheus_source import PrometheusSource  # noqa: E402
 from rlscale.serving.service import DecisionService, load_policy  # noqa: E402
+from rlscale.serving.shadow import ShadowLog  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -47,8 +48,10 @@ class VllmExporter:
         spec = prometheus_client.Gauge(
             "kube_deployment_spec_replicas", "spec", ["deployment"], registry=reg
         )
-        ready.labels(deployment="h100").set(1)
-        spec.labels(deployment="h100").set(1)
+        # every pool's count: one without data is unknown to the service, not 0
+        for deployment, n in (("h100", 1), ("a100", 0), ("h100-spot", 0)):
+            ready.labels(deployment=deployment).set(n)
+            spec.labels(deployment=deployment).set(n)
         self.rate_rps = 0.0
         self.port = _free_port()
         # always the text format: with OpenMetrics, prometheus-client 0.26 rewrites the ':'
@@ -143,6 +146,7 @@ def _service(tmp_path: Path) -> DecisionService:
         load_policy(f"hpa={params}", scenario),
         load_policy("hpa", scenario),
         max_staleness_s=3.0,
+        shadow=ShadowLog(tmp_path / "shadow.db"),
     )
 
 
@@ -156,7 +160,7 @@ def test_recommendation_follows_the_exporter_and_falls_back_without_prometheus(
         "queue": "sum(vllm:num_requests_waiting)",
         "in_flight": "sum(vllm:num_requests_running)",
     }
-    source = PrometheusSource(url, service.pools(), service.decide, queries=queries)
+    source = PrometheusSource(url, service.pools(), service.decide_and_record, queries=queries)
 
     def settle(rate_rps: float):
         exporter.set_load(rate_rps)
@@ -171,7 +175,7 @@ def test_recommendation_follows_the_exporter_and_falls_back_without_prometheus(
     assert low.source == high.source == back.source == "policy"
     assert high.replicas["h100"] > low.replicas["h100"]
     assert back.replicas["h100"] < high.replicas["h100"]
-    assert service.recommend("h100").replicas == back.replicas["h100"]
+    assert service.recommend("default", "h100").replicas == back.replicas["h100"]
 
     proc.terminate()
     proc.wait(timeout=10)
@@ -180,3 +184,13 @@ def test_recommendation_follows_the_exporter_and_falls_back_without_prometheus(
     assert "prometheus unreachable" in source.last_error
     assert fallen.source == "fallback"
     assert any("stale" in r or "old" in r for r in fallen.reasons), fallen.reasons
+    assert fallen.replicas["h100"] >= back.replicas["h100"]  # no scale-down on stale input
+
+    # Prometheus mode goes through the same recorder as HTTP: every decision has its shadow
+    # row and is counted in the metrics
+    assert service.recorder.shadow.count() == 4
+    assert all(r.shadow_recorded for r in (low, high, back, fallen))
+    text = service.recorder.metrics.exposition().decode()
+    assert 'rlscale_decisions_total{pool="h100",source="policy"} 3.0' in text
+    assert 'rlscale_fallback_causes_total{cause="stale_metrics"} 1.0' in text
+    assert "rlscale_shadow_rows 4.0" in text

@@ -34,7 +34,9 @@ def test_pushed_state_reaches_keda_through_grpc(server_factory, make_body, auth)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pb_grpc.ExternalScalerStub(channel)
         ref = pb.ScaledObjectRef(
-            name="llama", namespace="inference", scalerMetadata={"pool": "h100", "targetValue": "2"}
+            name="llama",
+            namespace="inference",
+            scalerMetadata={"cluster": "keda", "pool": "h100", "targetValue": "2"},
         )
         spec = stub.GetMetricSpec(ref, timeout=5)
         name = spec.metricSpecs[0].metricName

@@ -1,0 +1,50 @@
+"""schemathesis against the live OpenAPI: no 5xx, and every answer as the schema says.
+
+Bodies, parameters and headers generated from ``/openapi.json`` (valid and invalid ones) go
+to the real server; each response is checked for server errors, status codes and content
+types the schema does not list, and bodies that violate it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from rlscale.serving.limits import MAX_BODY_BYTES  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_api_conforms_to_its_schema(live_server, auth, mode):
+    """Every operation, valid and invalid input: no 5xx, nothing the schema does not say."""
+    from schemathesis.generation.modes import GenerationMode
+
+    schema = schemathesis.openapi.from_url(live_server.url + "/openapi.json")
+    calls: list[int] = []
+
+    @given(case=schema.as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case) -> None:
+        response = case.call_and_validate(headers=auth, timeout=10)
+        calls.append(response.status_code)
+
+    check()
+    print(mode, sorted(__import__("collections").Counter(calls).items()))
+    assert calls and max(calls) < 500
+    assert live_server.alive()
+
+
+def test_openapi_lists_the_error_answers_and_metrics_as_text(live_server):
+    import httpx
+
+    spec = httpx.get(live_server.url + "/openapi.json").json()
+    post = spec["paths"]["/v1/recommendations"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "422", "429"} <= set(post)
+    assert str(MAX_BODY_BYTES) in post["413"]["description"]
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    pools = spec["components"]["schemas"]["RecommendationRequest"]["properties"]["pools"]
+    assert pools["maxItems"] == 64
