@@ -68,7 +68,9 @@ SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
 SP_NBINS = 19  # workload length in bins
 SP_NSPOT = 20  # spot series length in decision steps
 SP_TIMEOUT = 21
-N_SP = 22
+SP_PHI = 22  # residual ratio E[o^2] / (2 E[o]^2) of the workload's output tokens
+SP_PSHIFT = 23  # E[p o] / E[o] - E[p]: the prompts in flight against the mean prompt, tokens
+N_SP = 24
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -402,52 +404,46 @@ def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
 def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
 
-    ``hist[k, j]`` counts requests admitted after ``j`` sub-steps in the queue whose wait
-    behind other prompts' prefill is row ``rows[k]`` of ``prompt_q`` (a step fills three rows,
-    an episode up to all of them). Such a request's TTFT is its
-    queueing delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
+    ``hist[k, 0, j]`` counts requests admitted after ``j`` whole sub-steps in the queue whose
+    wait behind other prompts' prefill is row ``rows[k]`` of ``prompt_q`` (a step fills three
+    rows, an episode up to all of them); ``hist[k, 1, j]`` and ``hist[k, 2, j]`` sum their
+    queueing delays and squared delays in sub-steps, so a bin carries the mean and spread of
+    its delays rather than ``j`` (two points at one standard deviation either side of the
+    mean). A request admitted on arrival (``j = 0``) waits only for its iteration. Such a request's TTFT is its queueing
+    delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
     ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
     and, at a busy replica, the prompts ahead of it in the prefill budget.
     """
-    L = hist.shape[1]
+    L = hist.shape[2]
     nq = prompt_q.shape[1]
     inv_p = 1.0 / prefill_s_per_tok
     total = 0.0
     ok = 0.0
-    first = L
-    last = -1
+    lo_wait = np.inf
+    hi_wait = 0.0
     top = 0.0
-    rows_used = 0
     for k in range(rows.shape[0]):
         r = rows[k]
         used = False
         for j in range(L):
-            w = hist[k, j]
+            w = hist[k, 0, j]
             if w > 0.0:
                 used = True
                 total += w
-                first = min(first, j)
-                last = max(last, j)
-                ok += w * _quantile_cdf(prompt_q[r], (target_s - j * dt - base_s) * inv_p)
+                mean = hist[k, 1, j] / w
+                spread = np.sqrt(max(0.0, hist[k, 2, j] / w - mean * mean))
+                for side in (-1.0, 1.0):
+                    wait_s = max(0.0, mean + side * spread) * dt
+                    lo_wait = min(lo_wait, wait_s)
+                    hi_wait = max(hi_wait, wait_s)
+                    ok += 0.5 * w * _quantile_cdf(prompt_q[r], (target_s - wait_s - base_s) * inv_p)
         if used:
-            rows_used += 1
             top = max(top, prompt_q[r, nq - 1])
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
-    if rows_used == 1 and first == last:
-        for k in range(rows.shape[0]):
-            r = rows[k]
-            if hist[k, first] > 0.0:
-                shift = first * dt + base_s
-                return (
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.50),
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.95),
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.99),
-                    ok,
-                )
     # the mixture CDF on a log-spaced grid, then the percentiles by interpolation
-    lo_s = max(first * dt + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
-    hi_s = max(last * dt + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
+    lo_s = max(lo_wait + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
+    hi_s = max(hi_wait + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
     xs = np.empty(TTFT_GRID)
     x = lo_s
@@ -457,9 +453,14 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     xs[TTFT_GRID - 1] = hi_s
     cdf = np.zeros(TTFT_GRID)
     for k in range(rows.shape[0]):
-        for j in range(first, last + 1):
-            if hist[k, j] > 0.0:
-                _add_quantile_cdf(cdf, xs, j * dt + base_s, inv_p, hist[k, j], prompt_q[rows[k]])
+        for j in range(L):
+            w = hist[k, 0, j]
+            if w > 0.0:
+                mean = hist[k, 1, j] / w
+                spread = np.sqrt(max(0.0, hist[k, 2, j] / w - mean * mean))
+                for side in (-1.0, 1.0):
+                    wait_s = max(0.0, mean + side * spread) * dt
+                    _add_quantile_cdf(cdf, xs, wait_s + base_s, inv_p, 0.5 * w, prompt_q[rows[k]])
     out = np.zeros(3)
     levels = (0.50, 0.95, 0.99)
     li = 0
@@ -545,11 +546,17 @@ def _cancel_starting(ring, n, now_slot, H):
 
 
 @njit(cache=True, error_model="numpy")
-def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens):
+def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens, phi):
     """One sub-step of continuous batching on R replicas; returns (n_iter, decoded, completed).
 
     ``seqs`` sequences hold ``ctx`` context tokens and have ``remaining`` output tokens to go;
-    ``q_tokens`` prompt tokens are prefilled in this sub-step across the R replicas.
+    ``q_tokens`` prompt tokens are prefilled in this sub-step across the R replicas, riding in
+    the same iterations as the decodes (chunked prefill), so they lengthen the iterations.
+
+    Completions follow ``completed = decoded * phi * seqs / remaining``: in steady state the
+    remaining work per sequence is then ``phi`` times a new sequence's, which is the mean
+    residual of the output-length distribution when ``phi = E[d^2] / (2 E[d]^2)`` (see
+    ``WorkloadSeries.output_residual_ratio``), and Little's law holds for any ``phi``.
     """
     if R <= 0.0 or seqs <= 0.0:
         return 0.0, 0.0, 0.0
@@ -559,25 +566,87 @@ def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens):
         return 0.0, 0.0, 0.0
     n_iter = budget / t_dec
     decoded = min(remaining, n_iter * seqs)
-    # the fluid completion rule: keeps Little's law exact for any output-length distribution
-    completed = decoded * seqs / remaining if remaining > 0.0 else seqs
+    completed = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
     return n_iter, decoded, min(completed, seqs)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
+    """KV tokens a completing sequence frees: its prompt and its whole output.
+
+    The fluid does not know which sequences complete, only how many; their mean context is
+    read off the bucket. In steady state a sequence in flight holds its prompt plus as many
+    generated tokens as it has left (age and residual have one mean), and its prompt is the
+    decode-weighted mean, ``pshift`` tokens off the mean prompt that completions free. So a
+    completing one holds ``ctx/seqs + (1/phi - 1) * remaining/seqs - pshift``. Reading it
+    off the state, rather than from the admitted mean, keeps the held context self-correcting.
+    """
+    if seqs <= 0.0:
+        return 0.0
+    return max(0.0, ctx / seqs + (1.0 / phi - 1.0) * remaining / seqs - pshift)
+
+
 @njit(cache=True, error_model="numpy")
-def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed):
-    """Write a decode result into a pool's ready (PS_I*) or draining (PS_*D) bucket."""
+def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed, phi, pshift):
+    """Write a decode result into a pool's ready (PS_I*) or draining (PS_*D) bucket.
+
+    Decoded tokens join the held context; completing sequences free their prompt and output.
+    """
     seqs = ps_row[k_seqs]
     if seqs <= 0.0:
         return
-    # A completing sequence frees its whole context, prompt and all its output: on average the
-    # projected context per sequence, (held + remaining) / seqs. Freeing only the average held
-    # context would let held/seqs drift up to the projected size and count remaining output
-    # twice in the KV admission check.
-    projected = ps_row[k_ctx] + ps_row[k_remaining]
-    ps_row[k_ctx] = max(0.0, ps_row[k_ctx] + decoded - completed * projected / seqs)
-    ps_row[k_remaining] = max(0.0, ps_row[k_remaining] - decoded)
-    ps_row[k_seqs] = max(0.0, seqs - completed)
+    ctx = ps_row[k_ctx] + decoded
+    remaining = max(0.0, ps_row[k_remaining] - decoded)
+    freed = _freed_per_completion(seqs, remaining, ctx, phi, pshift)
+    left = seqs - completed
+    if left <= 1e-12:
+        ps_row[k_ctx] = 0.0
+        ps_row[k_remaining] = 0.0
+        ps_row[k_seqs] = 0.0
+        return
+    ps_row[k_ctx] = max(0.0, ctx - completed * freed)
+    ps_row[k_remaining] = remaining
+    ps_row[k_seqs] = left
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admission_cap(pp_row, ps_row, dt, maxtok, phi, pshift, pbar, obar):
+    """Requests a pool's ready replicas can admit in this sub-step.
+
+    Continuous batching admits at every iteration, so the slots and KV room that this
+    sub-step's completions free are reused within it. Admitting ``x`` requests spends
+    ``h * x`` seconds of each replica's sub-step on their prefill, which leaves less decode
+    time and so fewer completions: ``x <= free + g * (dt - h * x)`` with ``g`` completions
+    per second of decode time, solved for ``x``; the KV bound likewise. The prefill itself is
+    bounded by the iteration token budget (``max_batched_tokens`` less the decodes).
+    """
+    R = ps_row[PS_READY]
+    if R <= 0.0:
+        return 0.0
+    seqs = ps_row[PS_IR]
+    remaining = ps_row[PS_WR]
+    ctx = ps_row[PS_CR]
+    b = seqs / R
+    t_dec = pp_row[PP_A] + pp_row[PP_C] * b + pp_row[PP_KCTX] * ctx / R
+    qbudget = max(0.0, maxtok - b)
+    q_per_rep = dt * qbudget / (t_dec + pp_row[PP_PREFILL] * qbudget)
+    cap_tok = R * q_per_rep / max(pbar, 1.0)
+    h = pp_row[PP_PREFILL] * pbar / R
+    free_slots = R * pp_row[PP_MAXSEQ] - seqs
+    free_kv = R * pp_row[PP_KV] - ctx - remaining
+    need = pbar + obar
+    if seqs > 0.0:
+        g = phi * seqs * seqs / (t_dec * remaining) if remaining > 0.0 else seqs / dt
+        freed = _freed_per_completion(seqs, remaining, ctx, phi, pshift)
+        cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
+        cap_kv = min(
+            (free_kv + g * dt * freed) / (need + g * h * freed),
+            (free_kv + seqs * freed) / need,
+        )
+    else:
+        cap_slot = free_slots
+        cap_kv = free_kv / need
+    return max(0.0, min(cap_slot, cap_kv, cap_tok))
 
 
 @njit(cache=True, error_model="numpy")
@@ -595,6 +664,8 @@ def _step_cluster(i, actions, params, state, out):
     nspot = int(sp[SP_NSPOT])
     cache_hit = sp[SP_CACHE]
     maxtok = sp[SP_MAXTOK]
+    phi = sp[SP_PHI]
+    pshift = sp[SP_PSHIFT]
     c = cs[i]
     m = met[i]
     for j in range(N_M):
@@ -604,7 +675,9 @@ def _step_cluster(i, actions, params, state, out):
         for j in range(N_PM):
             pmet[i, p, j] = 0.0
     for j in range(L):
-        whist[i, j] = 0.0
+        whist[i, 0, j] = 0.0
+        whist[i, 1, j] = 0.0
+        whist[i, 2, j] = 0.0
 
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
@@ -733,7 +806,7 @@ def _step_cluster(i, actions, params, state, out):
     tpot_tok = np.zeros(P)
     tpot_w = np.zeros(P)
     caps = np.zeros(P)
-    step_hist = np.zeros((3, L))
+    step_hist = np.zeros((3, 3, L))
     step_rows = np.zeros(3, dtype=np.int64)
     adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
     adm_q = np.zeros(P)
@@ -788,6 +861,7 @@ def _step_cluster(i, actions, params, state, out):
                             qring[i, 0, qb] += rq
                             qring[i, 1, qb] += dc * fn
                             qring[i, 2, qb] += dw * fn
+                            qring[i, 3, qb] += rq
                             c[CS_QN] += rq
                             c[CS_QP] += dc * fn
                             c[CS_QO] += dw * fn
@@ -814,6 +888,7 @@ def _step_cluster(i, actions, params, state, out):
             qring[i, 0, qb] = 0.0
             qring[i, 1, qb] = 0.0
             qring[i, 2, qb] = 0.0
+            qring[i, 3, qb] = 0.0
         if c[CS_QHEAD] <= s - L:
             c[CS_QHEAD] = s - L + 1
         wb = (off + s) % nbins
@@ -836,36 +911,36 @@ def _step_cluster(i, actions, params, state, out):
             qring[i, 0, qb] += n_arr * keep
             qring[i, 1, qb] += pt * keep
             qring[i, 2, qb] += ot * keep
+            qring[i, 3, qb] += n_arr * keep
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
 
-        # admission capacity per pool
+        # admission capacity per pool, counting the slots this sub-step's completions free;
+        # sized for the requests at the head of the queue, which are the ones admitted first
         qn = c[CS_QN]
         pbar = c[CS_QP] / qn if qn > 1e-12 else 1.0
         obar = c[CS_QO] / qn if qn > 1e-12 else 1.0
+        hb = int(c[CS_QHEAD]) % L
+        if qring[i, 0, hb] > 1e-12:
+            pbar = qring[i, 1, hb] / qring[i, 0, hb]
+            obar = qring[i, 2, hb] / qring[i, 0, hb]
         cap_total = 0.0
         for p in range(P):
             caps[p] = 0.0
         if qn > 1e-12:
             for p in range(P):
-                row = ps[i, p]
-                R = row[PS_READY]
-                if R <= 0.0:
-                    continue
-                b = row[PS_IR] / R
-                t_dec = pp[p, PP_A] + pp[p, PP_C] * b + pp[p, PP_KCTX] * row[PS_CR] / R
-                qbudget = max(0.0, maxtok - b)
-                q_per_rep = dt * qbudget / (t_dec + pp[p, PP_PREFILL] * qbudget)
-                slots = R * pp[p, PP_MAXSEQ] - row[PS_IR]
-                kv_room = (R * pp[p, PP_KV] - row[PS_CR] - row[PS_WR]) / (pbar + obar)
-                cp = min(slots, kv_room, R * q_per_rep / max(pbar, 1.0))
+                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, phi, pshift, pbar, obar)
                 if cp > 0.0:
                     caps[p] = cp
                     cap_total += cp
         admit = min(qn, cap_total)
         if admit > 1e-12:
-            # FIFO: take whole cohorts from the head; record each cohort's age
+            # FIFO: take whole cohorts from the head; record each cohort's age and delay. When
+            # capacity binds, admissions spread evenly over the sub-step in queue order;
+            # otherwise the queued cohorts go at its start. A cohort's requests arrived evenly
+            # over their own sub-step.
+            binding = admit < qn - 1e-9
             need = admit
             got_n = 0.0
             got_p = 0.0
@@ -878,13 +953,33 @@ def _step_cluster(i, actions, params, state, out):
                     qring[i, 0, hb] = 0.0
                     qring[i, 1, hb] = 0.0
                     qring[i, 2, hb] = 0.0
+                    qring[i, 3, hb] = 0.0
                     head += 1
                     continue
                 take = min(have, need)
                 f = take / have
                 tp = qring[i, 1, hb] * f
                 to = qring[i, 2, hb] * f
-                whist[i, min(s - head, L - 1)] += take
+                age = s - head
+                # FIFO: the requests taken now are the earliest of the cohort still queued, so
+                # they arrived after the share already admitted; they leave in arrival order,
+                # spread over the sub-step when capacity binds, at its start otherwise. Within
+                # its own sub-step a request's wait is the prefill queue's (Erlang C in
+                # _prefill_wait), not counted here twice.
+                delay = 0.0
+                var = 0.0
+                if age > 0:
+                    orig = max(qring[i, 3, hb], have)
+                    w_arr = take / orig
+                    w_adm = take / admit if binding else 0.0
+                    u_adm = (admit - need) / admit if binding else 0.0
+                    delay = age + u_adm + 0.5 * w_adm - ((orig - have) / orig + 0.5 * w_arr)
+                    delay = max(delay, 0.0)
+                    var = (w_adm - w_arr) ** 2 / 12.0
+                jb = min(age, L - 1)
+                whist[i, 0, jb] += take
+                whist[i, 1, jb] += take * delay
+                whist[i, 2, jb] += take * (delay * delay + var)
                 got_n += take
                 got_p += tp
                 got_o += to
@@ -893,6 +988,7 @@ def _step_cluster(i, actions, params, state, out):
                     qring[i, 0, hb] = 0.0
                     qring[i, 1, hb] = 0.0
                     qring[i, 2, hb] = 0.0
+                    qring[i, 3, hb] = 0.0
                     head += 1
                 else:
                     qring[i, 0, hb] = have - take
@@ -928,7 +1024,7 @@ def _step_cluster(i, actions, params, state, out):
             R = row[PS_READY]
             q_tok = x * pa
             n_it, dec, done = _decode(
-                a, cc, kk, pt_s, R, row[PS_IR], row[PS_WR], row[PS_CR], dt, q_tok
+                a, cc, kk, pt_s, R, row[PS_IR], row[PS_WR], row[PS_CR], dt, q_tok, phi
             )
             if R > 0.0:
                 b = row[PS_IR] / R
@@ -943,13 +1039,17 @@ def _step_cluster(i, actions, params, state, out):
                 row[PS_BATCH] = b
                 rep_sub[p] += R
                 if x > 0.0:
-                    base_sum += x * 1.5 * t_dec
+                    # its own iteration, after the iteration in flight at the replica that takes
+                    # it: least-loaded pulling from one queue, that is the first of R busy
+                    # replicas to finish (t / (R + 1) on average), or none while one is idle
+                    busy_all = min(1.0, b) ** R
+                    base_sum += x * t_dec * (1.0 + busy_all / (R + 1.0))
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
                     adm_q[p] += q_tok
                     adm_td[p] += x * t_dec
-            _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done)
+            _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done, phi, pshift)
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
@@ -960,9 +1060,9 @@ def _step_cluster(i, actions, params, state, out):
                     tok_ok += dec
             D = row[PS_DRAIN]
             n_d, dec_d, done_d = _decode(
-                a, cc, kk, pt_s, D, row[PS_ID], row[PS_WD], row[PS_CD], dt, 0.0
+                a, cc, kk, pt_s, D, row[PS_ID], row[PS_WD], row[PS_CD], dt, 0.0, phi
             )
-            _apply_decode(row, PS_ID, PS_WD, PS_CD, dec_d, done_d)
+            _apply_decode(row, PS_ID, PS_WD, PS_CD, dec_d, done_d, phi, pshift)
             if n_d > 0.0 and dec_d > 0.0:
                 tpot = dt / n_d
                 tpot_tok[p] += dec_d * tpot
@@ -984,10 +1084,12 @@ def _step_cluster(i, actions, params, state, out):
                     drings[i, p, RING_GRACE, gslot] = 0.0
                     drings[i, p, RING_NOTICE, gslot] = 0.0
             if x > 0.0:
+                # a new sequence holds its slot for its prefill iteration (the first token) and
+                # one iteration per further token: oa iterations of the batch, from the next
+                # sub-step (within this one the slots it took were freed by completions)
                 row[PS_IR] += x
-                row[PS_CR] += x * (pa + 1.0)
-                row[PS_WR] += x * max(oa - 1.0, 0.0)
-                tokens += x
+                row[PS_CR] += x * pa
+                row[PS_WR] += x * oa
             c[CS_COMPLETED] += completed
             m[M_COMPLETED] += completed
             m[M_TOKENS] += tokens
@@ -1065,13 +1167,14 @@ def _step_cluster(i, actions, params, state, out):
             step_rows[1] = 1 + r0
             step_rows[2] = 2 + r0
         for j in range(L):
-            w = whist[i, j]
-            step_hist[0, j] = w * (1.0 - pi)
-            step_hist[1, j] = w * pi * (1.0 - fr)
-            step_hist[2, j] = w * pi * fr
-            if w > 0.0:
-                for k in range(3):
-                    ep_whist[i, step_rows[k], j] += step_hist[k, j]
+            for z in range(3):
+                w = whist[i, z, j]
+                step_hist[0, z, j] = w * (1.0 - pi)
+                step_hist[1, z, j] = w * pi * (1.0 - fr)
+                step_hist[2, z, j] = w * pi * fr
+                if w > 0.0:
+                    for k in range(3):
+                        ep_whist[i, step_rows[k], z, j] += step_hist[k, z, j]
         t50, t95, t99, ok = _ttft_stats(
             step_hist,
             step_rows,
@@ -1280,14 +1383,14 @@ def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
         else:
             ps[i, p, PS_PRICE] = pp[p, PP_PRICE]
     qring[i, :, :] = 0.0
-    whist[i, :] = 0.0
+    whist[i, :, :] = 0.0
     srings[i, :, :, :] = 0.0
     drings[i, :, :, :] = 0.0
     met[i, :] = 0.0
     met[i, M_ATTAIN] = 1.0
     met[i, M_ATTAIN_EP] = 1.0
     pmet[i, :, :] = 0.0
-    ep_whist[i, :] = 0.0
+    ep_whist[i, :, :, :] = 0.0
     ep_tpot[i, :] = 0.0
     # the first observation sees the rate of the interval just before the episode starts
     K = int(sp[SP_K])

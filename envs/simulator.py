@@ -313,6 +313,8 @@ class ClusterSimulator:
         sp[dyn.SP_NBINS] = wl.n_bins
         sp[dyn.SP_NSPOT] = n_spot
         sp[dyn.SP_TIMEOUT] = sc.slo.timeout_s
+        sp[dyn.SP_PHI] = wl.output_residual_ratio
+        sp[dyn.SP_PSHIFT] = wl.inflight_prompt_shift_tokens
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)
@@ -325,8 +327,8 @@ class ClusterSimulator:
         # state, written in place by the kernel
         self.cluster_state = np.zeros((n, dyn.N_CS))
         self.pool_state = np.zeros((n, P, dyn.N_PS))
-        self.queue_ring = np.zeros((n, 3, L))
-        self.wait_hist = np.zeros((n, L))
+        self.queue_ring = np.zeros((n, 4, L))
+        self.wait_hist = np.zeros((n, 3, L))
         self.lifecycle_rings = np.zeros((n, P, 3, H), dtype=np.float32)
         self.drain_rings = np.zeros((n, P, 2, G))
         self.rng_state = np.zeros(n, dtype=np.uint64)
@@ -335,7 +337,7 @@ class ClusterSimulator:
         self.metrics = np.zeros((n, dyn.N_M))
         self.pool_metrics = np.zeros((n, P, dyn.N_PM))
         self.tenant_cost = np.zeros((n, len(wl.tenant_names)))
-        self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, L))
+        self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L))
         self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)

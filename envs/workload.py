@@ -86,6 +86,17 @@ class WorkloadSeries:
             to 1 (uniform where no tokens arrived): the share of tokens of each tenant per interval.
         start_s_of_week: seconds since Monday 00:00 at bin 0 (time-of-day / week features).
         gaps: bool [T], bins inside collection gaps of the source (ServeGen empty windows).
+        output_residual_ratio: ``E[o^2] / (2 E[o]^2)`` of the output tokens ``o`` of a request,
+            which holds its sequence slot for ``o`` iterations (its prefill iteration gives the
+            first token): the mean remaining output of the sequences in flight over the mean
+            of a new one (renewal theory's residual life). 1/2 when every request has the same
+            output, 1 for exponential outputs. The fluid model completes sequences at the rate
+            that makes its remaining work match this (see ``dynamics``).
+        inflight_prompt_shift_tokens: ``E[p o] / E[o] - E[p]`` for prompt ``p`` and output
+            ``o``: how far the mean prompt of the sequences in flight, which stay in flight in
+            proportion to ``o``, lies from the mean prompt (negative when long answers follow
+            short prompts, as in the Azure conversation trace). 0 when lengths are drawn
+            independently.
     """
 
     name: str
@@ -101,6 +112,8 @@ class WorkloadSeries:
     tenant_token_share: np.ndarray
     start_s_of_week: float
     gaps: np.ndarray
+    output_residual_ratio: float = 1.0
+    inflight_prompt_shift_tokens: float = 0.0
 
     @property
     def n_bins(self) -> int:
@@ -186,6 +199,22 @@ def length_moments(dist: LengthDistribution) -> tuple[float, float]:
     m1 = p_lo * lo + partial(1) + p_hi * hi
     m2 = p_lo * lo**2 + partial(2) + p_hi * hi**2
     return m1, math.sqrt(max(m2 - m1 * m1, 0.0))
+
+
+def output_residual_ratio(mean_output: float, std_output: float) -> float:
+    """``E[o^2] / (2 E[o]^2)`` of output tokens ``o`` (see :class:`WorkloadSeries`)."""
+    if mean_output <= 1e-9:
+        return 1.0
+    return float((std_output**2 + mean_output**2) / (2.0 * mean_output**2))
+
+
+def inflight_prompt_shift_tokens(prompt: np.ndarray, output: np.ndarray) -> float:
+    """``E[p o] / E[o] - E[p]`` over recorded requests (see :class:`WorkloadSeries`)."""
+    o = np.asarray(output, dtype=np.float64)
+    p = np.asarray(prompt, dtype=np.float64)
+    if o.size == 0 or o.sum() <= 0.0:
+        return 0.0
+    return float((p * o).sum() / o.sum() - p.mean())
 
 
 def _quantile_levels() -> np.ndarray:
@@ -401,6 +430,8 @@ class _Built:
     tenant_names: tuple[str, ...]
     start_s_of_week: float
     gaps: np.ndarray
+    output_residual_ratio: float = 1.0
+    inflight_prompt_shift_tokens: float = 0.0
 
 
 def _build_recorded(
@@ -449,6 +480,10 @@ def _build_recorded(
         tenant_names=req.tenant_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
+        output_residual_ratio=(
+            output_residual_ratio(float(output.mean()), float(output.std())) if output.size else 1.0
+        ),
+        inflight_prompt_shift_tokens=inflight_prompt_shift_tokens(prompt, output),
     )
 
 
@@ -620,6 +655,7 @@ def _build_servegen(
         tenant_names=sg.client_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
+        output_residual_ratio=output_residual_ratio(*length_moments(cfg.output_tokens)),
     )
 
 
@@ -728,7 +764,7 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
     idx = np.arange(n_bins)
     forecast = (csum[idx + per_interval] - csum[idx]) / per_interval
     p_mean, _ = length_moments(cfg.prompt_tokens)
-    o_mean, _ = length_moments(cfg.output_tokens)
+    o_mean, o_sd = length_moments(cfg.output_tokens)
     rows = -(-n_bins // per_interval)
     bins = _Bins(arrivals, arrivals * p_mean, arrivals * o_mean, np.ones((rows, 1)))
     return _Built(
@@ -740,6 +776,7 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
         tenant_names=("default",),
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=np.zeros(n_bins, dtype=bool),
+        output_residual_ratio=output_residual_ratio(o_mean, o_sd),
     )
 
 
@@ -784,4 +821,6 @@ def build_workload(
         tenant_token_share=_shares(built.bins.tenant_tokens),
         start_s_of_week=float(built.start_s_of_week),
         gaps=built.gaps,
+        output_residual_ratio=float(built.output_residual_ratio),
+        inflight_prompt_shift_tokens=float(built.inflight_prompt_shift_tokens),
     )

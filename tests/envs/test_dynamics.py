@@ -234,3 +234,76 @@ def test_fluid_refuses_routing_it_does_not_model(make_small_scenario):
 
     with pytest.raises(ScenarioError, match="routing: random"):
         ClusterSimulator(make_small_scenario(routing="random"), 1)
+
+
+# --- continuous batching at saturation (the knee) ---------------------------------------------
+
+
+def _fixed_lengths(make_small_scenario, rate, prompt, output, replicas=1, **extra):
+    """One H100 pool under flat synthetic load whose every request has the same lengths."""
+    return make_small_scenario(
+        pools=[
+            {
+                "name": "h100",
+                "profile": "h100x1-llama3-8b",
+                "price_usd_h": 4.0,
+                "quota": replicas,
+                "initial_replicas": replicas,
+            }
+        ],
+        workload={
+            "kind": "synthetic",
+            "synthetic": {
+                "base_rate_rps": rate,
+                "days": 0.5,
+                "noise_cv": 0.0,
+                "daily_amplitude": 0.0,
+            },
+            "prompt_tokens": {"median": prompt, "p90": prompt},
+            "output_tokens": {"median": output, "p90": output},
+        },
+        **extra,
+    )
+
+
+def _pool_state(sim):
+    """(sequences, held context, remaining output) of the only pool's ready replicas."""
+    from rlscale.envs import dynamics as dyn
+
+    row = sim.pool_state[0, 0]
+    return row[dyn.PS_IR], row[dyn.PS_CR], row[dyn.PS_WR]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_overload_holds_max_num_seqs_per_replica(make_small_scenario, replicas):
+    """Slots freed within a sub-step are refilled within it: a saturated replica holds
+    max_num_seqs sequences, not a few percent fewer (the queue is never empty here)."""
+    sc = _fixed_lengths(make_small_scenario, 300.0 * replicas, 500, 200, replicas=replicas)
+    sim = _sim(sc)
+    held = []
+    for _ in range(12):
+        sim.step(sim.noop_action()[None])
+        assert sim.step_info(0)["load/queue"] > 0
+        held.append(_pool_state(sim)[0])
+    max_seqs = load_profile("h100x1-llama3-8b").max_num_seqs
+    assert np.mean(held[4:]) / replicas == pytest.approx(max_seqs, rel=0.005)
+
+
+@pytest.mark.parametrize(("prompt", "output"), [(500, 201), (1500, 61)])
+def test_held_context_grows_with_generated_tokens(make_small_scenario, prompt, output):
+    """As the calibration assumes (an iteration pays for prompt AND generated tokens held): with
+    every request decoding d = output - 1 tokens, a sequence in flight holds on average its
+    prompt, its first token and half its decode, and its remaining work is the other half."""
+    sc = _fixed_lengths(make_small_scenario, 20.0, prompt, output)
+    sim = _sim(sc)
+    seqs, ctx, rem = [], [], []
+    for _ in range(20):
+        sim.step(sim.noop_action()[None])
+        s, c, w = _pool_state(sim)
+        seqs.append(s)
+        ctx.append(c)
+        rem.append(w)
+    d = output - 1
+    mean_seqs = np.mean(seqs[6:])
+    assert np.mean(ctx[6:]) / mean_seqs == pytest.approx(prompt + 1 + d / 2, rel=0.03)
+    assert np.mean(rem[6:]) / mean_seqs == pytest.approx(d / 2, rel=0.05)
