@@ -410,8 +410,8 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     queueing delays and squared delays in sub-steps, so a bin carries the mean and spread of
     its delays rather than ``j`` (two points at one standard deviation either side of the
     mean). A request admitted on arrival (``j = 0``) waits only for its iteration. Such a
-    request's TTFT is its queueing delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
-    ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
+    request's TTFT is its queueing delay, plus ``base_s`` (waiting out the iteration in flight
+    and running its own), plus ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
     and, at a busy replica, the prompts ahead of it in the prefill budget.
     """
     L = hist.shape[2]
