@@ -411,8 +411,9 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     its delays rather than ``j`` (two points at one standard deviation either side of the
     mean). A request admitted on arrival (``j = 0``) waits only for its iteration. Such a
     request's TTFT is its queueing delay, plus ``base_s`` (waiting out the iteration in flight
-    and running its own), plus ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
-    and, at a busy replica, the prompts ahead of it in the prefill budget.
+    and running its own), plus ``prefill_s_per_tok`` times a token count distributed as
+    ``prompt_q[r]``: its own prompt and, at a busy replica, the prompts ahead of it in the
+    prefill budget.
     """
     L = hist.shape[2]
     nq = prompt_q.shape[1]
