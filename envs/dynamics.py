@@ -356,27 +356,29 @@ def _erlang_c(c, a):
 
 
 @njit(cache=True, error_model="numpy")
-def _prefill_wait(lam, pre_s, pre2_s, t_dec, R):
-    """(probability, conditional mean in seconds) of waiting behind other prompts' prefill.
+def _cobatch_wait(lam, pre_s, t_dec, R):
+    """(probability, conditional mean in seconds) of sharing one's prefill iteration.
 
-    The fluid admits a sub-step's requests at once, but a replica runs one iteration at a time:
-    a request waits out the iteration in flight and the prompts queued ahead of it, which at
-    moderate load is more than all the queueing that 1 s cohorts can see. Modelled as an M/G/c
-    queue over the ``R`` replicas of a pool (Erlang C with the Allen-Cunneen mean) at ``lam``
-    admissions per replica-second, whose service is a prompt's prefill (moments ``pre_s``,
-    ``pre2_s``) plus its share of an iteration's fixed cost ``t_dec`` (prompts arriving during
-    one iteration share the next). The wait is 0 with probability 1 - pi, else exponential
-    with mean theta, so its mean is the queue's.
+    A replica running continuous batching takes every request queued at the start of each
+    iteration (within its token budget), and a request's first token comes at the end of that
+    iteration, after the prefill of every prompt taken with it. Iterations last
+    ``T = t_dec / (1 - rho)`` with ``rho = lam * pre_s`` the prefill share, at ``lam``
+    admissions per replica-second of mean prefill ``pre_s``. Requests reach replicas by
+    least-loaded pulling, so the pickups of ``R`` replicas with independent phases interleave;
+    the gap between pickups that holds a request's arrival is size-biased, ``2 T / (R + 1)``
+    on average, and the requests taken with it number Poisson(``lam * R * 2 T / (R + 1)``).
+    The wait behind them is 0 with probability ``exp(-m)``, else their prefill; its
+    conditional mean is returned (taken as exponential by the tables).
     """
     if lam <= 0.0 or R <= 0.0:
         return 0.0, 0.0
-    rho_p = min(lam * pre_s, PREFILL_SHARE_MAX)
-    u = t_dec / (1.0 + lam * t_dec / (1.0 - rho_p))
-    es = pre_s + u
-    es2 = pre2_s + 2.0 * pre_s * u + u * u
-    rho = min(lam * es, PREFILL_SHARE_MAX)
-    c = max(1, int(R + 0.5))
-    return _erlang_c(c, c * rho), es2 / (2.0 * es * c * (1.0 - rho))
+    rho = min(lam * pre_s, PREFILL_SHARE_MAX)
+    T = t_dec / (1.0 - rho)
+    m = lam * T * 2.0 * R / (R + 1.0)
+    pi = 1.0 - np.exp(-m)
+    if pi <= 0.0:
+        return 0.0, 0.0
+    return pi, m * pre_s / pi
 
 
 @njit(cache=True, error_model="numpy")
@@ -1042,9 +1044,11 @@ def _step_cluster(i, actions, params, state, out):
                 if x > 0.0:
                     # its own iteration, after the iteration in flight at the replica that takes
                     # it: least-loaded pulling from one queue, that is the first of R busy
-                    # replicas to finish (t / (R + 1) on average), or none while one is idle
+                    # replicas to start one (T / (R + 1) on average, iterations lengthened by
+                    # the prefill share), or none while one is idle
                     busy_all = min(1.0, b) ** R
-                    base_sum += x * t_dec * (1.0 + busy_all / (R + 1.0))
+                    share = min(pt_s * q_tok / R / dt, PREFILL_SHARE_MAX)
+                    base_sum += x * t_dec * (1.0 + busy_all / ((R + 1.0) * (1.0 - share)))
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
@@ -1128,26 +1132,17 @@ def _step_cluster(i, actions, params, state, out):
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
-        # Prefill contention from the whole step's admissions per pool (one second's count is
-        # too noisy for a queueing formula): the chance pi of waiting and its mean theta.
-        q0 = prompt_q[0]
-        nq = q0.shape[0]
-        m1 = 0.0
-        m2 = 0.0
-        for j in range(nq):
-            m1 += q0[j] / nq
-            m2 += q0[j] * q0[j] / nq
-        m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
+        # Prefill shared with the prompts taken in the same iteration, from the whole step's
+        # admissions per pool (one second's count is too noisy): its chance pi and mean theta
         pi_mass = 0.0
         theta_mass = 0.0
         for p in range(P):
             if adm_n[p] <= 0.0 or rep_sub[p] <= 0.0:
                 continue
             pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
-            pi_p, th_p = _prefill_wait(
+            pi_p, th_p = _cobatch_wait(
                 adm_n[p] / (rep_sub[p] * dt),
                 pre_s,
-                pre_s * pre_s * m2_ratio,
                 adm_td[p] / adm_n[p],
                 rep_sub[p] / K,
             )
