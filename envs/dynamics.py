@@ -356,29 +356,34 @@ def _erlang_c(c, a):
 
 
 @njit(cache=True, error_model="numpy")
-def _cobatch_wait(lam, pre_s, t_dec, R):
-    """(probability, conditional mean in seconds) of sharing one's prefill iteration.
+def _iteration_wait(lam, pre_s, pre2_s, t_dec, R, busy):
+    """(probability, conditional mean in seconds) of waiting on other work before one's prefill.
 
     A replica running continuous batching takes every request queued at the start of each
-    iteration (within its token budget), and a request's first token comes at the end of that
-    iteration, after the prefill of every prompt taken with it. Iterations last
+    iteration (within its token budget); a request's first token comes at the end of that
+    iteration, after the prefill of every prompt taken with it. So a request at a busy replica
+    waits for the iteration in flight to end, then for the prefill of the prompts taken with
+    it. Iterations last ``t_dec`` plus the prefill of what they took: a mean of
     ``T = t_dec / (1 - rho)`` with ``rho = lam * pre_s`` the prefill share, at ``lam``
-    admissions per replica-second of mean prefill ``pre_s``. Requests reach replicas by
-    least-loaded pulling, so the pickups of ``R`` replicas with independent phases interleave;
-    the gap between pickups that holds a request's arrival is size-biased, ``2 T / (R + 1)``
-    on average, and the requests taken with it number Poisson(``lam * R * 2 T / (R + 1)``).
-    The wait behind them is 0 with probability ``exp(-m)``, else their prefill; its
-    conditional mean is returned (taken as exponential by the tables).
+    admissions per replica-second of mean prefill ``pre_s`` (second moment ``pre2_s``), and a
+    variance ``V = lam * T * pre2_s / (1 - rho^2)``. With least-loaded pulling the pickups of ``R`` replicas
+    with independent phases interleave, and the gap between pickups that holds an arrival is
+    size-biased: ``T + V / T`` for one replica (its iteration), ``2 T / R`` for many
+    (nearly exponential gaps); ``2 T / (R + 1) + V / (T R^2)`` has both limits. The
+    request waits half that gap for its pickup, then the prefill of the requests that arrived
+    in it, ``lam * R * gap`` on average. ``busy`` is the chance that no replica is idle (an
+    idle one starts at once). The wait is 0 with probability 1 - busy, else taken as
+    exponential with the returned mean.
     """
-    if lam <= 0.0 or R <= 0.0:
+    if lam <= 0.0 or R <= 0.0 or busy <= 0.0:
         return 0.0, 0.0
     rho = min(lam * pre_s, PREFILL_SHARE_MAX)
     T = t_dec / (1.0 - rho)
-    m = lam * T * 2.0 * R / (R + 1.0)
-    pi = 1.0 - np.exp(-m)
-    if pi <= 0.0:
-        return 0.0, 0.0
-    return pi, m * pre_s / pi
+    # gated batches: what arrives during one iteration is prefilled in the next, so the
+    # variance of an iteration's length carries over, amplified by 1 / (1 - rho^2)
+    var_t = lam * T * pre2_s / (1.0 - rho * rho)
+    gap = 2.0 * T / (R + 1.0) + var_t / (T * R * R)
+    return busy, 0.5 * gap + lam * R * gap * pre_s
 
 
 @njit(cache=True, error_model="numpy")
@@ -814,6 +819,7 @@ def _step_cluster(i, actions, params, state, out):
     adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
     adm_q = np.zeros(P)
     adm_td = np.zeros(P)
+    adm_busy = np.zeros(P)  # x P(no idle replica)
     rep_sub = np.zeros(P)  # ready replica-sub-steps
     for k in range(K):
         s = s0 + k
@@ -1042,13 +1048,10 @@ def _step_cluster(i, actions, params, state, out):
                 row[PS_BATCH] = b
                 rep_sub[p] += R
                 if x > 0.0:
-                    # its own iteration, after the iteration in flight at the replica that takes
-                    # it: least-loaded pulling from one queue, that is the first of R busy
-                    # replicas to start one (T / (R + 1) on average, iterations lengthened by
-                    # the prefill share), or none while one is idle
-                    busy_all = min(1.0, b) ** R
-                    share = min(pt_s * q_tok / R / dt, PREFILL_SHARE_MAX)
-                    base_sum += x * t_dec * (1.0 + busy_all / ((R + 1.0) * (1.0 - share)))
+                    # its own iteration; the wait before it is _iteration_wait's, at a busy
+                    # replica (each sequence keeps one busy: all are while b >= 1)
+                    base_sum += x * t_dec
+                    adm_busy[p] += x * min(1.0, b) ** R
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
@@ -1132,19 +1135,32 @@ def _step_cluster(i, actions, params, state, out):
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
-        # Prefill shared with the prompts taken in the same iteration, from the whole step's
-        # admissions per pool (one second's count is too noisy): its chance pi and mean theta
+        # The wait for the iteration in flight and for the prompts taken with it, from the
+        # whole step's admissions per pool (one second's count is too noisy): its chance pi
+        # and its mean theta
+        # an iteration prefills at most its token budget: a longer prompt is chunked over
+        # several, so iteration lengths vary with the prompts' second moment capped there
+        q0 = prompt_q[0]
+        nq = q0.shape[0]
+        m1 = 0.0
+        m2 = 0.0
+        for j in range(nq):
+            m1 += q0[j] / nq
+            m2 += min(q0[j], maxtok) ** 2 / nq
+        m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
         pi_mass = 0.0
         theta_mass = 0.0
         for p in range(P):
             if adm_n[p] <= 0.0 or rep_sub[p] <= 0.0:
                 continue
             pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
-            pi_p, th_p = _cobatch_wait(
+            pi_p, th_p = _iteration_wait(
                 adm_n[p] / (rep_sub[p] * dt),
                 pre_s,
+                pre_s * pre_s * m2_ratio,
                 adm_td[p] / adm_n[p],
                 rep_sub[p] / K,
+                adm_busy[p] / adm_n[p],
             )
             pi_mass += adm_n[p] * pi_p
             theta_mass += adm_n[p] * pi_p * th_p
