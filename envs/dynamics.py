@@ -366,9 +366,10 @@ def _iteration_wait(lam, pre_s, pre2_s, t_dec, R, busy):
     it. Iterations last ``t_dec`` plus the prefill of what they took: a mean of
     ``T = t_dec / (1 - rho)`` with ``rho = lam * pre_s`` the prefill share, at ``lam``
     admissions per replica-second of mean prefill ``pre_s`` (second moment ``pre2_s``), and a
-    variance ``V = lam * T * pre2_s / (1 - rho^2)``. With least-loaded pulling the pickups of ``R`` replicas
-    with independent phases interleave, and the gap between pickups that holds an arrival is
-    size-biased: ``T + V / T`` for one replica (its iteration), ``2 T / R`` for many
+    variance ``V = lam * T * pre2_s / (1 - rho^2)`` (gated batches: what arrives during one
+    iteration is prefilled in the next). With least-loaded pulling the pickups of ``R``
+    replicas with independent phases interleave, and the gap between pickups that holds an
+    arrival is size-biased: ``T + V / T`` for one replica (its iteration), ``2 T / R`` for many
     (nearly exponential gaps); ``2 T / (R + 1) + V / (T R^2)`` has both limits. The
     request waits half that gap for its pickup, then the prefill of the requests that arrived
     in it, ``lam * R * gap`` on average. ``busy`` is the chance that no replica is idle (an
