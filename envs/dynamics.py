@@ -68,9 +68,20 @@ SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
 SP_NBINS = 19  # workload length in bins
 SP_NSPOT = 20  # spot series length in decision steps
 SP_TIMEOUT = 21
-SP_PHI = 22  # residual ratio E[o^2] / (2 E[o]^2) of the workload's output tokens
-SP_PSHIFT = 23  # E[p o] / E[o] - E[p]: the prompts in flight against the mean prompt, tokens
-N_SP = 24
+SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
+# Output-length classes: every pool's sequences are kept in OUTPUT_CLASSES buckets by output
+# length (shorter and longer than the median), so that after a burst the short requests
+# complete first, as they do. Per class: its share of requests, its mean output and prompt
+# relative to the whole workload's, its residual ratio phi = E[o^2] / (2 E[o]^2), and the
+# shift of its in-flight prompts, E[p o] / E[o] - E[p], in tokens.
+OUTPUT_CLASSES = 2
+CP_SHARE = 0
+CP_OUTPUT = 1
+CP_PROMPT = 2
+CP_PHI = 3
+CP_PSHIFT = 4
+N_CP = 5
+N_SP = SP_CLASS + N_CP * OUTPUT_CLASSES
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -133,7 +144,17 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
-N_PS = 15
+# PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
+# N_CF * k + CF_*] for class k, fields in the order of the totals
+PS_CLASS = 15
+CF_IR = 0
+CF_WR = 1
+CF_CR = 2
+CF_ID = 3
+CF_WD = 4
+CF_CD = 5
+N_CF = 6
+N_PS = PS_CLASS + N_CF * OUTPUT_CLASSES
 
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
@@ -340,22 +361,6 @@ def _quantile_at(q, level):
 
 
 @njit(cache=True, error_model="numpy")
-def _erlang_c(c, a):
-    """Probability of waiting in an M/M/c queue with offered load ``a`` (Erlang C)."""
-    if a <= 0.0:
-        return 0.0
-    if a >= c:
-        return 1.0
-    term = 1.0
-    total = 1.0
-    for k in range(1, c):
-        term *= a / k
-        total += term
-    last = term * a / (c - a)
-    return last / (total + last)
-
-
-@njit(cache=True, error_model="numpy")
 def _iteration_wait(lam, pre_s, pre2_s, t_dec, R, busy):
     """(probability, conditional mean in seconds) of waiting on other work before one's prefill.
 
@@ -524,15 +529,13 @@ def _to_drain(ps_row, n, share_flag_ring, drow, slot):
         return
     n = min(n, ready)
     f = n / ready
-    mi = ps_row[PS_IR] * f
-    mw = ps_row[PS_WR] * f
-    mc = ps_row[PS_CR] * f
-    ps_row[PS_IR] -= mi
-    ps_row[PS_WR] -= mw
-    ps_row[PS_CR] -= mc
-    ps_row[PS_ID] += mi
-    ps_row[PS_WD] += mw
-    ps_row[PS_CD] += mc
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k
+        for fld in range(3):
+            moved = ps_row[j + CF_IR + fld] * f
+            ps_row[j + CF_IR + fld] -= moved
+            ps_row[j + CF_ID + fld] += moved
+    _sync_totals(ps_row)
     ps_row[PS_READY] = ready - n
     ps_row[PS_DRAIN] += n
     drow[share_flag_ring, slot] += n
@@ -554,39 +557,38 @@ def _cancel_starting(ring, n, now_slot, H):
     return removed
 
 
-@njit(cache=True, error_model="numpy")
-def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens, phi):
-    """One sub-step of continuous batching on R replicas; returns (n_iter, decoded, completed).
+@njit(inline="always", cache=True, error_model="numpy")
+def _sync_totals(ps_row):
+    """PS_IR .. PS_CD from the class buckets: the totals every reader outside them uses."""
+    for f in range(N_CF):
+        total = 0.0
+        for k in range(OUTPUT_CLASSES):
+            total += ps_row[PS_CLASS + N_CF * k + f]
+        ps_row[PS_IR + f] = total
 
-    ``seqs`` sequences hold ``ctx`` context tokens and have ``remaining`` output tokens to go;
-    ``q_tokens`` prompt tokens are prefilled in this sub-step across the R replicas, riding in
-    the same iterations as the decodes (chunked prefill), so they lengthen the iterations.
 
-    Completions follow ``completed = decoded * phi * seqs / remaining``: in steady state the
-    remaining work per sequence is then ``phi`` times a new sequence's, which is the mean
-    residual of the output-length distribution when ``phi = E[d^2] / (2 E[d]^2)`` (see
-    ``WorkloadSeries.output_residual_ratio``), and Little's law holds for any ``phi``.
-    """
+@njit(inline="always", cache=True, error_model="numpy")
+def _iterations(a, c, kctx, p_tok, R, seqs, ctx, dt, q_tokens):
+    """Iterations each of R replicas runs in a sub-step holding ``seqs`` sequences of ``ctx``
+    context tokens, while ``q_tokens`` prompt tokens are prefilled in the same iterations
+    (chunked prefill), which lengthens them."""
     if R <= 0.0 or seqs <= 0.0:
-        return 0.0, 0.0, 0.0
+        return 0.0
     t_dec = a + c * (seqs / R) + kctx * (ctx / R)
     budget = dt - p_tok * q_tokens / R
     if budget <= 0.0:
-        return 0.0, 0.0, 0.0
-    n_iter = budget / t_dec
-    decoded = min(remaining, n_iter * seqs)
-    completed = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
-    return n_iter, decoded, min(completed, seqs)
+        return 0.0
+    return budget / t_dec
 
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
-    """KV tokens a completing sequence frees: its prompt and its whole output.
+    """KV tokens a completing sequence of one class frees: its prompt and its whole output.
 
     The fluid does not know which sequences complete, only how many; their mean context is
     read off the bucket. In steady state a sequence in flight holds its prompt plus as many
     generated tokens as it has left (age and residual have one mean), and its prompt is the
-    decode-weighted mean, ``pshift`` tokens off the mean prompt that completions free. So a
+    output-weighted mean, ``pshift`` tokens off the mean prompt that completions free. So a
     completing one holds ``ctx/seqs + (1/phi - 1) * remaining/seqs - pshift``. Reading it
     off the state, rather than from the admitted mean, keeps the held context self-correcting.
     """
@@ -596,44 +598,65 @@ def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
 
 
 @njit(cache=True, error_model="numpy")
-def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed, phi, pshift):
-    """Write a decode result into a pool's ready (PS_I*) or draining (PS_*D) bucket.
+def _decode_classes(ps_row, bucket, n_iter, sp):
+    """Decode ``n_iter`` iterations on one bucket (CF_IR: ready, CF_ID: draining) of every
+    class; returns (decoded tokens, completed sequences).
 
-    Decoded tokens join the held context; completing sequences free their prompt and output.
+    Every sequence of the batch gets a token per iteration. A class completes
+    ``decoded * phi * seqs / remaining`` sequences: in steady state its remaining work per
+    sequence is then ``phi`` times a new one's, the mean residual of its output lengths
+    (``phi = E[o^2] / (2 E[o]^2)``), and Little's law holds for any ``phi``. Decoded tokens
+    join the held context; completing sequences free their prompt and output.
     """
-    seqs = ps_row[k_seqs]
-    if seqs <= 0.0:
-        return
-    ctx = ps_row[k_ctx] + decoded
-    remaining = max(0.0, ps_row[k_remaining] - decoded)
-    freed = _freed_per_completion(seqs, remaining, ctx, phi, pshift)
-    left = seqs - completed
-    if left <= 1e-12:
-        ps_row[k_ctx] = 0.0
-        ps_row[k_remaining] = 0.0
-        ps_row[k_seqs] = 0.0
-        return
-    ps_row[k_ctx] = max(0.0, ctx - completed * freed)
-    ps_row[k_remaining] = remaining
-    ps_row[k_seqs] = left
+    dec_all = 0.0
+    done_all = 0.0
+    if n_iter <= 0.0:
+        return 0.0, 0.0
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k + bucket
+        seqs = ps_row[j]
+        if seqs <= 0.0:
+            continue
+        phi = sp[SP_CLASS + N_CP * k + CP_PHI]
+        pshift = sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        remaining = ps_row[j + 1]
+        decoded = min(remaining, n_iter * seqs)
+        done = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
+        done = min(done, seqs)
+        ctx = ps_row[j + 2] + decoded
+        remaining -= decoded
+        left = seqs - done
+        if left <= 1e-12:
+            ps_row[j] = 0.0
+            ps_row[j + 1] = 0.0
+            ps_row[j + 2] = 0.0
+        else:
+            ps_row[j + 2] = max(
+                0.0, ctx - done * _freed_per_completion(seqs, remaining, ctx, phi, pshift)
+            )
+            ps_row[j + 1] = max(0.0, remaining)
+            ps_row[j] = left
+        dec_all += decoded
+        done_all += done
+    return dec_all, done_all
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admission_cap(pp_row, ps_row, dt, maxtok, phi, pshift, pbar, obar):
+def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
     """Requests a pool's ready replicas can admit in this sub-step.
 
     Continuous batching admits at every iteration, so the slots and KV room that this
     sub-step's completions free are reused within it. Admitting ``x`` requests spends
     ``h * x`` seconds of each replica's sub-step on their prefill, which leaves less decode
     time and so fewer completions: ``x <= free + g * (dt - h * x)`` with ``g`` completions
-    per second of decode time, solved for ``x``; the KV bound likewise. The prefill itself is
-    bounded by the iteration token budget (``max_batched_tokens`` less the decodes).
+    per second of decode time (summed over the classes), solved for ``x``; the KV bound
+    likewise. The prefill itself is bounded by the iteration token budget
+    (``max_batched_tokens`` less the decodes).
     """
     R = ps_row[PS_READY]
     if R <= 0.0:
         return 0.0
     seqs = ps_row[PS_IR]
-    remaining = ps_row[PS_WR]
     ctx = ps_row[PS_CR]
     b = seqs / R
     t_dec = pp_row[PP_A] + pp_row[PP_C] * b + pp_row[PP_KCTX] * ctx / R
@@ -642,20 +665,50 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, phi, pshift, pbar, obar):
     cap_tok = R * q_per_rep / max(pbar, 1.0)
     h = pp_row[PP_PREFILL] * pbar / R
     free_slots = R * pp_row[PP_MAXSEQ] - seqs
-    free_kv = R * pp_row[PP_KV] - ctx - remaining
+    free_kv = R * pp_row[PP_KV] - ctx - ps_row[PS_WR]
     need = pbar + obar
-    if seqs > 0.0:
-        g = phi * seqs * seqs / (t_dec * remaining) if remaining > 0.0 else seqs / dt
-        freed = _freed_per_completion(seqs, remaining, ctx, phi, pshift)
-        cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
-        cap_kv = min(
-            (free_kv + g * dt * freed) / (need + g * h * freed),
-            (free_kv + seqs * freed) / need,
+    if seqs <= 0.0:
+        return max(0.0, min(free_slots, free_kv / need, cap_tok))
+    g = 0.0
+    g_freed = 0.0
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k + CF_IR
+        sk = ps_row[j]
+        if sk <= 0.0:
+            continue
+        wk = ps_row[j + 1]
+        phi = sp[SP_CLASS + N_CP * k + CP_PHI]
+        gk = phi * sk * sk / (t_dec * wk) if wk > 0.0 else sk / dt
+        g += gk
+        g_freed += gk * _freed_per_completion(
+            sk, wk, ps_row[j + 2], phi, sp[SP_CLASS + N_CP * k + CP_PSHIFT]
         )
-    else:
-        cap_slot = free_slots
-        cap_kv = free_kv / need
+    freed = g_freed / g if g > 0.0 else 0.0
+    cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
+    cap_kv = min(
+        (free_kv + g * dt * freed) / (need + g * h * freed),
+        (free_kv + seqs * freed) / need,
+    )
     return max(0.0, min(cap_slot, cap_kv, cap_tok))
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admit_classes(ps_row, x, pa, oa, sp):
+    """Add ``x`` admitted requests of mean prompt ``pa`` and output ``oa`` to the ready
+    buckets, split over the classes by their shares and relative lengths. A new sequence holds
+    its slot for its prefill iteration (the first token) and one iteration per further token:
+    ``oa`` iterations of the batch, from the next sub-step (within this one the slots it took
+    were freed by completions)."""
+    for k in range(OUTPUT_CLASSES):
+        base = SP_CLASS + N_CP * k
+        xk = x * sp[base + CP_SHARE]
+        if xk <= 0.0:
+            continue
+        j = PS_CLASS + N_CF * k + CF_IR
+        ps_row[j] += xk
+        ps_row[j + 1] += xk * oa * sp[base + CP_OUTPUT]
+        ps_row[j + 2] += xk * pa * sp[base + CP_PROMPT]
+    _sync_totals(ps_row)
 
 
 @njit(cache=True, error_model="numpy")
@@ -673,8 +726,6 @@ def _step_cluster(i, actions, params, state, out):
     nspot = int(sp[SP_NSPOT])
     cache_hit = sp[SP_CACHE]
     maxtok = sp[SP_MAXTOK]
-    phi = sp[SP_PHI]
-    pshift = sp[SP_PSHIFT]
     c = cs[i]
     m = met[i]
     for j in range(N_M):
@@ -880,9 +931,11 @@ def _step_cluster(i, actions, params, state, out):
                             if c[CS_QHEAD] > s:
                                 c[CS_QHEAD] = s
                         keep = 1.0 - fg - fn
-                        row[PS_ID] = di * keep
-                        row[PS_WD] = dw * keep
-                        row[PS_CD] = dc * keep
+                        for kc in range(OUTPUT_CLASSES):
+                            jc = PS_CLASS + N_CF * kc + CF_ID
+                            for fld in range(3):
+                                row[jc + fld] *= keep
+                        _sync_totals(row)
                         row[PS_DRAIN] = D - min(xg + xn, D)
                         row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
 
@@ -940,7 +993,7 @@ def _step_cluster(i, actions, params, state, out):
             caps[p] = 0.0
         if qn > 1e-12:
             for p in range(P):
-                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, phi, pshift, pbar, obar)
+                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, sp, pbar, obar)
                 if cp > 0.0:
                     caps[p] = cp
                     cap_total += cp
@@ -1033,9 +1086,7 @@ def _step_cluster(i, actions, params, state, out):
             x = got_n * caps[p] / cap_total if got_n > 0.0 else 0.0
             R = row[PS_READY]
             q_tok = x * pa
-            n_it, dec, done = _decode(
-                a, cc, kk, pt_s, R, row[PS_IR], row[PS_WR], row[PS_CR], dt, q_tok, phi
-            )
+            n_it = _iterations(a, cc, kk, pt_s, R, row[PS_IR], row[PS_CR], dt, q_tok)
             if R > 0.0:
                 b = row[PS_IR] / R
                 t_dec = a + cc * b + kk * row[PS_CR] / R
@@ -1058,7 +1109,7 @@ def _step_cluster(i, actions, params, state, out):
                     adm_n[p] += x
                     adm_q[p] += q_tok
                     adm_td[p] += x * t_dec
-            _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done, phi, pshift)
+            dec, done = _decode_classes(row, CF_IR, n_it, sp)
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
@@ -1068,10 +1119,9 @@ def _step_cluster(i, actions, params, state, out):
                 if tpot <= sp[SP_TPOT]:
                     tok_ok += dec
             D = row[PS_DRAIN]
-            n_d, dec_d, done_d = _decode(
-                a, cc, kk, pt_s, D, row[PS_ID], row[PS_WD], row[PS_CD], dt, 0.0, phi
-            )
-            _apply_decode(row, PS_ID, PS_WD, PS_CD, dec_d, done_d, phi, pshift)
+            n_d = _iterations(a, cc, kk, pt_s, D, row[PS_ID], row[PS_CD], dt, 0.0)
+            dec_d, done_d = _decode_classes(row, CF_ID, n_d, sp)
+            _sync_totals(row)
             if n_d > 0.0 and dec_d > 0.0:
                 tpot = dt / n_d
                 tpot_tok[p] += dec_d * tpot
@@ -1084,21 +1134,18 @@ def _step_cluster(i, actions, params, state, out):
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
                 completed += row[PS_ID]
-                row[PS_ID] = 0.0
-                row[PS_WD] = 0.0
-                row[PS_CD] = 0.0
+                for kc in range(OUTPUT_CLASSES):
+                    jc = PS_CLASS + N_CF * kc + CF_ID
+                    for fld in range(3):
+                        row[jc + fld] = 0.0
+                _sync_totals(row)
                 row[PS_DRAIN] = 0.0
                 row[PS_NOTICED] = 0.0
                 for gslot in range(G):
                     drings[i, p, RING_GRACE, gslot] = 0.0
                     drings[i, p, RING_NOTICE, gslot] = 0.0
             if x > 0.0:
-                # a new sequence holds its slot for its prefill iteration (the first token) and
-                # one iteration per further token: oa iterations of the batch, from the next
-                # sub-step (within this one the slots it took were freed by completions)
-                row[PS_IR] += x
-                row[PS_CR] += x * pa
-                row[PS_WR] += x * oa
+                _admit_classes(row, x, pa, oa, sp)
             c[CS_COMPLETED] += completed
             m[M_COMPLETED] += completed
             m[M_TOKENS] += tokens

@@ -23,7 +23,7 @@ from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
 from rlscale.envs.spot import SpotMarket, build_spot_market
-from rlscale.envs.workload import WorkloadSeries, build_workload
+from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
 
 POOL_STATES = ("provisioning", "loading", "ready", "draining", "standby", "refilling", "noticed")
 _POOL_STATE_METRICS = (
@@ -313,8 +313,11 @@ class ClusterSimulator:
         sp[dyn.SP_NBINS] = wl.n_bins
         sp[dyn.SP_NSPOT] = n_spot
         sp[dyn.SP_TIMEOUT] = sc.slo.timeout_s
-        sp[dyn.SP_PHI] = wl.output_residual_ratio
-        sp[dyn.SP_PSHIFT] = wl.inflight_prompt_shift_tokens
+        classes = wl.output_classes
+        if classes is None:  # lengths unknown: memoryless classes, as one bucket would be
+            classes = output_classes(np.ones(1), np.ones(1))
+            classes[:, dyn.CP_PHI] = 1.0
+        sp[dyn.SP_CLASS :] = np.asarray(classes, dtype=np.float64).ravel()
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)

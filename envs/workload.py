@@ -48,6 +48,7 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtr, ndtri
 
+from .dynamics import CP_OUTPUT, CP_PHI, CP_PROMPT, CP_PSHIFT, CP_SHARE, N_CP, OUTPUT_CLASSES
 from .scenario import LengthDistribution, ScenarioError, SyntheticLoad, WorkloadConfig
 from .traces import (
     ServeGenTrace,
@@ -86,17 +87,14 @@ class WorkloadSeries:
             to 1 (uniform where no tokens arrived): the share of tokens of each tenant per interval.
         start_s_of_week: seconds since Monday 00:00 at bin 0 (time-of-day / week features).
         gaps: bool [T], bins inside collection gaps of the source (ServeGen empty windows).
-        output_residual_ratio: ``E[o^2] / (2 E[o]^2)`` of the output tokens ``o`` of a request,
-            which holds its sequence slot for ``o`` iterations (its prefill iteration gives the
-            first token): the mean remaining output of the sequences in flight over the mean
-            of a new one (renewal theory's residual life). 1/2 when every request has the same
-            output, 1 for exponential outputs. The fluid model completes sequences at the rate
-            that makes its remaining work match this (see ``dynamics``).
-        inflight_prompt_shift_tokens: ``E[p o] / E[o] - E[p]`` for prompt ``p`` and output
-            ``o``: how far the mean prompt of the sequences in flight, which stay in flight in
-            proportion to ``o``, lies from the mean prompt (negative when long answers follow
-            short prompts, as in the Azure conversation trace). 0 when lengths are drawn
-            independently.
+        output_classes: float64 [OUTPUT_CLASSES, N_CP], the requests split by output length
+            (shorter and longer than the median), one row per class in the kernel's ``CP_*``
+            order: share of requests; mean output and mean prompt over the workload's; the
+            residual ratio ``E[o^2] / (2 E[o]^2)`` (a request holds its slot for ``o``
+            iterations, so this is the mean remaining output of the sequences in flight over a
+            new one's: 1/2 when all are equal, 1 for exponential lengths); and
+            ``E[p o] / E[o] - E[p]``, how far the prompts in flight, which stay in proportion
+            to ``o``, lie from the class's mean prompt. See :func:`output_classes`.
     """
 
     name: str
@@ -112,8 +110,7 @@ class WorkloadSeries:
     tenant_token_share: np.ndarray
     start_s_of_week: float
     gaps: np.ndarray
-    output_residual_ratio: float = 1.0
-    inflight_prompt_shift_tokens: float = 0.0
+    output_classes: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -201,20 +198,43 @@ def length_moments(dist: LengthDistribution) -> tuple[float, float]:
     return m1, math.sqrt(max(m2 - m1 * m1, 0.0))
 
 
-def output_residual_ratio(mean_output: float, std_output: float) -> float:
-    """``E[o^2] / (2 E[o]^2)`` of output tokens ``o`` (see :class:`WorkloadSeries`)."""
-    if mean_output <= 1e-9:
-        return 1.0
-    return float((std_output**2 + mean_output**2) / (2.0 * mean_output**2))
+def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The output-length classes of requests (see :class:`WorkloadSeries`), from their lengths.
 
-
-def inflight_prompt_shift_tokens(prompt: np.ndarray, output: np.ndarray) -> float:
-    """``E[p o] / E[o] - E[p]`` over recorded requests (see :class:`WorkloadSeries`)."""
-    o = np.asarray(output, dtype=np.float64)
+    Requests at or below the median output form the first class, the rest the second (for
+    ``OUTPUT_CLASSES = 2``; in general, cuts at the ``k / OUTPUT_CLASSES`` quantiles). A class
+    with no request keeps a zero share and neutral ratios.
+    """
     p = np.asarray(prompt, dtype=np.float64)
-    if o.size == 0 or o.sum() <= 0.0:
-        return 0.0
-    return float((p * o).sum() / o.sum() - p.mean())
+    o = np.asarray(output, dtype=np.float64)
+    table = np.zeros((OUTPUT_CLASSES, N_CP))
+    table[:, CP_SHARE] = 1.0 / OUTPUT_CLASSES
+    table[:, CP_OUTPUT] = 1.0
+    table[:, CP_PROMPT] = 1.0
+    table[:, CP_PHI] = 1.0
+    if o.size == 0 or o.mean() <= 0.0:
+        return table
+    cuts = np.quantile(o, np.arange(1, OUTPUT_CLASSES) / OUTPUT_CLASSES)
+    cls = np.searchsorted(cuts, o, side="left")
+    p_mean = max(p.mean(), 1e-9)
+    for k in range(OUTPUT_CLASSES):
+        sel = cls == k
+        if not sel.any():
+            table[k, CP_SHARE] = 0.0
+            continue
+        ok, pk = o[sel], p[sel]
+        table[k, CP_SHARE] = sel.mean()
+        table[k, CP_OUTPUT] = ok.mean() / o.mean()
+        table[k, CP_PROMPT] = pk.mean() / p_mean
+        table[k, CP_PHI] = (ok**2).mean() / (2.0 * ok.mean() ** 2)
+        table[k, CP_PSHIFT] = (pk * ok).sum() / ok.sum() - pk.mean()
+    return table
+
+
+def distribution_output_classes(dist: LengthDistribution, levels: int = 4096) -> np.ndarray:
+    """:func:`output_classes` of a configured output distribution, prompts drawn apart."""
+    o = length_quantiles(dist, (np.arange(levels) + 0.5) / levels)
+    return output_classes(np.ones_like(o), o)
 
 
 def _quantile_levels() -> np.ndarray:
@@ -430,8 +450,7 @@ class _Built:
     tenant_names: tuple[str, ...]
     start_s_of_week: float
     gaps: np.ndarray
-    output_residual_ratio: float = 1.0
-    inflight_prompt_shift_tokens: float = 0.0
+    output_classes: np.ndarray | None = None
 
 
 def _build_recorded(
@@ -480,10 +499,7 @@ def _build_recorded(
         tenant_names=req.tenant_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
-        output_residual_ratio=(
-            output_residual_ratio(float(output.mean()), float(output.std())) if output.size else 1.0
-        ),
-        inflight_prompt_shift_tokens=inflight_prompt_shift_tokens(prompt, output),
+        output_classes=output_classes(prompt, output),
     )
 
 
@@ -655,7 +671,7 @@ def _build_servegen(
         tenant_names=sg.client_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
-        output_residual_ratio=output_residual_ratio(*length_moments(cfg.output_tokens)),
+        output_classes=distribution_output_classes(cfg.output_tokens),
     )
 
 
@@ -764,7 +780,7 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
     idx = np.arange(n_bins)
     forecast = (csum[idx + per_interval] - csum[idx]) / per_interval
     p_mean, _ = length_moments(cfg.prompt_tokens)
-    o_mean, o_sd = length_moments(cfg.output_tokens)
+    o_mean, _ = length_moments(cfg.output_tokens)
     rows = -(-n_bins // per_interval)
     bins = _Bins(arrivals, arrivals * p_mean, arrivals * o_mean, np.ones((rows, 1)))
     return _Built(
@@ -776,7 +792,7 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
         tenant_names=("default",),
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=np.zeros(n_bins, dtype=bool),
-        output_residual_ratio=output_residual_ratio(o_mean, o_sd),
+        output_classes=distribution_output_classes(cfg.output_tokens),
     )
 
 
@@ -821,6 +837,5 @@ def build_workload(
         tenant_token_share=_shares(built.bins.tenant_tokens),
         start_s_of_week=float(built.start_s_of_week),
         gaps=built.gaps,
-        output_residual_ratio=float(built.output_residual_ratio),
-        inflight_prompt_shift_tokens=float(built.inflight_prompt_shift_tokens),
+        output_classes=built.output_classes,
     )

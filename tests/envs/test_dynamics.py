@@ -224,7 +224,7 @@ def test_episode_tpot_percentiles_within_two_percent(tpot_s):
     # every token at one TPOT, binned as the kernel bins it
     hist[int(np.log(tpot_s / dyn.TPOT_MIN_S) / span * dyn.TPOT_BINS)] = 1000.0
     sp = np.zeros(dyn.N_SP)
-    out = dyn.episode_latency(sp, np.ones((1, 4)), np.zeros(dyn.N_CS), np.zeros((1, 4)), hist)
+    out = dyn.episode_latency(sp, np.ones((1, 4)), np.zeros(dyn.N_CS), np.zeros((1, 3, 4)), hist)
     for k in (3, 4, 5):
         assert out[k] == pytest.approx(tpot_s, rel=0.02)
 
