@@ -74,14 +74,18 @@ SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
 # complete first, as they do. Per class: its share of requests, its mean output and prompt
 # relative to the whole workload's, its residual ratio phi = E[o^2] / (2 E[o]^2), and the
 # shift of its in-flight prompts, E[p o] / E[o] - E[p], in tokens.
-OUTPUT_CLASSES = 2
+OUTPUT_CLASSES = 2  # _admit_classes solves the mix of two
 CP_SHARE = 0
 CP_OUTPUT = 1
 CP_PROMPT = 2
 CP_PHI = 3
 CP_PSHIFT = 4
 N_CP = 5
-N_SP = SP_CLASS + N_CP * OUTPUT_CLASSES
+SP_MEAN_OUTPUT = SP_CLASS + N_CP * OUTPUT_CLASSES  # the workload's mean output, tokens
+# output-token quantiles at levels (k + 0.5) / N_OUTPUT_Q, for per-request TPOT
+SP_OUTPUT_Q = SP_MEAN_OUTPUT + 1
+N_OUTPUT_Q = 8
+N_SP = SP_OUTPUT_Q + N_OUTPUT_Q
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -497,6 +501,44 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     return out[0], out[1], out[2], ok
 
 
+# three-point Gauss-Hermite rule (nodes in standard deviations, weights)
+_GH_NODES = (-1.7320508075688772, 0.0, 1.7320508075688772)
+_GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
+
+
+@njit(cache=True, error_model="numpy")
+def _add_request_tpot(hist, tpot_mean_s, prefill_share, var_iter_s2, weight, sp):
+    """Add ``weight`` completed requests' TPOT to an episode TPOT histogram.
+
+    A request's TPOT is the mean of the iterations it decoded in. Their mean is the pool's
+    ``tpot_mean_s``, of which ``prefill_share`` is other prompts' prefill riding along, and
+    that part varies between iterations (``var_iter_s2``, see ``_iteration_wait``). Averaged
+    over a request's ``o - 1`` iterations, it varies by ``var_iter_s2 / (o - 1)``: short
+    answers see few iterations and spread widely. Per output quantile, the prefill part is
+    taken as lognormal with that mean and variance, placed by a three-point Gauss-Hermite rule.
+    """
+    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+    m_x = prefill_share * tpot_mean_s
+    fixed = tpot_mean_s - m_x
+    for q in range(N_OUTPUT_Q):
+        n = sp[SP_OUTPUT_Q + q] - 1.0
+        if n < 0.5:
+            continue  # one output token: no TPOT
+        wq = weight / N_OUTPUT_Q
+        var_x = var_iter_s2 / n
+        if m_x <= 0.0 or var_x <= 0.0:
+            b = int(np.log(max(tpot_mean_s, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+            hist[min(max(b, 0), TPOT_BINS - 1)] += wq
+            continue
+        sig2 = np.log(1.0 + var_x / (m_x * m_x))
+        sig = np.sqrt(sig2)
+        mu = np.log(m_x) - 0.5 * sig2
+        for g in range(3):
+            tpot = fixed + np.exp(mu + _GH_NODES[g] * sig)
+            b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+            hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
+
+
 @njit(cache=True, error_model="numpy")
 def _weighted_quantiles3(values, weights, n):
     """Weighted p50, p95 and p99 of at most a handful of values (one per pool)."""
@@ -695,19 +737,34 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
 @njit(inline="always", cache=True, error_model="numpy")
 def _admit_classes(ps_row, x, pa, oa, sp):
     """Add ``x`` admitted requests of mean prompt ``pa`` and output ``oa`` to the ready
-    buckets, split over the classes by their shares and relative lengths. A new sequence holds
-    its slot for its prefill iteration (the first token) and one iteration per further token:
-    ``oa`` iterations of the batch, from the next sub-step (within this one the slots it took
-    were freed by completions)."""
+    buckets of the two output-length classes.
+
+    The classes keep their mean lengths and the mix moves: a cohort of short answers is more
+    of the short class, not short answers of both (during the Azure conversation trace's busiest
+    minutes the mean output falls to 143 tokens from 211). The shares solve
+    ``s * o_short + (1 - s) * o_long = oa``; past either class's mean, lengths scale. A new
+    sequence holds its slot for its prefill iteration (the first token) and one iteration per
+    further token: ``oa`` iterations of the batch, from the next sub-step (within this one the
+    slots it took were freed by completions).
+    """
+    b0 = SP_CLASS
+    b1 = SP_CLASS + N_CP
+    o0 = sp[b0 + CP_OUTPUT] * sp[SP_MEAN_OUTPUT]
+    o1 = sp[b1 + CP_OUTPUT] * sp[SP_MEAN_OUTPUT]
+    share0 = sp[b0 + CP_SHARE]
+    if o1 > o0 and sp[b1 + CP_SHARE] > 0.0 and share0 > 0.0:
+        share0 = min(1.0, max(0.0, (o1 - oa) / (o1 - o0)))
+    scale_o = oa / (share0 * o0 + (1.0 - share0) * o1)
+    mix_p = share0 * sp[b0 + CP_PROMPT] + (1.0 - share0) * sp[b1 + CP_PROMPT]
     for k in range(OUTPUT_CLASSES):
         base = SP_CLASS + N_CP * k
-        xk = x * sp[base + CP_SHARE]
+        xk = x * (share0 if k == 0 else 1.0 - share0)
         if xk <= 0.0:
             continue
         j = PS_CLASS + N_CF * k + CF_IR
         ps_row[j] += xk
-        ps_row[j + 1] += xk * oa * sp[base + CP_OUTPUT]
-        ps_row[j + 2] += xk * pa * sp[base + CP_PROMPT]
+        ps_row[j + 1] += xk * scale_o * (o0 if k == 0 else o1)
+        ps_row[j + 2] += xk * pa * sp[base + CP_PROMPT] / mix_p
     _sync_totals(ps_row)
 
 
@@ -872,6 +929,7 @@ def _step_cluster(i, actions, params, state, out):
     adm_q = np.zeros(P)
     adm_td = np.zeros(P)
     adm_busy = np.zeros(P)  # x P(no idle replica)
+    done_pool = np.zeros(P)  # completions per pool
     rep_sub = np.zeros(P)  # ready replica-sub-steps
     for k in range(K):
         s = s0 + k
@@ -1131,6 +1189,7 @@ def _step_cluster(i, actions, params, state, out):
                     tok_ok += dec_d
             tokens += dec_d
             completed = done + done_d
+            done_pool[p] += completed
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
                 completed += row[PS_ID]
@@ -1179,6 +1238,16 @@ def _step_cluster(i, actions, params, state, out):
         pmet[i, p, PM_TPOT] = tpot_tok[p] / tpot_w[p] if tpot_w[p] > 0.0 else 0.0
         P_total_ready += row[PS_READY]
     admitted = m[M_ADMITTED]
+    # an iteration prefills at most its token budget: a longer prompt is chunked over several,
+    # so iteration lengths vary with the prompts' second moment capped there
+    q0 = prompt_q[0]
+    nq = q0.shape[0]
+    m1 = 0.0
+    m2 = 0.0
+    for j in range(nq):
+        m1 += q0[j] / nq
+        m2 += min(q0[j], maxtok) ** 2 / nq
+    m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
     if base_w > 0.0:
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
@@ -1186,16 +1255,6 @@ def _step_cluster(i, actions, params, state, out):
         # The wait for the iteration in flight and for the prompts taken with it, from the
         # whole step's admissions per pool (one second's count is too noisy): its chance pi
         # and its mean theta
-        # an iteration prefills at most its token budget: a longer prompt is chunked over
-        # several, so iteration lengths vary with the prompts' second moment capped there
-        q0 = prompt_q[0]
-        nq = q0.shape[0]
-        m1 = 0.0
-        m2 = 0.0
-        for j in range(nq):
-            m1 += q0[j] / nq
-            m2 += min(q0[j], maxtok) ** 2 / nq
-        m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
         pi_mass = 0.0
         theta_mass = 0.0
         for p in range(P):
@@ -1250,12 +1309,18 @@ def _step_cluster(i, actions, params, state, out):
     m[M_TTFT95] = t95
     m[M_TTFT99] = t99
     tpot_vals = np.zeros(P)
-    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
     for p in range(P):
         tpot_vals[p] = pmet[i, p, PM_TPOT]
-        if tpot_w[p] > 0.0:
-            b = int((np.log(max(tpot_vals[p], TPOT_MIN_S) / TPOT_MIN_S) / log_span) * TPOT_BINS)
-            ep_tpot[i, min(max(b, 0), TPOT_BINS - 1)] += tpot_w[p]
+        if tpot_w[p] > 0.0 and done_pool[p] > 0.0:
+            # the episode's TPOT is per request, as a client measures it
+            share = 0.0
+            var_it = 0.0
+            if adm_n[p] > 0.0 and rep_sub[p] > 0.0:
+                lam = adm_n[p] / (rep_sub[p] * dt)
+                pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
+                share = min(lam * pre_s, PREFILL_SHARE_MAX)
+                var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
+            _add_request_tpot(ep_tpot[i], tpot_vals[p], share, var_it, done_pool[p], sp)
     tq = _weighted_quantiles3(tpot_vals, tpot_w, P)
     m[M_TPOT50] = tq[0]
     m[M_TPOT95] = tq[1]

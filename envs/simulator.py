@@ -317,7 +317,13 @@ class ClusterSimulator:
         if classes is None:  # lengths unknown: memoryless classes, as one bucket would be
             classes = output_classes(np.ones(1), np.ones(1))
             classes[:, dyn.CP_PHI] = 1.0
-        sp[dyn.SP_CLASS :] = np.asarray(classes, dtype=np.float64).ravel()
+        sp[dyn.SP_CLASS : dyn.SP_MEAN_OUTPUT] = np.asarray(classes, dtype=np.float64).ravel()
+        mean_output = float(wl.output_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
+        sp[dyn.SP_MEAN_OUTPUT] = mean_output
+        quantiles = wl.output_quantiles
+        if quantiles is None:  # lengths unknown: every request at the mean
+            quantiles = np.full(dyn.N_OUTPUT_Q, mean_output)
+        sp[dyn.SP_OUTPUT_Q : dyn.SP_OUTPUT_Q + dyn.N_OUTPUT_Q] = quantiles
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)

@@ -48,7 +48,16 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtr, ndtri
 
-from .dynamics import CP_OUTPUT, CP_PHI, CP_PROMPT, CP_PSHIFT, CP_SHARE, N_CP, OUTPUT_CLASSES
+from .dynamics import (
+    CP_OUTPUT,
+    CP_PHI,
+    CP_PROMPT,
+    CP_PSHIFT,
+    CP_SHARE,
+    N_CP,
+    N_OUTPUT_Q,
+    OUTPUT_CLASSES,
+)
 from .scenario import LengthDistribution, ScenarioError, SyntheticLoad, WorkloadConfig
 from .traces import (
     ServeGenTrace,
@@ -95,6 +104,8 @@ class WorkloadSeries:
             new one's: 1/2 when all are equal, 1 for exponential lengths); and
             ``E[p o] / E[o] - E[p]``, how far the prompts in flight, which stay in proportion
             to ``o``, lie from the class's mean prompt. See :func:`output_classes`.
+        output_quantiles: float64 [N_OUTPUT_Q], output-token quantiles at levels
+            (k + 0.5) / N_OUTPUT_Q (how many iterations a request's TPOT averages over).
     """
 
     name: str
@@ -111,6 +122,7 @@ class WorkloadSeries:
     start_s_of_week: float
     gaps: np.ndarray
     output_classes: np.ndarray | None = None
+    output_quantiles: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -451,6 +463,7 @@ class _Built:
     start_s_of_week: float
     gaps: np.ndarray
     output_classes: np.ndarray | None = None
+    output_quantiles: np.ndarray | None = None
 
 
 def _build_recorded(
@@ -500,6 +513,9 @@ def _build_recorded(
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
         output_classes=output_classes(prompt, output),
+        output_quantiles=(
+            np.quantile(output, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q) if output.size else None
+        ),
     )
 
 
@@ -672,6 +688,9 @@ def _build_servegen(
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
         output_classes=distribution_output_classes(cfg.output_tokens),
+        output_quantiles=length_quantiles(
+            cfg.output_tokens, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q
+        ),
     )
 
 
@@ -793,6 +812,9 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=np.zeros(n_bins, dtype=bool),
         output_classes=distribution_output_classes(cfg.output_tokens),
+        output_quantiles=length_quantiles(
+            cfg.output_tokens, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q
+        ),
     )
 
 
@@ -838,4 +860,5 @@ def build_workload(
         start_s_of_week=float(built.start_s_of_week),
         gaps=built.gaps,
         output_classes=built.output_classes,
+        output_quantiles=built.output_quantiles,
     )
