@@ -664,6 +664,10 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
         remaining = ps_row[j + 1]
         decoded = min(remaining, n_iter * seqs)
         done = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
+        # under the rule the remaining work per sequence falls by (1 - phi) a token per
+        # iteration: once that reaches 0 the class is done, not left holding empty sequences
+        if remaining <= seqs * n_iter * (1.0 - phi):
+            done = seqs
         done = min(done, seqs)
         ctx = ps_row[j + 2] + decoded
         remaining -= decoded
