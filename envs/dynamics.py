@@ -74,16 +74,15 @@ SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
 # complete first, as they do. Per class: its share of requests, its mean output and prompt
 # relative to the whole workload's, its residual ratio phi = E[o^2] / (2 E[o]^2), and the
 # shift of its in-flight prompts, E[p o] / E[o] - E[p], in tokens.
-OUTPUT_CLASSES = 2  # _admit_classes solves the mix of two
+OUTPUT_CLASSES = 2  # the queue and the workload carry class 0 apart (Q_N0, WL_N0)
 CP_SHARE = 0
 CP_OUTPUT = 1
 CP_PROMPT = 2
 CP_PHI = 3
 CP_PSHIFT = 4
 N_CP = 5
-SP_MEAN_OUTPUT = SP_CLASS + N_CP * OUTPUT_CLASSES  # the workload's mean output, tokens
 # output-token quantiles at levels (k + 0.5) / N_OUTPUT_Q, for per-request TPOT
-SP_OUTPUT_Q = SP_MEAN_OUTPUT + 1
+SP_OUTPUT_Q = SP_CLASS + N_CP * OUTPUT_CLASSES
 N_OUTPUT_Q = 8
 N_SP = SP_OUTPUT_Q + N_OUTPUT_Q
 
@@ -159,6 +158,25 @@ CF_WD = 4
 CF_CD = 5
 N_CF = 6
 N_PS = PS_CLASS + N_CF * OUTPUT_CLASSES
+
+# queue ring qring[i, row, L]: per arrival cohort, what is still queued of it
+Q_N = 0  # requests
+Q_PROMPT = 1  # their prompt tokens
+Q_OUTPUT = 2  # their output tokens
+Q_ARRIVED = 3  # requests the cohort had on arrival (those taken by then arrived first)
+Q_N0 = 4  # of which in output class 0 (the shorter answers): requests
+Q_PROMPT0 = 5  # ... their prompt tokens
+Q_OUTPUT0 = 6  # ... their output tokens
+N_Q = 7
+# workload rows wl[row, T]
+WL_ARRIVALS = 0
+WL_PROMPT = 1
+WL_OUTPUT = 2
+WL_FORECAST = 3
+WL_N0 = 4  # arrivals in output class 0, their prompt and output tokens
+WL_PROMPT0 = 5
+WL_OUTPUT0 = 6
+N_WL = 7
 
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
@@ -739,36 +757,20 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admit_classes(ps_row, x, pa, oa, sp):
-    """Add ``x`` admitted requests of mean prompt ``pa`` and output ``oa`` to the ready
-    buckets of the two output-length classes.
-
-    The classes keep their mean lengths and the mix moves: a cohort of short answers is more
-    of the short class, not short answers of both (during the Azure conversation trace's busiest
-    minutes the mean output falls to 143 tokens from 211). The shares solve
-    ``s * o_short + (1 - s) * o_long = oa``; past either class's mean, lengths scale. A new
+def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
+    """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
+    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
     sequence holds its slot for its prefill iteration (the first token) and one iteration per
-    further token: ``oa`` iterations of the batch, from the next sub-step (within this one the
-    slots it took were freed by completions).
-    """
-    b0 = SP_CLASS
-    b1 = SP_CLASS + N_CP
-    o0 = sp[b0 + CP_OUTPUT] * sp[SP_MEAN_OUTPUT]
-    o1 = sp[b1 + CP_OUTPUT] * sp[SP_MEAN_OUTPUT]
-    share0 = sp[b0 + CP_SHARE]
-    if o1 > o0 and sp[b1 + CP_SHARE] > 0.0 and share0 > 0.0:
-        share0 = min(1.0, max(0.0, (o1 - oa) / (o1 - o0)))
-    scale_o = oa / (share0 * o0 + (1.0 - share0) * o1)
-    mix_p = share0 * sp[b0 + CP_PROMPT] + (1.0 - share0) * sp[b1 + CP_PROMPT]
+    further token, so its output counts whole, from the next sub-step (within this one the
+    slots it took were freed by completions)."""
     for k in range(OUTPUT_CLASSES):
-        base = SP_CLASS + N_CP * k
-        xk = x * (share0 if k == 0 else 1.0 - share0)
-        if xk <= 0.0:
+        n = n0 if k == 0 else n1
+        if n <= 1e-12:
             continue
         j = PS_CLASS + N_CF * k + CF_IR
-        ps_row[j] += xk
-        ps_row[j + 1] += xk * scale_o * (o0 if k == 0 else o1)
-        ps_row[j + 2] += xk * pa * sp[base + CP_PROMPT] / mix_p
+        ps_row[j] += n
+        ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
+        ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
     _sync_totals(ps_row)
 
 
@@ -981,10 +983,14 @@ def _step_cluster(i, actions, params, state, out):
                         rq = di * fn
                         if rq > 0.0:
                             qb = s % L
-                            qring[i, 0, qb] += rq
-                            qring[i, 1, qb] += dc * fn
-                            qring[i, 2, qb] += dw * fn
-                            qring[i, 3, qb] += rq
+                            qring[i, Q_N, qb] += rq
+                            qring[i, Q_PROMPT, qb] += dc * fn
+                            qring[i, Q_OUTPUT, qb] += dw * fn
+                            qring[i, Q_ARRIVED, qb] += rq
+                            j0 = PS_CLASS + CF_ID
+                            qring[i, Q_N0, qb] += row[j0] * fn
+                            qring[i, Q_PROMPT0, qb] += row[j0 + 2] * fn
+                            qring[i, Q_OUTPUT0, qb] += row[j0 + 1] * fn
                             c[CS_QN] += rq
                             c[CS_QP] += dc * fn
                             c[CS_QO] += dw * fn
@@ -1010,10 +1016,8 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_QN] -= stale
             c[CS_QP] -= qring[i, 1, qb]
             c[CS_QO] -= qring[i, 2, qb]
-            qring[i, 0, qb] = 0.0
-            qring[i, 1, qb] = 0.0
-            qring[i, 2, qb] = 0.0
-            qring[i, 3, qb] = 0.0
+            for qr in range(N_Q):
+                qring[i, qr, qb] = 0.0
         if c[CS_QHEAD] <= s - L:
             c[CS_QHEAD] = s - L + 1
         wb = (off + s) % nbins
@@ -1022,21 +1026,30 @@ def _step_cluster(i, actions, params, state, out):
         if n_arr > 0.0:
             if mean_n > 0.0:
                 ratio = n_arr / mean_n
-                pt = wl[1, wb] * ratio
-                ot = wl[2, wb] * ratio
+                pt = wl[WL_PROMPT, wb] * ratio
+                ot = wl[WL_OUTPUT, wb] * ratio
+                n0 = wl[WL_N0, wb] * ratio
+                pt0 = wl[WL_PROMPT0, wb] * ratio
+                ot0 = wl[WL_OUTPUT0, wb] * ratio
             else:
                 pt = n_arr * prompt_q[0, prompt_q.shape[1] // 2]
                 ot = 0.0
+                n0 = n_arr
+                pt0 = pt
+                ot0 = 0.0
             hits = n_arr * cache_hit
             c[CS_ARRIVED] += n_arr
             c[CS_HITS] += hits
             m[M_ARRIVED] += n_arr
             m[M_HITS] += hits
             keep = 1.0 - cache_hit
-            qring[i, 0, qb] += n_arr * keep
-            qring[i, 1, qb] += pt * keep
-            qring[i, 2, qb] += ot * keep
-            qring[i, 3, qb] += n_arr * keep
+            qring[i, Q_N, qb] += n_arr * keep
+            qring[i, Q_PROMPT, qb] += pt * keep
+            qring[i, Q_OUTPUT, qb] += ot * keep
+            qring[i, Q_ARRIVED, qb] += n_arr * keep
+            qring[i, Q_N0, qb] += n0 * keep
+            qring[i, Q_PROMPT0, qb] += pt0 * keep
+            qring[i, Q_OUTPUT0, qb] += ot0 * keep
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
@@ -1070,15 +1083,16 @@ def _step_cluster(i, actions, params, state, out):
             got_n = 0.0
             got_p = 0.0
             got_o = 0.0
+            got_n0 = 0.0
+            got_p0 = 0.0
+            got_o0 = 0.0
             head = int(c[CS_QHEAD])
             while need > 1e-12 and head <= s:
                 hb = head % L
                 have = qring[i, 0, hb]
                 if have <= 0.0:
-                    qring[i, 0, hb] = 0.0
-                    qring[i, 1, hb] = 0.0
-                    qring[i, 2, hb] = 0.0
-                    qring[i, 3, hb] = 0.0
+                    for qr in range(N_Q):
+                        qring[i, qr, hb] = 0.0
                     head += 1
                     continue
                 take = min(have, need)
@@ -1108,17 +1122,24 @@ def _step_cluster(i, actions, params, state, out):
                 got_n += take
                 got_p += tp
                 got_o += to
+                t0n = qring[i, Q_N0, hb] * f
+                t0p = qring[i, Q_PROMPT0, hb] * f
+                t0o = qring[i, Q_OUTPUT0, hb] * f
+                got_n0 += t0n
+                got_p0 += t0p
+                got_o0 += t0o
                 need -= take
                 if take >= have - 1e-12:
-                    qring[i, 0, hb] = 0.0
-                    qring[i, 1, hb] = 0.0
-                    qring[i, 2, hb] = 0.0
-                    qring[i, 3, hb] = 0.0
+                    for qr in range(N_Q):
+                        qring[i, qr, hb] = 0.0
                     head += 1
                 else:
-                    qring[i, 0, hb] = have - take
-                    qring[i, 1, hb] -= tp
-                    qring[i, 2, hb] -= to
+                    qring[i, Q_N, hb] = have - take
+                    qring[i, Q_PROMPT, hb] -= tp
+                    qring[i, Q_OUTPUT, hb] -= to
+                    qring[i, Q_N0, hb] -= t0n
+                    qring[i, Q_PROMPT0, hb] -= t0p
+                    qring[i, Q_OUTPUT0, hb] -= t0o
             c[CS_QHEAD] = head
             if head > s:
                 # every cohort is empty: what the running sums still hold is rounding residue
@@ -1132,11 +1153,14 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_ADMITTED] += got_n
             m[M_ADMITTED] += got_n
             pa = got_p / got_n if got_n > 0.0 else 0.0
-            oa = got_o / got_n if got_n > 0.0 else 0.0
         else:
             got_n = 0.0
+            got_n0 = 0.0
+            got_p0 = 0.0
+            got_o0 = 0.0
+            got_p = 0.0
+            got_o = 0.0
             pa = 0.0
-            oa = 0.0
 
         # decode on ready and draining replicas, then add the admitted requests
         for p in range(P):
@@ -1208,7 +1232,17 @@ def _step_cluster(i, actions, params, state, out):
                     drings[i, p, RING_GRACE, gslot] = 0.0
                     drings[i, p, RING_NOTICE, gslot] = 0.0
             if x > 0.0:
-                _admit_classes(row, x, pa, oa, sp)
+                # this pool's share of the admitted requests, each class as it queued
+                f_p = x / got_n
+                _admit_classes(
+                    row,
+                    got_n0 * f_p,
+                    got_p0 * f_p,
+                    got_o0 * f_p,
+                    (got_n - got_n0) * f_p,
+                    (got_p - got_p0) * f_p,
+                    (got_o - got_o0) * f_p,
+                )
             c[CS_COMPLETED] += completed
             m[M_COMPLETED] += completed
             m[M_TOKENS] += tokens

@@ -143,7 +143,7 @@ _KERNEL_ARRAYS: dict[int, tuple[WorkloadSeries, np.ndarray]] = {}
 
 
 def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
-    """The workload as the kernel reads it, [4, T]: arrivals, prompt, output, forecast.
+    """The workload as the kernel reads it, [dynamics.N_WL, T] (rows ``dynamics.WL_*``).
 
     Built once per series and shared by every simulator of it (a two-week series is ~40 MB,
     and a SyncVectorEnv holds a thousand simulators).
@@ -151,10 +151,28 @@ def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
     hit = _KERNEL_ARRAYS.get(id(wl))
     if hit is not None and hit[0] is wl:
         return hit[1]
-    arrays = np.ascontiguousarray(
-        np.stack([wl.arrivals, wl.prompt_tokens, wl.output_tokens, wl.forecast_rps]),
-        dtype=np.float64,
-    )
+    class0 = wl.output_class_bins
+    if class0 is None:
+        # no per-request lengths (synthetic, ServeGen, a user's series): every bin holds the
+        # classes in the workload's proportions
+        table = wl.output_classes if wl.output_classes is not None else None
+        share = table[0, dyn.CP_SHARE] if table is not None else 1.0
+        p_ratio = table[0, dyn.CP_PROMPT] if table is not None else 1.0
+        o_ratio = table[0, dyn.CP_OUTPUT] if table is not None else 1.0
+        class0 = np.stack(
+            [
+                wl.arrivals * share,
+                wl.prompt_tokens * share * p_ratio,
+                wl.output_tokens * share * o_ratio,
+            ]
+        )
+    rows = [None] * dyn.N_WL
+    rows[dyn.WL_ARRIVALS] = wl.arrivals
+    rows[dyn.WL_PROMPT] = wl.prompt_tokens
+    rows[dyn.WL_OUTPUT] = wl.output_tokens
+    rows[dyn.WL_FORECAST] = wl.forecast_rps
+    rows[dyn.WL_N0], rows[dyn.WL_PROMPT0], rows[dyn.WL_OUTPUT0] = class0
+    arrays = np.ascontiguousarray(np.stack(rows), dtype=np.float64)
     arrays.setflags(write=False)
     if len(_KERNEL_ARRAYS) >= 16:
         _KERNEL_ARRAYS.pop(next(iter(_KERNEL_ARRAYS)))
@@ -317,9 +335,8 @@ class ClusterSimulator:
         if classes is None:  # lengths unknown: memoryless classes, as one bucket would be
             classes = output_classes(np.ones(1), np.ones(1))
             classes[:, dyn.CP_PHI] = 1.0
-        sp[dyn.SP_CLASS : dyn.SP_MEAN_OUTPUT] = np.asarray(classes, dtype=np.float64).ravel()
+        sp[dyn.SP_CLASS : dyn.SP_OUTPUT_Q] = np.asarray(classes, dtype=np.float64).ravel()
         mean_output = float(wl.output_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
-        sp[dyn.SP_MEAN_OUTPUT] = mean_output
         quantiles = wl.output_quantiles
         if quantiles is None:  # lengths unknown: every request at the mean
             quantiles = np.full(dyn.N_OUTPUT_Q, mean_output)
@@ -336,7 +353,7 @@ class ClusterSimulator:
         # state, written in place by the kernel
         self.cluster_state = np.zeros((n, dyn.N_CS))
         self.pool_state = np.zeros((n, P, dyn.N_PS))
-        self.queue_ring = np.zeros((n, 4, L))
+        self.queue_ring = np.zeros((n, dyn.N_Q, L))
         self.wait_hist = np.zeros((n, 3, L))
         self.lifecycle_rings = np.zeros((n, P, 3, H), dtype=np.float32)
         self.drain_rings = np.zeros((n, P, 2, G))

@@ -106,6 +106,9 @@ class WorkloadSeries:
             to ``o``, lie from the class's mean prompt. See :func:`output_classes`.
         output_quantiles: float64 [N_OUTPUT_Q], output-token quantiles at levels
             (k + 0.5) / N_OUTPUT_Q (how many iterations a request's TPOT averages over).
+        output_class_bins: float64 [3, T], of each bin's arrivals those in output class 0
+            (the shorter answers), their prompt and output tokens; None where the source has
+            no per-request lengths (the classes then arrive in their overall proportions).
     """
 
     name: str
@@ -123,6 +126,7 @@ class WorkloadSeries:
     gaps: np.ndarray
     output_classes: np.ndarray | None = None
     output_quantiles: np.ndarray | None = None
+    output_class_bins: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -210,12 +214,17 @@ def length_moments(dist: LengthDistribution) -> tuple[float, float]:
     return m1, math.sqrt(max(m2 - m1 * m1, 0.0))
 
 
+def shorter_answers(output: np.ndarray) -> np.ndarray:
+    """Which requests are in output class 0: at or below the median output."""
+    o = np.asarray(output, dtype=np.float64)
+    return o <= np.median(o) if o.size else np.zeros(0, dtype=bool)
+
+
 def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
     """The output-length classes of requests (see :class:`WorkloadSeries`), from their lengths.
 
-    Requests at or below the median output form the first class, the rest the second (for
-    ``OUTPUT_CLASSES = 2``; in general, cuts at the ``k / OUTPUT_CLASSES`` quantiles). A class
-    with no request keeps a zero share and neutral ratios.
+    Requests at or below the median output form the first class (:func:`shorter_answers`),
+    the rest the second. A class with no request keeps a zero share and neutral ratios.
     """
     p = np.asarray(prompt, dtype=np.float64)
     o = np.asarray(output, dtype=np.float64)
@@ -226,8 +235,7 @@ def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
     table[:, CP_PHI] = 1.0
     if o.size == 0 or o.mean() <= 0.0:
         return table
-    cuts = np.quantile(o, np.arange(1, OUTPUT_CLASSES) / OUTPUT_CLASSES)
-    cls = np.searchsorted(cuts, o, side="left")
+    cls = np.where(shorter_answers(o), 0, 1)
     p_mean = max(p.mean(), 1e-9)
     for k in range(OUTPUT_CLASSES):
         sel = cls == k
@@ -464,6 +472,7 @@ class _Built:
     gaps: np.ndarray
     output_classes: np.ndarray | None = None
     output_quantiles: np.ndarray | None = None
+    output_class_bins: np.ndarray | None = None
 
 
 def _build_recorded(
@@ -497,6 +506,14 @@ def _build_recorded(
     bins = _Bins.empty(n_bins, per_interval, len(req.tenant_names))
     bin_idx = np.minimum((t / substep_s).astype(np.int64), n_bins - 1)
     bins.add(bin_idx, None, prompt, output, tenant.astype(np.int64), per_interval)
+    short = shorter_answers(output)
+    class_bins = np.stack(
+        [
+            np.bincount(bin_idx, weights=short.astype(np.float64), minlength=n_bins),
+            np.bincount(bin_idx, weights=np.where(short, prompt, 0.0), minlength=n_bins),
+            np.bincount(bin_idx, weights=np.where(short, output, 0.0), minlength=n_bins),
+        ]
+    )
     gaps = np.zeros(n_bins, dtype=bool)
     quantiles = (
         np.quantile(prompt, _quantile_levels()) if prompt.size else np.zeros(QUANTILE_LEVELS)
@@ -513,6 +530,7 @@ def _build_recorded(
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
         output_classes=output_classes(prompt, output),
+        output_class_bins=class_bins,
         output_quantiles=(
             np.quantile(output, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q) if output.size else None
         ),
@@ -861,4 +879,5 @@ def build_workload(
         gaps=built.gaps,
         output_classes=built.output_classes,
         output_quantiles=built.output_quantiles,
+        output_class_bins=built.output_class_bins,
     )
