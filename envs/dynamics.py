@@ -706,7 +706,7 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
+def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
     """Requests a pool's ready replicas can admit in this sub-step.
 
     Continuous batching admits at every iteration, so the slots and KV room that this
@@ -716,6 +716,11 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
     per second of decode time (summed over the classes), solved for ``x``; the KV bound
     likewise. The prefill itself is bounded by the iteration token budget
     (``max_batched_tokens`` less the decodes).
+
+    KV is admitted a whole request at a time in queue order: while the request at the head
+    waits for room, what each replica has free short of its need sits unused, about half of
+    it (the size-biased need: a large request waits longer, ``prompt_m2_ratio`` is the
+    prompts' ``E[p^2] / E[p]^2``).
     """
     R = ps_row[PS_READY]
     if R <= 0.0:
@@ -729,8 +734,9 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar):
     cap_tok = R * q_per_rep / max(pbar, 1.0)
     h = pp_row[PP_PREFILL] * pbar / R
     free_slots = R * pp_row[PP_MAXSEQ] - seqs
-    free_kv = R * pp_row[PP_KV] - ctx - ps_row[PS_WR]
     need = pbar + obar
+    blocked = 0.5 * (pbar * prompt_m2_ratio + obar)
+    free_kv = R * (pp_row[PP_KV] - blocked) - ctx - ps_row[PS_WR]
     if seqs <= 0.0:
         return max(0.0, min(free_slots, free_kv / need, cap_tok))
     g = 0.0
@@ -789,6 +795,13 @@ def _step_cluster(i, actions, params, state, out):
     nspot = int(sp[SP_NSPOT])
     cache_hit = sp[SP_CACHE]
     maxtok = sp[SP_MAXTOK]
+    q0 = prompt_q[0]
+    pm1 = 0.0
+    pm2 = 0.0
+    for j in range(q0.shape[0]):
+        pm1 += q0[j]
+        pm2 += q0[j] * q0[j]
+    prompt_m2 = pm2 * q0.shape[0] / (pm1 * pm1) if pm1 > 0.0 else 1.0
     c = cs[i]
     m = met[i]
     for j in range(N_M):
@@ -1068,7 +1081,7 @@ def _step_cluster(i, actions, params, state, out):
             caps[p] = 0.0
         if qn > 1e-12:
             for p in range(P):
-                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, sp, pbar, obar)
+                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2)
                 if cp > 0.0:
                     caps[p] = cp
                     cap_total += cp
