@@ -524,7 +524,7 @@ _GH_NODES = (-1.7320508075688772, 0.0, 1.7320508075688772)
 _GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _add_request_tpot(hist, tpot_mean_s, prefill_share, var_iter_s2, weight, sp):
     """Add ``weight`` completed requests' TPOT to an episode TPOT histogram.
 
@@ -581,7 +581,7 @@ def _weighted_quantiles3(values, weights, n):
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _to_drain(ps_row, n, share_flag_ring, drow, slot):
     """Move n ready replicas (and their share of in-flight work) into the draining group."""
     ready = ps_row[PS_READY]
@@ -657,7 +657,7 @@ def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
     return max(0.0, ctx / seqs + (1.0 / phi - 1.0) * remaining / seqs - pshift)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _decode_classes(ps_row, bucket, n_iter, sp):
     """Decode ``n_iter`` iterations on one bucket (CF_IR: ready, CF_ID: draining) of every
     class; returns (decoded tokens, completed sequences).
