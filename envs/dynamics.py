@@ -84,7 +84,11 @@ N_CP = 5
 # output-token quantiles at levels (k + 0.5) / N_OUTPUT_Q, for per-request TPOT
 SP_OUTPUT_Q = SP_CLASS + N_CP * OUTPUT_CLASSES
 N_OUTPUT_Q = 8
-N_SP = SP_OUTPUT_Q + N_OUTPUT_Q
+# E[p^2] / E[p]^2 of the prompts: whole (the KV a request needs) and capped at the iteration
+# token budget (the prefill an iteration carries: a longer prompt is chunked over several)
+SP_PROMPT_M2 = SP_OUTPUT_Q + N_OUTPUT_Q
+SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
+N_SP = SP_PROMPT_M2_CHUNK + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -795,13 +799,7 @@ def _step_cluster(i, actions, params, state, out):
     nspot = int(sp[SP_NSPOT])
     cache_hit = sp[SP_CACHE]
     maxtok = sp[SP_MAXTOK]
-    q0 = prompt_q[0]
-    pm1 = 0.0
-    pm2 = 0.0
-    for j in range(q0.shape[0]):
-        pm1 += q0[j]
-        pm2 += q0[j] * q0[j]
-    prompt_m2 = pm2 * q0.shape[0] / (pm1 * pm1) if pm1 > 0.0 else 1.0
+    prompt_m2 = sp[SP_PROMPT_M2]
     c = cs[i]
     m = met[i]
     for j in range(N_M):
@@ -810,10 +808,8 @@ def _step_cluster(i, actions, params, state, out):
     for p in range(P):
         for j in range(N_PM):
             pmet[i, p, j] = 0.0
-    for j in range(L):
-        whist[i, 0, j] = 0.0
-        whist[i, 1, j] = 0.0
-        whist[i, 2, j] = 0.0
+    # whist holds this step's admissions by queue age; bins at or past nb_used are zero
+    nb_used = 0
 
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
@@ -942,7 +938,6 @@ def _step_cluster(i, actions, params, state, out):
     tpot_tok = np.zeros(P)
     tpot_w = np.zeros(P)
     caps = np.zeros(P)
-    step_hist = np.zeros((3, 3, L))
     step_rows = np.zeros(3, dtype=np.int64)
     adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
     adm_q = np.zeros(P)
@@ -1129,6 +1124,7 @@ def _step_cluster(i, actions, params, state, out):
                     delay = max(delay, 0.0)
                     var = (w_adm - w_arr) ** 2 / 12.0
                 jb = min(age, L - 1)
+                nb_used = max(nb_used, jb + 1)
                 whist[i, 0, jb] += take
                 whist[i, 1, jb] += take * delay
                 whist[i, 2, jb] += take * (delay * delay + var)
@@ -1202,7 +1198,7 @@ def _step_cluster(i, actions, params, state, out):
                     # its own iteration; the wait before it is _iteration_wait's, at a busy
                     # replica (each sequence keeps one busy: all are while b >= 1)
                     base_sum += x * t_dec
-                    adm_busy[p] += x * min(1.0, b) ** R
+                    adm_busy[p] += x * (1.0 if b >= 1.0 else b**R)
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
@@ -1289,16 +1285,7 @@ def _step_cluster(i, actions, params, state, out):
         pmet[i, p, PM_TPOT] = tpot_tok[p] / tpot_w[p] if tpot_w[p] > 0.0 else 0.0
         P_total_ready += row[PS_READY]
     admitted = m[M_ADMITTED]
-    # an iteration prefills at most its token budget: a longer prompt is chunked over several,
-    # so iteration lengths vary with the prompts' second moment capped there
-    q0 = prompt_q[0]
-    nq = q0.shape[0]
-    m1 = 0.0
-    m2 = 0.0
-    for j in range(nq):
-        m1 += q0[j] / nq
-        m2 += min(q0[j], maxtok) ** 2 / nq
-    m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
+    m2_ratio = sp[SP_PROMPT_M2_CHUNK]
     if base_w > 0.0:
         c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
@@ -1336,7 +1323,8 @@ def _step_cluster(i, actions, params, state, out):
             fr = min(xr - r0, 1.0)
             step_rows[1] = 1 + r0
             step_rows[2] = 2 + r0
-        for j in range(L):
+        step_hist = np.zeros((3, 3, max(nb_used, 1)))
+        for j in range(nb_used):
             for z in range(3):
                 w = whist[i, z, j]
                 step_hist[0, z, j] = w * (1.0 - pi)
@@ -1356,6 +1344,10 @@ def _step_cluster(i, actions, params, state, out):
         )
     else:
         t50 = t95 = t99 = ok = 0.0
+    for j in range(nb_used):
+        whist[i, 0, j] = 0.0
+        whist[i, 1, j] = 0.0
+        whist[i, 2, j] = 0.0
     m[M_TTFT50] = t50
     m[M_TTFT95] = t95
     m[M_TTFT99] = t99

@@ -341,6 +341,12 @@ class ClusterSimulator:
         if quantiles is None:  # lengths unknown: every request at the mean
             quantiles = np.full(dyn.N_OUTPUT_Q, mean_output)
         sp[dyn.SP_OUTPUT_Q : dyn.SP_OUTPUT_Q + dyn.N_OUTPUT_Q] = quantiles
+        q0 = np.asarray(wl.prompt_quantiles, dtype=np.float64)
+        mean_sq = max(float(q0.mean()) ** 2, 1e-12)
+        sp[dyn.SP_PROMPT_M2] = float((q0**2).mean()) / mean_sq
+        sp[dyn.SP_PROMPT_M2_CHUNK] = (
+            float((np.minimum(q0, sc.max_batched_tokens) ** 2).mean()) / mean_sq
+        )
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)
