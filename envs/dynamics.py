@@ -182,6 +182,19 @@ WL_PROMPT0 = 5
 WL_OUTPUT0 = 6
 N_WL = 7
 
+# per-step scratch rows scratch[i, row, pool]
+SCR_TPOT_TOK = 0
+SCR_TPOT_W = 1
+SCR_CAPS = 2
+SCR_ADM_N = 3
+SCR_ADM_Q = 4
+SCR_ADM_TD = 5
+SCR_ADM_BUSY = 6
+SCR_DONE = 7
+SCR_REP_SUB = 8
+SCR_TPOT_VALS = 9
+N_SCR = 10
+
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
 RING_LOAD_DONE = 1
@@ -787,7 +800,7 @@ def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
 @njit(cache=True, error_model="numpy")
 def _step_cluster(i, actions, params, state, out):
     sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch = state
     obs, rew, met, pmet = out
     P = pp.shape[0]
     dt = sp[SP_DT]
@@ -935,16 +948,19 @@ def _step_cluster(i, actions, params, state, out):
     tok_all = 0.0
     util_acc = 0.0
     kv_acc = 0.0
-    tpot_tok = np.zeros(P)
-    tpot_w = np.zeros(P)
-    caps = np.zeros(P)
+    # per-pool sums of this step, in the cluster's scratch rows (no allocation per step)
+    scr = scratch[i]
+    scr[:, :] = 0.0
+    tpot_tok = scr[SCR_TPOT_TOK]
+    tpot_w = scr[SCR_TPOT_W]
+    caps = scr[SCR_CAPS]
+    adm_n = scr[SCR_ADM_N]  # this step's admissions per pool: count, prompt tokens, x t_dec
+    adm_q = scr[SCR_ADM_Q]
+    adm_td = scr[SCR_ADM_TD]
+    adm_busy = scr[SCR_ADM_BUSY]  # x P(no idle replica)
+    done_pool = scr[SCR_DONE]  # completions per pool
+    rep_sub = scr[SCR_REP_SUB]  # ready replica-sub-steps
     step_rows = np.zeros(3, dtype=np.int64)
-    adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
-    adm_q = np.zeros(P)
-    adm_td = np.zeros(P)
-    adm_busy = np.zeros(P)  # x P(no idle replica)
-    done_pool = np.zeros(P)  # completions per pool
-    rep_sub = np.zeros(P)  # ready replica-sub-steps
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -1351,7 +1367,7 @@ def _step_cluster(i, actions, params, state, out):
     m[M_TTFT50] = t50
     m[M_TTFT95] = t95
     m[M_TTFT99] = t99
-    tpot_vals = np.zeros(P)
+    tpot_vals = scr[SCR_TPOT_VALS]
     for p in range(P):
         tpot_vals[p] = pmet[i, p, PM_TPOT]
         if tpot_w[p] > 0.0 and done_pool[p] > 0.0:
@@ -1478,7 +1494,7 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
 
     :param actions: int64 [N, 2 * pools], the env's actions.
     :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi)``, read only.
-    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot)``.
+    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch)``.
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
     kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
@@ -1532,7 +1548,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
 def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
     sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _ = state
     obs, _, met, pmet = out
     P = pp.shape[0]
     for j in range(cs.shape[1]):

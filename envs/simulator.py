@@ -395,6 +395,7 @@ class ClusterSimulator:
             self.rng_state,
             self.episode_wait_hist,
             self.episode_tpot_hist,
+            np.zeros((n, dyn.N_SCR, P)),
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
