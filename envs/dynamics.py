@@ -453,7 +453,7 @@ def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
 
 
 @njit(cache=True, error_model="numpy")
-def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
+def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s, buf):
     """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
 
     ``hist[k, 0, j]`` counts requests admitted after ``j`` whole sub-steps in the queue whose
@@ -498,13 +498,15 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
     lo_s = max(lo_wait + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
     hi_s = max(hi_wait + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
-    xs = np.empty(TTFT_GRID)
+    # buf[0] holds the grid, buf[1] the CDF on it (the caller's scratch: nothing allocated)
+    xs = buf[0]
+    cdf = buf[1]
     x = lo_s
     for g in range(TTFT_GRID):
         xs[g] = x
+        cdf[g] = 0.0
         x *= ratio
     xs[TTFT_GRID - 1] = hi_s
-    cdf = np.zeros(TTFT_GRID)
     for k in range(rows.shape[0]):
         for j in range(L):
             w = hist[k, 0, j]
@@ -514,8 +516,10 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
                 for side in (-1.0, 1.0):
                     wait_s = max(0.0, mean + side * spread) * dt
                     _add_quantile_cdf(cdf, xs, wait_s + base_s, inv_p, 0.5 * w, prompt_q[rows[k]])
-    out = np.zeros(3)
     levels = (0.50, 0.95, 0.99)
+    q50 = hi_s
+    q95 = hi_s
+    q99 = hi_s
     li = 0
     prev_x = lo_s
     prev_c = 0.0
@@ -524,16 +528,19 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
         while li < 3 and c >= levels[li]:
             span = c - prev_c
             f = (levels[li] - prev_c) / span if span > 0.0 else 1.0
-            out[li] = prev_x + f * (xs[g] - prev_x)
+            v = prev_x + f * (xs[g] - prev_x)
+            if li == 0:
+                q50 = v
+            elif li == 1:
+                q95 = v
+            else:
+                q99 = v
             li += 1
         if li == 3:
             break
         prev_x = xs[g]
         prev_c = c
-    while li < 3:
-        out[li] = hi_s
-        li += 1
-    return out[0], out[1], out[2], ok
+    return q50, q95, q99, ok
 
 
 # three-point Gauss-Hermite rule (nodes in standard deviations, weights)
@@ -575,27 +582,25 @@ def _add_request_tpot(hist, tpot_mean_s, prefill_share, var_iter_s2, weight, sp)
 
 
 @njit(cache=True, error_model="numpy")
-def _weighted_quantiles3(values, weights, n):
-    """Weighted p50, p95 and p99 of at most a handful of values (one per pool)."""
-    idx = np.argsort(values[:n])
+def _weighted_quantile(values, weights, n, level):
+    """The smallest of ``values[:n]`` whose share of the weight at or below it reaches
+    ``level`` (a handful of values, one per pool: quadratic and allocation-free)."""
     total = 0.0
     for j in range(n):
         total += weights[j]
-    out = np.zeros(3)
     if total <= 0.0:
-        return out
-    levels = (0.50, 0.95, 0.99)
-    acc = 0.0
-    li = 0
+        return 0.0
+    best = 0.0
+    found = False
     for j in range(n):
-        acc += weights[idx[j]]
-        while li < 3 and acc >= levels[li] * total:
-            out[li] = values[idx[j]]
-            li += 1
-    while li < 3:
-        out[li] = values[idx[n - 1]]
-        li += 1
-    return out
+        below = 0.0
+        for k in range(n):
+            if values[k] <= values[j]:
+                below += weights[k]
+        if below >= level * total and (not found or values[j] < best):
+            best = values[j]
+            found = True
+    return best
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -800,7 +805,7 @@ def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
 @njit(cache=True, error_model="numpy")
 def _step_cluster(i, actions, params, state, out):
     sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid = state
     obs, rew, met, pmet = out
     P = pp.shape[0]
     dt = sp[SP_DT]
@@ -1357,6 +1362,7 @@ def _step_cluster(i, actions, params, state, out):
             pre_sum / base_w,
             prompt_q,
             sp[SP_TTFT],
+            grid[i],
         )
     else:
         t50 = t95 = t99 = ok = 0.0
@@ -1380,10 +1386,9 @@ def _step_cluster(i, actions, params, state, out):
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
             _add_request_tpot(ep_tpot[i], tpot_vals[p], share, var_it, done_pool[p], sp)
-    tq = _weighted_quantiles3(tpot_vals, tpot_w, P)
-    m[M_TPOT50] = tq[0]
-    m[M_TPOT95] = tq[1]
-    m[M_TPOT99] = tq[2]
+    m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
+    m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
+    m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
     tpot_share = tok_ok / tok_all if tok_all > 0.0 else 1.0
     good = min(ok * tpot_share, admitted)  # the CDF sum may pass the count by rounding
     demand = admitted + m[M_DROPPED]
@@ -1494,7 +1499,8 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
 
     :param actions: int64 [N, 2 * pools], the env's actions.
     :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi)``, read only.
-    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch)``.
+    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch,
+        grid)``.
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
     kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
@@ -1520,6 +1526,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
             cs_row[CS_EP_PRE_SUM] / w,
             prompt_q,
             sp[SP_TTFT],
+            np.empty((2, TTFT_GRID)),
         )
         out[0] = t50
         out[1] = t95
@@ -1548,7 +1555,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
 def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
     sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _ = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _, _ = state
     obs, _, met, pmet = out
     P = pp.shape[0]
     for j in range(cs.shape[1]):

@@ -396,6 +396,7 @@ class ClusterSimulator:
             self.episode_wait_hist,
             self.episode_tpot_hist,
             np.zeros((n, dyn.N_SCR, P)),
+            np.zeros((n, 2, dyn.TTFT_GRID)),
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
