@@ -20,6 +20,7 @@ from rlscale.envs import dynamics as dyn
 from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
+from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
 from rlscale.envs.spot import SpotMarket, build_spot_market
@@ -553,16 +554,7 @@ class ClusterSimulator:
             self.episode_wait_hist[i],
             self.episode_tpot_hist[i],
         )
-        keys = (
-            "ttft_p50_s",
-            "ttft_p95_s",
-            "ttft_p99_s",
-            "tpot_p50_s",
-            "tpot_p95_s",
-            "tpot_p99_s",
-            "ttft_attainment",
-        )
-        return {k: float(x) for k, x in zip(keys, v, strict=True)}
+        return {k: float(x) for k, x in zip(EPISODE_LATENCY_KEYS, v, strict=True)}
 
     def cluster(self, i: int) -> ClusterView:
         """Cluster ``i`` read by name; live, so one view serves every step (see

@@ -20,6 +20,7 @@ A larger step back means a broken or concatenated file and raises :class:`Scenar
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -68,6 +69,12 @@ class TraceRequests:
     def n_requests(self) -> int:
         """Number of requests."""
         return int(self.time_s.shape[0])
+
+    def time_scaled(self, time_scale: float) -> TraceRequests:
+        """The same requests with every arrival time multiplied by ``time_scale``."""
+        if time_scale == 1.0:
+            return self
+        return dataclasses.replace(self, time_s=self.time_s * time_scale)
 
 
 @dataclass(frozen=True)

@@ -481,15 +481,7 @@ def _build_recorded(
     assert cfg.path is not None
     req = read_trace(cfg.kind, cfg.path)
     what = f"trace {req.source}"
-    if cfg.time_scale != 1.0:
-        req = TraceRequests(
-            req.source,
-            req.time_s * cfg.time_scale,
-            req.prompt_tokens,
-            req.output_tokens,
-            req.tenant,
-            req.tenant_names,
-        )
+    req = req.time_scaled(cfg.time_scale)
     start_s, n_bins = _select_window(
         cfg, float(req.time_s[-1]), substep_s, what=what, last_is_request=True
     )

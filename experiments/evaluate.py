@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 
 if TYPE_CHECKING:
@@ -65,12 +66,7 @@ SCALAR_METRICS = (
     "cost_usd",
     "cost_per_million_tokens_usd",
     "slo_attainment",
-    "ttft_p50_s",
-    "ttft_p95_s",
-    "ttft_p99_s",
-    "tpot_p50_s",
-    "tpot_p95_s",
-    "tpot_p99_s",
+    *EPISODE_LATENCY_KEYS,
     "dropped",
     "completed",
     "scale_events",

@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     print("### Routing: replicas the SLO needs\n")
     print(format_routing_markdown(routing))
     if not fluid_routes():
-        print("(fluid: n/a, the fluid model ignores the scenario's routing setting)\n")
+        print("(fluid: n/a, the fluid model does not model this routing yet)\n")
     off = sum(not within_bounds(r) for r in rows)
     off_knee = sum(not r["within"] for r in knee)
     off_cap = sum(not r["within"] for r in capacity)

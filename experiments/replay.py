@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlscale.envs.scenario import Scenario, WorkloadConfig, scenario_from_dict
-from rlscale.envs.traces import TraceRequests, read_trace
+from rlscale.envs.traces import read_trace
 from rlscale.experiments.des import DESResult, Routing, simulate
 
 AZURE_CONV = "azure_llm_trace_2023/AzureLLMInferenceTrace_conv.csv"
@@ -59,15 +59,7 @@ def window_requests(
     if cfg.path is None or cfg.kind not in ("azure", "mooncake", "csv"):
         raise ValueError(f"window_requests needs a recorded trace, got kind {cfg.kind!r}")
     req = read_trace(cfg.kind, cfg.path)
-    if cfg.time_scale != 1.0:
-        req = TraceRequests(
-            req.source,
-            req.time_s * cfg.time_scale,
-            req.prompt_tokens,
-            req.output_tokens,
-            req.tenant,
-            req.tenant_names,
-        )
+    req = req.time_scaled(cfg.time_scale)
     start_s, n_bins = wlmod._select_window(
         cfg, float(req.time_s[-1]), substep_s, what=req.source, last_is_request=True
     )
