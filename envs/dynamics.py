@@ -88,7 +88,10 @@ N_OUTPUT_Q = 8
 # token budget (the prefill an iteration carries: a longer prompt is chunked over several)
 SP_PROMPT_M2 = SP_OUTPUT_Q + N_OUTPUT_Q
 SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
-N_SP = SP_PROMPT_M2_CHUNK + 1
+# 1 when requests reach replicas through per-replica queues fed blindly (random or round
+# robin), 0 when every replica pulls from one queue (least loaded)
+SP_PER_REPLICA_QUEUES = SP_PROMPT_M2_CHUNK + 1
+N_SP = SP_PER_REPLICA_QUEUES + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -1219,7 +1222,14 @@ def _step_cluster(i, actions, params, state, out):
                     # its own iteration; the wait before it is _iteration_wait's, at a busy
                     # replica (each sequence keeps one busy: all are while b >= 1)
                     base_sum += x * t_dec
-                    adm_busy[p] += x * (1.0 if b >= 1.0 else b**R)
+                    # a request pulled by the least-loaded replica waits only if none is idle;
+                    # one sent to a replica blindly waits whenever that replica is busy
+                    if b >= 1.0:
+                        adm_busy[p] += x
+                    elif sp[SP_PER_REPLICA_QUEUES] > 0.0:
+                        adm_busy[p] += x * b
+                    else:
+                        adm_busy[p] += x * b**R
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
@@ -1325,7 +1335,8 @@ def _step_cluster(i, actions, params, state, out):
                 pre_s,
                 pre_s * pre_s * m2_ratio,
                 adm_td[p] / adm_n[p],
-                rep_sub[p] / K,
+                # a replica fed its own queue picks up only what was sent to it
+                1.0 if sp[SP_PER_REPLICA_QUEUES] > 0.0 else rep_sub[p] / K,
                 adm_busy[p] / adm_n[p],
             )
             pi_mass += adm_n[p] * pi_p

@@ -216,12 +216,6 @@ class ClusterSimulator:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         sc = load_scenario(scenario)
-        if sc.routing != "least_loaded":
-            # the request-level reference (experiments/des.py) routes either way; the fluid
-            # kernel pools every replica behind one queue so far
-            raise ScenarioError(
-                f"routing: {sc.routing} is not modelled by the simulator yet; use least_loaded"
-            )
         self.scenario = sc
         self.num_clusters = n = int(num_clusters)
         wl = workload if workload is not None else scenario_workload(sc, workload_seed)
@@ -348,6 +342,9 @@ class ClusterSimulator:
         sp[dyn.SP_PROMPT_M2_CHUNK] = (
             float((np.minimum(q0, sc.max_batched_tokens) ** 2).mean()) / mean_sq
         )
+        # per-replica queues change who waits for whom before a prefill (dynamics.
+        # _iteration_wait); the queue itself stays pooled (see the README's fidelity section)
+        sp[dyn.SP_PER_REPLICA_QUEUES] = 0.0 if sc.routing == "least_loaded" else 1.0
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)

@@ -229,13 +229,6 @@ def test_episode_tpot_percentiles_within_two_percent(tpot_s):
         assert out[k] == pytest.approx(tpot_s, rel=0.02)
 
 
-def test_fluid_refuses_routing_it_does_not_model(make_small_scenario):
-    from rlscale.envs.scenario import ScenarioError
-
-    with pytest.raises(ScenarioError, match="routing: random"):
-        ClusterSimulator(make_small_scenario(routing="random"), 1)
-
-
 # --- continuous batching at saturation (the knee) ---------------------------------------------
 
 
@@ -292,8 +285,8 @@ def test_overload_holds_max_num_seqs_per_replica(make_small_scenario, replicas):
 @pytest.mark.parametrize(("prompt", "output"), [(500, 201), (1500, 61)])
 def test_held_context_grows_with_generated_tokens(make_small_scenario, prompt, output):
     """As the calibration assumes (an iteration pays for prompt AND generated tokens held): with
-    every request decoding d = output - 1 tokens, a sequence in flight holds on average its
-    prompt, its first token and half its decode, and its remaining work is the other half."""
+    every request of the same lengths, a sequence in flight holds on average its prompt and
+    half its output, and has the other half to go."""
     sc = _fixed_lengths(make_small_scenario, 20.0, prompt, output)
     sim = _sim(sc)
     seqs, ctx, rem = [], [], []
@@ -303,7 +296,22 @@ def test_held_context_grows_with_generated_tokens(make_small_scenario, prompt, o
         seqs.append(s)
         ctx.append(c)
         rem.append(w)
-    d = output - 1
     mean_seqs = np.mean(seqs[6:])
-    assert np.mean(ctx[6:]) / mean_seqs == pytest.approx(prompt + 1 + d / 2, rel=0.03)
-    assert np.mean(rem[6:]) / mean_seqs == pytest.approx(d / 2, rel=0.05)
+    assert np.mean(ctx[6:]) / mean_seqs == pytest.approx(prompt + output / 2, rel=0.03)
+    assert np.mean(rem[6:]) / mean_seqs == pytest.approx(output / 2, rel=0.05)
+
+
+def test_per_replica_queues_make_requests_wait_at_light_load(make_small_scenario):
+    """A request sent blindly to a busy replica waits for that replica's iteration and the
+    prompts sent to it, where a least-loaded gateway hands it to whichever replica starts an
+    iteration first: TTFT rises, throughput does not change."""
+    results = {}
+    for routing in ("least_loaded", "random"):
+        sc = _fixed_lengths(make_small_scenario, 40.0, 1000, 100, replicas=4, routing=routing)
+        sim = _sim(sc)
+        for _ in range(20):
+            sim.step(sim.noop_action()[None])
+        results[routing] = (sim.episode_latency(0), sim.counters(0)["completed"])
+    ll, rnd = results["least_loaded"], results["random"]
+    assert rnd[0]["ttft_p50_s"] > ll[0]["ttft_p50_s"] * 1.05
+    assert rnd[1] == pytest.approx(ll[1], rel=0.01)
