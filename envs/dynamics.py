@@ -91,7 +91,8 @@ SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
 # 1 when requests reach replicas through per-replica queues fed blindly (random or round
 # robin), 0 when every replica pulls from one queue (least loaded)
 SP_PER_REPLICA_QUEUES = SP_PROMPT_M2_CHUNK + 1
-N_SP = SP_PER_REPLICA_QUEUES + 1
+SP_MEAN_OUTPUT_TOK = SP_PER_REPLICA_QUEUES + 1  # the workload's mean output, tokens
+N_SP = SP_MEAN_OUTPUT_TOK + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -154,9 +155,10 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
+PS_TPOT_LIFE = 15  # iteration seconds averaged over a request's decode lifetime (EWMA)
 # PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
 # N_CF * k + CF_*] for class k, fields in the order of the totals
-PS_CLASS = 15
+PS_CLASS = 16
 CF_IR = 0
 CF_WR = 1
 CF_CR = 2
@@ -1239,6 +1241,14 @@ def _step_cluster(i, actions, params, state, out):
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
+                # a request's TPOT averages the iterations of its whole decode, about the
+                # mean output's worth of them: an EWMA over that lifetime
+                life_s = sp[SP_MEAN_OUTPUT_TOK] * tpot
+                alpha = 1.0 - np.exp(-dt / max(life_s, dt))
+                if row[PS_TPOT_LIFE] <= 0.0:
+                    row[PS_TPOT_LIFE] = tpot
+                else:
+                    row[PS_TPOT_LIFE] += alpha * (tpot - row[PS_TPOT_LIFE])
                 tpot_tok[p] += dec * tpot
                 tpot_w[p] += dec
                 tok_all += dec
@@ -1396,7 +1406,8 @@ def _step_cluster(i, actions, params, state, out):
                 pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
-            _add_request_tpot(ep_tpot[i], tpot_vals[p], share, var_it, done_pool[p], sp)
+            life = ps[i, p, PS_TPOT_LIFE] if ps[i, p, PS_TPOT_LIFE] > 0.0 else tpot_vals[p]
+            _add_request_tpot(ep_tpot[i], life, share, var_it, done_pool[p], sp)
     m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
     m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
     m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
