@@ -421,19 +421,38 @@ def _iteration_wait(lam, pre_s, pre2_s, t_dec, R, busy):
     arrival is size-biased: ``T + V / T`` for one replica (its iteration), ``2 T / R`` for many
     (nearly exponential gaps); ``2 T / (R + 1) + V / (T R^2)`` has both limits. The
     request waits half that gap for its pickup, then the prefill of the requests that arrived
-    in it, ``lam * R * gap`` on average. ``busy`` is the chance that no replica is idle (an
-    idle one starts at once). The wait is 0 with probability 1 - busy, else taken as
-    exponential with the returned mean.
+    in it, Poisson(``lam * R * gap``) of them. ``busy`` is the chance that no replica is idle
+    (an idle one starts at once).
+
+    Returns ``busy``, the chance that prompts were taken along, the mean pickup wait, and the
+    mean prefill of the prompts taken along given some were (each wait taken as exponential
+    by the tables).
     """
     if lam <= 0.0 or R <= 0.0 or busy <= 0.0:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     rho = min(lam * pre_s, PREFILL_SHARE_MAX)
     T = t_dec / (1.0 - rho)
     # gated batches: what arrives during one iteration is prefilled in the next, so the
     # variance of an iteration's length carries over, amplified by 1 / (1 - rho^2)
     var_t = lam * T * pre2_s / (1.0 - rho * rho)
     gap = 2.0 * T / (R + 1.0) + var_t / (T * R * R)
-    return busy, 0.5 * gap + lam * R * gap * pre_s
+    # the pickup wait always comes (at a busy replica); the prompts taken along only when
+    # some arrived in the gap: Poisson(m), none with probability exp(-m)
+    m = lam * R * gap
+    some = 1.0 - np.exp(-m)
+    shared = m * pre_s / some if some > 0.0 else 0.0
+    return busy, some, 0.5 * gap, shared
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _wait_rows(theta_tok):
+    """The wait table's row below a mean wait of ``theta_tok`` prompt tokens' worth of
+    prefill, and the share of the row above (rows are log-spaced, see ``WAIT_RATIO``)."""
+    if theta_tok <= 0.0:
+        return 0, 0.0
+    xr = np.log(max(theta_tok, WAIT_MIN_TOK) / WAIT_MIN_TOK) / np.log(WAIT_RATIO)
+    r0 = min(int(xr), WAIT_ROWS - 2)
+    return r0, min(xr - r0, 1.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -970,7 +989,7 @@ def _step_cluster(i, actions, params, state, out):
     adm_busy = scr[SCR_ADM_BUSY]  # x P(no idle replica)
     done_pool = scr[SCR_DONE]  # completions per pool
     rep_sub = scr[SCR_REP_SUB]  # ready replica-sub-steps
-    step_rows = np.zeros(3, dtype=np.int64)
+    step_rows = np.zeros(5, dtype=np.int64)
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -1328,19 +1347,22 @@ def _step_cluster(i, actions, params, state, out):
     admitted = m[M_ADMITTED]
     m2_ratio = sp[SP_PROMPT_M2_CHUNK]
     if base_w > 0.0:
-        c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
         # The wait for the iteration in flight and for the prompts taken with it, from the
         # whole step's admissions per pool (one second's count is too noisy): its chance pi
         # and its mean theta
-        pi_mass = 0.0
-        theta_mass = 0.0
+        # two waits: the pickup alone (no prompt taken along), or the pickup and the shared
+        # prefill; each with its mass and its mean in seconds
+        mass_a = 0.0
+        wait_a = 0.0
+        mass_b = 0.0
+        wait_b = 0.0
         for p in range(P):
             if adm_n[p] <= 0.0 or rep_sub[p] <= 0.0:
                 continue
             pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
-            pi_p, th_p = _iteration_wait(
+            busy_p, some_p, pickup_p, shared_p = _iteration_wait(
                 adm_n[p] / (rep_sub[p] * dt),
                 pre_s,
                 pre_s * pre_s * m2_ratio,
@@ -1349,31 +1371,36 @@ def _step_cluster(i, actions, params, state, out):
                 1.0 if sp[SP_PER_REPLICA_QUEUES] > 0.0 else rep_sub[p] / K,
                 adm_busy[p] / adm_n[p],
             )
-            pi_mass += adm_n[p] * pi_p
-            theta_mass += adm_n[p] * pi_p * th_p
-        pi = min(1.0, pi_mass / base_w)
-        # three histogram rows: no wait, and the two table rows around the wait's mean
-        fr = 0.0
+            mass_a += adm_n[p] * busy_p * (1.0 - some_p)
+            wait_a += adm_n[p] * busy_p * (1.0 - some_p) * pickup_p
+            mass_b += adm_n[p] * busy_p * some_p
+            wait_b += adm_n[p] * busy_p * some_p * (pickup_p + shared_p)
+        c[CS_EP_BASE_SUM] += base_sum
+        pre_tok_s = pre_sum / base_w
+        # five histogram rows: no wait, and for each wait the two table rows around its mean
+        share_a = min(1.0, mass_a / base_w)
+        share_b = min(1.0 - share_a, mass_b / base_w)
+        ra, fa = _wait_rows(wait_a / mass_a / pre_tok_s if mass_a > 0.0 else 0.0)
+        rb, fb = _wait_rows(wait_b / mass_b / pre_tok_s if mass_b > 0.0 else 0.0)
         step_rows[0] = 0
-        step_rows[1] = 1
-        step_rows[2] = 2
-        if pi > 0.0:
-            # the wait's mean in prompt tokens of prefill, located on the table's log grid
-            theta_tok = theta_mass / pi_mass / (pre_sum / base_w)
-            xr = np.log(max(theta_tok, WAIT_MIN_TOK) / WAIT_MIN_TOK) / np.log(WAIT_RATIO)
-            r0 = min(int(xr), WAIT_ROWS - 2)
-            fr = min(xr - r0, 1.0)
-            step_rows[1] = 1 + r0
-            step_rows[2] = 2 + r0
-        step_hist = np.zeros((3, 3, max(nb_used, 1)))
+        step_rows[1] = 1 + ra
+        step_rows[2] = 2 + ra
+        step_rows[3] = 1 + rb
+        step_rows[4] = 2 + rb
+        parts = (
+            1.0 - share_a - share_b,
+            share_a * (1.0 - fa),
+            share_a * fa,
+            share_b * (1.0 - fb),
+            share_b * fb,
+        )
+        step_hist = np.zeros((5, 3, max(nb_used, 1)))
         for j in range(nb_used):
             for z in range(3):
                 w = whist[i, z, j]
-                step_hist[0, z, j] = w * (1.0 - pi)
-                step_hist[1, z, j] = w * pi * (1.0 - fr)
-                step_hist[2, z, j] = w * pi * fr
                 if w > 0.0:
-                    for k in range(3):
+                    for k in range(5):
+                        step_hist[k, z, j] = w * parts[k]
                         ep_whist[i, step_rows[k], z, j] += step_hist[k, z, j]
         t50, t95, t99, ok = _ttft_stats(
             step_hist,
