@@ -1261,8 +1261,9 @@ def _step_cluster(i, actions, params, state, out):
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
                 # a request's TPOT averages the iterations of its whole decode, about the
-                # mean output's worth of them: an EWMA over that lifetime
-                life_s = sp[SP_MEAN_OUTPUT_TOK] * tpot
+                # mean output's worth of them; seen at its completion that window's mean lags
+                # by half of it: an EWMA with half a lifetime as time constant
+                life_s = 0.5 * sp[SP_MEAN_OUTPUT_TOK] * tpot
                 alpha = 1.0 - np.exp(-dt / max(life_s, dt))
                 if row[PS_TPOT_LIFE] <= 0.0:
                     row[PS_TPOT_LIFE] = tpot
