@@ -91,8 +91,7 @@ SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
 # 1 when requests reach replicas through per-replica queues fed blindly (random or round
 # robin), 0 when every replica pulls from one queue (least loaded)
 SP_PER_REPLICA_QUEUES = SP_PROMPT_M2_CHUNK + 1
-SP_MEAN_OUTPUT_TOK = SP_PER_REPLICA_QUEUES + 1  # the workload's mean output, tokens
-N_SP = SP_MEAN_OUTPUT_TOK + 1
+N_SP = SP_PER_REPLICA_QUEUES + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -155,10 +154,12 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
-PS_TPOT_LIFE = 15  # iteration seconds averaged over a request's decode lifetime (EWMA)
+# iteration seconds averaged over the decode lifetime of a request of each output quantile
+# (EWMAs, one per SP_OUTPUT_Q level)
+PS_TPOT_LIFE = 15
 # PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
 # N_CF * k + CF_*] for class k, fields in the order of the totals
-PS_CLASS = 16
+PS_CLASS = PS_TPOT_LIFE + N_OUTPUT_Q
 CF_IR = 0
 CF_WR = 1
 CF_CR = 2
@@ -573,23 +574,25 @@ _GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _add_request_tpot(hist, tpot_mean_s, prefill_share, var_iter_s2, weight, sp):
+def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
     """Add ``weight`` completed requests' TPOT to an episode TPOT histogram.
 
-    A request's TPOT is the mean of the iterations it decoded in. Their mean is the pool's
-    ``tpot_mean_s``, of which ``prefill_share`` is other prompts' prefill riding along, and
+    A request's TPOT is the mean of the iterations it decoded in. For a request of output
+    quantile ``q`` their mean is ``life_row[q]`` (see ``PS_TPOT_LIFE``), of which
+    ``prefill_share`` is other prompts' prefill riding along, and
     that part varies between iterations (``var_iter_s2``, see ``_iteration_wait``). Averaged
     over a request's ``o - 1`` iterations, it varies by ``var_iter_s2 / (o - 1)``: short
     answers see few iterations and spread widely. Per output quantile, the prefill part is
     taken as lognormal with that mean and variance, placed by a three-point Gauss-Hermite rule.
     """
     log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
-    m_x = prefill_share * tpot_mean_s
-    fixed = tpot_mean_s - m_x
     for q in range(N_OUTPUT_Q):
         n = sp[SP_OUTPUT_Q + q] - 1.0
         if n < 0.5:
             continue  # one output token: no TPOT
+        tpot_mean_s = life_row[q]
+        m_x = prefill_share * tpot_mean_s
+        fixed = tpot_mean_s - m_x
         wq = weight / N_OUTPUT_Q
         var_x = var_iter_s2 / n
         if m_x <= 0.0 or var_x <= 0.0:
@@ -1260,15 +1263,16 @@ def _step_cluster(i, actions, params, state, out):
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
-                # a request's TPOT averages the iterations of its whole decode, about the
-                # mean output's worth of them; seen at its completion that window's mean lags
-                # by half of it: an EWMA with half a lifetime as time constant
-                life_s = 0.5 * sp[SP_MEAN_OUTPUT_TOK] * tpot
-                alpha = 1.0 - np.exp(-dt / max(life_s, dt))
-                if row[PS_TPOT_LIFE] <= 0.0:
-                    row[PS_TPOT_LIFE] = tpot
-                else:
-                    row[PS_TPOT_LIFE] += alpha * (tpot - row[PS_TPOT_LIFE])
+                # a request's TPOT averages the iterations of its whole decode, its output's
+                # worth of them; seen at its completion that window's mean lags by half of
+                # it: per output quantile an EWMA with half its lifetime as time constant
+                for q in range(N_OUTPUT_Q):
+                    jq = PS_TPOT_LIFE + q
+                    if row[jq] <= 0.0:
+                        row[jq] = tpot
+                    else:
+                        life_s = 0.5 * sp[SP_OUTPUT_Q + q] * tpot
+                        row[jq] += dt / (life_s + dt) * (tpot - row[jq])
                 tpot_tok[p] += dec * tpot
                 tpot_w[p] += dec
                 tok_all += dec
@@ -1434,7 +1438,7 @@ def _step_cluster(i, actions, params, state, out):
                 pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
-            life = ps[i, p, PS_TPOT_LIFE] if ps[i, p, PS_TPOT_LIFE] > 0.0 else tpot_vals[p]
+            life = ps[i, p, PS_TPOT_LIFE : PS_TPOT_LIFE + N_OUTPUT_Q]
             _add_request_tpot(ep_tpot[i], life, share, var_it, done_pool[p], sp)
     m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
     m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)

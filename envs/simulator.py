@@ -345,7 +345,6 @@ class ClusterSimulator:
         # per-replica queues change who waits for whom before a prefill (dynamics.
         # _iteration_wait); the queue itself stays pooled (see the README's fidelity section)
         sp[dyn.SP_PER_REPLICA_QUEUES] = 0.0 if sc.routing == "least_loaded" else 1.0
-        sp[dyn.SP_MEAN_OUTPUT_TOK] = mean_output
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)
