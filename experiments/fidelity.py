@@ -30,6 +30,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -46,7 +47,6 @@ from rlscale.experiments.knee import (
 )
 from rlscale.experiments.replay import (
     AZURE_CONV,
-    TTFT_TARGET_S,
     rel_err,
     replay,
     run_des,
@@ -118,18 +118,14 @@ def compare(
     window_hours: float | None = None,
     path: str = AZURE_CONV,
     kind: str = "azure",
-    max_batched_tokens: int = 8192,
-    timeout_s: float = 60.0,
-    substep_s: float = 1.0,
-    control_interval_s: float = 30.0,
-    routing: Routing = "least_loaded",
-    ttft_target_s: float = TTFT_TARGET_S,
     seed: int = 0,
+    **settings: Any,
 ) -> dict:
     """Run the DES and the fluid model on the same requests and horizon; relative errors.
 
     The horizon is the workload window rounded DOWN to whole control intervals (the fluid
     episode). Errors are ``(fluid - des) / des``, the attainment's an absolute difference.
+    ``settings`` (``max_batched_tokens``, ``timeout_s``, ``routing``...) are :func:`replay`'s.
 
     :return: ``{"profile", "replicas", "time_scale", "rate_scale", "load_rps", "horizon_s",
         "des": DESResult.summary(), "fluid": run_fluid(...), "<metric>_err" for each of
@@ -142,18 +138,7 @@ def compare(
         path=path,
         kind=kind,
     )
-    rp = replay(
-        profile_name,
-        replicas,
-        cfg,
-        max_batched_tokens=max_batched_tokens,
-        timeout_s=timeout_s,
-        substep_s=substep_s,
-        control_interval_s=control_interval_s,
-        routing=routing,
-        ttft_target_s=ttft_target_s,
-        seed=seed,
-    )
+    rp = replay(profile_name, replicas, cfg, seed=seed, **settings)
     des = run_des(rp, seed).summary()
     fluid = run_fluid(rp.scenario, seed)
     errors = {
