@@ -199,7 +199,11 @@ SCR_ADM_BUSY = 6
 SCR_DONE = 7
 SCR_REP_SUB = 8
 SCR_TPOT_VALS = 9
-N_SCR = 10
+SCR_KV_A = 10  # KV admission budget per pool (tokens), see _admission_cap
+SCR_KV_C = 11
+SCR_KV_A2 = 12
+SCR_TOK = 13
+N_SCR = 14
 
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
@@ -770,24 +774,35 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
     waits for room, what each replica has free short of its need sits unused, about half of
     it (the size-biased need: a large request waits longer, ``prompt_m2_ratio`` is the
     prompts' ``E[p^2] / E[p]^2``).
+
+    Returns ``(cap, cap_slot, kv_a, kv_c, kv_a2, tok)``: the cap in requests of the head's
+    mean size (the pools' shares of the admissions), the slot bound in requests, and the bounds
+    in tokens, which the caller applies to the requests it actually takes (cohorts behind the
+    head can be larger or smaller than it): their prompt and output tokens ``S_p + S_o``
+    satisfy ``S_p + S_o + kv_c * S_p <= kv_a`` (prefill time taken from decoding frees less),
+    ``S_p + S_o <= kv_a2`` (no more than every sequence in flight can free) and
+    ``S_p <= tok`` (the iterations' prefill budget).
     """
     R = ps_row[PS_READY]
     if R <= 0.0:
-        return 0.0
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     seqs = ps_row[PS_IR]
     ctx = ps_row[PS_CR]
     b = seqs / R
     t_dec = pp_row[PP_A] + pp_row[PP_C] * b + pp_row[PP_KCTX] * ctx / R
     qbudget = max(0.0, maxtok - b)
     q_per_rep = dt * qbudget / (t_dec + pp_row[PP_PREFILL] * qbudget)
-    cap_tok = R * q_per_rep / max(pbar, 1.0)
+    tok = R * q_per_rep
+    cap_tok = tok / max(pbar, 1.0)
     h = pp_row[PP_PREFILL] * pbar / R
     free_slots = R * pp_row[PP_MAXSEQ] - seqs
     need = pbar + obar
     blocked = 0.5 * (pbar * prompt_m2_ratio + obar)
     free_kv = R * (pp_row[PP_KV] - blocked) - ctx - ps_row[PS_WR]
     if seqs <= 0.0:
-        return max(0.0, min(free_slots, free_kv / need, cap_tok))
+        free_kv = max(0.0, free_kv)
+        cap = max(0.0, min(free_slots, free_kv / need, cap_tok))
+        return cap, max(0.0, free_slots), free_kv, 0.0, free_kv, tok
     g = 0.0
     g_freed = 0.0
     for k in range(OUTPUT_CLASSES):
@@ -804,11 +819,51 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
         )
     freed = g_freed / g if g > 0.0 else 0.0
     cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
-    cap_kv = min(
-        (free_kv + g * dt * freed) / (need + g * h * freed),
-        (free_kv + seqs * freed) / need,
-    )
-    return max(0.0, min(cap_slot, cap_kv, cap_tok))
+    kv_a = max(0.0, free_kv + g * dt * freed)
+    kv_c = g * freed * pp_row[PP_PREFILL] / R
+    kv_a2 = max(0.0, free_kv + seqs * freed)
+    cap_kv = min(kv_a / (need + kv_c * pbar), kv_a2 / need)
+    cap = max(0.0, min(cap_slot, cap_kv, cap_tok))
+    return cap, max(0.0, cap_slot), kv_a, kv_c, kv_a2, tok
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admissible(q, qhead, s, L, admit, caps, cap_total, kv_a, kv_c, kv_a2, tok):
+    """How many of ``admit`` requests (the slot bound), taken from the head of the queue ``q``
+    in order, fit in the pools' KV and prefill budgets in tokens (_admission_cap's ``kv_a,
+    kv_c, kv_a2, tok`` per pool, each pool taking its ``caps`` share of every cohort). Caps in
+    requests of the head cohort's mean size would let through too many tokens behind a small
+    head, and too few behind a large one."""
+    P = caps.shape[0]
+    left = admit
+    got = 0.0
+    s_p = 0.0
+    s_po = 0.0
+    head = int(qhead)
+    while left > 1e-12 and head <= s:
+        hb = head % L
+        have = q[0, hb]
+        head += 1
+        if have <= 0.0:
+            continue
+        pc = q[1, hb] / have
+        poc = pc + q[2, hb] / have
+        take = min(have, left)
+        for p in range(P):
+            if caps[p] <= 0.0:
+                continue
+            f = caps[p] / cap_total
+            room_a = (kv_a[p] / f - s_po - kv_c[p] * s_p) / (poc + kv_c[p] * pc)
+            room_a2 = (kv_a2[p] / f - s_po) / poc if poc > 0.0 else take
+            room_t = (tok[p] / f - s_p) / pc if pc > 0.0 else take
+            take = max(0.0, min(take, room_a, room_a2, room_t))
+        got += take
+        s_p += take * pc
+        s_po += take * poc
+        if take < min(have, left):
+            break
+        left -= take
+    return got
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -986,6 +1041,10 @@ def _step_cluster(i, actions, params, state, out):
     tpot_tok = scr[SCR_TPOT_TOK]
     tpot_w = scr[SCR_TPOT_W]
     caps = scr[SCR_CAPS]
+    kv_a = scr[SCR_KV_A]
+    kv_c = scr[SCR_KV_C]
+    kv_a2 = scr[SCR_KV_A2]
+    tok_p = scr[SCR_TOK]
     adm_n = scr[SCR_ADM_N]  # this step's admissions per pool: count, prompt tokens, x t_dec
     adm_q = scr[SCR_ADM_Q]
     adm_td = scr[SCR_ADM_TD]
@@ -1120,15 +1179,23 @@ def _step_cluster(i, actions, params, state, out):
             pbar = qring[i, 1, hb] / qring[i, 0, hb]
             obar = qring[i, 2, hb] / qring[i, 0, hb]
         cap_total = 0.0
+        slot_total = 0.0
         for p in range(P):
             caps[p] = 0.0
         if qn > 1e-12:
             for p in range(P):
-                cp = _admission_cap(pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2)
+                cp, cs_p, kv_a[p], kv_c[p], kv_a2[p], tok_p[p] = _admission_cap(
+                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2
+                )
                 if cp > 0.0:
                     caps[p] = cp
                     cap_total += cp
-        admit = min(qn, cap_total)
+                    slot_total += cs_p
+        admit = min(qn, slot_total)
+        if admit > 1e-12:
+            admit = _admissible(
+                qring[i], c[CS_QHEAD], s, L, admit, caps, cap_total, kv_a, kv_c, kv_a2, tok_p
+            )
         if admit > 1e-12:
             # FIFO: take whole cohorts from the head; record each cohort's age and delay. When
             # capacity binds, admissions spread evenly over the sub-step in queue order;
