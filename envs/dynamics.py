@@ -155,7 +155,7 @@ PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
 # iteration seconds averaged over the decode lifetime of a request of each output quantile
-# (EWMAs, one per SP_OUTPUT_Q level)
+# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes)
 PS_TPOT_LIFE = 15
 # PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
 # N_CF * k + CF_*] for class k, fields in the order of the totals
@@ -481,50 +481,70 @@ def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
         cdf[g] += w * (k + 0.5 + f) / nq
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _bin_waits(hist_kj, dt):
+    """The two wait points of one histogram bin in seconds (one standard deviation either
+    side of its mean delay), and whether they differ."""
+    w = hist_kj[0]
+    mean = hist_kj[1] / w
+    spread = np.sqrt(max(0.0, hist_kj[2] / w - mean * mean))
+    return max(0.0, mean - spread) * dt, max(0.0, mean + spread) * dt, spread > 0.0
+
+
 @njit(cache=True, error_model="numpy")
-def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s, buf):
+def _ttft_stats(hist, tables, rows, scale, L, dt, base_s, prefill_s_per_tok, target_s, buf):
     """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
 
-    ``hist[k, 0, j]`` counts requests admitted after ``j`` whole sub-steps in the queue whose
-    wait behind other prompts' prefill is row ``rows[k]`` of ``prompt_q`` (a step fills three
-    rows, an episode up to all of them); ``hist[k, 1, j]`` and ``hist[k, 2, j]`` sum their
-    queueing delays and squared delays in sub-steps, so a bin carries the mean and spread of
-    its delays rather than ``j`` (two points at one standard deviation either side of the
-    mean). A request admitted on arrival (``j = 0``) waits only for its iteration. Such a
-    request's TTFT is its queueing delay, plus ``base_s`` (waiting out the iteration in flight
-    and running its own), plus ``prefill_s_per_tok`` times a token count distributed as
-    ``prompt_q[r]``: its own prompt and, at a busy replica, the prompts ahead of it in the
+    Histogram row ``k`` is ``hist[k]`` times ``scale[k]``, or with one row in ``hist``,
+    ``hist[0]`` times ``scale[k]`` (a step's admissions split over its wait tables). Its bin
+    ``[0, j]`` counts requests admitted after ``j`` whole sub-steps in the queue (``j < L``)
+    whose wait behind other prompts' prefill is row ``rows[k]`` of ``tables`` (token
+    quantiles: a step's three tables, or an episode's rows of the prefill-wait table);
+    ``[1, j]`` and ``[2, j]`` sum their queueing delays and squared delays in sub-steps, so a
+    bin carries the mean and spread of its delays rather than ``j`` (two points at one
+    standard deviation either side of the mean, one where the delays do not spread). A
+    request admitted on arrival (``j = 0``) waits only for its iteration. Such a request's
+    TTFT is its queueing delay, plus ``base_s`` (waiting out the iteration in flight and
+    running its own), plus ``prefill_s_per_tok`` times a token count distributed as
+    ``tables[r]``: its own prompt and, at a busy replica, the prompts ahead of it in the
     prefill budget.
     """
-    L = hist.shape[2]
-    nq = prompt_q.shape[1]
+    one = hist.shape[0] == 1
+    nq = tables.shape[1]
     inv_p = 1.0 / prefill_s_per_tok
     total = 0.0
     ok = 0.0
     lo_wait = np.inf
     hi_wait = 0.0
     top = 0.0
+    bottom = np.inf
     for k in range(rows.shape[0]):
-        r = rows[k]
+        if scale[k] <= 0.0:
+            continue
+        h = hist[0] if one else hist[k]
+        r = int(rows[k])
         used = False
         for j in range(L):
-            w = hist[k, 0, j]
+            w = h[0, j] * scale[k]
             if w > 0.0:
                 used = True
                 total += w
-                mean = hist[k, 1, j] / w
-                spread = np.sqrt(max(0.0, hist[k, 2, j] / w - mean * mean))
-                for side in (-1.0, 1.0):
-                    wait_s = max(0.0, mean + side * spread) * dt
-                    lo_wait = min(lo_wait, wait_s)
-                    hi_wait = max(hi_wait, wait_s)
-                    ok += 0.5 * w * _quantile_cdf(prompt_q[r], (target_s - wait_s - base_s) * inv_p)
+                lo, hi, two = _bin_waits(h[:, j], dt)
+                lo_wait = min(lo_wait, lo)
+                hi_wait = max(hi_wait, hi)
+                c_lo = _quantile_cdf(tables[r], (target_s - lo - base_s) * inv_p)
+                if two:
+                    c_hi = _quantile_cdf(tables[r], (target_s - hi - base_s) * inv_p)
+                    ok += 0.5 * w * (c_lo + c_hi)
+                else:
+                    ok += w * c_lo
         if used:
-            top = max(top, prompt_q[r, nq - 1])
+            top = max(top, tables[r, nq - 1])
+            bottom = min(bottom, tables[r, 0])
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
     # the mixture CDF on a log-spaced grid, then the percentiles by interpolation
-    lo_s = max(lo_wait + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
+    lo_s = max(lo_wait + base_s + prefill_s_per_tok * bottom, 1e-4)
     hi_s = max(hi_wait + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
     # buf[0] holds the grid, buf[1] the CDF on it (the caller's scratch: nothing allocated)
@@ -537,14 +557,19 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s, b
         x *= ratio
     xs[TTFT_GRID - 1] = hi_s
     for k in range(rows.shape[0]):
+        if scale[k] <= 0.0:
+            continue
+        h = hist[0] if one else hist[k]
+        q = tables[int(rows[k])]
         for j in range(L):
-            w = hist[k, 0, j]
+            w = h[0, j] * scale[k]
             if w > 0.0:
-                mean = hist[k, 1, j] / w
-                spread = np.sqrt(max(0.0, hist[k, 2, j] / w - mean * mean))
-                for side in (-1.0, 1.0):
-                    wait_s = max(0.0, mean + side * spread) * dt
-                    _add_quantile_cdf(cdf, xs, wait_s + base_s, inv_p, 0.5 * w, prompt_q[rows[k]])
+                lo, hi, two = _bin_waits(h[:, j], dt)
+                if two:
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, 0.5 * w, q)
+                    _add_quantile_cdf(cdf, xs, hi + base_s, inv_p, 0.5 * w, q)
+                else:
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, w, q)
     levels = (0.50, 0.95, 0.99)
     q50 = hi_s
     q95 = hi_s
@@ -575,6 +600,25 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s, b
 # three-point Gauss-Hermite rule (nodes in standard deviations, weights)
 _GH_NODES = (-1.7320508075688772, 0.0, 1.7320508075688772)
 _GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _tpot_lifetimes(ps_row, tpot_s, dt, sp):
+    """Update the per-output-quantile lifetime averages of the iteration time (PS_TPOT_LIFE)
+    with a sub-step that decoded at ``tpot_s`` seconds an iteration.
+
+    A request's TPOT averages the iterations of its whole decode, its output's worth of them;
+    seen at its completion that window's mean lags by half of it: per output quantile an EWMA
+    with half its lifetime as time constant.
+    """
+    if ps_row[PS_TPOT_LIFE] <= 0.0:
+        for q in range(N_OUTPUT_Q):
+            ps_row[PS_TPOT_LIFE + q] = tpot_s
+        return
+    for q in range(N_OUTPUT_Q):
+        jq = PS_TPOT_LIFE + q
+        life_s = 0.5 * sp[SP_OUTPUT_Q + q] * tpot_s
+        ps_row[jq] += dt / (life_s + dt) * (tpot_s - ps_row[jq])
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -828,13 +872,28 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admissible(q, qhead, s, L, admit, caps, cap_total, kv_a, kv_c, kv_a2, tok):
+def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a2, tok):
     """How many of ``admit`` requests (the slot bound), taken from the head of the queue ``q``
     in order, fit in the pools' KV and prefill budgets in tokens (_admission_cap's ``kv_a,
     kv_c, kv_a2, tok`` per pool, each pool taking its ``caps`` share of every cohort). Caps in
     requests of the head cohort's mean size would let through too many tokens behind a small
-    head, and too few behind a large one."""
+    head, and too few behind a large one. ``queued`` is the queue's (requests, prompt tokens,
+    output tokens): when the slots take all of it and its tokens fit, no walk is needed."""
     P = caps.shape[0]
+    qn, qp, qo = queued
+    if admit >= qn - 1e-9:
+        fits = True
+        for p in range(P):
+            if caps[p] > 0.0:
+                f = caps[p] / cap_total
+                if (
+                    f * (qp + qo + kv_c[p] * qp) > kv_a[p]
+                    or f * (qp + qo) > kv_a2[p]
+                    or f * qp > tok[p]
+                ):
+                    fits = False
+        if fits:
+            return admit
     left = admit
     got = 0.0
     s_p = 0.0
@@ -1051,7 +1110,13 @@ def _step_cluster(i, actions, params, state, out):
     adm_busy = scr[SCR_ADM_BUSY]  # x P(no idle replica)
     done_pool = scr[SCR_DONE]  # completions per pool
     rep_sub = scr[SCR_REP_SUB]  # ready replica-sub-steps
-    step_rows = np.zeros(5, dtype=np.int64)
+    # grid[i]: the TTFT grid and CDF (rows 0, 1), this step's three prefill-wait tables (rows
+    # 2-4), their indices and shares (rows 5, 6)
+    buf = grid[i]
+    nq = prompt_q.shape[1]
+    step_tables = buf[2:5, :nq]
+    step_rows = buf[5, :3]
+    parts = buf[6, :3]
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -1194,7 +1259,18 @@ def _step_cluster(i, actions, params, state, out):
         admit = min(qn, slot_total)
         if admit > 1e-12:
             admit = _admissible(
-                qring[i], c[CS_QHEAD], s, L, admit, caps, cap_total, kv_a, kv_c, kv_a2, tok_p
+                qring[i],
+                c[CS_QHEAD],
+                s,
+                L,
+                admit,
+                (qn, c[CS_QP], c[CS_QO]),
+                caps,
+                cap_total,
+                kv_a,
+                kv_c,
+                kv_a2,
+                tok_p,
             )
         if admit > 1e-12:
             # FIFO: take whole cohorts from the head; record each cohort's age and delay. When
@@ -1330,16 +1406,7 @@ def _step_cluster(i, actions, params, state, out):
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
-                # a request's TPOT averages the iterations of its whole decode, its output's
-                # worth of them; seen at its completion that window's mean lags by half of
-                # it: per output quantile an EWMA with half its lifetime as time constant
-                for q in range(N_OUTPUT_Q):
-                    jq = PS_TPOT_LIFE + q
-                    if row[jq] <= 0.0:
-                        row[jq] = tpot
-                    else:
-                        life_s = 0.5 * sp[SP_OUTPUT_Q + q] * tpot
-                        row[jq] += dt / (life_s + dt) * (tpot - row[jq])
+                _tpot_lifetimes(row, tpot, dt, sp)
                 tpot_tok[p] += dec * tpot
                 tpot_w[p] += dec
                 tok_all += dec
@@ -1454,35 +1521,40 @@ def _step_cluster(i, actions, params, state, out):
         share_b = min(1.0 - share_a, mass_b / base_w)
         ra, fa = _wait_rows(wait_a / mass_a / pre_tok_s if mass_a > 0.0 else 0.0)
         rb, fb = _wait_rows(wait_b / mass_b / pre_tok_s if mass_b > 0.0 else 0.0)
-        step_rows[0] = 0
-        step_rows[1] = 1 + ra
-        step_rows[2] = 2 + ra
-        step_rows[3] = 1 + rb
-        step_rows[4] = 2 + rb
-        parts = (
-            1.0 - share_a - share_b,
-            share_a * (1.0 - fa),
-            share_a * fa,
-            share_b * (1.0 - fb),
-            share_b * fb,
-        )
-        step_hist = np.zeros((5, 3, max(nb_used, 1)))
+        share_0 = 1.0 - share_a - share_b
+        # the episode's histogram keeps each wait as a mix of its two table rows
         for j in range(nb_used):
             for z in range(3):
                 w = whist[i, z, j]
                 if w > 0.0:
-                    for k in range(5):
-                        step_hist[k, z, j] = w * parts[k]
-                        ep_whist[i, step_rows[k], z, j] += step_hist[k, z, j]
+                    ep_whist[i, 0, z, j] += w * share_0
+                    ep_whist[i, 1 + ra, z, j] += w * share_a * (1.0 - fa)
+                    ep_whist[i, 2 + ra, z, j] += w * share_a * fa
+                    ep_whist[i, 1 + rb, z, j] += w * share_b * (1.0 - fb)
+                    ep_whist[i, 2 + rb, z, j] += w * share_b * fb
+        # the step's statistics take each wait's table between its two rows, quantile by
+        # quantile: three tables to walk instead of five
+        for g in range(nq):
+            step_tables[0, g] = prompt_q[0, g]
+            step_tables[1, g] = (1.0 - fa) * prompt_q[1 + ra, g] + fa * prompt_q[2 + ra, g]
+            step_tables[2, g] = (1.0 - fb) * prompt_q[1 + rb, g] + fb * prompt_q[2 + rb, g]
+        step_rows[0] = 0.0
+        step_rows[1] = 1.0
+        step_rows[2] = 2.0
+        parts[0] = share_0
+        parts[1] = share_a
+        parts[2] = share_b
         t50, t95, t99, ok = _ttft_stats(
-            step_hist,
+            whist[i : i + 1],
+            step_tables,
             step_rows,
+            parts,
+            nb_used,
             dt,
             base_sum / base_w,
             pre_sum / base_w,
-            prompt_q,
             sp[SP_TTFT],
-            grid[i],
+            buf,
         )
     else:
         t50 = t95 = t99 = ok = 0.0
@@ -1641,11 +1713,13 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
         w = cs_row[CS_EP_BASE_W]
         t50, t95, t99, ok = _ttft_stats(
             ep_whist_row,
+            prompt_q,
             np.arange(ep_whist_row.shape[0]),
+            np.ones(ep_whist_row.shape[0]),
+            ep_whist_row.shape[2],
             sp[SP_DT],
             cs_row[CS_EP_BASE_SUM] / w,
             cs_row[CS_EP_PRE_SUM] / w,
-            prompt_q,
             sp[SP_TTFT],
             np.empty((2, TTFT_GRID)),
         )
