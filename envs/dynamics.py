@@ -68,7 +68,30 @@ SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
 SP_NBINS = 19  # workload length in bins
 SP_NSPOT = 20  # spot series length in decision steps
 SP_TIMEOUT = 21
-N_SP = 22
+SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
+# Output-length classes: every pool's sequences are kept in OUTPUT_CLASSES buckets by output
+# length (shorter and longer than the median), so that after a burst the short requests
+# complete first, as they do. Per class: its share of requests, its mean output and prompt
+# relative to the whole workload's, its residual ratio phi = E[o^2] / (2 E[o]^2), and the
+# shift of its in-flight prompts, E[p o] / E[o] - E[p], in tokens.
+OUTPUT_CLASSES = 2  # the queue and the workload carry class 0 apart (Q_N0, WL_N0)
+CP_SHARE = 0
+CP_OUTPUT = 1
+CP_PROMPT = 2
+CP_PHI = 3
+CP_PSHIFT = 4
+N_CP = 5
+# output-token quantiles at levels (k + 0.5) / N_OUTPUT_Q, for per-request TPOT
+SP_OUTPUT_Q = SP_CLASS + N_CP * OUTPUT_CLASSES
+N_OUTPUT_Q = 8
+# E[p^2] / E[p]^2 of the prompts: whole (the KV a request needs) and capped at the iteration
+# token budget (the prefill an iteration carries: a longer prompt is chunked over several)
+SP_PROMPT_M2 = SP_OUTPUT_Q + N_OUTPUT_Q
+SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
+# 1 when requests reach replicas through per-replica queues fed blindly (random or round
+# robin), 0 when every replica pulls from one queue (least loaded)
+SP_PER_REPLICA_QUEUES = SP_PROMPT_M2_CHUNK + 1
+N_SP = SP_PER_REPLICA_QUEUES + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -131,7 +154,56 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
-N_PS = 15
+# iteration seconds averaged over the decode lifetime of a request of each output quantile
+# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes)
+PS_TPOT_LIFE = 15
+# PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
+# N_CF * k + CF_*] for class k, fields in the order of the totals
+PS_CLASS = PS_TPOT_LIFE + N_OUTPUT_Q
+CF_IR = 0
+CF_WR = 1
+CF_CR = 2
+CF_ID = 3
+CF_WD = 4
+CF_CD = 5
+N_CF = 6
+N_PS = PS_CLASS + N_CF * OUTPUT_CLASSES
+
+# queue ring qring[i, row, L]: per arrival cohort, what is still queued of it
+Q_N = 0  # requests
+Q_PROMPT = 1  # their prompt tokens
+Q_OUTPUT = 2  # their output tokens
+Q_ARRIVED = 3  # requests the cohort had on arrival (those taken by then arrived first)
+Q_N0 = 4  # of which in output class 0 (the shorter answers): requests
+Q_PROMPT0 = 5  # ... their prompt tokens
+Q_OUTPUT0 = 6  # ... their output tokens
+N_Q = 7
+# workload rows wl[row, T]
+WL_ARRIVALS = 0
+WL_PROMPT = 1
+WL_OUTPUT = 2
+WL_FORECAST = 3
+WL_N0 = 4  # arrivals in output class 0, their prompt and output tokens
+WL_PROMPT0 = 5
+WL_OUTPUT0 = 6
+N_WL = 7
+
+# per-step scratch rows scratch[i, row, pool]
+SCR_TPOT_TOK = 0
+SCR_TPOT_W = 1
+SCR_CAPS = 2
+SCR_ADM_N = 3
+SCR_ADM_Q = 4
+SCR_ADM_TD = 5
+SCR_ADM_BUSY = 6
+SCR_DONE = 7
+SCR_REP_SUB = 8
+SCR_TPOT_VALS = 9
+SCR_KV_A = 10  # KV admission budget per pool (tokens), see _admission_cap
+SCR_KV_C = 11
+SCR_KV_A2 = 12
+SCR_TOK = 13
+N_SCR = 14
 
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
@@ -338,43 +410,54 @@ def _quantile_at(q, level):
 
 
 @njit(cache=True, error_model="numpy")
-def _erlang_c(c, a):
-    """Probability of waiting in an M/M/c queue with offered load ``a`` (Erlang C)."""
-    if a <= 0.0:
-        return 0.0
-    if a >= c:
-        return 1.0
-    term = 1.0
-    total = 1.0
-    for k in range(1, c):
-        term *= a / k
-        total += term
-    last = term * a / (c - a)
-    return last / (total + last)
+def _iteration_wait(lam, pre_s, pre2_s, t_dec, R, busy):
+    """(probability, conditional mean in seconds) of waiting on other work before one's prefill.
 
+    A replica running continuous batching takes every request queued at the start of each
+    iteration (within its token budget); a request's first token comes at the end of that
+    iteration, after the prefill of every prompt taken with it. So a request at a busy replica
+    waits for the iteration in flight to end, then for the prefill of the prompts taken with
+    it. Iterations last ``t_dec`` plus the prefill of what they took: a mean of
+    ``T = t_dec / (1 - rho)`` with ``rho = lam * pre_s`` the prefill share, at ``lam``
+    admissions per replica-second of mean prefill ``pre_s`` (second moment ``pre2_s``), and a
+    variance ``V = lam * T * pre2_s / (1 - rho^2)`` (gated batches: what arrives during one
+    iteration is prefilled in the next). With least-loaded pulling the pickups of ``R``
+    replicas with independent phases interleave, and the gap between pickups that holds an
+    arrival is size-biased: ``T + V / T`` for one replica (its iteration), ``2 T / R`` for many
+    (nearly exponential gaps); ``2 T / (R + 1) + V / (T R^2)`` has both limits. The
+    request waits half that gap for its pickup, then the prefill of the requests that arrived
+    in it, Poisson(``lam * R * gap``) of them. ``busy`` is the chance that no replica is idle
+    (an idle one starts at once).
 
-@njit(cache=True, error_model="numpy")
-def _prefill_wait(lam, pre_s, pre2_s, t_dec, R):
-    """(probability, conditional mean in seconds) of waiting behind other prompts' prefill.
-
-    The fluid admits a sub-step's requests at once, but a replica runs one iteration at a time:
-    a request waits out the iteration in flight and the prompts queued ahead of it, which at
-    moderate load is more than all the queueing that 1 s cohorts can see. Modelled as an M/G/c
-    queue over the ``R`` replicas of a pool (Erlang C with the Allen-Cunneen mean) at ``lam``
-    admissions per replica-second, whose service is a prompt's prefill (moments ``pre_s``,
-    ``pre2_s``) plus its share of an iteration's fixed cost ``t_dec`` (prompts arriving during
-    one iteration share the next). The wait is 0 with probability 1 - pi, else exponential
-    with mean theta, so its mean is the queue's.
+    Returns ``busy``, the chance that prompts were taken along, the mean pickup wait, and the
+    mean prefill of the prompts taken along given some were (each wait taken as exponential
+    by the tables).
     """
-    if lam <= 0.0 or R <= 0.0:
-        return 0.0, 0.0
-    rho_p = min(lam * pre_s, PREFILL_SHARE_MAX)
-    u = t_dec / (1.0 + lam * t_dec / (1.0 - rho_p))
-    es = pre_s + u
-    es2 = pre2_s + 2.0 * pre_s * u + u * u
-    rho = min(lam * es, PREFILL_SHARE_MAX)
-    c = max(1, int(R + 0.5))
-    return _erlang_c(c, c * rho), es2 / (2.0 * es * c * (1.0 - rho))
+    if lam <= 0.0 or R <= 0.0 or busy <= 0.0:
+        return 0.0, 0.0, 0.0, 0.0
+    rho = min(lam * pre_s, PREFILL_SHARE_MAX)
+    T = t_dec / (1.0 - rho)
+    # gated batches: what arrives during one iteration is prefilled in the next, so the
+    # variance of an iteration's length carries over, amplified by 1 / (1 - rho^2)
+    var_t = lam * T * pre2_s / (1.0 - rho * rho)
+    gap = 2.0 * T / (R + 1.0) + var_t / (T * R * R)
+    # the pickup wait always comes (at a busy replica); the prompts taken along only when
+    # some arrived in the gap: Poisson(m), none with probability exp(-m)
+    m = lam * R * gap
+    some = 1.0 - np.exp(-m)
+    shared = m * pre_s / some if some > 0.0 else 0.0
+    return busy, some, 0.5 * gap, shared
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _wait_rows(theta_tok):
+    """The wait table's row below a mean wait of ``theta_tok`` prompt tokens' worth of
+    prefill, and the share of the row above (rows are log-spaced, see ``WAIT_RATIO``)."""
+    if theta_tok <= 0.0:
+        return 0, 0.0
+    xr = np.log(max(theta_tok, WAIT_MIN_TOK) / WAIT_MIN_TOK) / np.log(WAIT_RATIO)
+    r0 = min(int(xr), WAIT_ROWS - 2)
+    return r0, min(xr - r0, 1.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -398,70 +481,99 @@ def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
         cdf[g] += w * (k + 0.5 + f) / nq
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _bin_waits(hist_kj, dt):
+    """The two wait points of one histogram bin in seconds (one standard deviation either
+    side of its mean delay), and whether they differ."""
+    w = hist_kj[0]
+    mean = hist_kj[1] / w
+    spread = np.sqrt(max(0.0, hist_kj[2] / w - mean * mean))
+    return max(0.0, mean - spread) * dt, max(0.0, mean + spread) * dt, spread > 0.0
+
+
 @njit(cache=True, error_model="numpy")
-def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
+def _ttft_stats(hist, tables, rows, scale, L, dt, base_s, prefill_s_per_tok, target_s, buf):
     """TTFT p50/p95/p99 and the count meeting the target, of admitted requests.
 
-    ``hist[k, j]`` counts requests admitted after ``j`` sub-steps in the queue whose wait
-    behind other prompts' prefill is row ``rows[k]`` of ``prompt_q`` (a step fills three rows,
-    an episode up to all of them). Such a request's TTFT is its
-    queueing delay, plus ``base_s`` (waiting out a decode iteration and running its own), plus
-    ``prefill_s_per_tok`` times a token count distributed as ``prompt_q[r]``: its own prompt
-    and, at a busy replica, the prompts ahead of it in the prefill budget.
+    Histogram row ``k`` is ``hist[k]`` times ``scale[k]``, or with one row in ``hist``,
+    ``hist[0]`` times ``scale[k]`` (a step's admissions split over its wait tables). Its bin
+    ``[0, j]`` counts requests admitted after ``j`` whole sub-steps in the queue (``j < L``)
+    whose wait behind other prompts' prefill is row ``rows[k]`` of ``tables`` (token
+    quantiles: a step's three tables, or an episode's rows of the prefill-wait table);
+    ``[1, j]`` and ``[2, j]`` sum their queueing delays and squared delays in sub-steps, so a
+    bin carries the mean and spread of its delays rather than ``j`` (two points at one
+    standard deviation either side of the mean, one where the delays do not spread). A
+    request admitted on arrival (``j = 0``) waits only for its iteration. Such a request's
+    TTFT is its queueing delay, plus ``base_s`` (waiting out the iteration in flight and
+    running its own), plus ``prefill_s_per_tok`` times a token count distributed as
+    ``tables[r]``: its own prompt and, at a busy replica, the prompts ahead of it in the
+    prefill budget.
     """
-    L = hist.shape[1]
-    nq = prompt_q.shape[1]
+    one = hist.shape[0] == 1
+    nq = tables.shape[1]
     inv_p = 1.0 / prefill_s_per_tok
     total = 0.0
     ok = 0.0
-    first = L
-    last = -1
+    lo_wait = np.inf
+    hi_wait = 0.0
     top = 0.0
-    rows_used = 0
+    bottom = np.inf
     for k in range(rows.shape[0]):
-        r = rows[k]
+        if scale[k] <= 0.0:
+            continue
+        h = hist[0] if one else hist[k]
+        r = int(rows[k])
         used = False
         for j in range(L):
-            w = hist[k, j]
+            w = h[0, j] * scale[k]
             if w > 0.0:
                 used = True
                 total += w
-                first = min(first, j)
-                last = max(last, j)
-                ok += w * _quantile_cdf(prompt_q[r], (target_s - j * dt - base_s) * inv_p)
+                lo, hi, two = _bin_waits(h[:, j], dt)
+                lo_wait = min(lo_wait, lo)
+                hi_wait = max(hi_wait, hi)
+                c_lo = _quantile_cdf(tables[r], (target_s - lo - base_s) * inv_p)
+                if two:
+                    c_hi = _quantile_cdf(tables[r], (target_s - hi - base_s) * inv_p)
+                    ok += 0.5 * w * (c_lo + c_hi)
+                else:
+                    ok += w * c_lo
         if used:
-            rows_used += 1
-            top = max(top, prompt_q[r, nq - 1])
+            top = max(top, tables[r, nq - 1])
+            bottom = min(bottom, tables[r, 0])
     if total <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
-    if rows_used == 1 and first == last:
-        for k in range(rows.shape[0]):
-            r = rows[k]
-            if hist[k, first] > 0.0:
-                shift = first * dt + base_s
-                return (
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.50),
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.95),
-                    shift + prefill_s_per_tok * _quantile_at(prompt_q[r], 0.99),
-                    ok,
-                )
     # the mixture CDF on a log-spaced grid, then the percentiles by interpolation
-    lo_s = max(first * dt + base_s + prefill_s_per_tok * prompt_q[0, 0], 1e-4)
-    hi_s = max(last * dt + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
+    lo_s = max(lo_wait + base_s + prefill_s_per_tok * bottom, 1e-4)
+    hi_s = max(hi_wait + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
-    xs = np.empty(TTFT_GRID)
+    # buf[0] holds the grid, buf[1] the CDF on it (the caller's scratch: nothing allocated)
+    xs = buf[0]
+    cdf = buf[1]
     x = lo_s
     for g in range(TTFT_GRID):
         xs[g] = x
+        cdf[g] = 0.0
         x *= ratio
     xs[TTFT_GRID - 1] = hi_s
-    cdf = np.zeros(TTFT_GRID)
     for k in range(rows.shape[0]):
-        for j in range(first, last + 1):
-            if hist[k, j] > 0.0:
-                _add_quantile_cdf(cdf, xs, j * dt + base_s, inv_p, hist[k, j], prompt_q[rows[k]])
-    out = np.zeros(3)
+        if scale[k] <= 0.0:
+            continue
+        h = hist[0] if one else hist[k]
+        q = tables[int(rows[k])]
+        for j in range(L):
+            w = h[0, j] * scale[k]
+            if w > 0.0:
+                lo, hi, two = _bin_waits(h[:, j], dt)
+                if two:
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, 0.5 * w, q)
+                    _add_quantile_cdf(cdf, xs, hi + base_s, inv_p, 0.5 * w, q)
+                else:
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, w, q)
     levels = (0.50, 0.95, 0.99)
+    q50 = hi_s
+    q95 = hi_s
+    q99 = hi_s
     li = 0
     prev_x = lo_s
     prev_c = 0.0
@@ -470,43 +582,103 @@ def _ttft_stats(hist, rows, dt, base_s, prefill_s_per_tok, prompt_q, target_s):
         while li < 3 and c >= levels[li]:
             span = c - prev_c
             f = (levels[li] - prev_c) / span if span > 0.0 else 1.0
-            out[li] = prev_x + f * (xs[g] - prev_x)
+            v = prev_x + f * (xs[g] - prev_x)
+            if li == 0:
+                q50 = v
+            elif li == 1:
+                q95 = v
+            else:
+                q99 = v
             li += 1
         if li == 3:
             break
         prev_x = xs[g]
         prev_c = c
-    while li < 3:
-        out[li] = hi_s
-        li += 1
-    return out[0], out[1], out[2], ok
+    return q50, q95, q99, ok
+
+
+# three-point Gauss-Hermite rule (nodes in standard deviations, weights)
+_GH_NODES = (-1.7320508075688772, 0.0, 1.7320508075688772)
+_GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _tpot_lifetimes(ps_row, tpot_s, dt, sp):
+    """Update the per-output-quantile lifetime averages of the iteration time (PS_TPOT_LIFE)
+    with a sub-step that decoded at ``tpot_s`` seconds an iteration.
+
+    A request's TPOT averages the iterations of its whole decode, its output's worth of them;
+    seen at its completion that window's mean lags by half of it: per output quantile an EWMA
+    with half its lifetime as time constant.
+    """
+    if ps_row[PS_TPOT_LIFE] <= 0.0:
+        for q in range(N_OUTPUT_Q):
+            ps_row[PS_TPOT_LIFE + q] = tpot_s
+        return
+    for q in range(N_OUTPUT_Q):
+        jq = PS_TPOT_LIFE + q
+        life_s = 0.5 * sp[SP_OUTPUT_Q + q] * tpot_s
+        ps_row[jq] += dt / (life_s + dt) * (tpot_s - ps_row[jq])
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
+    """Add ``weight`` completed requests' TPOT to an episode TPOT histogram.
+
+    A request's TPOT is the mean of the iterations it decoded in. For a request of output
+    quantile ``q`` their mean is ``life_row[q]`` (see ``PS_TPOT_LIFE``), of which
+    ``prefill_share`` is other prompts' prefill riding along, and
+    that part varies between iterations (``var_iter_s2``, see ``_iteration_wait``). Averaged
+    over a request's ``o - 1`` iterations, it varies by ``var_iter_s2 / (o - 1)``: short
+    answers see few iterations and spread widely. Per output quantile, the prefill part is
+    taken as lognormal with that mean and variance, placed by a three-point Gauss-Hermite rule.
+    """
+    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+    for q in range(N_OUTPUT_Q):
+        n = sp[SP_OUTPUT_Q + q] - 1.0
+        if n < 0.5:
+            continue  # one output token: no TPOT
+        tpot_mean_s = life_row[q]
+        m_x = prefill_share * tpot_mean_s
+        fixed = tpot_mean_s - m_x
+        wq = weight / N_OUTPUT_Q
+        var_x = var_iter_s2 / n
+        if m_x <= 0.0 or var_x <= 0.0:
+            b = int(np.log(max(tpot_mean_s, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+            hist[min(max(b, 0), TPOT_BINS - 1)] += wq
+            continue
+        sig2 = np.log(1.0 + var_x / (m_x * m_x))
+        sig = np.sqrt(sig2)
+        mu = np.log(m_x) - 0.5 * sig2
+        for g in range(3):
+            tpot = fixed + np.exp(mu + _GH_NODES[g] * sig)
+            b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+            hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
 
 
 @njit(cache=True, error_model="numpy")
-def _weighted_quantiles3(values, weights, n):
-    """Weighted p50, p95 and p99 of at most a handful of values (one per pool)."""
-    idx = np.argsort(values[:n])
+def _weighted_quantile(values, weights, n, level):
+    """The smallest of ``values[:n]`` whose share of the weight at or below it reaches
+    ``level`` (a handful of values, one per pool: quadratic and allocation-free)."""
     total = 0.0
     for j in range(n):
         total += weights[j]
-    out = np.zeros(3)
     if total <= 0.0:
-        return out
-    levels = (0.50, 0.95, 0.99)
-    acc = 0.0
-    li = 0
+        return 0.0
+    best = 0.0
+    found = False
     for j in range(n):
-        acc += weights[idx[j]]
-        while li < 3 and acc >= levels[li] * total:
-            out[li] = values[idx[j]]
-            li += 1
-    while li < 3:
-        out[li] = values[idx[n - 1]]
-        li += 1
-    return out
+        below = 0.0
+        for k in range(n):
+            if values[k] <= values[j]:
+                below += weights[k]
+        if below >= level * total and (not found or values[j] < best):
+            best = values[j]
+            found = True
+    return best
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _to_drain(ps_row, n, share_flag_ring, drow, slot):
     """Move n ready replicas (and their share of in-flight work) into the draining group."""
     ready = ps_row[PS_READY]
@@ -514,15 +686,13 @@ def _to_drain(ps_row, n, share_flag_ring, drow, slot):
         return
     n = min(n, ready)
     f = n / ready
-    mi = ps_row[PS_IR] * f
-    mw = ps_row[PS_WR] * f
-    mc = ps_row[PS_CR] * f
-    ps_row[PS_IR] -= mi
-    ps_row[PS_WR] -= mw
-    ps_row[PS_CR] -= mc
-    ps_row[PS_ID] += mi
-    ps_row[PS_WD] += mw
-    ps_row[PS_CD] += mc
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k
+        for fld in range(3):
+            moved = ps_row[j + CF_IR + fld] * f
+            ps_row[j + CF_IR + fld] -= moved
+            ps_row[j + CF_ID + fld] += moved
+    _sync_totals(ps_row)
     ps_row[PS_READY] = ready - n
     ps_row[PS_DRAIN] += n
     drow[share_flag_ring, slot] += n
@@ -544,46 +714,239 @@ def _cancel_starting(ring, n, now_slot, H):
     return removed
 
 
-@njit(cache=True, error_model="numpy")
-def _decode(a, c, kctx, p_tok, R, seqs, remaining, ctx, dt, q_tokens):
-    """One sub-step of continuous batching on R replicas; returns (n_iter, decoded, completed).
+@njit(inline="always", cache=True, error_model="numpy")
+def _sync_totals(ps_row):
+    """PS_IR .. PS_CD from the class buckets: the totals every reader outside them uses."""
+    for f in range(N_CF):
+        total = 0.0
+        for k in range(OUTPUT_CLASSES):
+            total += ps_row[PS_CLASS + N_CF * k + f]
+        ps_row[PS_IR + f] = total
 
-    ``seqs`` sequences hold ``ctx`` context tokens and have ``remaining`` output tokens to go;
-    ``q_tokens`` prompt tokens are prefilled in this sub-step across the R replicas.
-    """
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _iterations(a, c, kctx, p_tok, R, seqs, ctx, dt, q_tokens):
+    """Iterations each of R replicas runs in a sub-step holding ``seqs`` sequences of ``ctx``
+    context tokens, while ``q_tokens`` prompt tokens are prefilled in the same iterations
+    (chunked prefill), which lengthens them."""
     if R <= 0.0 or seqs <= 0.0:
-        return 0.0, 0.0, 0.0
+        return 0.0
     t_dec = a + c * (seqs / R) + kctx * (ctx / R)
     budget = dt - p_tok * q_tokens / R
     if budget <= 0.0:
-        return 0.0, 0.0, 0.0
-    n_iter = budget / t_dec
-    decoded = min(remaining, n_iter * seqs)
-    # the fluid completion rule: keeps Little's law exact for any output-length distribution
-    completed = decoded * seqs / remaining if remaining > 0.0 else seqs
-    return n_iter, decoded, min(completed, seqs)
+        return 0.0
+    return budget / t_dec
 
 
-@njit(cache=True, error_model="numpy")
-def _apply_decode(ps_row, k_seqs, k_remaining, k_ctx, decoded, completed):
-    """Write a decode result into a pool's ready (PS_I*) or draining (PS_*D) bucket."""
-    seqs = ps_row[k_seqs]
+@njit(inline="always", cache=True, error_model="numpy")
+def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
+    """KV tokens a completing sequence of one class frees: its prompt and its whole output.
+
+    The fluid does not know which sequences complete, only how many; their mean context is
+    read off the bucket. In steady state a sequence in flight holds its prompt plus as many
+    generated tokens as it has left (age and residual have one mean), and its prompt is the
+    output-weighted mean, ``pshift`` tokens off the mean prompt that completions free. So a
+    completing one holds ``ctx/seqs + (1/phi - 1) * remaining/seqs - pshift``. Reading it
+    off the state, rather than from the admitted mean, keeps the held context self-correcting.
+    """
     if seqs <= 0.0:
-        return
-    # A completing sequence frees its whole context, prompt and all its output: on average the
-    # projected context per sequence, (held + remaining) / seqs. Freeing only the average held
-    # context would let held/seqs drift up to the projected size and count remaining output
-    # twice in the KV admission check.
-    projected = ps_row[k_ctx] + ps_row[k_remaining]
-    ps_row[k_ctx] = max(0.0, ps_row[k_ctx] + decoded - completed * projected / seqs)
-    ps_row[k_remaining] = max(0.0, ps_row[k_remaining] - decoded)
-    ps_row[k_seqs] = max(0.0, seqs - completed)
+        return 0.0
+    return max(0.0, ctx / seqs + (1.0 / phi - 1.0) * remaining / seqs - pshift)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _decode_classes(ps_row, bucket, n_iter, sp):
+    """Decode ``n_iter`` iterations on one bucket (CF_IR: ready, CF_ID: draining) of every
+    class; returns (decoded tokens, completed sequences).
+
+    Every sequence of the batch gets a token per iteration. A class completes
+    ``decoded * phi * seqs / remaining`` sequences: in steady state its remaining work per
+    sequence is then ``phi`` times a new one's, the mean residual of its output lengths
+    (``phi = E[o^2] / (2 E[o]^2)``), and Little's law holds for any ``phi``. Decoded tokens
+    join the held context; completing sequences free their prompt and output.
+    """
+    dec_all = 0.0
+    done_all = 0.0
+    if n_iter <= 0.0:
+        return 0.0, 0.0
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k + bucket
+        seqs = ps_row[j]
+        if seqs <= 0.0:
+            continue
+        phi = sp[SP_CLASS + N_CP * k + CP_PHI]
+        pshift = sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        remaining = ps_row[j + 1]
+        decoded = min(remaining, n_iter * seqs)
+        done = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
+        # under the rule the remaining work per sequence falls by (1 - phi) a token per
+        # iteration: once that reaches 0 the class is done, not left holding empty sequences
+        if remaining <= seqs * n_iter * (1.0 - phi):
+            done = seqs
+        done = min(done, seqs)
+        ctx = ps_row[j + 2] + decoded
+        remaining -= decoded
+        left = seqs - done
+        if left <= 1e-12:
+            ps_row[j] = 0.0
+            ps_row[j + 1] = 0.0
+            ps_row[j + 2] = 0.0
+        else:
+            ps_row[j + 2] = max(
+                0.0, ctx - done * _freed_per_completion(seqs, remaining, ctx, phi, pshift)
+            )
+            ps_row[j + 1] = max(0.0, remaining)
+            ps_row[j] = left
+        dec_all += decoded
+        done_all += done
+    return dec_all, done_all
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
+    """Requests a pool's ready replicas can admit in this sub-step.
+
+    Continuous batching admits at every iteration, so the slots and KV room that this
+    sub-step's completions free are reused within it. Admitting ``x`` requests spends
+    ``h * x`` seconds of each replica's sub-step on their prefill, which leaves less decode
+    time and so fewer completions: ``x <= free + g * (dt - h * x)`` with ``g`` completions
+    per second of decode time (summed over the classes), solved for ``x``; the KV bound
+    likewise. The prefill itself is bounded by the iteration token budget
+    (``max_batched_tokens`` less the decodes).
+
+    KV is admitted a whole request at a time in queue order: while the request at the head
+    waits for room, what each replica has free short of its need sits unused, about half of
+    it (the size-biased need: a large request waits longer, ``prompt_m2_ratio`` is the
+    prompts' ``E[p^2] / E[p]^2``).
+
+    Returns ``(cap, cap_slot, kv_a, kv_c, kv_a2, tok)``: the cap in requests of the head's
+    mean size (the pools' shares of the admissions), the slot bound in requests, and the bounds
+    in tokens, which the caller applies to the requests it actually takes (cohorts behind the
+    head can be larger or smaller than it): their prompt and output tokens ``S_p + S_o``
+    satisfy ``S_p + S_o + kv_c * S_p <= kv_a`` (prefill time taken from decoding frees less),
+    ``S_p + S_o <= kv_a2`` (no more than every sequence in flight can free) and
+    ``S_p <= tok`` (the iterations' prefill budget).
+    """
+    R = ps_row[PS_READY]
+    if R <= 0.0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    seqs = ps_row[PS_IR]
+    ctx = ps_row[PS_CR]
+    b = seqs / R
+    t_dec = pp_row[PP_A] + pp_row[PP_C] * b + pp_row[PP_KCTX] * ctx / R
+    qbudget = max(0.0, maxtok - b)
+    q_per_rep = dt * qbudget / (t_dec + pp_row[PP_PREFILL] * qbudget)
+    tok = R * q_per_rep
+    cap_tok = tok / max(pbar, 1.0)
+    h = pp_row[PP_PREFILL] * pbar / R
+    free_slots = R * pp_row[PP_MAXSEQ] - seqs
+    need = pbar + obar
+    blocked = 0.5 * (pbar * prompt_m2_ratio + obar)
+    free_kv = R * (pp_row[PP_KV] - blocked) - ctx - ps_row[PS_WR]
+    if seqs <= 0.0:
+        free_kv = max(0.0, free_kv)
+        cap = max(0.0, min(free_slots, free_kv / need, cap_tok))
+        return cap, max(0.0, free_slots), free_kv, 0.0, free_kv, tok
+    g = 0.0
+    g_freed = 0.0
+    for k in range(OUTPUT_CLASSES):
+        j = PS_CLASS + N_CF * k + CF_IR
+        sk = ps_row[j]
+        if sk <= 0.0:
+            continue
+        wk = ps_row[j + 1]
+        phi = sp[SP_CLASS + N_CP * k + CP_PHI]
+        gk = phi * sk * sk / (t_dec * wk) if wk > 0.0 else sk / dt
+        g += gk
+        g_freed += gk * _freed_per_completion(
+            sk, wk, ps_row[j + 2], phi, sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        )
+    freed = g_freed / g if g > 0.0 else 0.0
+    cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
+    kv_a = max(0.0, free_kv + g * dt * freed)
+    kv_c = g * freed * pp_row[PP_PREFILL] / R
+    kv_a2 = max(0.0, free_kv + seqs * freed)
+    cap_kv = min(kv_a / (need + kv_c * pbar), kv_a2 / need)
+    cap = max(0.0, min(cap_slot, cap_kv, cap_tok))
+    return cap, max(0.0, cap_slot), kv_a, kv_c, kv_a2, tok
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a2, tok):
+    """How many of ``admit`` requests (the slot bound), taken from the head of the queue ``q``
+    in order, fit in the pools' KV and prefill budgets in tokens (_admission_cap's ``kv_a,
+    kv_c, kv_a2, tok`` per pool, each pool taking its ``caps`` share of every cohort). Caps in
+    requests of the head cohort's mean size would let through too many tokens behind a small
+    head, and too few behind a large one. ``queued`` is the queue's (requests, prompt tokens,
+    output tokens): when the slots take all of it and its tokens fit, no walk is needed."""
+    P = caps.shape[0]
+    qn, qp, qo = queued
+    if admit >= qn - 1e-9:
+        fits = True
+        for p in range(P):
+            if caps[p] > 0.0:
+                f = caps[p] / cap_total
+                if (
+                    f * (qp + qo + kv_c[p] * qp) > kv_a[p]
+                    or f * (qp + qo) > kv_a2[p]
+                    or f * qp > tok[p]
+                ):
+                    fits = False
+        if fits:
+            return admit
+    left = admit
+    got = 0.0
+    s_p = 0.0
+    s_po = 0.0
+    head = int(qhead)
+    while left > 1e-12 and head <= s:
+        hb = head % L
+        have = q[0, hb]
+        head += 1
+        if have <= 0.0:
+            continue
+        pc = q[1, hb] / have
+        poc = pc + q[2, hb] / have
+        take = min(have, left)
+        for p in range(P):
+            if caps[p] <= 0.0:
+                continue
+            f = caps[p] / cap_total
+            room_a = (kv_a[p] / f - s_po - kv_c[p] * s_p) / (poc + kv_c[p] * pc)
+            room_a2 = (kv_a2[p] / f - s_po) / poc if poc > 0.0 else take
+            room_t = (tok[p] / f - s_p) / pc if pc > 0.0 else take
+            take = max(0.0, min(take, room_a, room_a2, room_t))
+        got += take
+        s_p += take * pc
+        s_po += take * poc
+        if take < min(have, left):
+            break
+        left -= take
+    return got
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
+    """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
+    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
+    sequence holds its slot for its prefill iteration (the first token) and one iteration per
+    further token, so its output counts whole, from the next sub-step (within this one the
+    slots it took were freed by completions)."""
+    for k in range(OUTPUT_CLASSES):
+        n = n0 if k == 0 else n1
+        if n <= 1e-12:
+            continue
+        j = PS_CLASS + N_CF * k + CF_IR
+        ps_row[j] += n
+        ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
+        ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
+    _sync_totals(ps_row)
 
 
 @njit(cache=True, error_model="numpy")
 def _step_cluster(i, actions, params, state, out):
     sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid = state
     obs, rew, met, pmet = out
     P = pp.shape[0]
     dt = sp[SP_DT]
@@ -595,6 +958,7 @@ def _step_cluster(i, actions, params, state, out):
     nspot = int(sp[SP_NSPOT])
     cache_hit = sp[SP_CACHE]
     maxtok = sp[SP_MAXTOK]
+    prompt_m2 = sp[SP_PROMPT_M2]
     c = cs[i]
     m = met[i]
     for j in range(N_M):
@@ -603,8 +967,8 @@ def _step_cluster(i, actions, params, state, out):
     for p in range(P):
         for j in range(N_PM):
             pmet[i, p, j] = 0.0
-    for j in range(L):
-        whist[i, j] = 0.0
+    # whist holds this step's admissions by queue age; bins at or past nb_used are zero
+    nb_used = 0
 
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
@@ -730,15 +1094,29 @@ def _step_cluster(i, actions, params, state, out):
     tok_all = 0.0
     util_acc = 0.0
     kv_acc = 0.0
-    tpot_tok = np.zeros(P)
-    tpot_w = np.zeros(P)
-    caps = np.zeros(P)
-    step_hist = np.zeros((3, L))
-    step_rows = np.zeros(3, dtype=np.int64)
-    adm_n = np.zeros(P)  # this step's admissions per pool: count, prompt tokens, x t_dec
-    adm_q = np.zeros(P)
-    adm_td = np.zeros(P)
-    rep_sub = np.zeros(P)  # ready replica-sub-steps
+    # per-pool sums of this step, in the cluster's scratch rows (no allocation per step)
+    scr = scratch[i]
+    scr[:, :] = 0.0
+    tpot_tok = scr[SCR_TPOT_TOK]
+    tpot_w = scr[SCR_TPOT_W]
+    caps = scr[SCR_CAPS]
+    kv_a = scr[SCR_KV_A]
+    kv_c = scr[SCR_KV_C]
+    kv_a2 = scr[SCR_KV_A2]
+    tok_p = scr[SCR_TOK]
+    adm_n = scr[SCR_ADM_N]  # this step's admissions per pool: count, prompt tokens, x t_dec
+    adm_q = scr[SCR_ADM_Q]
+    adm_td = scr[SCR_ADM_TD]
+    adm_busy = scr[SCR_ADM_BUSY]  # x P(no idle replica)
+    done_pool = scr[SCR_DONE]  # completions per pool
+    rep_sub = scr[SCR_REP_SUB]  # ready replica-sub-steps
+    # grid[i]: the TTFT grid and CDF (rows 0, 1), this step's three prefill-wait tables (rows
+    # 2-4), their indices and shares (rows 5, 6)
+    buf = grid[i]
+    nq = prompt_q.shape[1]
+    step_tables = buf[2:5, :nq]
+    step_rows = buf[5, :3]
+    parts = buf[6, :3]
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -785,9 +1163,14 @@ def _step_cluster(i, actions, params, state, out):
                         rq = di * fn
                         if rq > 0.0:
                             qb = s % L
-                            qring[i, 0, qb] += rq
-                            qring[i, 1, qb] += dc * fn
-                            qring[i, 2, qb] += dw * fn
+                            qring[i, Q_N, qb] += rq
+                            qring[i, Q_PROMPT, qb] += dc * fn
+                            qring[i, Q_OUTPUT, qb] += dw * fn
+                            qring[i, Q_ARRIVED, qb] += rq
+                            j0 = PS_CLASS + CF_ID
+                            qring[i, Q_N0, qb] += row[j0] * fn
+                            qring[i, Q_PROMPT0, qb] += row[j0 + 2] * fn
+                            qring[i, Q_OUTPUT0, qb] += row[j0 + 1] * fn
                             c[CS_QN] += rq
                             c[CS_QP] += dc * fn
                             c[CS_QO] += dw * fn
@@ -796,9 +1179,11 @@ def _step_cluster(i, actions, params, state, out):
                             if c[CS_QHEAD] > s:
                                 c[CS_QHEAD] = s
                         keep = 1.0 - fg - fn
-                        row[PS_ID] = di * keep
-                        row[PS_WD] = dw * keep
-                        row[PS_CD] = dc * keep
+                        for kc in range(OUTPUT_CLASSES):
+                            jc = PS_CLASS + N_CF * kc + CF_ID
+                            for fld in range(3):
+                                row[jc + fld] *= keep
+                        _sync_totals(row)
                         row[PS_DRAIN] = D - min(xg + xn, D)
                         row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
 
@@ -811,9 +1196,8 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_QN] -= stale
             c[CS_QP] -= qring[i, 1, qb]
             c[CS_QO] -= qring[i, 2, qb]
-            qring[i, 0, qb] = 0.0
-            qring[i, 1, qb] = 0.0
-            qring[i, 2, qb] = 0.0
+            for qr in range(N_Q):
+                qring[i, qr, qb] = 0.0
         if c[CS_QHEAD] <= s - L:
             c[CS_QHEAD] = s - L + 1
         wb = (off + s) % nbins
@@ -822,82 +1206,140 @@ def _step_cluster(i, actions, params, state, out):
         if n_arr > 0.0:
             if mean_n > 0.0:
                 ratio = n_arr / mean_n
-                pt = wl[1, wb] * ratio
-                ot = wl[2, wb] * ratio
+                pt = wl[WL_PROMPT, wb] * ratio
+                ot = wl[WL_OUTPUT, wb] * ratio
+                n0 = wl[WL_N0, wb] * ratio
+                pt0 = wl[WL_PROMPT0, wb] * ratio
+                ot0 = wl[WL_OUTPUT0, wb] * ratio
             else:
                 pt = n_arr * prompt_q[0, prompt_q.shape[1] // 2]
                 ot = 0.0
+                n0 = n_arr
+                pt0 = pt
+                ot0 = 0.0
             hits = n_arr * cache_hit
             c[CS_ARRIVED] += n_arr
             c[CS_HITS] += hits
             m[M_ARRIVED] += n_arr
             m[M_HITS] += hits
             keep = 1.0 - cache_hit
-            qring[i, 0, qb] += n_arr * keep
-            qring[i, 1, qb] += pt * keep
-            qring[i, 2, qb] += ot * keep
+            qring[i, Q_N, qb] += n_arr * keep
+            qring[i, Q_PROMPT, qb] += pt * keep
+            qring[i, Q_OUTPUT, qb] += ot * keep
+            qring[i, Q_ARRIVED, qb] += n_arr * keep
+            qring[i, Q_N0, qb] += n0 * keep
+            qring[i, Q_PROMPT0, qb] += pt0 * keep
+            qring[i, Q_OUTPUT0, qb] += ot0 * keep
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
 
-        # admission capacity per pool
+        # admission capacity per pool, counting the slots this sub-step's completions free;
+        # sized for the requests at the head of the queue, which are the ones admitted first
         qn = c[CS_QN]
         pbar = c[CS_QP] / qn if qn > 1e-12 else 1.0
         obar = c[CS_QO] / qn if qn > 1e-12 else 1.0
+        hb = int(c[CS_QHEAD]) % L
+        if qring[i, 0, hb] > 1e-12:
+            pbar = qring[i, 1, hb] / qring[i, 0, hb]
+            obar = qring[i, 2, hb] / qring[i, 0, hb]
         cap_total = 0.0
+        slot_total = 0.0
         for p in range(P):
             caps[p] = 0.0
         if qn > 1e-12:
             for p in range(P):
-                row = ps[i, p]
-                R = row[PS_READY]
-                if R <= 0.0:
-                    continue
-                b = row[PS_IR] / R
-                t_dec = pp[p, PP_A] + pp[p, PP_C] * b + pp[p, PP_KCTX] * row[PS_CR] / R
-                qbudget = max(0.0, maxtok - b)
-                q_per_rep = dt * qbudget / (t_dec + pp[p, PP_PREFILL] * qbudget)
-                slots = R * pp[p, PP_MAXSEQ] - row[PS_IR]
-                kv_room = (R * pp[p, PP_KV] - row[PS_CR] - row[PS_WR]) / (pbar + obar)
-                cp = min(slots, kv_room, R * q_per_rep / max(pbar, 1.0))
+                cp, cs_p, kv_a[p], kv_c[p], kv_a2[p], tok_p[p] = _admission_cap(
+                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2
+                )
                 if cp > 0.0:
                     caps[p] = cp
                     cap_total += cp
-        admit = min(qn, cap_total)
+                    slot_total += cs_p
+        admit = min(qn, slot_total)
         if admit > 1e-12:
-            # FIFO: take whole cohorts from the head; record each cohort's age
+            admit = _admissible(
+                qring[i],
+                c[CS_QHEAD],
+                s,
+                L,
+                admit,
+                (qn, c[CS_QP], c[CS_QO]),
+                caps,
+                cap_total,
+                kv_a,
+                kv_c,
+                kv_a2,
+                tok_p,
+            )
+        if admit > 1e-12:
+            # FIFO: take whole cohorts from the head; record each cohort's age and delay. When
+            # capacity binds, admissions spread evenly over the sub-step in queue order;
+            # otherwise the queued cohorts go at its start. A cohort's requests arrived evenly
+            # over their own sub-step.
+            binding = admit < qn - 1e-9
             need = admit
             got_n = 0.0
             got_p = 0.0
             got_o = 0.0
+            got_n0 = 0.0
+            got_p0 = 0.0
+            got_o0 = 0.0
             head = int(c[CS_QHEAD])
             while need > 1e-12 and head <= s:
                 hb = head % L
                 have = qring[i, 0, hb]
                 if have <= 0.0:
-                    qring[i, 0, hb] = 0.0
-                    qring[i, 1, hb] = 0.0
-                    qring[i, 2, hb] = 0.0
+                    for qr in range(N_Q):
+                        qring[i, qr, hb] = 0.0
                     head += 1
                     continue
                 take = min(have, need)
                 f = take / have
                 tp = qring[i, 1, hb] * f
                 to = qring[i, 2, hb] * f
-                whist[i, min(s - head, L - 1)] += take
+                age = s - head
+                # FIFO: the requests taken now are the earliest of the cohort still queued, so
+                # they arrived after the share already admitted; they leave in arrival order,
+                # spread over the sub-step when capacity binds, at its start otherwise. Within
+                # its own sub-step a request's wait is the prefill queue's (Erlang C in
+                # _prefill_wait), not counted here twice.
+                delay = 0.0
+                var = 0.0
+                if age > 0:
+                    orig = max(qring[i, 3, hb], have)
+                    w_arr = take / orig
+                    w_adm = take / admit if binding else 0.0
+                    u_adm = (admit - need) / admit if binding else 0.0
+                    delay = age + u_adm + 0.5 * w_adm - ((orig - have) / orig + 0.5 * w_arr)
+                    delay = max(delay, 0.0)
+                    var = (w_adm - w_arr) ** 2 / 12.0
+                jb = min(age, L - 1)
+                nb_used = max(nb_used, jb + 1)
+                whist[i, 0, jb] += take
+                whist[i, 1, jb] += take * delay
+                whist[i, 2, jb] += take * (delay * delay + var)
                 got_n += take
                 got_p += tp
                 got_o += to
+                t0n = qring[i, Q_N0, hb] * f
+                t0p = qring[i, Q_PROMPT0, hb] * f
+                t0o = qring[i, Q_OUTPUT0, hb] * f
+                got_n0 += t0n
+                got_p0 += t0p
+                got_o0 += t0o
                 need -= take
                 if take >= have - 1e-12:
-                    qring[i, 0, hb] = 0.0
-                    qring[i, 1, hb] = 0.0
-                    qring[i, 2, hb] = 0.0
+                    for qr in range(N_Q):
+                        qring[i, qr, hb] = 0.0
                     head += 1
                 else:
-                    qring[i, 0, hb] = have - take
-                    qring[i, 1, hb] -= tp
-                    qring[i, 2, hb] -= to
+                    qring[i, Q_N, hb] = have - take
+                    qring[i, Q_PROMPT, hb] -= tp
+                    qring[i, Q_OUTPUT, hb] -= to
+                    qring[i, Q_N0, hb] -= t0n
+                    qring[i, Q_PROMPT0, hb] -= t0p
+                    qring[i, Q_OUTPUT0, hb] -= t0o
             c[CS_QHEAD] = head
             if head > s:
                 # every cohort is empty: what the running sums still hold is rounding residue
@@ -911,11 +1353,14 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_ADMITTED] += got_n
             m[M_ADMITTED] += got_n
             pa = got_p / got_n if got_n > 0.0 else 0.0
-            oa = got_o / got_n if got_n > 0.0 else 0.0
         else:
             got_n = 0.0
+            got_n0 = 0.0
+            got_p0 = 0.0
+            got_o0 = 0.0
+            got_p = 0.0
+            got_o = 0.0
             pa = 0.0
-            oa = 0.0
 
         # decode on ready and draining replicas, then add the admitted requests
         for p in range(P):
@@ -927,9 +1372,7 @@ def _step_cluster(i, actions, params, state, out):
             x = got_n * caps[p] / cap_total if got_n > 0.0 else 0.0
             R = row[PS_READY]
             q_tok = x * pa
-            n_it, dec, done = _decode(
-                a, cc, kk, pt_s, R, row[PS_IR], row[PS_WR], row[PS_CR], dt, q_tok
-            )
+            n_it = _iterations(a, cc, kk, pt_s, R, row[PS_IR], row[PS_CR], dt, q_tok)
             if R > 0.0:
                 b = row[PS_IR] / R
                 t_dec = a + cc * b + kk * row[PS_CR] / R
@@ -943,26 +1386,36 @@ def _step_cluster(i, actions, params, state, out):
                 row[PS_BATCH] = b
                 rep_sub[p] += R
                 if x > 0.0:
-                    base_sum += x * 1.5 * t_dec
+                    # its own iteration; the wait before it is _iteration_wait's, at a busy
+                    # replica (each sequence keeps one busy: all are while b >= 1)
+                    base_sum += x * t_dec
+                    # a request pulled by the least-loaded replica waits only if none is idle;
+                    # one sent to a replica blindly waits whenever that replica is busy
+                    if b >= 1.0:
+                        adm_busy[p] += x
+                    elif sp[SP_PER_REPLICA_QUEUES] > 0.0:
+                        adm_busy[p] += x * b
+                    else:
+                        adm_busy[p] += x * b**R
                     pre_sum += x * pt_s
                     base_w += x
                     adm_n[p] += x
                     adm_q[p] += q_tok
                     adm_td[p] += x * t_dec
-            _apply_decode(row, PS_IR, PS_WR, PS_CR, dec, done)
+            dec, done = _decode_classes(row, CF_IR, n_it, sp)
             tokens = dec
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
+                _tpot_lifetimes(row, tpot, dt, sp)
                 tpot_tok[p] += dec * tpot
                 tpot_w[p] += dec
                 tok_all += dec
                 if tpot <= sp[SP_TPOT]:
                     tok_ok += dec
             D = row[PS_DRAIN]
-            n_d, dec_d, done_d = _decode(
-                a, cc, kk, pt_s, D, row[PS_ID], row[PS_WD], row[PS_CD], dt, 0.0
-            )
-            _apply_decode(row, PS_ID, PS_WD, PS_CD, dec_d, done_d)
+            n_d = _iterations(a, cc, kk, pt_s, D, row[PS_ID], row[PS_CD], dt, 0.0)
+            dec_d, done_d = _decode_classes(row, CF_ID, n_d, sp)
+            _sync_totals(row)
             if n_d > 0.0 and dec_d > 0.0:
                 tpot = dt / n_d
                 tpot_tok[p] += dec_d * tpot
@@ -972,22 +1425,32 @@ def _step_cluster(i, actions, params, state, out):
                     tok_ok += dec_d
             tokens += dec_d
             completed = done + done_d
+            done_pool[p] += completed
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
                 completed += row[PS_ID]
-                row[PS_ID] = 0.0
-                row[PS_WD] = 0.0
-                row[PS_CD] = 0.0
+                for kc in range(OUTPUT_CLASSES):
+                    jc = PS_CLASS + N_CF * kc + CF_ID
+                    for fld in range(3):
+                        row[jc + fld] = 0.0
+                _sync_totals(row)
                 row[PS_DRAIN] = 0.0
                 row[PS_NOTICED] = 0.0
                 for gslot in range(G):
                     drings[i, p, RING_GRACE, gslot] = 0.0
                     drings[i, p, RING_NOTICE, gslot] = 0.0
             if x > 0.0:
-                row[PS_IR] += x
-                row[PS_CR] += x * (pa + 1.0)
-                row[PS_WR] += x * max(oa - 1.0, 0.0)
-                tokens += x
+                # this pool's share of the admitted requests, each class as it queued
+                f_p = x / got_n
+                _admit_classes(
+                    row,
+                    got_n0 * f_p,
+                    got_p0 * f_p,
+                    got_o0 * f_p,
+                    (got_n - got_n0) * f_p,
+                    (got_p - got_p0) * f_p,
+                    (got_o - got_o0) * f_p,
+                )
             c[CS_COMPLETED] += completed
             m[M_COMPLETED] += completed
             m[M_TOKENS] += tokens
@@ -1021,82 +1484,104 @@ def _step_cluster(i, actions, params, state, out):
         pmet[i, p, PM_TPOT] = tpot_tok[p] / tpot_w[p] if tpot_w[p] > 0.0 else 0.0
         P_total_ready += row[PS_READY]
     admitted = m[M_ADMITTED]
+    m2_ratio = sp[SP_PROMPT_M2_CHUNK]
     if base_w > 0.0:
-        c[CS_EP_BASE_SUM] += base_sum
         c[CS_EP_PRE_SUM] += pre_sum
         c[CS_EP_BASE_W] += base_w
-        # Prefill contention from the whole step's admissions per pool (one second's count is
-        # too noisy for a queueing formula): the chance pi of waiting and its mean theta.
-        q0 = prompt_q[0]
-        nq = q0.shape[0]
-        m1 = 0.0
-        m2 = 0.0
-        for j in range(nq):
-            m1 += q0[j] / nq
-            m2 += q0[j] * q0[j] / nq
-        m2_ratio = m2 / (m1 * m1) if m1 > 0.0 else 1.0
-        pi_mass = 0.0
-        theta_mass = 0.0
+        # The wait for the iteration in flight and for the prompts taken with it, from the
+        # whole step's admissions per pool (one second's count is too noisy): its chance pi
+        # and its mean theta
+        # two waits: the pickup alone (no prompt taken along), or the pickup and the shared
+        # prefill; each with its mass and its mean in seconds
+        mass_a = 0.0
+        wait_a = 0.0
+        mass_b = 0.0
+        wait_b = 0.0
         for p in range(P):
             if adm_n[p] <= 0.0 or rep_sub[p] <= 0.0:
                 continue
             pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
-            pi_p, th_p = _prefill_wait(
+            busy_p, some_p, pickup_p, shared_p = _iteration_wait(
                 adm_n[p] / (rep_sub[p] * dt),
                 pre_s,
                 pre_s * pre_s * m2_ratio,
                 adm_td[p] / adm_n[p],
-                rep_sub[p] / K,
+                # a replica fed its own queue picks up only what was sent to it
+                1.0 if sp[SP_PER_REPLICA_QUEUES] > 0.0 else rep_sub[p] / K,
+                adm_busy[p] / adm_n[p],
             )
-            pi_mass += adm_n[p] * pi_p
-            theta_mass += adm_n[p] * pi_p * th_p
-        pi = min(1.0, pi_mass / base_w)
-        # three histogram rows: no wait, and the two table rows around the wait's mean
-        fr = 0.0
-        step_rows[0] = 0
-        step_rows[1] = 1
-        step_rows[2] = 2
-        if pi > 0.0:
-            # the wait's mean in prompt tokens of prefill, located on the table's log grid
-            theta_tok = theta_mass / pi_mass / (pre_sum / base_w)
-            xr = np.log(max(theta_tok, WAIT_MIN_TOK) / WAIT_MIN_TOK) / np.log(WAIT_RATIO)
-            r0 = min(int(xr), WAIT_ROWS - 2)
-            fr = min(xr - r0, 1.0)
-            step_rows[1] = 1 + r0
-            step_rows[2] = 2 + r0
-        for j in range(L):
-            w = whist[i, j]
-            step_hist[0, j] = w * (1.0 - pi)
-            step_hist[1, j] = w * pi * (1.0 - fr)
-            step_hist[2, j] = w * pi * fr
-            if w > 0.0:
-                for k in range(3):
-                    ep_whist[i, step_rows[k], j] += step_hist[k, j]
+            mass_a += adm_n[p] * busy_p * (1.0 - some_p)
+            wait_a += adm_n[p] * busy_p * (1.0 - some_p) * pickup_p
+            mass_b += adm_n[p] * busy_p * some_p
+            wait_b += adm_n[p] * busy_p * some_p * (pickup_p + shared_p)
+        c[CS_EP_BASE_SUM] += base_sum
+        pre_tok_s = pre_sum / base_w
+        # five histogram rows: no wait, and for each wait the two table rows around its mean
+        share_a = min(1.0, mass_a / base_w)
+        share_b = min(1.0 - share_a, mass_b / base_w)
+        ra, fa = _wait_rows(wait_a / mass_a / pre_tok_s if mass_a > 0.0 else 0.0)
+        rb, fb = _wait_rows(wait_b / mass_b / pre_tok_s if mass_b > 0.0 else 0.0)
+        share_0 = 1.0 - share_a - share_b
+        # the episode's histogram keeps each wait as a mix of its two table rows
+        for j in range(nb_used):
+            for z in range(3):
+                w = whist[i, z, j]
+                if w > 0.0:
+                    ep_whist[i, 0, z, j] += w * share_0
+                    ep_whist[i, 1 + ra, z, j] += w * share_a * (1.0 - fa)
+                    ep_whist[i, 2 + ra, z, j] += w * share_a * fa
+                    ep_whist[i, 1 + rb, z, j] += w * share_b * (1.0 - fb)
+                    ep_whist[i, 2 + rb, z, j] += w * share_b * fb
+        # the step's statistics take each wait's table between its two rows, quantile by
+        # quantile: three tables to walk instead of five
+        for g in range(nq):
+            step_tables[0, g] = prompt_q[0, g]
+            step_tables[1, g] = (1.0 - fa) * prompt_q[1 + ra, g] + fa * prompt_q[2 + ra, g]
+            step_tables[2, g] = (1.0 - fb) * prompt_q[1 + rb, g] + fb * prompt_q[2 + rb, g]
+        step_rows[0] = 0.0
+        step_rows[1] = 1.0
+        step_rows[2] = 2.0
+        parts[0] = share_0
+        parts[1] = share_a
+        parts[2] = share_b
         t50, t95, t99, ok = _ttft_stats(
-            step_hist,
+            whist[i : i + 1],
+            step_tables,
             step_rows,
+            parts,
+            nb_used,
             dt,
             base_sum / base_w,
             pre_sum / base_w,
-            prompt_q,
             sp[SP_TTFT],
+            buf,
         )
     else:
         t50 = t95 = t99 = ok = 0.0
+    for j in range(nb_used):
+        whist[i, 0, j] = 0.0
+        whist[i, 1, j] = 0.0
+        whist[i, 2, j] = 0.0
     m[M_TTFT50] = t50
     m[M_TTFT95] = t95
     m[M_TTFT99] = t99
-    tpot_vals = np.zeros(P)
-    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+    tpot_vals = scr[SCR_TPOT_VALS]
     for p in range(P):
         tpot_vals[p] = pmet[i, p, PM_TPOT]
-        if tpot_w[p] > 0.0:
-            b = int((np.log(max(tpot_vals[p], TPOT_MIN_S) / TPOT_MIN_S) / log_span) * TPOT_BINS)
-            ep_tpot[i, min(max(b, 0), TPOT_BINS - 1)] += tpot_w[p]
-    tq = _weighted_quantiles3(tpot_vals, tpot_w, P)
-    m[M_TPOT50] = tq[0]
-    m[M_TPOT95] = tq[1]
-    m[M_TPOT99] = tq[2]
+        if tpot_w[p] > 0.0 and done_pool[p] > 0.0:
+            # the episode's TPOT is per request, as a client measures it
+            share = 0.0
+            var_it = 0.0
+            if adm_n[p] > 0.0 and rep_sub[p] > 0.0:
+                lam = adm_n[p] / (rep_sub[p] * dt)
+                pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
+                share = min(lam * pre_s, PREFILL_SHARE_MAX)
+                var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
+            life = ps[i, p, PS_TPOT_LIFE : PS_TPOT_LIFE + N_OUTPUT_Q]
+            _add_request_tpot(ep_tpot[i], life, share, var_it, done_pool[p], sp)
+    m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
+    m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
+    m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
     tpot_share = tok_ok / tok_all if tok_all > 0.0 else 1.0
     good = min(ok * tpot_share, admitted)  # the CDF sum may pass the count by rounding
     demand = admitted + m[M_DROPPED]
@@ -1207,7 +1692,8 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
 
     :param actions: int64 [N, 2 * pools], the env's actions.
     :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi)``, read only.
-    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot)``.
+    :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch,
+        grid)``.
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
     kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
@@ -1227,12 +1713,15 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
         w = cs_row[CS_EP_BASE_W]
         t50, t95, t99, ok = _ttft_stats(
             ep_whist_row,
+            prompt_q,
             np.arange(ep_whist_row.shape[0]),
+            np.ones(ep_whist_row.shape[0]),
+            ep_whist_row.shape[2],
             sp[SP_DT],
             cs_row[CS_EP_BASE_SUM] / w,
             cs_row[CS_EP_PRE_SUM] / w,
-            prompt_q,
             sp[SP_TTFT],
+            np.empty((2, TTFT_GRID)),
         )
         out[0] = t50
         out[1] = t95
@@ -1261,7 +1750,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
 def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
     sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot = state
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _, _ = state
     obs, _, met, pmet = out
     P = pp.shape[0]
     for j in range(cs.shape[1]):
@@ -1280,14 +1769,14 @@ def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
         else:
             ps[i, p, PS_PRICE] = pp[p, PP_PRICE]
     qring[i, :, :] = 0.0
-    whist[i, :] = 0.0
+    whist[i, :, :] = 0.0
     srings[i, :, :, :] = 0.0
     drings[i, :, :, :] = 0.0
     met[i, :] = 0.0
     met[i, M_ATTAIN] = 1.0
     met[i, M_ATTAIN_EP] = 1.0
     pmet[i, :, :] = 0.0
-    ep_whist[i, :] = 0.0
+    ep_whist[i, :, :, :] = 0.0
     ep_tpot[i, :] = 0.0
     # the first observation sees the rate of the interval just before the episode starts
     K = int(sp[SP_K])

@@ -24,7 +24,7 @@ from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
 from rlscale.envs.spot import SpotMarket, build_spot_market
-from rlscale.envs.workload import WorkloadSeries, build_workload
+from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
 
 POOL_STATES = ("provisioning", "loading", "ready", "draining", "standby", "refilling", "noticed")
 _POOL_STATE_METRICS = (
@@ -144,7 +144,7 @@ _KERNEL_ARRAYS: dict[int, tuple[WorkloadSeries, np.ndarray]] = {}
 
 
 def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
-    """The workload as the kernel reads it, [4, T]: arrivals, prompt, output, forecast.
+    """The workload as the kernel reads it, [dynamics.N_WL, T] (rows ``dynamics.WL_*``).
 
     Built once per series and shared by every simulator of it (a two-week series is ~40 MB,
     and a SyncVectorEnv holds a thousand simulators).
@@ -152,10 +152,28 @@ def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
     hit = _KERNEL_ARRAYS.get(id(wl))
     if hit is not None and hit[0] is wl:
         return hit[1]
-    arrays = np.ascontiguousarray(
-        np.stack([wl.arrivals, wl.prompt_tokens, wl.output_tokens, wl.forecast_rps]),
-        dtype=np.float64,
-    )
+    class0 = wl.output_class_bins
+    if class0 is None:
+        # no per-request lengths (synthetic, ServeGen, a user's series): every bin holds the
+        # classes in the workload's proportions
+        table = wl.output_classes if wl.output_classes is not None else None
+        share = table[0, dyn.CP_SHARE] if table is not None else 1.0
+        p_ratio = table[0, dyn.CP_PROMPT] if table is not None else 1.0
+        o_ratio = table[0, dyn.CP_OUTPUT] if table is not None else 1.0
+        class0 = np.stack(
+            [
+                wl.arrivals * share,
+                wl.prompt_tokens * share * p_ratio,
+                wl.output_tokens * share * o_ratio,
+            ]
+        )
+    rows = [None] * dyn.N_WL
+    rows[dyn.WL_ARRIVALS] = wl.arrivals
+    rows[dyn.WL_PROMPT] = wl.prompt_tokens
+    rows[dyn.WL_OUTPUT] = wl.output_tokens
+    rows[dyn.WL_FORECAST] = wl.forecast_rps
+    rows[dyn.WL_N0], rows[dyn.WL_PROMPT0], rows[dyn.WL_OUTPUT0] = class0
+    arrays = np.ascontiguousarray(np.stack(rows), dtype=np.float64)
     arrays.setflags(write=False)
     if len(_KERNEL_ARRAYS) >= 16:
         _KERNEL_ARRAYS.pop(next(iter(_KERNEL_ARRAYS)))
@@ -198,12 +216,6 @@ class ClusterSimulator:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         sc = load_scenario(scenario)
-        if sc.routing != "least_loaded":
-            # the request-level reference (experiments/des.py) routes either way; the fluid
-            # kernel pools every replica behind one queue so far
-            raise ScenarioError(
-                f"routing: {sc.routing} is not modelled by the simulator yet; use least_loaded"
-            )
         self.scenario = sc
         self.num_clusters = n = int(num_clusters)
         wl = workload if workload is not None else scenario_workload(sc, workload_seed)
@@ -314,6 +326,25 @@ class ClusterSimulator:
         sp[dyn.SP_NBINS] = wl.n_bins
         sp[dyn.SP_NSPOT] = n_spot
         sp[dyn.SP_TIMEOUT] = sc.slo.timeout_s
+        classes = wl.output_classes
+        if classes is None:  # lengths unknown: memoryless classes, as one bucket would be
+            classes = output_classes(np.ones(1), np.ones(1))
+            classes[:, dyn.CP_PHI] = 1.0
+        sp[dyn.SP_CLASS : dyn.SP_OUTPUT_Q] = np.asarray(classes, dtype=np.float64).ravel()
+        mean_output = float(wl.output_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
+        quantiles = wl.output_quantiles
+        if quantiles is None:  # lengths unknown: every request at the mean
+            quantiles = np.full(dyn.N_OUTPUT_Q, mean_output)
+        sp[dyn.SP_OUTPUT_Q : dyn.SP_OUTPUT_Q + dyn.N_OUTPUT_Q] = quantiles
+        q0 = np.asarray(wl.prompt_quantiles, dtype=np.float64)
+        mean_sq = max(float(q0.mean()) ** 2, 1e-12)
+        sp[dyn.SP_PROMPT_M2] = float((q0**2).mean()) / mean_sq
+        sp[dyn.SP_PROMPT_M2_CHUNK] = (
+            float((np.minimum(q0, sc.max_batched_tokens) ** 2).mean()) / mean_sq
+        )
+        # per-replica queues change who waits for whom before a prefill (dynamics.
+        # _iteration_wait); the queue itself stays pooled (see the README's fidelity section)
+        sp[dyn.SP_PER_REPLICA_QUEUES] = 0.0 if sc.routing == "least_loaded" else 1.0
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)
@@ -326,8 +357,8 @@ class ClusterSimulator:
         # state, written in place by the kernel
         self.cluster_state = np.zeros((n, dyn.N_CS))
         self.pool_state = np.zeros((n, P, dyn.N_PS))
-        self.queue_ring = np.zeros((n, 3, L))
-        self.wait_hist = np.zeros((n, L))
+        self.queue_ring = np.zeros((n, dyn.N_Q, L))
+        self.wait_hist = np.zeros((n, 3, L))
         self.lifecycle_rings = np.zeros((n, P, 3, H), dtype=np.float32)
         self.drain_rings = np.zeros((n, P, 2, G))
         self.rng_state = np.zeros(n, dtype=np.uint64)
@@ -336,7 +367,7 @@ class ClusterSimulator:
         self.metrics = np.zeros((n, dyn.N_M))
         self.pool_metrics = np.zeros((n, P, dyn.N_PM))
         self.tenant_cost = np.zeros((n, len(wl.tenant_names)))
-        self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, L))
+        self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L))
         self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)
@@ -362,6 +393,8 @@ class ClusterSimulator:
             self.rng_state,
             self.episode_wait_hist,
             self.episode_tpot_hist,
+            np.zeros((n, dyn.N_SCR, P)),
+            np.zeros((n, 7, max(dyn.TTFT_GRID, self.prompt_quantiles.shape[1]))),
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}

@@ -48,6 +48,16 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtr, ndtri
 
+from .dynamics import (
+    CP_OUTPUT,
+    CP_PHI,
+    CP_PROMPT,
+    CP_PSHIFT,
+    CP_SHARE,
+    N_CP,
+    N_OUTPUT_Q,
+    OUTPUT_CLASSES,
+)
 from .scenario import LengthDistribution, ScenarioError, SyntheticLoad, WorkloadConfig
 from .traces import (
     ServeGenTrace,
@@ -86,6 +96,19 @@ class WorkloadSeries:
             to 1 (uniform where no tokens arrived): the share of tokens of each tenant per interval.
         start_s_of_week: seconds since Monday 00:00 at bin 0 (time-of-day / week features).
         gaps: bool [T], bins inside collection gaps of the source (ServeGen empty windows).
+        output_classes: float64 [OUTPUT_CLASSES, N_CP], the requests split by output length
+            (shorter and longer than the median), one row per class in the kernel's ``CP_*``
+            order: share of requests; mean output and mean prompt over the workload's; the
+            residual ratio ``E[o^2] / (2 E[o]^2)`` (a request holds its slot for ``o``
+            iterations, so this is the mean remaining output of the sequences in flight over a
+            new one's: 1/2 when all are equal, 1 for exponential lengths); and
+            ``E[p o] / E[o] - E[p]``, how far the prompts in flight, which stay in proportion
+            to ``o``, lie from the class's mean prompt. See :func:`output_classes`.
+        output_quantiles: float64 [N_OUTPUT_Q], output-token quantiles at levels
+            (k + 0.5) / N_OUTPUT_Q (how many iterations a request's TPOT averages over).
+        output_class_bins: float64 [3, T], of each bin's arrivals those in output class 0
+            (the shorter answers), their prompt and output tokens; None where the source has
+            no per-request lengths (the classes then arrive in their overall proportions).
     """
 
     name: str
@@ -101,6 +124,9 @@ class WorkloadSeries:
     tenant_token_share: np.ndarray
     start_s_of_week: float
     gaps: np.ndarray
+    output_classes: np.ndarray | None = None
+    output_quantiles: np.ndarray | None = None
+    output_class_bins: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -186,6 +212,49 @@ def length_moments(dist: LengthDistribution) -> tuple[float, float]:
     m1 = p_lo * lo + partial(1) + p_hi * hi
     m2 = p_lo * lo**2 + partial(2) + p_hi * hi**2
     return m1, math.sqrt(max(m2 - m1 * m1, 0.0))
+
+
+def shorter_answers(output: np.ndarray) -> np.ndarray:
+    """Which requests are in output class 0: at or below the median output."""
+    o = np.asarray(output, dtype=np.float64)
+    return o <= np.median(o) if o.size else np.zeros(0, dtype=bool)
+
+
+def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The output-length classes of requests (see :class:`WorkloadSeries`), from their lengths.
+
+    Requests at or below the median output form the first class (:func:`shorter_answers`),
+    the rest the second. A class with no request keeps a zero share and neutral ratios.
+    """
+    p = np.asarray(prompt, dtype=np.float64)
+    o = np.asarray(output, dtype=np.float64)
+    table = np.zeros((OUTPUT_CLASSES, N_CP))
+    table[:, CP_SHARE] = 1.0 / OUTPUT_CLASSES
+    table[:, CP_OUTPUT] = 1.0
+    table[:, CP_PROMPT] = 1.0
+    table[:, CP_PHI] = 1.0
+    if o.size == 0 or o.mean() <= 0.0:
+        return table
+    cls = np.where(shorter_answers(o), 0, 1)
+    p_mean = max(p.mean(), 1e-9)
+    for k in range(OUTPUT_CLASSES):
+        sel = cls == k
+        if not sel.any():
+            table[k, CP_SHARE] = 0.0
+            continue
+        ok, pk = o[sel], p[sel]
+        table[k, CP_SHARE] = sel.mean()
+        table[k, CP_OUTPUT] = ok.mean() / o.mean()
+        table[k, CP_PROMPT] = pk.mean() / p_mean
+        table[k, CP_PHI] = (ok**2).mean() / (2.0 * ok.mean() ** 2)
+        table[k, CP_PSHIFT] = (pk * ok).sum() / ok.sum() - pk.mean()
+    return table
+
+
+def distribution_output_classes(dist: LengthDistribution, levels: int = 4096) -> np.ndarray:
+    """:func:`output_classes` of a configured output distribution, prompts drawn apart."""
+    o = length_quantiles(dist, (np.arange(levels) + 0.5) / levels)
+    return output_classes(np.ones_like(o), o)
 
 
 def _quantile_levels() -> np.ndarray:
@@ -401,6 +470,9 @@ class _Built:
     tenant_names: tuple[str, ...]
     start_s_of_week: float
     gaps: np.ndarray
+    output_classes: np.ndarray | None = None
+    output_quantiles: np.ndarray | None = None
+    output_class_bins: np.ndarray | None = None
 
 
 def _build_recorded(
@@ -426,6 +498,14 @@ def _build_recorded(
     bins = _Bins.empty(n_bins, per_interval, len(req.tenant_names))
     bin_idx = np.minimum((t / substep_s).astype(np.int64), n_bins - 1)
     bins.add(bin_idx, None, prompt, output, tenant.astype(np.int64), per_interval)
+    short = shorter_answers(output)
+    class_bins = np.stack(
+        [
+            np.bincount(bin_idx, weights=short.astype(np.float64), minlength=n_bins),
+            np.bincount(bin_idx, weights=np.where(short, prompt, 0.0), minlength=n_bins),
+            np.bincount(bin_idx, weights=np.where(short, output, 0.0), minlength=n_bins),
+        ]
+    )
     gaps = np.zeros(n_bins, dtype=bool)
     quantiles = (
         np.quantile(prompt, _quantile_levels()) if prompt.size else np.zeros(QUANTILE_LEVELS)
@@ -441,6 +521,11 @@ def _build_recorded(
         tenant_names=req.tenant_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
+        output_classes=output_classes(prompt, output),
+        output_class_bins=class_bins,
+        output_quantiles=(
+            np.quantile(output, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q) if output.size else None
+        ),
     )
 
 
@@ -612,6 +697,10 @@ def _build_servegen(
         tenant_names=sg.client_names,
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=gaps,
+        output_classes=distribution_output_classes(cfg.output_tokens),
+        output_quantiles=length_quantiles(
+            cfg.output_tokens, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q
+        ),
     )
 
 
@@ -732,6 +821,10 @@ def _build_synthetic(cfg: WorkloadConfig, substep_s: float, per_interval: int, s
         tenant_names=("default",),
         start_s_of_week=_week_start_s(cfg, start_s),
         gaps=np.zeros(n_bins, dtype=bool),
+        output_classes=distribution_output_classes(cfg.output_tokens),
+        output_quantiles=length_quantiles(
+            cfg.output_tokens, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q
+        ),
     )
 
 
@@ -776,4 +869,7 @@ def build_workload(
         tenant_token_share=_shares(built.bins.tenant_tokens),
         start_s_of_week=float(built.start_s_of_week),
         gaps=built.gaps,
+        output_classes=built.output_classes,
+        output_quantiles=built.output_quantiles,
+        output_class_bins=built.output_class_bins,
     )

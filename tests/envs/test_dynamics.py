@@ -224,13 +224,94 @@ def test_episode_tpot_percentiles_within_two_percent(tpot_s):
     # every token at one TPOT, binned as the kernel bins it
     hist[int(np.log(tpot_s / dyn.TPOT_MIN_S) / span * dyn.TPOT_BINS)] = 1000.0
     sp = np.zeros(dyn.N_SP)
-    out = dyn.episode_latency(sp, np.ones((1, 4)), np.zeros(dyn.N_CS), np.zeros((1, 4)), hist)
+    out = dyn.episode_latency(sp, np.ones((1, 4)), np.zeros(dyn.N_CS), np.zeros((1, 3, 4)), hist)
     for k in (3, 4, 5):
         assert out[k] == pytest.approx(tpot_s, rel=0.02)
 
 
-def test_fluid_refuses_routing_it_does_not_model(make_small_scenario):
-    from rlscale.envs.scenario import ScenarioError
+# --- continuous batching at saturation (the knee) ---------------------------------------------
 
-    with pytest.raises(ScenarioError, match="routing: random"):
-        ClusterSimulator(make_small_scenario(routing="random"), 1)
+
+def _fixed_lengths(make_small_scenario, rate, prompt, output, replicas=1, **extra):
+    """One H100 pool under flat synthetic load whose every request has the same lengths."""
+    return make_small_scenario(
+        pools=[
+            {
+                "name": "h100",
+                "profile": "h100x1-llama3-8b",
+                "price_usd_h": 4.0,
+                "quota": replicas,
+                "initial_replicas": replicas,
+            }
+        ],
+        workload={
+            "kind": "synthetic",
+            "synthetic": {
+                "base_rate_rps": rate,
+                "days": 0.5,
+                "noise_cv": 0.0,
+                "daily_amplitude": 0.0,
+            },
+            "prompt_tokens": {"median": prompt, "p90": prompt},
+            "output_tokens": {"median": output, "p90": output},
+        },
+        **extra,
+    )
+
+
+def _pool_state(sim):
+    """(sequences, held context, remaining output) of the only pool's ready replicas."""
+    from rlscale.envs import dynamics as dyn
+
+    row = sim.pool_state[0, 0]
+    return row[dyn.PS_IR], row[dyn.PS_CR], row[dyn.PS_WR]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_overload_holds_max_num_seqs_per_replica(make_small_scenario, replicas):
+    """Slots freed within a sub-step are refilled within it: a saturated replica holds
+    max_num_seqs sequences, not a few percent fewer (the queue is never empty here)."""
+    sc = _fixed_lengths(make_small_scenario, 300.0 * replicas, 500, 200, replicas=replicas)
+    sim = _sim(sc)
+    held = []
+    for _ in range(12):
+        sim.step(sim.noop_action()[None])
+        assert sim.step_info(0)["load/queue"] > 0
+        held.append(_pool_state(sim)[0])
+    max_seqs = load_profile("h100x1-llama3-8b").max_num_seqs
+    assert np.mean(held[4:]) / replicas == pytest.approx(max_seqs, rel=0.005)
+
+
+@pytest.mark.parametrize(("prompt", "output"), [(500, 201), (1500, 61)])
+def test_held_context_grows_with_generated_tokens(make_small_scenario, prompt, output):
+    """As the calibration assumes (an iteration pays for prompt AND generated tokens held): with
+    every request of the same lengths, a sequence in flight holds on average its prompt and
+    half its output, and has the other half to go."""
+    sc = _fixed_lengths(make_small_scenario, 20.0, prompt, output)
+    sim = _sim(sc)
+    seqs, ctx, rem = [], [], []
+    for _ in range(20):
+        sim.step(sim.noop_action()[None])
+        s, c, w = _pool_state(sim)
+        seqs.append(s)
+        ctx.append(c)
+        rem.append(w)
+    mean_seqs = np.mean(seqs[6:])
+    assert np.mean(ctx[6:]) / mean_seqs == pytest.approx(prompt + output / 2, rel=0.03)
+    assert np.mean(rem[6:]) / mean_seqs == pytest.approx(output / 2, rel=0.05)
+
+
+def test_per_replica_queues_make_requests_wait_at_light_load(make_small_scenario):
+    """A request sent blindly to a busy replica waits for that replica's iteration and the
+    prompts sent to it, where a least-loaded gateway hands it to whichever replica starts an
+    iteration first: TTFT rises, throughput does not change."""
+    results = {}
+    for routing in ("least_loaded", "random"):
+        sc = _fixed_lengths(make_small_scenario, 40.0, 1000, 100, replicas=4, routing=routing)
+        sim = _sim(sc)
+        for _ in range(20):
+            sim.step(sim.noop_action()[None])
+        results[routing] = (sim.episode_latency(0), sim.counters(0)["completed"])
+    ll, rnd = results["least_loaded"], results["random"]
+    assert rnd[0]["ttft_p50_s"] > ll[0]["ttft_p50_s"] * 1.05
+    assert rnd[1] == pytest.approx(ll[1], rel=0.01)

@@ -125,14 +125,13 @@ def _fluid_vs_theory(case: QueueCase) -> tuple[dict[str, float], dict[str, float
     return fluid, theory, where
 
 
-# measured with the fluid kernel of a04f3b0, 100 h episodes: fluid / theory
+# measured with the fluid kernel of 882bca3, 100 h episodes: fluid / theory, where out of bounds
+# (p50 at load 0.85 sits where P(wait) crosses one half, so it is ill-conditioned)
 _FLUID_MEASURED = {
-    ("M/D/8", 0.7): "p50 TTFT 0.78 / 0.50 s, p95 4.7 / 4.5 s, attainment 0.865 / 0.847",
-    ("M/D/8", 0.85): "p50 TTFT 1.8 / 1.1 s, p95 15.5 / 10.7 s, attainment 0.51 / 0.58",
-    ("M/D/8", 0.95): "p50 TTFT 214 / 7.3 s, p95 485 / 36 s, attainment 0.02 / 0.24",
-    ("M/M/8", 0.7): "p50 TTFT 0.30 / 0.20 s, p95 9.8 / 7.2 s, attainment 0.75 / 0.82",
-    ("M/M/8", 0.85): "p50 TTFT 5.7 / 1.3 s, p95 40 / 21 s, attainment 0.35 / 0.54",
-    ("M/M/8", 0.95): "p50 TTFT 3115 / 13 s, p95 3551 / 71 s, attainment 0.001 / 0.21",
+    ("M/D/8", 0.7): "p50 TTFT 0.53 / 0.50 s, p95 4.0 / 4.5 s, attainment 0.882 / 0.847",
+    ("M/D/8", 0.85): "p50 TTFT 0.55 / 1.1 s, p95 10 / 11 s, attainment 0.597 / 0.576",
+    ("M/M/8", 0.85): "p50 TTFT 0.48 / 1.3 s, p95 19 / 21 s, attainment 0.589 / 0.539",
+    ("M/M/8", 0.95): "p50 TTFT 10 / 13 s, p95 56 / 71 s, attainment 0.265 / 0.214",
 }
 
 
@@ -143,10 +142,14 @@ _FLUID_MEASURED = {
             base,
             load,
             id=f"{name}-{load}",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason=f"fluid model off the theory: {_FLUID_MEASURED[(name, load)]}",
-            ),
+            marks=[
+                pytest.mark.xfail(
+                    strict=False,
+                    reason=f"fluid model off the theory: {_FLUID_MEASURED[(name, load)]}",
+                )
+            ]
+            if (name, load) in _FLUID_MEASURED
+            else [],
         )
         for base, name in ((MDC_CASE, "M/D/8"), (MMC_CASE, "M/M/8"))
         for load in ANCHOR_LOADS
