@@ -18,6 +18,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
 SCENARIO_DIR = _REPO_DIR / "experiments" / "scenarios"
 PROFILE_DIR = _REPO_DIR / "experiments" / "profiles"
+COLDSTART_DIR = _REPO_DIR / "experiments" / "coldstart"
+"""Shipped cold-start duration tables, fitted from the public data (envs/coldstart.py)."""
 
 DATA_ENV_VAR = "RLSCALE_DATA"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenario import ScenarioError, SpotConfig, resolve_data_path
+from .datasets import fetch_hint
+from .scenario import ScenarioError, SpotConfig, data_root, resolve_data_path
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,21 @@ def _data_path(rel: str, data_dir: Path | None) -> Path:
     return resolve_data_path(rel)
 
 
+def _hint(path: Path) -> str:
+    """How to get a missing trace file: the dataset to fetch when it is below the data root."""
+    try:
+        return fetch_hint(path.resolve().relative_to(data_root()))
+    except ValueError:
+        return f"it is not below the data root {data_root()}"
+
+
 def read_price_trace(path: Path) -> list[dict[str, str]]:
     """The ``Linux/UNIX`` rows of an AWS ``describe-spot-price-history`` TSV.
 
     :raises ScenarioError: file missing or a required column absent (named with the file).
     """
     if not path.is_file():
-        raise ScenarioError(f"spot.price_trace: file {path} is missing")
+        raise ScenarioError(f"spot.price_trace: file {path} is missing; {_hint(path)}")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         header = list(reader.fieldnames or [])
@@ -160,7 +169,7 @@ def preemption_trace(path: Path, *, control_interval_s: float) -> tuple[np.ndarr
         or invalid (the message names the key and the file).
     """
     if not path.is_file():
-        raise ScenarioError(f"spot.preemption_trace: file {path} is missing")
+        raise ScenarioError(f"spot.preemption_trace: file {path} is missing; {_hint(path)}")
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as err:

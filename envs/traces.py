@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import gamma as gamma_fn
 
+from .datasets import fetch_hint
 from .scenario import DATA_ENV_VAR, ScenarioError, data_root, resolve_data_path
 
 BACKWARDS_TOLERANCE_S = 1.0
@@ -124,7 +125,7 @@ def trace_path(path: str | Path, *, want_dir: bool = False) -> Path:
         raise ScenarioError(
             f"workload.path: trace '{path}' not found; looked at {resolved} (relative paths are "
             f"taken below the data root {data_root()}, set by the {DATA_ENV_VAR} environment "
-            f"variable, then below the current directory {Path.cwd()})"
+            f"variable, then below the current directory {Path.cwd()}); {fetch_hint(path)}"
         )
     if want_dir and not resolved.is_dir():
         raise ScenarioError(f"workload.path: {resolved} must be a folder of chunk-<id>-trace.csv")

@@ -5,6 +5,7 @@ Subcommands:
     calibrate    fit throughput profiles from measured vLLM data (experiments/profiles/)
     bench env    measure simulator speed; the last line printed is one JSON object
     scenarios    list the scenarios that ship with the project
+    data         list the public datasets, fetch them into $RLSCALE_DATA, refit shipped tables
 """
 
 from __future__ import annotations
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_register_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
+    from rlscale.datafetch import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
@@ -304,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.training.export import run_register
 
             return run_register(args)
+        elif args.command == "data":
+            from rlscale.datafetch import run_data
+
+            return run_data(args)
         elif args.command == "scenarios":
             from rlscale.envs.scenario import list_scenarios, load_scenario
 
