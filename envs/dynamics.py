@@ -1234,8 +1234,9 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
 
-        # admission capacity per pool, counting the slots this sub-step's completions free;
-        # sized for the requests at the head of the queue, which are the ones admitted first
+        # admission capacity per pool, counting the slots and KV this sub-step's completions
+        # free: slots in requests; KV and prefill in tokens of the cohorts actually taken
+        # (_admissible); the head cohort's mean size only splits the admissions among pools
         qn = c[CS_QN]
         pbar = c[CS_QP] / qn if qn > 1e-12 else 1.0
         obar = c[CS_QO] / qn if qn > 1e-12 else 1.0
