@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
-import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -32,9 +28,9 @@ from rlscale.serving import externalscaler_pb2 as pb
 from rlscale.serving import externalscaler_pb2_grpc as pb_grpc
 from rlscale.serving.keda_grpc import hpa_desired_replicas
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="no prometheus binary (Debian package 'prometheus'); CI installs it"
+    shutil.which("prometheus") is None,
+    reason="no prometheus binary (Debian package 'prometheus'); CI installs it",
 )
 STALENESS_S = 4.0
 STEP_DOWN = 2
@@ -42,16 +38,10 @@ TARGET = 1.0
 CLUSTER = "prod"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Exporter:
     """vLLM's request counter and kube-state-metrics' replica counts, each removable."""
 
-    def __init__(self) -> None:
+    def __init__(self, serve) -> None:
         self.registry = prometheus_client.CollectorRegistry()
         self.success = prometheus_client.Counter(
             "vllm:request_success", "done", registry=self.registry
@@ -59,30 +49,16 @@ class Exporter:
         self.ready = prometheus_client.Gauge(
             "kube_deployment_status_replicas_ready", "ready", ["deployment"], registry=self.registry
         )
-        self.rate_rps = 0.0
-        self.port = _free_port()
-        registry = self.registry
+        self.endpoint = serve(self.registry, self.success)
+        self.port = self.endpoint.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                payload = prometheus_client.generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+    @property
+    def rate_rps(self) -> float:
+        return self.endpoint.rate_rps
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self._stop = threading.Event()
-        threading.Thread(target=self._tick, daemon=True).start()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(0.1):
-            self.success.inc(self.rate_rps * 0.1)
+    @rate_rps.setter
+    def rate_rps(self, rps: float) -> None:
+        self.endpoint.rate_rps = rps
 
     def set_replicas(self, **ready: int) -> None:
         for deployment, n in ready.items():
@@ -93,54 +69,6 @@ class Exporter:
 
     def drop_rate(self) -> None:
         self.registry.unregister(self.success)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-
-
-class Prometheus:
-    def __init__(self, tmp: Path, exporter_port: int) -> None:
-        self.tmp = tmp
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (tmp / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: vllm\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={self.tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.tmp / "prometheus.log").open("a"),
-        )
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("prometheus not ready: " + (self.tmp / "prometheus.log").read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 class Keda:
@@ -201,12 +129,14 @@ def _says(db: Path, *causes: str, within_s: float = 3.0) -> bool:
     return True
 
 
-def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make_body, auth):
-    exporter = Exporter()
-    prometheus = Prometheus(tmp_path, exporter.port)
+def test_the_hpa_never_drops_below_the_safe_floor(
+    tmp_path, server_factory, metrics_endpoint, prometheus_server, loopback_port, make_body, auth
+):
+    exporter = Exporter(metrics_endpoint)
+    prometheus = prometheus_server(exporter.port)
     prometheus.start()
     db = tmp_path / "shadow.db"
-    grpc_port = _free_port()
+    grpc_port = loopback_port()
     args = (
         "--prometheus-url", prometheus.url, "--prometheus-interval-s", "0.5",
         "--prometheus-query", "arrival_rate_rps=sum(rate(vllm:request_success_total[5s]))",
@@ -318,5 +248,3 @@ def test_the_hpa_never_drops_below_the_safe_floor(tmp_path, server_factory, make
     finally:
         if keda is not None:
             keda.channel.close()
-        prometheus.stop()
-        exporter.close()

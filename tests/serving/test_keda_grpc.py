@@ -74,8 +74,8 @@ def recommender() -> TablePoolRecommender:
 
 
 @pytest.fixture
-def server(recommender: TablePoolRecommender) -> Iterator[tuple[grpc.Server, int]]:
-    port = _free_port()
+def server(recommender: TablePoolRecommender, loopback_port) -> Iterator[tuple[grpc.Server, int]]:
+    port = loopback_port()
     srv = serve_grpc(recommender, "127.0.0.1", port, stream_interval_s=0.05)
     yield srv, port
     srv.stop(grace=None).wait(RPC_TIMEOUT_S)
@@ -86,12 +86,6 @@ def stub(server: tuple[grpc.Server, int]) -> Iterator[pb_grpc.ExternalScalerStub
     _, port = server
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield pb_grpc.ExternalScalerStub(channel)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _code(call, request) -> grpc.StatusCode:
@@ -156,8 +150,8 @@ def test_stream_is_active_pushes_changes(stub, recommender):
         stream.cancel()
 
 
-def test_stream_is_active_ends_when_server_stops(recommender):
-    port = _free_port()
+def test_stream_is_active_ends_when_server_stops(recommender, loopback_port):
+    port = loopback_port()
     srv = serve_grpc(recommender, "127.0.0.1", port, stream_interval_s=0.05)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stream = pb_grpc.ExternalScalerStub(channel).StreamIsActive(
@@ -359,7 +353,7 @@ def test_bad_arguments_fail_fast(recommender, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-def test_tls_round_trip(recommender, tmp_path: Path):
+def test_tls_round_trip(recommender, tmp_path: Path, loopback_port):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -367,7 +361,7 @@ def test_tls_round_trip(recommender, tmp_path: Path):
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    port = _free_port()
+    port = loopback_port()
     srv = serve_grpc(recommender, "127.0.0.1", port, tls_cert=cert, tls_key=key)
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -385,7 +379,7 @@ def test_tls_round_trip(recommender, tmp_path: Path):
 # -- the real core ----------------------------------------------------------------------------
 
 
-def test_decision_service_behind_the_scaler():
+def test_decision_service_behind_the_scaler(loopback_port):
     """The real core: before any state it gives no number (UNAVAILABLE, active); after a push
     it gives that cluster's answer, and only to that cluster's ScaledObjects."""
     from rlscale.envs.scenario import load_scenario
@@ -402,7 +396,7 @@ def test_decision_service_behind_the_scaler():
         guardrails=default_guardrails(scenario, min_replicas={pool: floor}),
     )
     assert isinstance(core, PoolRecommender)
-    port = _free_port()
+    port = loopback_port()
     srv = serve_grpc(core, "127.0.0.1", port)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

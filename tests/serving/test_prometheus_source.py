@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -28,18 +23,12 @@ pytestmark = pytest.mark.skipif(
 WINDOW_S = 5  # the test's rate window, so a change of load shows within seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class VllmExporter:
     """vLLM-named metrics at a settable load, served over HTTP like a vLLM pod's /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, serve) -> None:
         reg = prometheus_client.CollectorRegistry()
-        self.success = prometheus_client.Counter("vllm:request_success", "done", registry=reg)
+        success = prometheus_client.Counter("vllm:request_success", "done", registry=reg)
         self.running = prometheus_client.Gauge("vllm:num_requests_running", "run", registry=reg)
         self.waiting = prometheus_client.Gauge("vllm:num_requests_waiting", "wait", registry=reg)
         ready = prometheus_client.Gauge(
@@ -52,88 +41,24 @@ class VllmExporter:
         for deployment, n in (("h100", 1), ("a100", 0), ("h100-spot", 0)):
             ready.labels(deployment=deployment).set(n)
             spec.labels(deployment=deployment).set(n)
-        self.rate_rps = 0.0
-        self.port = _free_port()
-        # always the text format: with OpenMetrics, prometheus-client 0.26 rewrites the ':'
-        # of vLLM's names to '_', and Prometheus would store names vLLM never exposes
-        body = prometheus_client.generate_latest
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                payload = body(reg)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._tick, daemon=True)
-        self._thread.start()
+        self.endpoint = serve(reg, success)
+        self.port = self.endpoint.port
 
     def set_load(self, rate_rps: float) -> None:
-        self.rate_rps = rate_rps
+        self.endpoint.rate_rps = rate_rps
         self.running.set(rate_rps * 2.0)  # ~2 s in the system per request
 
-    def _tick(self) -> None:
-        while not self._stop.wait(0.1):
-            self.success.inc(self.rate_rps * 0.1)
 
-    def close(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
+@pytest.fixture
+def exporter(metrics_endpoint):
+    return VllmExporter(metrics_endpoint)
 
 
 @pytest.fixture
-def exporter():
-    e = VllmExporter()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, exporter: VllmExporter):
-    port = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: vllm\n    static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
-    )
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("prometheus did not become ready: " + (tmp_path / "prometheus.log").read_text())
-    yield proc, url
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def prometheus(exporter: VllmExporter, prometheus_server):
+    server = prometheus_server(exporter.port)
+    server.start()
+    return server.proc, server.url
 
 
 def _service(tmp_path: Path) -> DecisionService:
