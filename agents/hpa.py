@@ -7,9 +7,11 @@ details) and ``pkg/controller/podautoscaler`` (``replica_calculator.go``, ``hori
    usage ratio is within the tolerance, ``|1 - ratio| <= 0.1``. On a scale-up, pods that are not
    ready yet count as using 0%, and if that brings the ratio inside the tolerance or below 1 the
    count stays (so replicas still starting are not asked for again).
-2. Stabilization: a scale-down takes the *highest* recommendation of the last 300 s
-   (``behavior.scaleDown.stabilizationWindowSeconds``); scale-up has no window (0 s). The
-   controller records the current size as a recommendation the first time it sees the target.
+2. Stabilization: the current count is brought within [lowest recommendation of the scale-up
+   window, highest of the scale-down window]: a scale-down goes no lower than the *highest*
+   recommendation of the last 300 s (``behavior.scaleDown.stabilizationWindowSeconds``), and
+   never higher than the current count; scale-up has no window (0 s). The controller records
+   the current size as a recommendation the first time it sees the target.
 3. Rate limits (default ``behavior``): scale-up by at most ``max(4 pods, 100%)`` per 15 s
    period (``selectPolicy: Max``), scale-down by up to 100% per 15 s; then ``minReplicas`` /
    ``maxReplicas``.
@@ -110,17 +112,21 @@ def external_average_replicas(
 
 
 def _stabilize(recs: list[list[float]], t: float, raw: int, current: int, b: HPABehavior) -> int:
-    """``stabilizeRecommendationWithBehaviors``; appends ``raw`` to ``recs``."""
-    if raw >= current:
-        span, better = b.scale_up_stabilization_s, min
-    else:
-        span, better = b.scale_down_stabilization_s, max
-    rec = raw
+    """``stabilizeRecommendationWithBehaviors``; appends ``raw`` to ``recs``.
+
+    The current count is brought within the lowest recommendation of the scale-up window and
+    the highest of the scale-down window (both counting ``raw``): a window only delays a
+    change, it never moves the count against the proposal (a lower proposal with higher
+    recommendations in the scale-down window holds the current count, not the highest one).
+    """
+    lowest = highest = raw
     for ts, n in recs:
-        if ts > t - span:
-            rec = better(int(n), rec)
+        if ts > t - b.scale_up_stabilization_s:
+            lowest = min(int(n), lowest)
+        if ts > t - b.scale_down_stabilization_s:
+            highest = max(int(n), highest)
     recs.append([t, raw])
-    return rec
+    return min(max(current, lowest), highest)
 
 
 def _rate_limited(

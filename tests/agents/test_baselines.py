@@ -74,6 +74,19 @@ def test_hpa_memory_stays_bounded_when_asked_far_more_often_than_it_syncs(build)
     assert len(memory["recs"]) <= math.ceil(300.0 / 15.0) + 2
 
 
+def test_hpa_stabilization_holds_against_higher_recommendations_never_raises(build):
+    """The scale-down window keeps the count at most at its highest recent recommendation; it
+    never asks *more* than the current count when the proposal is lower (Kubernetes brings
+    the current count within [lowest scale-up, highest scale-down] recommendation)."""
+    hpa = HPAPolicy(target_utilization=0.5)
+    # 25 req/s on 2 replicas of 10: utilization 1.25 -> 5
+    n, _, memory = decide_n(hpa, build.state(build.pool(ready=2), t=0.0, rate=25.0))
+    assert n == 5
+    # the Deployment only reached 3, and the load is gone: hold 3 (5 is in the window)
+    n, _, _ = decide_n(hpa, build.state(build.pool(ready=3), t=30.0, rate=0.1), memory)
+    assert n == 3
+
+
 def test_hpa_scales_up_at_once(build):
     """Scale-up has no stabilization window: the first decision moves."""
     hpa = HPAPolicy(target_utilization=0.5)
