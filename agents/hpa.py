@@ -193,7 +193,7 @@ def hpa_control(
         # (a microsecond of slack, so that float times of whole periods count as due)
         due = math.floor((now - synced[0] + 1e-6) / b.sync_period_s)
         if due < 1:
-            return int(synced[1]), memory
+            return int(synced[1]), dict(memory)
         n_syncs = min(due, per_interval)
         first_t = synced[0] + (due - n_syncs + 1) * b.sync_period_s
     recs = [list(r) for r in memory.get("recs", [])]
