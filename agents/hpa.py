@@ -7,21 +7,24 @@ details) and ``pkg/controller/podautoscaler`` (``replica_calculator.go``, ``hori
    usage ratio is within the tolerance, ``|1 - ratio| <= 0.1``. On a scale-up, pods that are not
    ready yet count as using 0%, and if that brings the ratio inside the tolerance or below 1 the
    count stays (so replicas still starting are not asked for again).
-2. Stabilization: a scale-down takes the *highest* recommendation of the last 300 s
-   (``behavior.scaleDown.stabilizationWindowSeconds``); scale-up has no window (0 s). The
-   controller records the current size as a recommendation the first time it sees the target.
+2. Stabilization: the current count is brought within [lowest recommendation of the scale-up
+   window, highest of the scale-down window]: a scale-down goes no lower than the *highest*
+   recommendation of the last 300 s (``behavior.scaleDown.stabilizationWindowSeconds``), and
+   never higher than the current count; scale-up has no window (0 s). The controller records
+   the current size as a recommendation the first time it sees the target.
 3. Rate limits (default ``behavior``): scale-up by at most ``max(4 pods, 100%)`` per 15 s
    period (``selectPolicy: Max``), scale-down by up to 100% per 15 s; then ``minReplicas`` /
    ``maxReplicas``.
 
-Adaptations to a 30 s decision interval. The HPA syncs every 15 s
-(``--horizontal-pod-autoscaler-sync-period``); a decision therefore runs the sync
-``round(interval / 15) = 2`` times, at ``now - 15 s`` and ``now``, both on the latest metric
-sample (the simulator reports once per interval, as metrics-server would report one sample per
-scrape). That keeps the stabilization window and the per-period scale-up limit in seconds, as
-the real controller counts them: a scale-up can compound over the two syncs
-(2 -> 6 -> 12 pods), and a scale-down happens at the first decision at which the last higher
-recommendation is 300 s old.
+Time. The HPA syncs every 15 s (``--horizontal-pod-autoscaler-sync-period``) of metrics time
+(``state.time_s``), however often it is asked, and each sync reads the latest metric sample.
+In the simulator a decision comes every 30 s, so it runs the two syncs due, at ``now - 15 s``
+and ``now`` (the simulator reports once per interval, as metrics-server would report one
+sample per scrape): a scale-up can compound over them (2 -> 6 -> 12 pods). The decision
+service may ask far more often (every 0.5 s when it polls Prometheus); between two syncs the
+count set at the latest one stands. Either way the stabilization window and the per-period
+scale-up limit count seconds, as the real controller counts them, and a scale-down happens at
+the first sync at which the last higher recommendation is 300 s old.
 
 Metric. "Utilization" is the share of the Deployment's saturation throughput in use,
 ``arrival_rate_rps / (ready * capacity_rps)``, the analogue of CPU usage / request: it grows in
@@ -110,17 +113,21 @@ def external_average_replicas(
 
 
 def _stabilize(recs: list[list[float]], t: float, raw: int, current: int, b: HPABehavior) -> int:
-    """``stabilizeRecommendationWithBehaviors``; appends ``raw`` to ``recs``."""
-    if raw >= current:
-        span, better = b.scale_up_stabilization_s, min
-    else:
-        span, better = b.scale_down_stabilization_s, max
-    rec = raw
+    """``stabilizeRecommendationWithBehaviors``; appends ``raw`` to ``recs``.
+
+    The current count is brought within the lowest recommendation of the scale-up window and
+    the highest of the scale-down window (both counting ``raw``): a window only delays a
+    change, it never moves the count against the proposal (a lower proposal with higher
+    recommendations in the scale-down window holds the current count, not the highest one).
+    """
+    lowest = highest = raw
     for ts, n in recs:
-        if ts > t - span:
-            rec = better(int(n), rec)
+        if ts > t - b.scale_up_stabilization_s:
+            lowest = min(int(n), lowest)
+        if ts > t - b.scale_down_stabilization_s:
+            highest = max(int(n), highest)
     recs.append([t, raw])
-    return rec
+    return min(max(current, lowest), highest)
 
 
 def _rate_limited(
@@ -160,18 +167,38 @@ def hpa_control(
     max_replicas: int,
     memory: Memory,
 ) -> tuple[int, Memory]:
-    """The HPA syncs of one decision interval; returns the replica count and the new memory.
+    """The HPA syncs due by ``now``; returns the replica count and the new memory.
+
+    The controller syncs every ``sync_period_s`` of metrics time (``now``), however often it
+    is asked: the syncs due since the latest one run (at most the ``interval_s / period`` of
+    one decision interval, the latest ones), and between two syncs the count set at the
+    latest one stands. The first decision (or one after the clock went back) runs the
+    interval's syncs, ending at ``now``. So a caller deciding every 0.5 s (the service
+    polling Prometheus) gets what a controller syncing every 15 s sets; replayed at every
+    call, the syncs would record scale events for counts the cluster has not applied yet
+    and use up the rate limits, and crowd the window's recommendations out.
 
     :param propose: ``(current, ready, starting) -> replicas``, the metric's raw proposal.
-    :param memory: ``{"recs", "up", "down"}``: recommendations and scale events as
-        ``[time_s, count]`` lists (not modified; a new dict is returned).
+    :param memory: ``{"recs", "up", "down", "synced"}``: recommendations and scale events as
+        ``[time_s, count]`` lists, and the latest sync as ``[time_s, count]`` (not modified;
+        a new dict is returned).
     """
     b = behavior
-    n_syncs = max(1, round(interval_s / b.sync_period_s))
+    per_interval = max(1, round(interval_s / b.sync_period_s))
+    synced = memory.get("synced")
+    if synced is None or now < synced[0] - b.sync_period_s:
+        n_syncs = per_interval
+        first_t = now - (n_syncs - 1) * b.sync_period_s
+    else:
+        # (a microsecond of slack, so that float times of whole periods count as due)
+        due = math.floor((now - synced[0] + 1e-6) / b.sync_period_s)
+        if due < 1:
+            return int(synced[1]), dict(memory)
+        n_syncs = min(due, per_interval)
+        first_t = synced[0] + (due - n_syncs + 1) * b.sync_period_s
     recs = [list(r) for r in memory.get("recs", [])]
     up = [list(e) for e in memory.get("up", [])]
     down = [list(e) for e in memory.get("down", [])]
-    first_t = now - (n_syncs - 1) * b.sync_period_s
     if not recs:
         recs.append([first_t, current])  # recordInitialRecommendation
     for k in range(n_syncs):
@@ -204,6 +231,7 @@ def hpa_control(
         "recs": window(recs, now, keep_s)[-most:],
         "up": window(up, now, b.policy_period_s)[-most:],
         "down": window(down, now, b.policy_period_s)[-most:],
+        "synced": [first_t + (n_syncs - 1) * b.sync_period_s, current],
     }
 
 
@@ -313,12 +341,14 @@ class HPAPolicy:
         return {"recs": [], "up": [], "down": []}
 
     def decide(self, state: ClusterState, memory: Memory) -> tuple[Decision, Memory]:
-        """Two 15 s HPA syncs on the latest metric sample; see the module docstring."""
+        """The 15 s HPA syncs due, on the latest metric sample; see the module docstring."""
         dep = deployment(state, self.pool, self.max_replicas)
         hi = max(dep.max_replicas, self.min_replicas)
         if dep.current == 0 and dep.handover > 0:
             # a new Deployment takes over what other pools hold, then the HPA runs
             n = clamp(dep.handover, self.min_replicas, hi)
+            # the count is not the controller's: its next decision syncs at once
+            memory = {k: v for k, v in memory.items() if k != "synced"}
             return Decision(single_pool_targets(state, dep, n), reason="hpa: handover"), memory
         util = self.utilization(state, dep)
 
@@ -340,6 +370,9 @@ class HPAPolicy:
             memory=memory,
         )
         reason = f"hpa: {self.metric} {util:.2f}/{self.target_utilization:.2f} -> {n}"
+        since_s = state.time_s - new_memory["synced"][0]
+        if since_s > 1e-6:
+            reason += f" (set at the sync {since_s:.1f} s ago)"
         return Decision(single_pool_targets(state, dep, n), reason=reason), new_memory
 
     def config(self) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class KEDAPolicy:
         hpa_min = max(self.min_replica_count, 1)
         hi = max(dep.max_replicas, hpa_min)
         hpa_memory = memory.get("hpa", {})
+        by_hpa = False
         if dep.current == 0:
             if dep.handover > 0:
                 n, why = clamp(dep.handover, hpa_min, hi), "handover"
@@ -138,6 +139,7 @@ class KEDAPolicy:
         ):
             n, why = 0, "cooldown"
         else:
+            by_hpa = True
 
             def propose(current: int, ready: int, starting: int) -> int:
                 return external_average_replicas(
@@ -160,6 +162,8 @@ class KEDAPolicy:
                 memory=hpa_memory,
             )
             why = f"{self.metric} {value:.1f}/{self.target_per_replica:g} per replica"
+        if not by_hpa:  # KEDA set the count, not the HPA: the HPA's next decision syncs at once
+            hpa_memory = {k: v for k, v in hpa_memory.items() if k != "synced"}
         new_memory = {"hpa": hpa_memory, "last_active_s": last_active}
         return Decision(
             single_pool_targets(state, dep, n), reason=f"keda: {why} -> {n}"

@@ -74,6 +74,61 @@ def test_hpa_memory_stays_bounded_when_asked_far_more_often_than_it_syncs(build)
     assert len(memory["recs"]) <= math.ceil(300.0 / 15.0) + 2
 
 
+def test_hpa_stabilization_holds_against_higher_recommendations_never_raises(build):
+    """The scale-down window keeps the count at most at its highest recent recommendation; it
+    never asks *more* than the current count when the proposal is lower (Kubernetes brings
+    the current count within [lowest scale-up, highest scale-down] recommendation)."""
+    hpa = HPAPolicy(target_utilization=0.5)
+    # 25 req/s on 2 replicas of 10: utilization 1.25 -> 5
+    n, _, memory = decide_n(hpa, build.state(build.pool(ready=2), t=0.0, rate=25.0))
+    assert n == 5
+    # the Deployment only reached 3, and the load is gone: hold 3 (5 is in the window)
+    n, _, _ = decide_n(hpa, build.state(build.pool(ready=3), t=30.0, rate=0.1), memory)
+    assert n == 3
+
+
+def test_hpa_answers_the_same_however_often_it_is_asked(build):
+    """The controller syncs every 15 s of metrics time, whatever the caller's cadence: asked
+    every 0.5 s (the service polling Prometheus), it answers at each moment what it answered
+    at its latest sync, and those syncs agree with a caller asking every 15 s. The Deployment
+    does not follow here, as a real one lags the HPA."""
+    hpa = HPAPolicy(target_utilization=0.5)
+
+    def state(t: float):
+        return build.state(build.pool(ready=3), t=t, rate=60.0 if t < 60.0 else 0.2)
+
+    def run(step_s: float, until_s: float) -> dict[float, int]:
+        memory = hpa.initial_memory()
+        out = {}
+        for k in range(round(until_s / step_s) + 1):
+            n, _, memory = decide_n(hpa, state(k * step_s), memory)
+            out[k * step_s] = n
+        return out
+
+    every_sync = run(15.0, 450.0)
+    polled = run(0.5, 450.0)
+    expected = {t: every_sync[15.0 * math.floor(t / 15.0)] for t in polled}
+    assert polled == expected
+    # under load: 12 over the first decision's two syncs, then +4 per 15 s on the 3 ready
+    assert every_sync[0.0] == 12 and every_sync[15.0] == every_sync[45.0] == 7
+    # no load: the current 3 held (not raised to the window's 12) until the last sync under
+    # load (t=45) is 300 s old, then down to the minimum
+    assert every_sync[60.0] == every_sync[330.0] == 3 and every_sync[345.0] == 1
+
+
+def test_hpa_after_a_handover_syncs_rather_than_answer_its_count_from_before(build):
+    """A handover sets the count, not the controller: its next decision, within 15 s of its
+    last sync, decides on the metrics then instead of answering what it set before."""
+    hpa = HPAPolicy(target_utilization=0.5, pool="h100")
+    other = build.pool("a100", ready=3)
+    n, _, memory = decide_n(hpa, build.state(build.pool(ready=2), other, t=0.0, rate=100.0))
+    assert n == 12  # 2 -> 6 -> 12 over the first decision's two syncs
+    n, _, memory = decide_n(hpa, build.state(build.pool(ready=0), other, t=1.0), memory)
+    assert n == 3  # handover: the other pool's 3 replicas' worth
+    n, _, memory = decide_n(hpa, build.state(build.pool(ready=3), t=2.0, rate=10.0), memory)
+    assert n == 3  # 10 req/s on 3 (0.33 of 0.5: down to 2 after the window), not 12
+
+
 def test_hpa_scales_up_at_once(build):
     """Scale-up has no stabilization window: the first decision moves."""
     hpa = HPAPolicy(target_utilization=0.5)
@@ -196,6 +251,23 @@ def test_keda_cooldown_to_zero_and_activation(build):
     assert decide_n(keda, build.state(asleep, queue=3))[0] == 1
     assert decide_n(KEDAPolicy(min_replica_count=2), build.state(asleep, queue=3))[0] == 2
     assert decide_n(keda, build.state(asleep))[0] == 0
+
+
+def test_keda_does_not_serve_the_hpa_count_from_before_zero(build):
+    """Once KEDA has set the count (to 0, then 1 on activation), the HPA's next decision syncs
+    on the metrics then, even within 15 s of its last sync, rather than answering the count
+    it had set before."""
+    keda = KEDAPolicy(target_per_replica=32.0, cooldown_period_s=0.0)
+    n, _, memory = decide_n(keda, build.state(build.pool(ready=2), t=0.0, in_flight=320))
+    assert n == 10
+    n, _, memory = decide_n(keda, build.state(build.pool(ready=10), t=1.0), memory)
+    assert n == 0  # idle, no cooldown
+    n, _, memory = decide_n(keda, build.state(build.pool(ready=0), t=2.0, in_flight=64), memory)
+    assert n == 1  # activated
+    n, _, memory = decide_n(keda, build.state(build.pool(ready=1), t=3.0, in_flight=64), memory)
+    # KEDA's 1 stands (its scale-up of t=0 still counts against the HPA's 15 s rate limit),
+    # not the 10 the HPA set at t=0
+    assert n == 1
 
 
 # --- Knative KPA -------------------------------------------------------------------------------

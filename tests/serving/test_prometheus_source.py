@@ -64,8 +64,9 @@ def prometheus(exporter: VllmExporter, prometheus_server):
 def _service(tmp_path: Path) -> DecisionService:
     scenario = load_scenario("azure-conv")
     params = tmp_path / "hpa.json"
-    # no scale-down stabilization, so the recommendation follows the load down within the test
-    params.write_text(json.dumps({"scale_down_stabilization_s": 0.0}))
+    # a sync every second and no scale-down stabilization, so the recommendation follows the
+    # load up and down within the test (the HPA's 15 s sync would hold it between two polls)
+    params.write_text(json.dumps({"scale_down_stabilization_s": 0.0, "sync_period_s": 1.0}))
     return DecisionService(
         scenario,
         load_policy(f"hpa={params}", scenario),
