@@ -81,10 +81,14 @@ class InferenceClusterEnv(gym.Env):
 
     ## Starting State
     Each pool holds its ``initial_replicas`` ready and an empty queue. The episode starts at a
-    decision step of the workload drawn uniformly (``options={"start_step": k}`` pins it).
+    decision step drawn uniformly among those whose whole episode lies in the chosen part of
+    the workload's split (``split``, the training part by default; see
+    :mod:`rlscale.envs.splits`). ``options={"start_step": k}`` pins it, inside that part.
 
     ## Episode End
-    Never terminated; truncated after ``episode_hours`` of simulated time.
+    Never terminated; truncated after the split's episode length: the scenario's
+    ``episode_hours``, shortened to half the workload when the workload holds fewer than two
+    episodes (as evaluation does), or ``episode_hours`` itself with ``split="all"``.
 
     ## Info
     Namespaced metrics of the step: ``cost/usd``, ``cost/total_usd``, ``cost/by_pool_usd``,
@@ -98,6 +102,8 @@ class InferenceClusterEnv(gym.Env):
     * ``workload``: a prebuilt :class:`~rlscale.envs.workload.WorkloadSeries` replacing the
       scenario's workload (a user's own trace).
     * ``workload_seed``: seed of the workload's own sampling (ServeGen, synthetic noise).
+    * ``split``: where episodes lie: ``"train"`` (default; never a held-out or validation
+      window), ``"validation"``, ``"heldout"``, or ``"all"`` (the whole trace).
 
     >>> import gymnasium as gym
     >>> import rlscale.envs
@@ -108,7 +114,7 @@ class InferenceClusterEnv(gym.Env):
     True
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; episodes lie in the training part of the split by default.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -119,12 +125,15 @@ class InferenceClusterEnv(gym.Env):
         scenario: str | Scenario = DEFAULT_SCENARIO,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "train",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported; this env has none")
         self.render_mode = None
-        self.sim = ClusterSimulator(scenario, 1, workload=workload, workload_seed=workload_seed)
+        self.sim = ClusterSimulator(
+            scenario, 1, workload=workload, workload_seed=workload_seed, split=split
+        )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)

@@ -23,6 +23,7 @@ from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
+from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
 from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
 
@@ -203,6 +204,9 @@ class ClusterSimulator:
         user's own trace); it must be on the scenario's sub-step grid.
     :param workload_seed: seed of the workload's own randomness (ServeGen sampling, synthetic
         noise); the series is shared by all clusters.
+    :param split: the part of the workload episodes lie in (:mod:`rlscale.envs.splits`):
+        ``"all"`` (the whole trace, the scenario's episode length), or ``"train"``,
+        ``"validation"`` or ``"heldout"`` (episodes of the split's length, which fits each part).
     """
 
     def __init__(
@@ -212,6 +216,7 @@ class ClusterSimulator:
         *,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "all",
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
@@ -225,6 +230,11 @@ class ClusterSimulator:
                 f"{sc.substep_s} s"
             )
         self.workload = wl
+        self.split_part = check_part(split)
+        self.split: Split | None = None
+        if split != "all":
+            self.split, hours = split_of(sc, wl.n_bins)
+            sc = self.scenario = sc.model_copy(update={"episode_hours": hours})
         K = sc.substeps_per_step
         self.substeps_per_step = K
         self.episode_steps = sc.episode_steps
@@ -236,6 +246,12 @@ class ClusterSimulator:
                 f"the trace window"
             )
         self.max_offset_steps = (wl.n_bins - self.episode_bins) // K
+        # the start steps an episode may take: inside the chosen part, the whole episode too
+        self.start_range: tuple[int, int] = (
+            (0, self.max_offset_steps)
+            if self.split is None
+            else self.split.start_range(split, self.episode_steps)
+        )
 
         P = len(sc.pools)
         self.pools: list[PoolInfo] = []
@@ -428,15 +444,18 @@ class ClusterSimulator:
         """Start cluster ``i`` afresh; its episode offset and random stream come from ``rng``.
 
         :param start_step: pin the episode's first decision step within the workload (for
-            evaluation on a chosen window); drawn uniformly when None.
+            evaluation on a chosen window); drawn uniformly from :attr:`start_range` (the
+            chosen part of the split) when None.
         """
+        lo, hi = self.start_range
         if start_step is None:
-            start = int(rng.integers(0, self.max_offset_steps + 1))
+            start = int(rng.integers(lo, hi + 1))
         else:
-            if not 0 <= start_step <= self.max_offset_steps:
+            if not lo <= start_step <= hi:
                 raise ValueError(
-                    f"start_step {start_step} outside [0, {self.max_offset_steps}] for an "
-                    f"episode of {self.episode_steps} steps in '{self.workload.name}'"
+                    f"start_step {start_step} outside [{lo}, {hi}] for an episode of "
+                    f"{self.episode_steps} steps in the '{self.split_part}' part of "
+                    f"'{self.workload.name}'"
                 )
             start = int(start_step)
         seed = int(rng.integers(1, 2**63 - 1))
