@@ -38,6 +38,12 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from rlscale.envs.observation import (
+    clip_observation,
+    write_cluster_features,
+    write_pool_features,
+)
+
 # OpenMP threads spin at the end of each parallel loop by default; with another busy process
 # on a 2-core machine a step then waits for a descheduled thread (measured: 8.7k env-steps/s at
 # N=64, against ~100k with passive waiting). Passive waiting costs nothing measurable on an
@@ -62,13 +68,11 @@ SP_STOCH = 12
 SP_GRACE_BINS = 13
 SP_MAXTOK = 14
 SP_REF_RPS = 15
-SP_BUDGET = 16
-SP_EP_STEPS = 17
-SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
-SP_NBINS = 19  # workload length in bins
-SP_NSPOT = 20  # spot series length in decision steps
-SP_TIMEOUT = 21
-SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
+SP_TOW0 = 16  # seconds since Monday 00:00 at workload bin 0
+SP_NBINS = 17  # workload length in bins
+SP_NSPOT = 18  # spot series length in decision steps
+SP_TIMEOUT = 19
+SP_CLASS = 20  # first of the output-length classes' parameters (CP_* below)
 # Output-length classes: every pool's sequences are kept in OUTPUT_CLASSES buckets by output
 # length (shorter and longer than the median), so that after a burst the short requests
 # complete first, as they do. Per class: its share of requests, its mean output and prompt
@@ -270,11 +274,6 @@ PM_WARM = 13
 PM_TPOT = 14
 N_PM = 15
 
-# --- observation layout ----------------------------------------------------------------------
-OBS_GLOBAL = 19
-OBS_PER_POOL = 9
-SECONDS_PER_DAY = 86400.0
-SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 EWMA_HORIZON_S = 300.0
 # A drained replica leaves once it holds less than this many sequences on average: the last
 # sequence of a replica is what keeps it billed, and a fluid bucket only decays asymptotically.
@@ -1617,58 +1616,56 @@ def _step_cluster(i, actions, params, state, out):
 
 @njit(cache=True, error_model="numpy")
 def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
-    """The normalized observation of cluster i (layout documented in env.py)."""
+    """Cluster i's observation, from the numbers a live cluster reports (rlscale.envs.
+    observation holds the layout and the formulas, shared with the decision service)."""
     P = pp.shape[0]
     dt = sp[SP_DT]
     K = int(sp[SP_K])
     nbins = int(sp[SP_NBINS])
-    ref = sp[SP_REF_RPS]
-    s = int(c[CS_SUB])
-    off = int(c[CS_OFF])
-    wb = (off + s) % nbins
+    bin_now = int(c[CS_OFF]) + int(c[CS_SUB])
     o = obs[i]
-    o[0] = c[CS_RATE_LAST] / ref
-    o[1] = c[CS_RATE_EWMA] / ref
-    o[2] = (c[CS_RATE_LAST] - c[CS_RATE_EWMA]) / ref
-    o[3] = wl[3, wb] * (1.0 - sp[SP_CACHE]) / ref
-    o[4] = c[CS_QN] / (ref * sp[SP_TIMEOUT])
-    o[5] = m[M_INFLIGHT] / (ref * 60.0)
-    o[6] = m[M_UTIL]
-    o[7] = m[M_KV_UTIL]
-    o[8] = m[M_TTFT50] / sp[SP_TTFT]
-    o[9] = m[M_TTFT95] / sp[SP_TTFT]
-    o[10] = m[M_TPOT95] / sp[SP_TPOT]
-    o[11] = m[M_ATTAIN]
-    # dropped / (requests reaching the servers + dropped): both are counts a live cluster has
-    reached = m[M_ARRIVED] * (1.0 - sp[SP_CACHE]) + m[M_DROPPED]
-    o[12] = m[M_DROPPED] / reached if reached > 0.0 else 0.0
-    tow = (sp[SP_TOW0] + (off + s) * dt) % SECONDS_PER_WEEK
-    o[13] = np.sin(2.0 * np.pi * tow / SECONDS_PER_DAY)
-    o[14] = np.cos(2.0 * np.pi * tow / SECONDS_PER_DAY)
-    o[15] = np.sin(2.0 * np.pi * tow / SECONDS_PER_WEEK)
-    o[16] = np.cos(2.0 * np.pi * tow / SECONDS_PER_WEEK)
-    o[17] = c[CS_STEP] / sp[SP_EP_STEPS]
-    o[18] = c[CS_COST] / sp[SP_BUDGET] if sp[SP_BUDGET] > 0.0 else 0.0
-    nspot = int(sp[SP_NSPOT])
-    dstep = ((off + s) // K) % nspot
+    write_cluster_features(
+        o,
+        c[CS_RATE_LAST],
+        c[CS_RATE_EWMA],
+        wl[WL_FORECAST, bin_now % nbins] * (1.0 - sp[SP_CACHE]),
+        c[CS_QN],
+        m[M_INFLIGHT],
+        m[M_UTIL],
+        m[M_KV_UTIL],
+        m[M_TTFT50],
+        m[M_TTFT95],
+        m[M_TPOT95],
+        m[M_ATTAIN],
+        m[M_DROPPED],
+        K * dt,
+        sp[SP_TOW0] + bin_now * dt,
+        sp[SP_REF_RPS],
+        sp[SP_CACHE],
+        sp[SP_TIMEOUT],
+        sp[SP_TTFT],
+        sp[SP_TPOT],
+    )
+    dstep = (bin_now // K) % int(sp[SP_NSPOT])
     for p in range(P):
         row = ps[i, p]
-        q = pp[p, PP_QUOTA]
-        j = OBS_GLOBAL + OBS_PER_POOL * p
-        o[j + 0] = (row[PS_PROV] + row[PS_LOAD]) / q
-        o[j + 1] = row[PS_READY] / q
-        o[j + 2] = row[PS_DRAIN] / q
-        o[j + 3] = row[PS_STANDBY] / q
-        o[j + 4] = row[PS_REFILL] / q
-        o[j + 5] = row[PS_NOTICED] / q
-        o[j + 6] = row[PS_PRICE] / pp[p, PP_PRICE]
-        o[j + 7] = spot[2, p, dstep]
-        o[j + 8] = row[PS_BATCH] / pp[p, PP_MAXSEQ]
-    for j in range(o.shape[0]):
-        v = o[j]
-        if not np.isfinite(v):
-            v = 0.0
-        o[j] = min(max(v, obs_lo[j]), obs_hi[j])
+        write_pool_features(
+            o,
+            p,
+            row[PS_PROV] + row[PS_LOAD],
+            row[PS_READY],
+            row[PS_DRAIN],
+            row[PS_STANDBY],
+            row[PS_REFILL],
+            row[PS_NOTICED],
+            row[PS_PRICE],
+            spot[2, p, dstep],
+            row[PS_BATCH],
+            pp[p, PP_QUOTA],
+            pp[p, PP_PRICE],
+            pp[p, PP_MAXSEQ],
+        )
+    clip_observation(o, obs_lo, obs_hi)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

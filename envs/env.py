@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
 DEFAULT_SCENARIO = "azure-conv"
@@ -41,8 +42,10 @@ class InferenceClusterEnv(gym.Env):
     starting replicas first (newest first), then drains ready ones.
 
     ## Observation Space
-    ``Box(low, high, (19 + 9 * pools,), float32)``; every entry is clipped to its bounds.
-    Rates are divided by the workload's mean arrival rate (the reference rate).
+    ``Box(low, high, (17 + 9 * pools,), float32)``; every entry is clipped to its bounds.
+    Rates are divided by the workload's mean arrival rate (the reference rate). Every entry is
+    a number a live cluster reports, so a served policy sees what it trained on: the layout and
+    formulas live in :mod:`rlscale.envs.observation`, shared by the kernel and the service.
 
     | index | name | range | meaning |
     |-------|------|-------|---------|
@@ -61,17 +64,17 @@ class InferenceClusterEnv(gym.Env):
     | 12 | drop_share | [0, 1] | dropped / (requests reaching the servers + dropped) |
     | 13-14 | day_sin, day_cos | [-1, 1] | time of day |
     | 15-16 | week_sin, week_cos | [-1, 1] | time of week |
-    | 17 | episode_progress | [0, 1] | steps taken / episode length |
-    | 18 | budget_spent | [0, 10] | cost so far / ``budget_usd`` (0 without one) |
-    | 19+9p+0 | starting | [0, 1] | provisioning + loading replicas / quota |
-    | 19+9p+1 | ready | [0, 1] | ready replicas / quota |
-    | 19+9p+2 | draining | [0, 1] | draining replicas / quota |
-    | 19+9p+3 | standby | [0, 1] | warm-pool standby replicas / quota |
-    | 19+9p+4 | refilling | [0, 1] | warm-pool replicas being prepared / quota |
-    | 19+9p+5 | preempt_notice | [0, 1] | replicas under a preemption notice / quota |
-    | 19+9p+6 | price_ratio | [0, 5] | current hourly price / on-demand price |
-    | 19+9p+7 | spot_capacity | [0, 1] | share of quota the market can supply |
-    | 19+9p+8 | batch_fill | [0, 1] | sequences per ready replica / max_num_seqs |
+    | 17+9p+0 | starting | [0, 1] | provisioning + loading replicas / quota |
+    | 17+9p+1 | ready | [0, 1] | ready replicas / quota |
+    | 17+9p+2 | draining | [0, 1] | draining replicas / quota |
+    | 17+9p+3 | standby | [0, 1] | warm-pool standby replicas / quota |
+    | 17+9p+4 | refilling | [0, 1] | warm-pool replicas being prepared / quota |
+    | 17+9p+5 | preempt_notice | [0, 1] | replicas under a preemption notice / quota |
+    | 17+9p+6 | price_ratio | [0, 5] | current hourly price / on-demand price |
+    | 17+9p+7 | spot_capacity | [0, 1] | share of quota the market can supply |
+    | 17+9p+8 | batch_fill | [0, 1] | sequences per ready replica / max_num_seqs |
+
+    ``env.observation_names`` names every entry (``POOL/feature`` for a pool's).
 
     ## Rewards
     ``-(cost_usd + slo_violation_usd * violations + churn_usd * replicas_changed) / scale``
@@ -94,7 +97,8 @@ class InferenceClusterEnv(gym.Env):
     Namespaced metrics of the step: ``cost/usd``, ``cost/total_usd``, ``cost/by_pool_usd``,
     ``slo/attainment``, ``slo/attainment_episode``, ``latency/ttft_p95_s`` (p50/p95/p99 of TTFT
     and TPOT), ``replicas`` (pool -> state -> count), ``scale/cold_starts``,
-    ``spot/preemptions``, request counters, and at the episode's end ``cost/by_tenant_usd``.
+    ``spot/preemptions``, request counters, ``cost/budget_spent`` (cost so far / ``budget_usd``)
+    when the scenario sets a budget, and at the episode's end ``cost/by_tenant_usd``.
 
     ## Arguments
     * ``scenario``: a shipped scenario name (see ``rlscale.envs.list_scenarios()``), a YAML
@@ -114,7 +118,8 @@ class InferenceClusterEnv(gym.Env):
     True
 
     ## Version History
-    * v0: initial version; episodes lie in the training part of the split by default.
+    * v0: initial version; episodes lie in the training part of the split by default; no
+      observation without a live counterpart (``episode_progress`` and ``budget_spent`` gone).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}

@@ -21,6 +21,7 @@ from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
+from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
 from rlscale.envs.splits import Split, check_part, split_of
@@ -37,57 +38,6 @@ _POOL_STATE_METRICS = (
     dyn.PM_REFILL,
     dyn.PM_NOTICED,
 )
-
-OBS_GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
-    ("arrival_rate", 0.0, 50.0, "arrival rate over the last interval / reference rate"),
-    ("arrival_rate_ewma", 0.0, 50.0, "5-minute EWMA of the arrival rate / reference rate"),
-    ("arrival_trend", -50.0, 50.0, "last-interval rate minus its EWMA / reference rate"),
-    ("forecast_rate", 0.0, 50.0, "forecast rate of the next interval / reference rate"),
-    ("queue", 0.0, 50.0, "queued requests / (reference rate x timeout)"),
-    ("in_flight", 0.0, 50.0, "sequences being decoded / (reference rate x 60 s)"),
-    ("compute_util", 0.0, 1.0, "busy share of ready replicas' time"),
-    ("kv_util", 0.0, 1.0, "share of ready replicas' KV cache held (projected)"),
-    ("ttft_p50", 0.0, 100.0, "TTFT p50 of the last interval / TTFT target"),
-    ("ttft_p95", 0.0, 100.0, "TTFT p95 of the last interval / TTFT target"),
-    ("tpot_p95", 0.0, 100.0, "TPOT p95 of the last interval / TPOT target"),
-    ("slo_attainment", 0.0, 1.0, "share of last interval's requests meeting the SLO"),
-    ("drop_share", 0.0, 1.0, "dropped / (requests reaching the servers + dropped), last interval"),
-    ("day_sin", -1.0, 1.0, "time of day, sine"),
-    ("day_cos", -1.0, 1.0, "time of day, cosine"),
-    ("week_sin", -1.0, 1.0, "time of week, sine"),
-    ("week_cos", -1.0, 1.0, "time of week, cosine"),
-    ("episode_progress", 0.0, 1.0, "decision steps taken / episode length"),
-    ("budget_spent", 0.0, 10.0, "cost so far / budget_usd (0 without a budget)"),
-)
-OBS_POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
-    ("starting", 0.0, 1.0, "provisioning + loading replicas / quota"),
-    ("ready", 0.0, 1.0, "ready replicas / quota"),
-    ("draining", 0.0, 1.0, "draining replicas / quota"),
-    ("standby", 0.0, 1.0, "warm-pool standby replicas / quota"),
-    ("refilling", 0.0, 1.0, "warm-pool replicas being prepared / quota"),
-    ("preempt_notice", 0.0, 1.0, "replicas under a spot preemption notice / quota"),
-    ("price_ratio", 0.0, 5.0, "current hourly price / on-demand price"),
-    ("spot_capacity", 0.0, 1.0, "share of quota the spot market can supply (1 on demand)"),
-    ("batch_fill", 0.0, 1.0, "sequences per ready replica / max_num_seqs"),
-)
-assert len(OBS_GLOBAL_FEATURES) == dyn.OBS_GLOBAL
-assert len(OBS_POOL_FEATURES) == dyn.OBS_PER_POOL
-
-
-def observation_names(pool_names: list[str]) -> list[str]:
-    """Names of the observation vector's entries, in order."""
-    names = [f[0] for f in OBS_GLOBAL_FEATURES]
-    for pool in pool_names:
-        names += [f"{pool}/{f[0]}" for f in OBS_POOL_FEATURES]
-    return names
-
-
-def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of every observation entry."""
-    feats = list(OBS_GLOBAL_FEATURES) + list(OBS_POOL_FEATURES) * n_pools
-    lo = np.array([f[1] for f in feats], dtype=np.float64)
-    hi = np.array([f[2] for f in feats], dtype=np.float64)
-    return lo, hi
 
 
 @functools.lru_cache(maxsize=16)
@@ -336,8 +286,6 @@ class ClusterSimulator:
         sp[dyn.SP_GRACE_BINS] = grace_bins
         sp[dyn.SP_MAXTOK] = sc.max_batched_tokens
         sp[dyn.SP_REF_RPS] = ref_rps
-        sp[dyn.SP_BUDGET] = sc.budget_usd or 0.0
-        sp[dyn.SP_EP_STEPS] = self.episode_steps
         sp[dyn.SP_TOW0] = wl.start_s_of_week
         sp[dyn.SP_NBINS] = wl.n_bins
         sp[dyn.SP_NSPOT] = n_spot
@@ -520,7 +468,7 @@ class ClusterSimulator:
         """The metrics of cluster ``i``'s last step, namespaced like ``cost/usd``."""
         m = self.metrics[i]
         pm = self.pool_metrics[i]
-        return {
+        info = {
             "cost/usd": float(m[dyn.M_COST]),
             "cost/total_usd": float(m[dyn.M_COST_TOTAL]),
             "cost/by_pool_usd": {
@@ -558,6 +506,9 @@ class ClusterSimulator:
             },
             "replicas": self.replicas(i),
         }
+        if self.scenario.budget_usd:  # reported, not observed: a live cluster has no episode
+            info["cost/budget_spent"] = info["cost/total_usd"] / self.scenario.budget_usd
+        return info
 
     def episode_latency(self, i: int) -> dict[str, float]:
         """TTFT and TPOT percentiles of cluster ``i``'s episode so far, in seconds, and the

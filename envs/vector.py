@@ -21,8 +21,9 @@ from gymnasium.vector.utils import batch_space
 
 from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import DEFAULT_SCENARIO
+from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
 
