@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from rlscale.envs import dynamics as dyn
-from rlscale.envs.observation import SECONDS_PER_WEEK
 
 if TYPE_CHECKING:
     from rlscale.envs.simulator import ClusterSimulator
@@ -140,7 +139,7 @@ class ClusterView:
     def time_of_week_s(self) -> float:
         """Seconds since Monday 00:00 of the workload's clock."""
         t = self._start_s_of_week + self._bin * self._substep_s
-        return float(t % SECONDS_PER_WEEK)
+        return float(t % dyn.SECONDS_PER_WEEK)
 
     @property
     def arrival_rate_rps(self) -> float:

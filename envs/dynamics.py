@@ -38,12 +38,6 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from rlscale.envs.observation import (
-    clip_observation,
-    write_cluster_features,
-    write_pool_features,
-)
-
 # OpenMP threads spin at the end of each parallel loop by default; with another busy process
 # on a 2-core machine a step then waits for a descheduled thread (measured: 8.7k env-steps/s at
 # N=64, against ~100k with passive waiting). Passive waiting costs nothing measurable on an
@@ -1612,6 +1606,111 @@ def _step_cluster(i, actions, params, state, out):
     m[M_REWARD] = reward
     rew[i] = reward
     _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot)
+
+
+# --- observation writers ----------------------------------------------------------------------
+# The observation's formulas (layout, names and bounds: rlscale.envs.observation). Compiled into
+# the kernel's step, and run as plain Python by the decision service (``.py_func``: no
+# compilation at serve time), so a served policy sees what the env showed it. They live in this
+# file because numba caches the kernel by this file alone.
+SECONDS_PER_DAY = 86400.0
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+IN_FLIGHT_SCALE_S = 60.0  # in-flight sequences are scaled by a minute of the reference rate
+OBS_CLUSTER_ENTRIES = 17
+OBS_POOL_ENTRIES = 9
+
+
+@njit(cache=True, error_model="numpy")
+def write_cluster_features(
+    o,
+    arrival_rate_rps,
+    arrival_rate_ewma_rps,
+    forecast_rps,
+    queue,
+    in_flight,
+    compute_util,
+    kv_util,
+    ttft_p50_s,
+    ttft_p95_s,
+    tpot_p95_s,
+    slo_attainment,
+    dropped,
+    interval_s,
+    time_of_week_s,
+    reference_rps,
+    cache_hit_ratio,
+    queue_timeout_s,
+    ttft_target_s,
+    tpot_target_s,
+):
+    """Write the cluster-wide entries (observation.CLUSTER_FEATURES) into the start of ``o``.
+
+    Rates in req/s before the response cache, except ``forecast_rps`` (after it, as the
+    servers see it); latencies in seconds; ``dropped`` counted over the last interval of
+    ``interval_s``; ``time_of_week_s`` since Monday 00:00.
+    """
+    ref = reference_rps
+    o[0] = arrival_rate_rps / ref
+    o[1] = arrival_rate_ewma_rps / ref
+    o[2] = (arrival_rate_rps - arrival_rate_ewma_rps) / ref
+    o[3] = forecast_rps / ref
+    o[4] = queue / (ref * queue_timeout_s)
+    o[5] = in_flight / (ref * IN_FLIGHT_SCALE_S)
+    o[6] = compute_util
+    o[7] = kv_util
+    o[8] = ttft_p50_s / ttft_target_s
+    o[9] = ttft_p95_s / ttft_target_s
+    o[10] = tpot_p95_s / tpot_target_s
+    o[11] = slo_attainment
+    # dropped / (requests reaching the servers + dropped): both are counts a live cluster has
+    reached = arrival_rate_rps * interval_s * (1.0 - cache_hit_ratio) + dropped
+    o[12] = dropped / reached if reached > 0.0 else 0.0
+    tow = time_of_week_s % SECONDS_PER_WEEK
+    o[13] = math.sin(2.0 * math.pi * tow / SECONDS_PER_DAY)
+    o[14] = math.cos(2.0 * math.pi * tow / SECONDS_PER_DAY)
+    o[15] = math.sin(2.0 * math.pi * tow / SECONDS_PER_WEEK)
+    o[16] = math.cos(2.0 * math.pi * tow / SECONDS_PER_WEEK)
+
+
+@njit(cache=True, error_model="numpy")
+def write_pool_features(
+    o,
+    p,
+    starting,
+    ready,
+    draining,
+    standby,
+    refilling,
+    preempt_notices,
+    price_usd_h,
+    spot_capacity_share,
+    batch_per_replica,
+    quota,
+    on_demand_price_usd_h,
+    max_num_seqs,
+):
+    """Write pool ``p``'s entries (observation.POOL_FEATURES: replica counts by state, its
+    price, the spot market's capacity share, running sequences per ready replica)."""
+    j = OBS_CLUSTER_ENTRIES + OBS_POOL_ENTRIES * p
+    o[j + 0] = starting / quota
+    o[j + 1] = ready / quota
+    o[j + 2] = draining / quota
+    o[j + 3] = standby / quota
+    o[j + 4] = refilling / quota
+    o[j + 5] = preempt_notices / quota
+    o[j + 6] = price_usd_h / on_demand_price_usd_h
+    o[j + 7] = spot_capacity_share
+    o[j + 8] = batch_per_replica / max_num_seqs
+
+
+@njit(cache=True, error_model="numpy")
+def clip_observation(o, low, high):
+    """Every entry into its bounds; a non-finite entry (a 0/0 of an empty pool) becomes 0."""
+    for j in range(o.shape[0]):
+        v = o[j]
+        if not np.isfinite(v):
+            v = 0.0
+        o[j] = min(max(v, low[j]), high[j])
 
 
 @njit(cache=True, error_model="numpy")
