@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,8 +37,12 @@ from pydantic import (
 )
 
 from rlscale.agents.base import ClusterState, Decision, Memory
-from rlscale.envs.simulator import OBS_GLOBAL_FEATURES, OBS_POOL_FEATURES, observation_names
-from rlscale.envs.workload import DAY_S, WEEK_S
+from rlscale.envs.observation import (
+    observation_names,
+    observation_size,
+    write_cluster_features,
+    write_pool_features,
+)
 
 FORMAT = "rlscale-policy/1"
 MANIFEST_NAME = "manifest.json"
@@ -95,12 +98,23 @@ class ObservationLayout(_Strict):
     ttft_target_s: float = Field(gt=0)
     tpot_target_s: float = Field(gt=0)
     cache_hit_ratio: float = Field(ge=0, lt=1)
-    episode_progress: float = Field(0.5, ge=0, le=1)
-    """A live cluster has no episode: the constant fed for that feature."""
-    budget_spent: float = Field(0.0, ge=0)
-    """Likewise for the share of an episode budget spent."""
     _low: np.ndarray = PrivateAttr()
     _high: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_episode_inputs(cls, raw: Any) -> Any:
+        # exports before the observation lost its entries without a live counterpart fed them
+        # constants; say so rather than "extra inputs are not permitted"
+        old = sorted(
+            {"episode_progress", "budget_spent"} & set(raw if isinstance(raw, dict) else ())
+        )
+        if old:
+            raise ValueError(
+                f"the policy was exported for an older observation layout (with {old}, which a "
+                "live cluster does not report); export it again"
+            )
+        return raw
 
     def model_post_init(self, context: Any) -> None:
         # the bounds as arrays once: the layout is frozen, and every decision clips to them
@@ -189,61 +203,63 @@ def sha256_file(path: str | Path) -> str:
 def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.ndarray:
     """The normalized observation the policy was trained on, from a live cluster's state.
 
-    Entry for entry the formulas of the simulator's kernel (``dynamics._write_obs``), with the
-    scaling constants from the manifest. Two entries have no live counterpart and take the
-    manifest's constants: episode progress and budget spent. The dropped share is estimated as
-    dropped / (requests reaching the servers + dropped), as the simulator counts it.
+    Written by the simulator's own code (:mod:`rlscale.envs.observation`, run here as plain
+    Python), with the scaling constants of the manifest: entry for entry what the kernel
+    observes for a cluster in the same state.
     """
     lay = manifest.observation
-    ref = lay.reference_rps
-    rate = state.arrival_rate_rps
-    served = rate * state.interval_s * (1.0 - lay.cache_hit_ratio)
-    dropped = state.dropped
-    tow = state.time_of_week_s % WEEK_S
-    o = [
-        rate / ref,
-        state.arrival_rate_ewma_rps / ref,
-        (rate - state.arrival_rate_ewma_rps) / ref,
-        state.forecast_rps / ref,
-        state.queue / (ref * lay.queue_timeout_s),
-        state.in_flight / (ref * 60.0),
+    x = np.empty(observation_size(len(manifest.pools)), dtype=np.float64)
+    _CLUSTER(
+        x,
+        state.arrival_rate_rps,
+        state.arrival_rate_ewma_rps,
+        state.forecast_rps,
+        state.queue,
+        state.in_flight,
         state.gpu_util,
         state.kv_util,
-        state.ttft_p50_s / lay.ttft_target_s,
-        state.ttft_p95_s / lay.ttft_target_s,
-        state.tpot_p95_s / lay.tpot_target_s,
+        state.ttft_p50_s,
+        state.ttft_p95_s,
+        state.tpot_p95_s,
         state.slo_attainment,
-        dropped / (served + dropped) if served + dropped > 0.0 else 0.0,
-        math.sin(2.0 * math.pi * tow / DAY_S),
-        math.cos(2.0 * math.pi * tow / DAY_S),
-        math.sin(2.0 * math.pi * tow / WEEK_S),
-        math.cos(2.0 * math.pi * tow / WEEK_S),
-        lay.episode_progress,
-        lay.budget_spent,
-    ]
-    assert len(o) == len(OBS_GLOBAL_FEATURES)
-    for layout in manifest.pools:
+        state.dropped,
+        state.interval_s,
+        state.time_of_week_s,
+        lay.reference_rps,
+        lay.cache_hit_ratio,
+        lay.queue_timeout_s,
+        lay.ttft_target_s,
+        lay.tpot_target_s,
+    )
+    for j, layout in enumerate(manifest.pools):
         p = state.pool(layout.name)
-        q = float(layout.quota)
-        o += [
-            p.starting / q,
-            p.ready / q,
-            p.draining / q,
-            p.standby / q,
-            p.refilling / q,
-            p.preempt_notices / q,
-            p.price_usd_h / layout.on_demand_price_usd_h,
+        _POOL(
+            x,
+            j,
+            p.starting,
+            p.ready,
+            p.draining,
+            p.standby,
+            p.refilling,
+            p.preempt_notices,
+            p.price_usd_h,
             p.spot_capacity_share,
-            p.batch_per_replica / layout.max_num_seqs,
-        ]
-    assert len(o) == len(OBS_GLOBAL_FEATURES) + len(OBS_POOL_FEATURES) * len(manifest.pools)
-    x = np.array(o, dtype=np.float64)
+            p.batch_per_replica,
+            float(layout.quota),
+            layout.on_demand_price_usd_h,
+            float(layout.max_num_seqs),
+        )
+    # observation.clip_observation's rule, vectorized: its loop in Python costs more than the
+    # model (a decision's budget is 100 us)
     x[~np.isfinite(x)] = 0.0
-    # minimum/maximum in place: np.clip's dispatch costs more than the work (a decision's
-    # budget is 100 us)
     np.minimum(x, lay.high_array, out=x)
     np.maximum(x, lay.low_array, out=x)
     return x.astype(np.float32)
+
+
+# the kernel's compiled writers, as the plain Python they were compiled from: no JIT at serve time
+_CLUSTER = write_cluster_features.py_func
+_POOL = write_pool_features.py_func
 
 
 class OnnxPolicy:

@@ -7,7 +7,7 @@ compared at its best, not at defaults meant for other workloads:
 - Candidates: the documented defaults first, then the whole grid, or, when the grid is larger
   than ``max_trials``, a deterministic random sample of it (seeded, so reruns agree).
 - Each candidate runs every training window of
-  :func:`rlscale.experiments.splits.split_scenario` for every seed, via
+  :func:`rlscale.envs.splits.split_scenario` for every seed, via
   :func:`rlscale.agents.observe.run_episode`. Held-out windows are never touched.
 - The pick: the lowest mean cost among candidates whose mean episode SLO attainment reaches
   ``scenario.slo.target_attainment``; if none does, the highest attainment, flagged
@@ -38,7 +38,7 @@ from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import known_policies, make_policy
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
-from rlscale.experiments.splits import split_scenario
+from rlscale.envs.splits import split_scenario
 
 logger = logging.getLogger(__name__)
 

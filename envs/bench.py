@@ -73,7 +73,8 @@ def bench_env(
     single = _rate(single_step, 1, seconds, min_steps=100)
 
     # one whole episode (two weeks), holding replicas fixed
-    long_env = InferenceClusterEnv(scenario=load_scenario(episode_scenario))
+    # the scenario's whole episode, not the split's shorter training one
+    long_env = InferenceClusterEnv(scenario=load_scenario(episode_scenario), split="all")
     long_env.reset(seed=1)
     noop = long_env.noop_action()
     start = time.perf_counter()

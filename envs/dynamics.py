@@ -62,13 +62,11 @@ SP_STOCH = 12
 SP_GRACE_BINS = 13
 SP_MAXTOK = 14
 SP_REF_RPS = 15
-SP_BUDGET = 16
-SP_EP_STEPS = 17
-SP_TOW0 = 18  # seconds since Monday 00:00 at workload bin 0
-SP_NBINS = 19  # workload length in bins
-SP_NSPOT = 20  # spot series length in decision steps
-SP_TIMEOUT = 21
-SP_CLASS = 22  # first of the output-length classes' parameters (CP_* below)
+SP_TOW0 = 16  # seconds since Monday 00:00 at workload bin 0
+SP_NBINS = 17  # workload length in bins
+SP_NSPOT = 18  # spot series length in decision steps
+SP_TIMEOUT = 19
+SP_CLASS = 20  # first of the output-length classes' parameters (CP_* below)
 # Output-length classes: every pool's sequences are kept in OUTPUT_CLASSES buckets by output
 # length (shorter and longer than the median), so that after a burst the short requests
 # complete first, as they do. Per class: its share of requests, its mean output and prompt
@@ -270,11 +268,6 @@ PM_WARM = 13
 PM_TPOT = 14
 N_PM = 15
 
-# --- observation layout ----------------------------------------------------------------------
-OBS_GLOBAL = 19
-OBS_PER_POOL = 9
-SECONDS_PER_DAY = 86400.0
-SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 EWMA_HORIZON_S = 300.0
 # A drained replica leaves once it holds less than this many sequences on average: the last
 # sequence of a replica is what keeps it billed, and a fluid bucket only decays asymptotically.
@@ -1616,60 +1609,163 @@ def _step_cluster(i, actions, params, state, out):
     _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot)
 
 
+# --- observation writers ----------------------------------------------------------------------
+# The observation's formulas (layout, names and bounds: rlscale.envs.observation). Compiled into
+# the kernel's step, and run as plain Python by the decision service (``.py_func``: no
+# compilation at serve time), so a served policy sees what the env showed it. They live in this
+# file because numba caches the kernel by this file alone.
+SECONDS_PER_DAY = 86400.0
+SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+IN_FLIGHT_SCALE_S = 60.0  # in-flight sequences are scaled by a minute of the reference rate
+OBS_CLUSTER_ENTRIES = 17
+OBS_POOL_ENTRIES = 9
+
+
 @njit(cache=True, error_model="numpy")
-def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
-    """The normalized observation of cluster i (layout documented in env.py)."""
-    P = pp.shape[0]
-    dt = sp[SP_DT]
-    K = int(sp[SP_K])
-    nbins = int(sp[SP_NBINS])
-    ref = sp[SP_REF_RPS]
-    s = int(c[CS_SUB])
-    off = int(c[CS_OFF])
-    wb = (off + s) % nbins
-    o = obs[i]
-    o[0] = c[CS_RATE_LAST] / ref
-    o[1] = c[CS_RATE_EWMA] / ref
-    o[2] = (c[CS_RATE_LAST] - c[CS_RATE_EWMA]) / ref
-    o[3] = wl[3, wb] * (1.0 - sp[SP_CACHE]) / ref
-    o[4] = c[CS_QN] / (ref * sp[SP_TIMEOUT])
-    o[5] = m[M_INFLIGHT] / (ref * 60.0)
-    o[6] = m[M_UTIL]
-    o[7] = m[M_KV_UTIL]
-    o[8] = m[M_TTFT50] / sp[SP_TTFT]
-    o[9] = m[M_TTFT95] / sp[SP_TTFT]
-    o[10] = m[M_TPOT95] / sp[SP_TPOT]
-    o[11] = m[M_ATTAIN]
+def write_cluster_features(
+    o,
+    arrival_rate_rps,
+    arrival_rate_ewma_rps,
+    forecast_rps,
+    queue,
+    in_flight,
+    compute_util,
+    kv_util,
+    ttft_p50_s,
+    ttft_p95_s,
+    tpot_p95_s,
+    slo_attainment,
+    dropped,
+    interval_s,
+    time_of_week_s,
+    reference_rps,
+    cache_hit_ratio,
+    queue_timeout_s,
+    ttft_target_s,
+    tpot_target_s,
+):
+    """Write the cluster-wide entries (observation.CLUSTER_FEATURES) into the start of ``o``.
+
+    Rates in req/s before the response cache, except ``forecast_rps`` (after it, as the
+    servers see it); latencies in seconds; ``dropped`` counted over the last interval of
+    ``interval_s``; ``time_of_week_s`` since Monday 00:00.
+    """
+    ref = reference_rps
+    o[0] = arrival_rate_rps / ref
+    o[1] = arrival_rate_ewma_rps / ref
+    o[2] = (arrival_rate_rps - arrival_rate_ewma_rps) / ref
+    o[3] = forecast_rps / ref
+    o[4] = queue / (ref * queue_timeout_s)
+    o[5] = in_flight / (ref * IN_FLIGHT_SCALE_S)
+    o[6] = compute_util
+    o[7] = kv_util
+    o[8] = ttft_p50_s / ttft_target_s
+    o[9] = ttft_p95_s / ttft_target_s
+    o[10] = tpot_p95_s / tpot_target_s
+    o[11] = slo_attainment
     # dropped / (requests reaching the servers + dropped): both are counts a live cluster has
-    reached = m[M_ARRIVED] * (1.0 - sp[SP_CACHE]) + m[M_DROPPED]
-    o[12] = m[M_DROPPED] / reached if reached > 0.0 else 0.0
-    tow = (sp[SP_TOW0] + (off + s) * dt) % SECONDS_PER_WEEK
-    o[13] = np.sin(2.0 * np.pi * tow / SECONDS_PER_DAY)
-    o[14] = np.cos(2.0 * np.pi * tow / SECONDS_PER_DAY)
-    o[15] = np.sin(2.0 * np.pi * tow / SECONDS_PER_WEEK)
-    o[16] = np.cos(2.0 * np.pi * tow / SECONDS_PER_WEEK)
-    o[17] = c[CS_STEP] / sp[SP_EP_STEPS]
-    o[18] = c[CS_COST] / sp[SP_BUDGET] if sp[SP_BUDGET] > 0.0 else 0.0
-    nspot = int(sp[SP_NSPOT])
-    dstep = ((off + s) // K) % nspot
-    for p in range(P):
-        row = ps[i, p]
-        q = pp[p, PP_QUOTA]
-        j = OBS_GLOBAL + OBS_PER_POOL * p
-        o[j + 0] = (row[PS_PROV] + row[PS_LOAD]) / q
-        o[j + 1] = row[PS_READY] / q
-        o[j + 2] = row[PS_DRAIN] / q
-        o[j + 3] = row[PS_STANDBY] / q
-        o[j + 4] = row[PS_REFILL] / q
-        o[j + 5] = row[PS_NOTICED] / q
-        o[j + 6] = row[PS_PRICE] / pp[p, PP_PRICE]
-        o[j + 7] = spot[2, p, dstep]
-        o[j + 8] = row[PS_BATCH] / pp[p, PP_MAXSEQ]
+    reached = arrival_rate_rps * interval_s * (1.0 - cache_hit_ratio) + dropped
+    o[12] = dropped / reached if reached > 0.0 else 0.0
+    tow = time_of_week_s % SECONDS_PER_WEEK
+    o[13] = math.sin(2.0 * math.pi * tow / SECONDS_PER_DAY)
+    o[14] = math.cos(2.0 * math.pi * tow / SECONDS_PER_DAY)
+    o[15] = math.sin(2.0 * math.pi * tow / SECONDS_PER_WEEK)
+    o[16] = math.cos(2.0 * math.pi * tow / SECONDS_PER_WEEK)
+
+
+@njit(cache=True, error_model="numpy")
+def write_pool_features(
+    o,
+    p,
+    starting,
+    ready,
+    draining,
+    standby,
+    refilling,
+    preempt_notices,
+    price_usd_h,
+    spot_capacity_share,
+    batch_per_replica,
+    quota,
+    on_demand_price_usd_h,
+    max_num_seqs,
+):
+    """Write pool ``p``'s entries (observation.POOL_FEATURES: replica counts by state, its
+    price, the spot market's capacity share, running sequences per ready replica)."""
+    j = OBS_CLUSTER_ENTRIES + OBS_POOL_ENTRIES * p
+    o[j + 0] = starting / quota
+    o[j + 1] = ready / quota
+    o[j + 2] = draining / quota
+    o[j + 3] = standby / quota
+    o[j + 4] = refilling / quota
+    o[j + 5] = preempt_notices / quota
+    o[j + 6] = price_usd_h / on_demand_price_usd_h
+    o[j + 7] = spot_capacity_share
+    o[j + 8] = batch_per_replica / max_num_seqs
+
+
+@njit(cache=True, error_model="numpy")
+def clip_observation(o, low, high):
+    """Every entry into its bounds; a non-finite entry (a 0/0 of an empty pool) becomes 0."""
     for j in range(o.shape[0]):
         v = o[j]
         if not np.isfinite(v):
             v = 0.0
-        o[j] = min(max(v, obs_lo[j]), obs_hi[j])
+        o[j] = min(max(v, low[j]), high[j])
+
+
+@njit(cache=True, error_model="numpy")
+def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
+    """Cluster i's observation, from the numbers a live cluster reports (rlscale.envs.
+    observation holds the layout and the formulas, shared with the decision service)."""
+    P = pp.shape[0]
+    dt = sp[SP_DT]
+    K = int(sp[SP_K])
+    nbins = int(sp[SP_NBINS])
+    bin_now = int(c[CS_OFF]) + int(c[CS_SUB])
+    o = obs[i]
+    write_cluster_features(
+        o,
+        c[CS_RATE_LAST],
+        c[CS_RATE_EWMA],
+        wl[WL_FORECAST, bin_now % nbins] * (1.0 - sp[SP_CACHE]),
+        c[CS_QN],
+        m[M_INFLIGHT],
+        m[M_UTIL],
+        m[M_KV_UTIL],
+        m[M_TTFT50],
+        m[M_TTFT95],
+        m[M_TPOT95],
+        m[M_ATTAIN],
+        m[M_DROPPED],
+        K * dt,
+        sp[SP_TOW0] + bin_now * dt,
+        sp[SP_REF_RPS],
+        sp[SP_CACHE],
+        sp[SP_TIMEOUT],
+        sp[SP_TTFT],
+        sp[SP_TPOT],
+    )
+    dstep = (bin_now // K) % int(sp[SP_NSPOT])
+    for p in range(P):
+        row = ps[i, p]
+        write_pool_features(
+            o,
+            p,
+            row[PS_PROV] + row[PS_LOAD],
+            row[PS_READY],
+            row[PS_DRAIN],
+            row[PS_STANDBY],
+            row[PS_REFILL],
+            row[PS_NOTICED],
+            row[PS_PRICE],
+            spot[2, p, dstep],
+            row[PS_BATCH],
+            pp[p, PP_QUOTA],
+            pp[p, PP_PRICE],
+            pp[p, PP_MAXSEQ],
+        )
+    clip_observation(o, obs_lo, obs_hi)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

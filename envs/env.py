@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
 DEFAULT_SCENARIO = "azure-conv"
@@ -41,8 +42,10 @@ class InferenceClusterEnv(gym.Env):
     starting replicas first (newest first), then drains ready ones.
 
     ## Observation Space
-    ``Box(low, high, (19 + 9 * pools,), float32)``; every entry is clipped to its bounds.
-    Rates are divided by the workload's mean arrival rate (the reference rate).
+    ``Box(low, high, (17 + 9 * pools,), float32)``; every entry is clipped to its bounds.
+    Rates are divided by the workload's mean arrival rate (the reference rate). Every entry is
+    a number a live cluster reports, so a served policy sees what it trained on: the layout and
+    formulas live in :mod:`rlscale.envs.observation`, shared by the kernel and the service.
 
     | index | name | range | meaning |
     |-------|------|-------|---------|
@@ -61,17 +64,17 @@ class InferenceClusterEnv(gym.Env):
     | 12 | drop_share | [0, 1] | dropped / (requests reaching the servers + dropped) |
     | 13-14 | day_sin, day_cos | [-1, 1] | time of day |
     | 15-16 | week_sin, week_cos | [-1, 1] | time of week |
-    | 17 | episode_progress | [0, 1] | steps taken / episode length |
-    | 18 | budget_spent | [0, 10] | cost so far / ``budget_usd`` (0 without one) |
-    | 19+9p+0 | starting | [0, 1] | provisioning + loading replicas / quota |
-    | 19+9p+1 | ready | [0, 1] | ready replicas / quota |
-    | 19+9p+2 | draining | [0, 1] | draining replicas / quota |
-    | 19+9p+3 | standby | [0, 1] | warm-pool standby replicas / quota |
-    | 19+9p+4 | refilling | [0, 1] | warm-pool replicas being prepared / quota |
-    | 19+9p+5 | preempt_notice | [0, 1] | replicas under a preemption notice / quota |
-    | 19+9p+6 | price_ratio | [0, 5] | current hourly price / on-demand price |
-    | 19+9p+7 | spot_capacity | [0, 1] | share of quota the market can supply |
-    | 19+9p+8 | batch_fill | [0, 1] | sequences per ready replica / max_num_seqs |
+    | 17+9p+0 | starting | [0, 1] | provisioning + loading replicas / quota |
+    | 17+9p+1 | ready | [0, 1] | ready replicas / quota |
+    | 17+9p+2 | draining | [0, 1] | draining replicas / quota |
+    | 17+9p+3 | standby | [0, 1] | warm-pool standby replicas / quota |
+    | 17+9p+4 | refilling | [0, 1] | warm-pool replicas being prepared / quota |
+    | 17+9p+5 | preempt_notice | [0, 1] | replicas under a preemption notice / quota |
+    | 17+9p+6 | price_ratio | [0, 5] | current hourly price / on-demand price |
+    | 17+9p+7 | spot_capacity | [0, 1] | share of quota the market can supply |
+    | 17+9p+8 | batch_fill | [0, 1] | sequences per ready replica / max_num_seqs |
+
+    ``env.observation_names`` names every entry (``POOL/feature`` for a pool's).
 
     ## Rewards
     ``-(cost_usd + slo_violation_usd * violations + churn_usd * replicas_changed) / scale``
@@ -81,16 +84,21 @@ class InferenceClusterEnv(gym.Env):
 
     ## Starting State
     Each pool holds its ``initial_replicas`` ready and an empty queue. The episode starts at a
-    decision step of the workload drawn uniformly (``options={"start_step": k}`` pins it).
+    decision step drawn uniformly among those whose whole episode lies in the chosen part of
+    the workload's split (``split``, the training part by default; see
+    :mod:`rlscale.envs.splits`). ``options={"start_step": k}`` pins it, inside that part.
 
     ## Episode End
-    Never terminated; truncated after ``episode_hours`` of simulated time.
+    Never terminated; truncated after the split's episode length: the scenario's
+    ``episode_hours``, shortened to half the workload when the workload holds fewer than two
+    episodes (as evaluation does), or ``episode_hours`` itself with ``split="all"``.
 
     ## Info
     Namespaced metrics of the step: ``cost/usd``, ``cost/total_usd``, ``cost/by_pool_usd``,
     ``slo/attainment``, ``slo/attainment_episode``, ``latency/ttft_p95_s`` (p50/p95/p99 of TTFT
     and TPOT), ``replicas`` (pool -> state -> count), ``scale/cold_starts``,
-    ``spot/preemptions``, request counters, and at the episode's end ``cost/by_tenant_usd``.
+    ``spot/preemptions``, request counters, ``cost/budget_spent`` (cost so far / ``budget_usd``)
+    when the scenario sets a budget, and at the episode's end ``cost/by_tenant_usd``.
 
     ## Arguments
     * ``scenario``: a shipped scenario name (see ``rlscale.envs.list_scenarios()``), a YAML
@@ -98,6 +106,8 @@ class InferenceClusterEnv(gym.Env):
     * ``workload``: a prebuilt :class:`~rlscale.envs.workload.WorkloadSeries` replacing the
       scenario's workload (a user's own trace).
     * ``workload_seed``: seed of the workload's own sampling (ServeGen, synthetic noise).
+    * ``split``: where episodes lie: ``"train"`` (default; never a held-out or validation
+      window), ``"validation"``, ``"heldout"``, or ``"all"`` (the whole trace).
 
     >>> import gymnasium as gym
     >>> import rlscale.envs
@@ -108,7 +118,8 @@ class InferenceClusterEnv(gym.Env):
     True
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; episodes lie in the training part of the split by default; no
+      observation without a live counterpart (``episode_progress`` and ``budget_spent`` gone).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -119,12 +130,15 @@ class InferenceClusterEnv(gym.Env):
         scenario: str | Scenario = DEFAULT_SCENARIO,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "train",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported; this env has none")
         self.render_mode = None
-        self.sim = ClusterSimulator(scenario, 1, workload=workload, workload_seed=workload_seed)
+        self.sim = ClusterSimulator(
+            scenario, 1, workload=workload, workload_seed=workload_seed, split=split
+        )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)

@@ -24,6 +24,10 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
     Per-step ``infos`` are empty dicts except when an episode ends: then they carry the
     episode's summary metrics, ``episode`` (return and length, as SB3's Monitor would) and
     ``terminal_observation``. Every env's step metrics stay readable as ``self.sim.metrics``.
+
+    Episodes lie wholly in the training part of the workload's split
+    (:mod:`rlscale.envs.splits`), so training never sees held-out traffic; ``split`` picks
+    another part (``"validation"``, ``"heldout"``) or the whole trace (``"all"``).
     """
 
     def __init__(
@@ -33,9 +37,10 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
         scenario: str | Scenario = DEFAULT_SCENARIO,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "train",
     ) -> None:
         self.render_mode = None
-        self._setup(num_envs, scenario, workload, workload_seed)
+        self._setup(num_envs, scenario, workload, workload_seed, split)
         VecEnv.__init__(self, num_envs, self.single_observation_space, self.single_action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(num_envs)

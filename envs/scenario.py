@@ -245,7 +245,13 @@ class Scenario(_Strict):
     max_batched_tokens: Annotated[int, Field(ge=16)] = Field(
         default=8192, description="vLLM scheduler token budget of one iteration (decode + prefill)"
     )
-    budget_usd: PositiveFloat | None = None
+    budget_usd: PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "an episode's spending budget, reported as cost/budget_spent (cost so far / budget) "
+            "in every step's info; not a policy input (a live cluster has no episode budget)"
+        ),
+    )
     routing: Literal["least_loaded", "random", "round_robin"] = Field(
         default="least_loaded",
         description=(

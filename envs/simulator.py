@@ -21,8 +21,10 @@ from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
+from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
+from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
 from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
 
@@ -36,57 +38,6 @@ _POOL_STATE_METRICS = (
     dyn.PM_REFILL,
     dyn.PM_NOTICED,
 )
-
-OBS_GLOBAL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
-    ("arrival_rate", 0.0, 50.0, "arrival rate over the last interval / reference rate"),
-    ("arrival_rate_ewma", 0.0, 50.0, "5-minute EWMA of the arrival rate / reference rate"),
-    ("arrival_trend", -50.0, 50.0, "last-interval rate minus its EWMA / reference rate"),
-    ("forecast_rate", 0.0, 50.0, "forecast rate of the next interval / reference rate"),
-    ("queue", 0.0, 50.0, "queued requests / (reference rate x timeout)"),
-    ("in_flight", 0.0, 50.0, "sequences being decoded / (reference rate x 60 s)"),
-    ("compute_util", 0.0, 1.0, "busy share of ready replicas' time"),
-    ("kv_util", 0.0, 1.0, "share of ready replicas' KV cache held (projected)"),
-    ("ttft_p50", 0.0, 100.0, "TTFT p50 of the last interval / TTFT target"),
-    ("ttft_p95", 0.0, 100.0, "TTFT p95 of the last interval / TTFT target"),
-    ("tpot_p95", 0.0, 100.0, "TPOT p95 of the last interval / TPOT target"),
-    ("slo_attainment", 0.0, 1.0, "share of last interval's requests meeting the SLO"),
-    ("drop_share", 0.0, 1.0, "dropped / (requests reaching the servers + dropped), last interval"),
-    ("day_sin", -1.0, 1.0, "time of day, sine"),
-    ("day_cos", -1.0, 1.0, "time of day, cosine"),
-    ("week_sin", -1.0, 1.0, "time of week, sine"),
-    ("week_cos", -1.0, 1.0, "time of week, cosine"),
-    ("episode_progress", 0.0, 1.0, "decision steps taken / episode length"),
-    ("budget_spent", 0.0, 10.0, "cost so far / budget_usd (0 without a budget)"),
-)
-OBS_POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
-    ("starting", 0.0, 1.0, "provisioning + loading replicas / quota"),
-    ("ready", 0.0, 1.0, "ready replicas / quota"),
-    ("draining", 0.0, 1.0, "draining replicas / quota"),
-    ("standby", 0.0, 1.0, "warm-pool standby replicas / quota"),
-    ("refilling", 0.0, 1.0, "warm-pool replicas being prepared / quota"),
-    ("preempt_notice", 0.0, 1.0, "replicas under a spot preemption notice / quota"),
-    ("price_ratio", 0.0, 5.0, "current hourly price / on-demand price"),
-    ("spot_capacity", 0.0, 1.0, "share of quota the spot market can supply (1 on demand)"),
-    ("batch_fill", 0.0, 1.0, "sequences per ready replica / max_num_seqs"),
-)
-assert len(OBS_GLOBAL_FEATURES) == dyn.OBS_GLOBAL
-assert len(OBS_POOL_FEATURES) == dyn.OBS_PER_POOL
-
-
-def observation_names(pool_names: list[str]) -> list[str]:
-    """Names of the observation vector's entries, in order."""
-    names = [f[0] for f in OBS_GLOBAL_FEATURES]
-    for pool in pool_names:
-        names += [f"{pool}/{f[0]}" for f in OBS_POOL_FEATURES]
-    return names
-
-
-def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of every observation entry."""
-    feats = list(OBS_GLOBAL_FEATURES) + list(OBS_POOL_FEATURES) * n_pools
-    lo = np.array([f[1] for f in feats], dtype=np.float64)
-    hi = np.array([f[2] for f in feats], dtype=np.float64)
-    return lo, hi
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,6 +154,9 @@ class ClusterSimulator:
         user's own trace); it must be on the scenario's sub-step grid.
     :param workload_seed: seed of the workload's own randomness (ServeGen sampling, synthetic
         noise); the series is shared by all clusters.
+    :param split: the part of the workload episodes lie in (:mod:`rlscale.envs.splits`):
+        ``"all"`` (the whole trace, the scenario's episode length), or ``"train"``,
+        ``"validation"`` or ``"heldout"`` (episodes of the split's length, which fits each part).
     """
 
     def __init__(
@@ -212,6 +166,7 @@ class ClusterSimulator:
         *,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "all",
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
@@ -225,6 +180,11 @@ class ClusterSimulator:
                 f"{sc.substep_s} s"
             )
         self.workload = wl
+        self.split_part = check_part(split)
+        self.split: Split | None = None
+        if split != "all":
+            self.split, hours = split_of(sc, wl.n_bins)
+            sc = self.scenario = sc.model_copy(update={"episode_hours": hours})
         K = sc.substeps_per_step
         self.substeps_per_step = K
         self.episode_steps = sc.episode_steps
@@ -236,6 +196,12 @@ class ClusterSimulator:
                 f"the trace window"
             )
         self.max_offset_steps = (wl.n_bins - self.episode_bins) // K
+        # the start steps an episode may take: inside the chosen part, the whole episode too
+        self.start_range: tuple[int, int] = (
+            (0, self.max_offset_steps)
+            if self.split is None
+            else self.split.start_range(split, self.episode_steps)
+        )
 
         P = len(sc.pools)
         self.pools: list[PoolInfo] = []
@@ -320,8 +286,6 @@ class ClusterSimulator:
         sp[dyn.SP_GRACE_BINS] = grace_bins
         sp[dyn.SP_MAXTOK] = sc.max_batched_tokens
         sp[dyn.SP_REF_RPS] = ref_rps
-        sp[dyn.SP_BUDGET] = sc.budget_usd or 0.0
-        sp[dyn.SP_EP_STEPS] = self.episode_steps
         sp[dyn.SP_TOW0] = wl.start_s_of_week
         sp[dyn.SP_NBINS] = wl.n_bins
         sp[dyn.SP_NSPOT] = n_spot
@@ -428,15 +392,18 @@ class ClusterSimulator:
         """Start cluster ``i`` afresh; its episode offset and random stream come from ``rng``.
 
         :param start_step: pin the episode's first decision step within the workload (for
-            evaluation on a chosen window); drawn uniformly when None.
+            evaluation on a chosen window); drawn uniformly from :attr:`start_range` (the
+            chosen part of the split) when None.
         """
+        lo, hi = self.start_range
         if start_step is None:
-            start = int(rng.integers(0, self.max_offset_steps + 1))
+            start = int(rng.integers(lo, hi + 1))
         else:
-            if not 0 <= start_step <= self.max_offset_steps:
+            if not lo <= start_step <= hi:
                 raise ValueError(
-                    f"start_step {start_step} outside [0, {self.max_offset_steps}] for an "
-                    f"episode of {self.episode_steps} steps in '{self.workload.name}'"
+                    f"start_step {start_step} outside [{lo}, {hi}] for an episode of "
+                    f"{self.episode_steps} steps in the '{self.split_part}' part of "
+                    f"'{self.workload.name}'"
                 )
             start = int(start_step)
         seed = int(rng.integers(1, 2**63 - 1))
@@ -501,7 +468,7 @@ class ClusterSimulator:
         """The metrics of cluster ``i``'s last step, namespaced like ``cost/usd``."""
         m = self.metrics[i]
         pm = self.pool_metrics[i]
-        return {
+        info = {
             "cost/usd": float(m[dyn.M_COST]),
             "cost/total_usd": float(m[dyn.M_COST_TOTAL]),
             "cost/by_pool_usd": {
@@ -539,6 +506,9 @@ class ClusterSimulator:
             },
             "replicas": self.replicas(i),
         }
+        if self.scenario.budget_usd:  # reported, not observed: a live cluster has no episode
+            info["cost/budget_spent"] = info["cost/total_usd"] / self.scenario.budget_usd
+        return info
 
     def episode_latency(self, i: int) -> dict[str, float]:
         """TTFT and TPOT percentiles of cluster ``i``'s episode so far, in seconds, and the

@@ -21,8 +21,9 @@ from gymnasium.vector.utils import batch_space
 
 from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import DEFAULT_SCENARIO
+from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
 
@@ -38,9 +39,9 @@ class BatchedEnvBase:
 
     sim: ClusterSimulator
 
-    def _setup(self, num_envs: int, scenario, workload, workload_seed) -> None:
+    def _setup(self, num_envs: int, scenario, workload, workload_seed, split: str) -> None:
         self.sim = ClusterSimulator(
-            scenario, num_envs, workload=workload, workload_seed=workload_seed
+            scenario, num_envs, workload=workload, workload_seed=workload_seed, split=split
         )
         self.single_observation_space, self.single_action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)
@@ -55,7 +56,11 @@ class BatchedEnvBase:
 
 
 class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
-    """Gymnasium vector env of ``num_envs`` clusters of one scenario (next-step autoreset)."""
+    """Gymnasium vector env of ``num_envs`` clusters of one scenario (next-step autoreset).
+
+    Arguments as :class:`~rlscale.envs.env.InferenceClusterEnv`'s; episodes lie in the
+    training part of the workload's split unless ``split`` says otherwise.
+    """
 
     metadata: ClassVar[dict[str, Any]] = {
         "autoreset_mode": AutoresetMode.NEXT_STEP,
@@ -69,13 +74,14 @@ class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
         scenario: str | Scenario = DEFAULT_SCENARIO,
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
+        split: str = "train",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported")
         self.num_envs = num_envs
         self.render_mode = None
-        self._setup(num_envs, scenario, workload, workload_seed)
+        self._setup(num_envs, scenario, workload, workload_seed, split)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._needs_reset = np.zeros(num_envs, dtype=bool)

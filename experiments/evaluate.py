@@ -6,7 +6,7 @@ trace, ``--trace``) through the simulator for each policy and reports, per polic
 cold starts, preemptions, GPU-hours by pool and cost per tenant.
 
 The grid. Held-out windows are the ``test_starts`` of
-:func:`~rlscale.experiments.splits.split_scenario` (the last part of the workload, never used
+:func:`~rlscale.envs.splits.split_scenario` (the last part of the workload, never used
 for tuning or training). With
 ``windows="all"`` (the default) every seed runs every held-out window and a seed's value of a
 metric is its mean over the windows, so each metric is *per episode* and the interval is over
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from rlscale.agents.observe import EpisodeResult
     from rlscale.envs.simulator import ClusterSimulator
-    from rlscale.experiments.splits import Split
+    from rlscale.envs.splits import Split
 
 # The simulator (numba), scipy and the policies are imported where they are used: the CLI
 # imports this module to build its parser, and `rlscale --help` should not compile kernels.
@@ -381,7 +381,7 @@ def evaluate(
 
     from rlscale.agents.registry import known_policies, make_policy
     from rlscale.envs.simulator import ClusterSimulator
-    from rlscale.experiments.splits import split_scenario
+    from rlscale.envs.splits import split_scenario
 
     sc = load_scenario(scenario)
     if (trace is None) != (trace_format is None):

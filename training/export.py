@@ -32,7 +32,8 @@ from rlscale.agents.onnx_policy import (
     read_manifest,
     sha256_file,
 )
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.observation import observation_names
+from rlscale.envs.simulator import ClusterSimulator
 
 DEFAULT_MODEL_NAME = "rlscale-policy"
 DEFAULT_ALIAS = "champion"
@@ -45,7 +46,6 @@ def manifest_for(
     name: str,
     sha256: str,
     training: dict[str, Any] | None = None,
-    episode_progress: float = 0.5,
 ) -> PolicyManifest:
     """The manifest of a policy trained on ``sim``'s scenario and workload."""
     sc = sim.scenario
@@ -74,7 +74,6 @@ def manifest_for(
             "ttft_target_s": sc.slo.ttft_s,
             "tpot_target_s": sc.slo.tpot_s,
             "cache_hit_ratio": sc.workload.cache_hit_ratio,
-            "episode_progress": episode_progress,
         },
         action={"max_step": sc.max_step, "nvec": [int(n) for n in sim.action_nvec]},
         training={"scenario": sc.name, **(training or {})},
@@ -130,7 +129,6 @@ def export_ppo(
     name: str = "ppo",
     vec_normalize: Any | None = None,
     training: dict[str, Any] | None = None,
-    episode_progress: float = 0.5,
 ) -> Path:
     """Write ``model``'s policy as an artifact folder at ``out_dir``; returns the folder.
 
@@ -141,7 +139,6 @@ def export_ppo(
         around the model's own env, if any. Exporting a model trained under normalization
         without its statistics would silently give other actions, so that is refused.
     :param training: provenance for the manifest (timesteps, MLflow run id, ...).
-    :param episode_progress: the constant fed for the episode-progress feature when serving.
     :raises ValueError: the model's spaces are not ``sim``'s, or the export does not act as
         the model does.
     The artifact is verified by loading it back, and its actions are compared with
@@ -190,7 +187,6 @@ def export_ppo(
         name=name,
         sha256=sha256_file(tmp_model),
         training={"algorithm": type(model).__name__, **(training or {})},
-        episode_progress=episode_progress,
     )
     _check_parity(model, vec_normalize, tmp_model, manifest, sim)
     # model first, manifest last: a watcher never sees a manifest whose model is not in place

@@ -103,7 +103,7 @@ def azure_conv() -> dict[str, Any]:
     """The azure-conv scenario fitted to its train / held-out split, its split and a simulator."""
     from rlscale.envs.scenario import load_scenario
     from rlscale.envs.simulator import ClusterSimulator
-    from rlscale.experiments.splits import split_scenario
+    from rlscale.envs.splits import split_scenario
 
     scenario, split = split_scenario(load_scenario("azure-conv"))
     return {"scenario": scenario, "split": split, "sim": ClusterSimulator(scenario, 1)}

@@ -21,9 +21,13 @@ from rlscale.agents.onnx_policy import (
     read_manifest,
     sha256_file,
 )
-from rlscale.envs.simulator import ClusterSimulator, observation_names
+from rlscale.envs.observation import observation_names, observation_size
+from rlscale.envs.simulator import ClusterSimulator
 
 onnx = pytest.importorskip("onnx")
+
+OBS_3_POOLS = observation_size(3)
+"""Observation entries of the fixtures' scenario (azure-conv: three pools)."""
 
 
 @pytest.fixture
@@ -48,35 +52,48 @@ def test_onnx_actions_equal_sb3_deterministic_actions(exported_policy):
     assert not np.allclose(norm.normalize_obs(obs), obs)
 
 
+def _mismatches(names: list[str], got: np.ndarray, want: np.ndarray) -> list[str]:
+    """``name: got != want`` for every entry that differs by more than float32 rounding."""
+    close = np.isclose(got, want, rtol=1e-6, atol=1e-7)
+    return [f"{names[k]}: {got[k]!r} != {want[k]!r}" for k in np.flatnonzero(~close)]
+
+
 @pytest.mark.parametrize(
     "scenario", ["azure-conv", "spot-traces", "synthetic-2week", "servegen-m-large"]
 )
 def test_observation_from_state_is_the_simulators_observation(scenario):
-    """Raw metrics (what a live cluster reports) give the kernel's observation, entry for
-    entry, except episode progress and budget spent, which a live cluster does not have."""
+    """Raw metrics (what a live cluster reports) give the kernel's observation, every entry."""
     from rlscale.training.export import manifest_for
 
     sim = ClusterSimulator(scenario, 1)
     sim.reset_cluster(0, np.random.default_rng(3))
     names = observation_names(sim.pool_names)
-    progress = names.index("episode_progress")
-    budget = names.index("budget_spent")
     rng = np.random.default_rng(4)
     manifest = manifest_for(sim, name="x", sha256="0" * 64)
-    mask = np.ones(len(names), dtype=bool)
-    mask[[progress, budget]] = False
     if scenario == "servegen-m-large":
         assert manifest.observation.cache_hit_ratio > 0  # the cache factor is exercised
-    compared = 0
-    for _ in range(60):
+    for step in range(60):
         sim.step(rng.integers(0, sim.action_nvec)[None, :])
         got = observation_from_state(observe(sim, 0), manifest)
-        want = sim.obs[0]
-        np.testing.assert_allclose(got[mask], want[mask], rtol=1e-5, atol=1e-6)
-        assert got[progress] == manifest.observation.episode_progress
-        assert got[budget] == manifest.observation.budget_spent
-        compared += 1
-    assert compared == 60
+        assert _mismatches(names, got, sim.obs[0]) == [], f"step {step}"
+
+
+def test_the_observation_has_no_entry_without_a_live_counterpart():
+    sim = ClusterSimulator("synthetic-2week", 1)  # a scenario with a budget
+    assert sim.scenario.budget_usd
+    names = observation_names(sim.pool_names)
+    assert not {"episode_progress", "budget_spent"} & {n.split("/")[-1] for n in names}
+    assert sim.obs.shape[1] == len(names) == 17 + 9 * len(sim.pools)
+    sim.reset_cluster(0, np.random.default_rng(0))
+    sim.step(sim.noop_action()[None, :])
+    info = sim.step_info(0)  # the budget is reported instead
+    assert info["cost/budget_spent"] == pytest.approx(info["cost/total_usd"] / 6000)
+
+
+def test_a_manifest_of_the_older_layout_is_refused_with_the_fix(artifact):
+    _edit_manifest(artifact, observation__episode_progress=0.5)
+    with pytest.raises(ArtifactError, match=r"older observation layout.*export it again"):
+        load_onnx_policy(artifact)
 
 
 def test_decisions_round_trip_to_the_models_actions(exported_policy):
@@ -156,7 +173,7 @@ def test_truncated_model_with_matching_checksum_is_not_loadable(artifact):
         (lambda f: (f / MANIFEST_NAME).write_text("{not json"), "unreadable manifest"),
         (lambda f: _edit_manifest(f, format="rlscale-policy/9"), "format"),
         (lambda f: _edit_manifest(f, model__sha256="xyz"), "sha256"),
-        (lambda f: _edit_manifest(f, observation__names=["a"] * 46), "observation layout"),
+        (lambda f: _edit_manifest(f, observation__names=["a"] * OBS_3_POOLS), "observation layout"),
         (lambda f: _edit_manifest(f, action__max_step=7), "nvec"),
         (lambda f: _edit_manifest(f, model__file="../model.onnx"), "inside the artifact"),
         (lambda f: (f / MODEL_NAME).unlink(), "unreadable model"),
@@ -199,10 +216,10 @@ def _graph_model(path: Path, n_in: int, n_out: int, offset: int) -> None:
 @pytest.mark.parametrize(
     ("n_in", "n_out", "offset", "message"),
     [
-        (46, 6, 0, None),  # inside the action space: accepted
-        (46, 6, 1000, "outside MultiDiscrete"),
-        (46, 4, 2, "expected integer actions of shape"),
-        (40, 6, 2, "input width 40"),
+        (OBS_3_POOLS, 6, 0, None),  # inside the action space: accepted
+        (OBS_3_POOLS, 6, 1000, "outside MultiDiscrete"),
+        (OBS_3_POOLS, 4, 2, "expected integer actions of shape"),
+        (OBS_3_POOLS - 6, 6, 2, f"input width {OBS_3_POOLS - 6}"),
     ],
 )
 def test_model_interface_is_probed(artifact, n_in, n_out, offset, message):
@@ -211,7 +228,7 @@ def test_model_interface_is_probed(artifact, n_in, n_out, offset, message):
     _edit_manifest(artifact, model__sha256=sha256_file(model))
     if message is None:
         policy = load_onnx_policy(artifact)
-        assert (policy.act(np.zeros((3, 46), dtype=np.float32)) == 0).all()
+        assert (policy.act(np.zeros((3, n_in), dtype=np.float32)) == 0).all()
     else:
         with pytest.raises(ArtifactError, match=message):
             load_onnx_policy(artifact)
@@ -278,27 +295,32 @@ def test_from_state_is_fresh_by_default():
     assert [p.name for p in body.pools] == sim.pool_names
 
 
-def test_the_service_feeds_the_policy_the_simulators_observation():
-    """Through the HTTP body and the service's parsing (defaults, clipping, the week clock),
-    a simulated cluster's metrics still give the kernel's observation."""
+@pytest.mark.parametrize("scenario", ["azure-conv", "servegen-m-large"])
+def test_the_service_feeds_the_policy_the_envs_observation(scenario):
+    """For the same cluster state, the observation the service builds from its request body
+    (through JSON and the service's parsing: defaults, clipping, the week clock) is the env's,
+    feature by feature. azure-conv: three pools (two on demand, one spot); servegen-m-large:
+    a response cache."""
+    from rlscale.envs.env import InferenceClusterEnv
     from rlscale.serving.schemas import EPOCH_MONDAY_S, RecommendationRequest
     from rlscale.serving.service import DecisionService, load_policy
     from rlscale.training.export import manifest_for
 
-    sim = ClusterSimulator("servegen-m-large", 1)
-    sim.reset_cluster(0, np.random.default_rng(5))
+    env = InferenceClusterEnv(scenario=scenario)
+    sim = env.sim
+    if scenario == "azure-conv":
+        assert [p.purchase for p in sim.pools] == ["on_demand", "on_demand", "spot"]
     service = DecisionService(sim.scenario, None, load_policy("hpa", sim.scenario))
     manifest = manifest_for(sim, name="x", sha256="0" * 64)
-    names = observation_names(sim.pool_names)
-    mask = np.ones(len(names), dtype=bool)
-    mask[[names.index("episode_progress"), names.index("budget_spent")]] = False
-    rng = np.random.default_rng(6)
-    for _ in range(30):
-        sim.step(rng.integers(0, sim.action_nvec)[None, :])
+    assert manifest.observation.names == env.observation_names
+    env.action_space.seed(6)
+    obs, _ = env.reset(seed=5)
+    for step in range(40):
         state = observe(sim, 0)
         body = RecommendationRequest.from_state(
             state, timestamp=EPOCH_MONDAY_S + state.time_of_week_s
         )
         request = RecommendationRequest.model_validate_json(body.model_dump_json())
         got = observation_from_state(service.to_state(request), manifest)
-        np.testing.assert_allclose(got[mask], sim.obs[0][mask], rtol=1e-5, atol=1e-5)
+        assert _mismatches(env.observation_names, got, obs) == [], f"step {step}"
+        obs, *_ = env.step(env.action_space.sample())

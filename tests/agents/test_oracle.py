@@ -23,7 +23,7 @@ from rlscale.agents.registry import make_policy, rule_based_policies
 from rlscale.agents.static import StaticPolicy
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from rlscale.envs.simulator import ClusterSimulator
-from rlscale.experiments.splits import split_scenario
+from rlscale.envs.splits import split_scenario
 
 INTERVAL_S = 30.0
 # constant durations (median = p90 gives a lognormal of zero spread): 60 s provisioning, then

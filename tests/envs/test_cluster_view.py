@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rlscale.envs import dynamics as dyn
+from rlscale.envs.observation import N_CLUSTER_FEATURES, N_POOL_FEATURES, SECONDS_PER_DAY
 from rlscale.envs.simulator import POOL_STATES, ClusterSimulator
 
 _STATE_ATTRS = (
@@ -75,12 +75,12 @@ def test_view_agrees_with_the_kernels_observation(make_small_scenario) -> None:
         assert v.time_s == pytest.approx(7 * sim.scenario.control_interval_s)
         assert v.arrival_rate_ewma_rps / ref == pytest.approx(o[1], rel=1e-5, abs=1e-6)
         assert v.forecast_rps / ref == pytest.approx(o[3], rel=1e-5, abs=1e-6)
-        day = 2 * math.pi * v.time_of_week_s / dyn.SECONDS_PER_DAY
+        day = 2 * math.pi * v.time_of_week_s / SECONDS_PER_DAY
         assert (math.sin(day), math.cos(day)) == pytest.approx((o[13], o[14]), abs=1e-5)
         share = v.spot_capacity_share()
         assert share.shape == (P,)
         for j, pool in enumerate(sim.pools):
-            k = dyn.OBS_GLOBAL + j * dyn.OBS_PER_POOL
+            k = N_CLUSTER_FEATURES + j * N_POOL_FEATURES
             assert share[j] == pytest.approx(o[k + 7], abs=1e-6)
             want = min(v.batch_per_replica[j] / pool.profile.max_num_seqs, 1.0)
             assert want == pytest.approx(o[k + 8], abs=1e-6)

@@ -429,3 +429,12 @@ def test_markdown_table_marks_the_best_baseline_and_the_gap_closed():
     assert "15.00 ± 0.50" in by_name["**hpa**"] and "+50%" in by_name["**hpa**"]
     assert "-100%" in by_name["static"]  # (15 - 20) / (15 - 10)
     assert "misses SLO" in by_name["cheap"]
+
+
+def test_evaluation_runs_held_out_windows_only(two_policy_eval, scenario):
+    from rlscale.envs.splits import split_workload
+
+    split, _ = split_workload(scenario)
+    starts = {e["start_step"] for e in two_policy_eval.episodes}
+    assert starts and min(starts) >= split.boundary_step
+    assert max(starts) + split.episode_steps <= split.total_steps

@@ -1,0 +1,106 @@
+"""What a policy sees: the observation's layout, and the formulas the env and the service share.
+
+Every entry is a number a live cluster reports (rates, queue, latencies, replicas by state,
+prices, the clock), scaled by constants of the scenario the policy was trained on (the
+reference rate, the SLO targets, quotas, on-demand prices). Nothing without a live
+counterpart is an input: no episode progress (a live cluster has no episode), no episode
+budget spent (the service is never told one).
+
+The simulator's kernel and the decision service
+(:func:`rlscale.agents.onnx_policy.observation_from_state`) both write the observation with
+:func:`write_cluster_features` and :func:`write_pool_features`, so a served policy is fed
+exactly what it was trained on. The writers are defined in the kernel's module
+(:mod:`rlscale.envs.dynamics`) and exported here: numba caches the compiled kernel by its own
+file, so a formula kept in another file could change without the cached kernel noticing.
+
+Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order;
+entries named by :func:`observation_names`, bounded by :func:`observation_bounds`. Each entry
+is clipped to its bounds, a non-finite one taken as 0 (:func:`clip_observation`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlscale.envs.dynamics import (
+    OBS_CLUSTER_ENTRIES,
+    OBS_POOL_ENTRIES,
+    SECONDS_PER_DAY,
+    SECONDS_PER_WEEK,
+    clip_observation,
+    write_cluster_features,
+    write_pool_features,
+)
+
+__all__ = [
+    "CLUSTER_FEATURES",
+    "POOL_FEATURES",
+    "SECONDS_PER_DAY",
+    "SECONDS_PER_WEEK",
+    "clip_observation",
+    "observation_bounds",
+    "observation_names",
+    "observation_size",
+    "write_cluster_features",
+    "write_pool_features",
+]
+
+CLUSTER_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("arrival_rate", 0.0, 50.0, "arrival rate over the last interval / reference rate"),
+    ("arrival_rate_ewma", 0.0, 50.0, "5-minute EWMA of the arrival rate / reference rate"),
+    ("arrival_trend", -50.0, 50.0, "last-interval rate minus its EWMA / reference rate"),
+    ("forecast_rate", 0.0, 50.0, "forecast rate of the next interval / reference rate"),
+    ("queue", 0.0, 50.0, "queued requests / (reference rate x timeout)"),
+    ("in_flight", 0.0, 50.0, "sequences being decoded / (reference rate x 60 s)"),
+    ("compute_util", 0.0, 1.0, "busy share of ready replicas' time"),
+    ("kv_util", 0.0, 1.0, "share of ready replicas' KV cache held (projected)"),
+    ("ttft_p50", 0.0, 100.0, "TTFT p50 of the last interval / TTFT target"),
+    ("ttft_p95", 0.0, 100.0, "TTFT p95 of the last interval / TTFT target"),
+    ("tpot_p95", 0.0, 100.0, "TPOT p95 of the last interval / TPOT target"),
+    ("slo_attainment", 0.0, 1.0, "share of last interval's requests meeting the SLO"),
+    ("drop_share", 0.0, 1.0, "dropped / (requests reaching the servers + dropped), last interval"),
+    ("day_sin", -1.0, 1.0, "time of day, sine"),
+    ("day_cos", -1.0, 1.0, "time of day, cosine"),
+    ("week_sin", -1.0, 1.0, "time of week, sine"),
+    ("week_cos", -1.0, 1.0, "time of week, cosine"),
+)
+"""(name, low, high, meaning) of the cluster-wide entries, in order."""
+
+POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("starting", 0.0, 1.0, "provisioning + loading replicas / quota"),
+    ("ready", 0.0, 1.0, "ready replicas / quota"),
+    ("draining", 0.0, 1.0, "draining replicas / quota"),
+    ("standby", 0.0, 1.0, "warm-pool standby replicas / quota"),
+    ("refilling", 0.0, 1.0, "warm-pool replicas being prepared / quota"),
+    ("preempt_notice", 0.0, 1.0, "replicas under a spot preemption notice / quota"),
+    ("price_ratio", 0.0, 5.0, "current hourly price / on-demand price"),
+    ("spot_capacity", 0.0, 1.0, "share of quota the spot market can supply (1 on demand)"),
+    ("batch_fill", 0.0, 1.0, "sequences per ready replica / max_num_seqs"),
+)
+"""(name, low, high, meaning) of each pool's entries, in order."""
+
+N_CLUSTER_FEATURES = len(CLUSTER_FEATURES)
+N_POOL_FEATURES = len(POOL_FEATURES)
+# the writers' own count of what they write (they are compiled with the kernel, see above)
+assert (N_CLUSTER_FEATURES, N_POOL_FEATURES) == (OBS_CLUSTER_ENTRIES, OBS_POOL_ENTRIES)
+
+
+def observation_size(n_pools: int) -> int:
+    """Entries of the observation of a cluster of ``n_pools`` pools."""
+    return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools
+
+
+def observation_names(pool_names: list[str]) -> list[str]:
+    """Names of the observation vector's entries, in order (``POOL/feature`` per pool)."""
+    names = [f[0] for f in CLUSTER_FEATURES]
+    for pool in pool_names:
+        names += [f"{pool}/{f[0]}" for f in POOL_FEATURES]
+    return names
+
+
+def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of every observation entry (float64)."""
+    feats = list(CLUSTER_FEATURES) + list(POOL_FEATURES) * n_pools
+    lo = np.array([f[1] for f in feats], dtype=np.float64)
+    hi = np.array([f[2] for f in feats], dtype=np.float64)
+    return lo, hi
