@@ -1799,12 +1799,15 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
 
 @njit(cache=True, error_model="numpy")
 def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
-    """Episode TTFT and TPOT p50/p95/p99 of one cluster in seconds, then the TTFT attainment.
+    """Episode TTFT and TPOT p50/p95/p99 of one cluster in seconds, then the TTFT attainment
+    and the mean TTFT (the order of ``names.EPISODE_LATENCY_KEYS``).
 
     The attainment (entry 6) is the share of requests that reached the servers (admitted or
-    dropped) whose first token came within the TTFT target; 1 when none did.
+    dropped) whose first token came within the TTFT target; 1 when none did. The mean (entry
+    7) is over admitted requests: their mean queueing delay, the mean wait for and run of their
+    iteration, and the mean prefill tokens of their wait rows.
     """
-    out = np.zeros(7)
+    out = np.zeros(8)
     out[6] = 1.0
     if cs_row[CS_EP_BASE_W] > 0.0:
         w = cs_row[CS_EP_BASE_W]
@@ -1826,6 +1829,23 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
         reached = cs_row[CS_ADMITTED] + cs_row[CS_DROPPED]
         if reached > 0.0:
             out[6] = min(1.0, ok / reached)
+        count = 0.0
+        delay = 0.0
+        tokens = 0.0
+        for r in range(ep_whist_row.shape[0]):
+            n_r = 0.0
+            for j in range(ep_whist_row.shape[2]):
+                n_r += ep_whist_row[r, 0, j]
+                delay += ep_whist_row[r, 1, j]
+            if n_r > 0.0:
+                count += n_r
+                tokens += n_r * prompt_q[r].mean()
+        if count > 0.0:
+            out[7] = (
+                delay / count * sp[SP_DT]
+                + cs_row[CS_EP_BASE_SUM] / w
+                + cs_row[CS_EP_PRE_SUM] / w * tokens / count
+            )
     total = ep_tpot_row.sum()
     if total > 0.0:
         log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)

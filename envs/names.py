@@ -14,5 +14,6 @@ EPISODE_LATENCY_KEYS = (
     "tpot_p95_s",
     "tpot_p99_s",
     "ttft_attainment",
+    "ttft_mean_s",
 )
 """What ``ClusterSimulator.episode_latency`` reports, in the kernel's order."""

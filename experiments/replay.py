@@ -151,6 +151,7 @@ def run_fluid(sc: Scenario, seed: int = 0) -> dict[str, float]:
         "tpot_p50_s": lat["tpot_p50_s"],
         "tpot_p95_s": lat["tpot_p95_s"],
         "ttft_attainment": lat["ttft_attainment"],
+        "ttft_mean_s": lat["ttft_mean_s"],
         "utilization": float(np.mean(util)) if util else 0.0,
         "batch_fill": float(np.mean(batch)) / (R * prof.max_num_seqs) if batch else 0.0,
         "episode_s": sim.episode_steps * sc.control_interval_s,

@@ -3,6 +3,7 @@ replicas, the theory itself, the DES against it within 5 % and the fluid model w
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -24,7 +25,7 @@ DES_TOL = 0.05
 """The DES against theory: probability of waiting and mean wait."""
 
 FLUID_TOL = 0.10
-"""The fluid model against theory: TTFT p50/p95 and attainment, relative."""
+"""The fluid model against theory: TTFT p50/p95, attainment and mean wait, relative."""
 
 DES_REQUESTS = {0.7: 300_000, 0.85: 600_000, 0.95: 1_500_000}
 """Requests per DES run: the mean wait's batch-means standard error stays near 2 % (the
@@ -111,9 +112,15 @@ def test_des_matches_theory(base, load):
 # --- the fluid model against theory -----------------------------------------------------------
 
 
+@functools.cache
+def _fluid(case: QueueCase) -> dict[str, float]:
+    """One fluid run per case for the tests below (100 h episodes take seconds each)."""
+    return fluid_queue(case, FLUID_HOURS)
+
+
 def _fluid_vs_theory(case: QueueCase) -> tuple[dict[str, float], dict[str, float], str]:
     th = queue_theory(case)
-    fluid = fluid_queue(case, FLUID_HOURS)
+    fluid = _fluid(case)
     theory = {
         "ttft_p50_s": th.ttft_quantile_s(0.50),
         "ttft_p95_s": th.ttft_quantile_s(0.95),
@@ -159,6 +166,45 @@ def test_fluid_matches_theory(base, load):
     fluid, theory, where = _fluid_vs_theory(base.at(load))
     for key, value in theory.items():
         assert fluid[key] == pytest.approx(value, rel=FLUID_TOL), where
+
+
+# measured with the fluid kernel of 4cb717a, 100 h episodes: fluid / theory mean wait
+_MEAN_WAIT_MEASURED = {
+    ("M/M/8", 0.7): "0.90 / 1.13 s (-20%)",
+    ("M/M/8", 0.85): "4.17 / 4.77 s (-13%)",
+    ("M/M/8", 0.95): "16.2 / 21.1 s (-23%)",
+}
+
+
+@pytest.mark.parametrize(
+    ("base", "load"),
+    [
+        pytest.param(
+            base,
+            load,
+            id=f"{name}-{load}",
+            marks=[
+                pytest.mark.xfail(
+                    strict=False,
+                    reason=f"fluid mean wait off the theory: {_MEAN_WAIT_MEASURED[(name, load)]}",
+                )
+            ]
+            if (name, load) in _MEAN_WAIT_MEASURED
+            else [],
+        )
+        for base, name in ((MDC_CASE, "M/D/8"), (MMC_CASE, "M/M/8"))
+        for load in ANCHOR_LOADS
+    ],
+)
+def test_fluid_mean_wait_matches_theory(base, load):
+    """The mean wait, better conditioned than a percentile near where P(wait) crosses it."""
+    case = base.at(load)
+    th = queue_theory(case)
+    fluid = _fluid(case)
+    assert fluid["mean_wait_s"] == pytest.approx(th.mean_wait_s, rel=FLUID_TOL), (
+        f"{case.name} ({th.method}): mean wait fluid {fluid['mean_wait_s']:.3f} s "
+        f"theory {th.mean_wait_s:.3f} s"
+    )
 
 
 def test_fluid_queue_runs_the_case():
