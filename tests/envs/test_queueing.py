@@ -142,25 +142,24 @@ _FLUID_MEASURED = {
 }
 
 
-@pytest.mark.parametrize(
-    ("base", "load"),
-    [
+def _anchor_params(measured: dict[tuple[str, float], str], what: str) -> list:
+    """The anchor cases, each out of bounds in ``measured`` marked xfail with its numbers."""
+    return [
         pytest.param(
             base,
             load,
             id=f"{name}-{load}",
-            marks=[
-                pytest.mark.xfail(
-                    strict=False,
-                    reason=f"fluid model off the theory: {_FLUID_MEASURED[(name, load)]}",
-                )
-            ]
-            if (name, load) in _FLUID_MEASURED
+            marks=[pytest.mark.xfail(strict=False, reason=f"{what}: {measured[(name, load)]}")]
+            if (name, load) in measured
             else [],
         )
         for base, name in ((MDC_CASE, "M/D/8"), (MMC_CASE, "M/M/8"))
         for load in ANCHOR_LOADS
-    ],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("base", "load"), _anchor_params(_FLUID_MEASURED, "fluid model off the theory")
 )
 def test_fluid_matches_theory(base, load):
     fluid, theory, where = _fluid_vs_theory(base.at(load))
@@ -177,24 +176,7 @@ _MEAN_WAIT_MEASURED = {
 
 
 @pytest.mark.parametrize(
-    ("base", "load"),
-    [
-        pytest.param(
-            base,
-            load,
-            id=f"{name}-{load}",
-            marks=[
-                pytest.mark.xfail(
-                    strict=False,
-                    reason=f"fluid mean wait off the theory: {_MEAN_WAIT_MEASURED[(name, load)]}",
-                )
-            ]
-            if (name, load) in _MEAN_WAIT_MEASURED
-            else [],
-        )
-        for base, name in ((MDC_CASE, "M/D/8"), (MMC_CASE, "M/M/8"))
-        for load in ANCHOR_LOADS
-    ],
+    ("base", "load"), _anchor_params(_MEAN_WAIT_MEASURED, "fluid mean wait off the theory")
 )
 def test_fluid_mean_wait_matches_theory(base, load):
     """The mean wait, better conditioned than a percentile near where P(wait) crosses it."""
