@@ -1295,9 +1295,8 @@ def _step_cluster(i, actions, params, state, out):
                 age = s - head
                 # FIFO: the requests taken now are the earliest of the cohort still queued, so
                 # they arrived after the share already admitted; they leave in arrival order,
-                # spread over the sub-step when capacity binds, at its start otherwise. Within
-                # its own sub-step a request's wait is the prefill queue's (Erlang C in
-                # _prefill_wait), not counted here twice.
+                # spread over the sub-step when capacity binds, at its start otherwise. The wait
+                # for its iteration (_iteration_wait) comes on top, not counted here.
                 delay = 0.0
                 var = 0.0
                 if age > 0:

@@ -60,9 +60,9 @@ def prefill_wait_quantiles(prompt_q: np.ndarray, samples: int = 50_000) -> np.nd
 
     Row 0: its own prompt. Row 1 + r: its own prompt plus an exponential wait whose mean is
     ``WAIT_MIN_TOK * WAIT_RATIO**r`` tokens' worth of prefill, the wait behind other prompts
-    at a busy replica (dynamics._prefill_wait gives its chance and mean each step; the kernel
-    mixes row 0 with the two rows around that mean). Computed once per workload from a
-    fixed-seed sample.
+    at a busy replica (dynamics._iteration_wait gives its chance and mean each step; a step's
+    statistics interpolate between the two rows around that mean, the episode's mix them).
+    Computed once per workload from a fixed-seed sample.
     """
     q = np.asarray(prompt_q, dtype=np.float64)
     n = q.shape[0]
