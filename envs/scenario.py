@@ -325,10 +325,11 @@ def list_scenarios() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
-def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
-    """A shipped scenario by name, or a YAML file by path."""
-    if isinstance(name_or_path, Scenario):
-        return name_or_path
+def scenario_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a shipped scenario's name, or ``name_or_path`` itself as a file.
+
+    :raises ScenarioError: neither a file nor a shipped name.
+    """
     path = Path(name_or_path)
     if not path.suffix and not path.is_file():
         # a bare name is a shipped scenario, even if a folder of that name is in the cwd
@@ -337,6 +338,14 @@ def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
         raise ScenarioError(
             f"no scenario '{name_or_path}': not a file, and not one of {list_scenarios()}"
         )
+    return path
+
+
+def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
+    """A shipped scenario by name, or a YAML file by path."""
+    if isinstance(name_or_path, Scenario):
+        return name_or_path
+    path = scenario_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

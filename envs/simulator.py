@@ -433,6 +433,24 @@ class ClusterSimulator:
         self.tenant_cost += self.metrics[:, dyn.M_COST, None] * share[rows]
         self.steps += 1
 
+    def set_violation_price(self, usd: float) -> None:
+        """Price one SLO violation at ``usd`` in the reward from the next step on (training
+        adapts it as a Lagrange multiplier: :mod:`rlscale.training.lagrange`)."""
+        if not math.isfinite(usd) or usd < 0.0:
+            raise ValueError(f"violation price must be a finite number >= 0, got {usd}")
+        self.sim_params[dyn.SP_W_SLO] = float(usd)
+
+    @property
+    def violation_price(self) -> float:
+        """The reward's current price of one SLO violation, USD."""
+        return float(self.sim_params[dyn.SP_W_SLO])
+
+    def step_requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """[N] requests of the last step that met the SLO, and [N] that counted (met + missed,
+        drops included): what attainment is the ratio of."""
+        m = self.metrics
+        return m[:, dyn.M_GOOD], m[:, dyn.M_GOOD] + m[:, dyn.M_VIOL]
+
     # --- reading results ----------------------------------------------------------------------
     def truncated(self) -> np.ndarray:
         """Which clusters have reached the end of their episode."""

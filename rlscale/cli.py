@@ -4,6 +4,8 @@ Subcommands:
     simulate     simulate a scenario under a fixed scaler; print the result and plot it
     calibrate    fit throughput profiles from measured vLLM data (experiments/profiles/)
     bench env    measure simulator speed; the last line printed is one JSON object
+    bench train  PPO env-steps/s on a scenario against CartPole-v1 (the same PPO settings)
+    train        train a PPO scaler tracked in MLflow; registers it as challenger
     scenarios    list the scenarios that ship with the project
     data         list the public datasets, fetch them into $RLSCALE_DATA, refit shipped tables
 """
@@ -104,6 +106,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="sizes at which to compare with gymnasium's SyncVectorEnv",
     )
     e.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
+    t = bsub.add_parser(
+        "train",
+        help="PPO env-steps/s on a scenario against CartPole-v1, same PPO settings",
+    )
+    t.add_argument("--scenario", default=None, help="scenario (default: rlscale train's)")
+    t.add_argument("--rollouts", type=int, default=3, help="PPO iterations timed per setting")
+    t.add_argument(
+        "--threads",
+        default="one,default",
+        help="thread settings, each in a fresh process: one (OMP/NUMBA_NUM_THREADS=1), default",
+    )
+    t.add_argument("--config", default=None, help="rlscale train settings file (PPO sizes)")
     from rlscale.serving.bench import add_bench_serve_parser
 
     add_bench_serve_parser(bsub)
@@ -230,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     add_register_parser(sub)
+    from rlscale.training.train import add_train_parser
+
+    add_train_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     from rlscale.datafetch import add_data_parser
 
@@ -274,6 +291,18 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.bench import run_bench_serve
 
             return run_bench_serve(args)
+        elif args.command == "bench" and args.bench_target == "train":
+            from rlscale.training.bench import THREAD_SETTINGS, bench_train
+            from rlscale.training.config import TRAIN_SCENARIO, TrainConfig, load_config_file
+
+            threads = tuple(x for x in args.threads.split(",") if x)
+            if not threads or set(threads) - set(THREAD_SETTINGS):
+                raise ScenarioError(f"--threads takes {THREAD_SETTINGS}, got {args.threads!r}")
+            scenario = args.scenario or TRAIN_SCENARIO
+            values = load_config_file(args.config) if args.config else {}
+            config = TrainConfig.from_dict({**values, "scenario": scenario})
+            result = bench_train(scenario, rollouts=args.rollouts, threads=threads, config=config)
+            print(json.dumps(result))
         elif args.command == "bench":
             from rlscale.envs.bench import bench_env
             from rlscale.envs.env import DEFAULT_SCENARIO
@@ -300,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.shadow_report import run_shadow_report
 
             return run_shadow_report(args)
+        elif args.command == "train":
+            from rlscale.training.train import run_train
+
+            return run_train(args)
         elif args.command == "export-policy":
             from rlscale.training.export import run_export
 

@@ -1,0 +1,165 @@
+"""``rlscale bench train``: is the simulator ever what PPO waits on?
+
+PPO end to end (rollouts and updates, stable-baselines3) in env-steps per second on a scenario
+and on CartPole-v1 with the same PPO settings, measured back to back in one process, and their
+ratio. CartPole's env costs next to nothing, so its rate is what PPO itself (the policy forward
+passes and the updates) allows on this machine; a ratio near 1 means the simulator adds little.
+
+Thread pools decide this on a small machine (torch, numba's kernel and onnxruntime each start
+one), and they are fixed when a library loads, so each thread setting is measured in a fresh
+process: ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1``, and the machine's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+from rlscale.training.config import TRAIN_SCENARIO, TrainConfig
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+THREAD_SETTINGS = ("one", "default")
+
+
+def _timed(venv: Any) -> Any:
+    """``venv`` wrapped so that the time spent stepping it (the env's share) is counted."""
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    class Timed(VecEnvWrapper):
+        seconds = 0.0
+
+        def reset(self) -> Any:
+            return self.venv.reset()
+
+        def step_wait(self) -> Any:
+            t = time.perf_counter()
+            out = self.venv.step_wait()
+            Timed.seconds += time.perf_counter() - t
+            return out
+
+    return Timed(venv)
+
+
+def _ppo_rate(venv: Any, config: TrainConfig, rollouts: int) -> tuple[float, float]:
+    """Env-steps per second of ``rollouts`` PPO iterations after one warm-up iteration, and
+    the share of that time spent stepping the env."""
+    from stable_baselines3 import PPO
+
+    venv = _timed(venv)
+
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        learning_rate=config.learning_rate,
+        gamma=config.gamma,
+        policy_kwargs={"net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)}},
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+    )
+    per_rollout = config.n_envs * config.n_steps
+    model.learn(per_rollout)  # warm-up: numba's cache load, torch's first calls
+    type(venv).seconds = 0.0
+    start = time.perf_counter()
+    model.learn(per_rollout * rollouts, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - start
+    return per_rollout * rollouts / elapsed, type(venv).seconds / elapsed
+
+
+def measure(scenario: str, config: TrainConfig, rollouts: int) -> dict[str, Any]:
+    """Scenario and CartPole rates in this process (its thread settings as they are)."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+
+    venv = InferenceClusterVecEnv(config.n_envs, scenario=scenario, split="train")
+    venv.seed(config.seed)
+    sim_rate, sim_share = _ppo_rate(VecNormalize(venv, gamma=config.gamma), config, rollouts)
+    cart = make_vec_env("CartPole-v1", n_envs=config.n_envs, seed=config.seed)
+    cart_rate, cart_share = _ppo_rate(VecNormalize(cart, gamma=config.gamma), config, rollouts)
+    import numba
+
+    return {
+        "scenario_steps_per_s": round(sim_rate, 1),
+        "cartpole_steps_per_s": round(cart_rate, 1),
+        "ratio": round(sim_rate / cart_rate, 3),
+        # the time PPO spent waiting on env.step (VecNormalize included), as a share
+        "scenario_env_share": round(sim_share, 3),
+        "cartpole_env_share": round(cart_share, 3),
+        "action_heads": len(getattr(venv.action_space, "nvec", [1])),
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
+    }
+
+
+def bench_train(
+    scenario: str = TRAIN_SCENARIO,
+    *,
+    rollouts: int = 3,
+    threads: tuple[str, ...] = THREAD_SETTINGS,
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Measure each thread setting in a fresh process; the result is one JSON-able dict."""
+    config = config or TrainConfig(scenario=scenario)
+    result: dict[str, Any] = {
+        "benchmark": "train",
+        "scenario": scenario,
+        "ppo": {
+            "n_envs": config.n_envs,
+            "n_steps": config.n_steps,
+            "batch_size": config.batch_size,
+            "n_epochs": config.n_epochs,
+            "net_arch": list(config.net_arch),
+            "rollouts": rollouts,
+        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "target_ratio": 0.8,
+    }
+    for setting in threads:
+        env = {k: v for k, v in os.environ.items() if k not in SINGLE_THREAD_ENV}
+        if setting == "one":
+            env.update(SINGLE_THREAD_ENV)
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlscale.training.bench",
+            "--scenario",
+            scenario,
+            "--rollouts",
+            str(rollouts),
+            "--config-json",
+            json.dumps(config.to_dict()),
+        ]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench train ({setting} threads) failed:\n{out.stderr[-4000:]}")
+        result[f"threads_{setting}"] = json.loads(out.stdout.strip().splitlines()[-1])
+    best = max((result[f"threads_{s}"]["ratio"] for s in threads), default=0.0)
+    result["best_ratio"] = best
+    result["meets_target"] = best >= result["target_ratio"]
+    return result
+
+
+def _main() -> None:
+    p = argparse.ArgumentParser(description="one thread setting of rlscale bench train")
+    p.add_argument("--scenario", default=TRAIN_SCENARIO)
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--config-json", default=None)
+    args = p.parse_args()
+    config = TrainConfig.from_dict(json.loads(args.config_json)) if args.config_json else None
+    print(json.dumps(measure(args.scenario, config or TrainConfig(), args.rollouts)))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,76 @@
+"""The SLO as a constraint: a Lagrange multiplier on attainment, adapted during training.
+
+The product promises an attainment target (99% of requests within the TTFT and TPOT targets),
+not a price per violation. Training therefore solves the constrained problem
+
+    minimize E[cost]   subject to   attainment >= target
+
+through its Lagrangian, ``cost + lambda * (violations - (1 - target) * demand)``. For a fixed
+``lambda`` that is the simulator's own reward with ``lambda`` as the price of a violation
+(the ``(1 - target) * demand`` term does not depend on the policy's choices beyond drops, so it
+is left out of the reward); PPO minimizes it over the policy (the primal step), and after each
+rollout the multiplier takes a dual step on the constraint's violation measured in that rollout:
+
+    log lambda  +=  lr * clip((1 - attainment) / (1 - target') - 1, -1, 1)
+
+with ``target' = target + margin``. The step is in log space because the right price spans
+orders of magnitude across scenarios (a violation of one request on a cluster of one GPU and on
+one of forty); the relative error of the miss rate makes the step unit-free, and clipping keeps
+one bad rollout from moving the price more than ``e**lr``. Attainment below target raises the
+price, attainment above it lowers the price, so cost is only traded for SLO where it binds.
+The margin exists because the policy is trained stochastic and served deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class LagrangeMultiplier:
+    """The price of one SLO violation in USD, adapted by dual ascent in log space.
+
+    :param price_usd: the current multiplier.
+    :param target: the attainment the constraint asks for (target + margin).
+    :param lr: dual step size in log space.
+    :param min_usd: floor of the price.
+    :param max_usd: ceiling of the price.
+    """
+
+    price_usd: float
+    target: float
+    lr: float = 0.2
+    min_usd: float = 1e-4
+    max_usd: float = 10.0
+    updates: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"attainment target {self.target} must be in (0, 1)")
+        if self.lr < 0:
+            raise ValueError(f"lagrange_lr {self.lr} must be >= 0")
+        self.price_usd = min(max(float(self.price_usd), self.min_usd), self.max_usd)
+
+    def update(self, good: float, demand: float) -> float:
+        """One dual step from a rollout's requests within SLO (``good``) out of ``demand``;
+        returns the new price. A rollout that saw no requests leaves it alone."""
+        if demand <= 0.0:
+            return self.price_usd
+        miss = max(0.0, 1.0 - good / demand)
+        allowed = 1.0 - self.target
+        g = min(1.0, max(-1.0, miss / allowed - 1.0))
+        self.price_usd = min(
+            max(self.price_usd * math.exp(self.lr * g), self.min_usd), self.max_usd
+        )
+        self.updates += 1
+        return self.price_usd
+
+    def state(self) -> dict[str, float]:
+        """What a checkpoint keeps."""
+        return {"price_usd": self.price_usd, "updates": self.updates}
+
+    def load(self, state: dict[str, float]) -> None:
+        """Restore a checkpoint's multiplier."""
+        self.price_usd = float(state["price_usd"])
+        self.updates = int(state.get("updates", 0))

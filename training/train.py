@@ -1,0 +1,656 @@
+"""``rlscale train``: PPO on the batched simulator, tracked in MLflow, registered as challenger.
+
+One run, start to end:
+
+1. The settings (:class:`~rlscale.training.config.TrainConfig`) are recorded whole: MLflow
+   params, ``config.json`` and the scenario file as artifacts.
+2. stable-baselines3 PPO learns on :class:`~rlscale.envs.sb3_vec_env.InferenceClusterVecEnv`
+   (``n_envs`` clusters in one kernel call per step) under ``VecNormalize``. Episodes start only
+   in the training part of the workload's split; with ``randomize`` each episode draws its
+   rates, prices, preemptions and cold starts from the scenario's randomization ranges.
+3. The SLO is a constraint: the price of a violation is a Lagrange multiplier adapted after
+   every rollout (:mod:`rlscale.training.lagrange`), logged as ``lagrange/price_usd``.
+4. Every ``eval_every`` steps the deterministic policy runs on the validation windows
+   (:mod:`rlscale.training.validate`): ``eval/cost_usd``, ``eval/slo_attainment``, ...
+5. Every ``checkpoint_every`` steps, and on Ctrl-C, a checkpoint (model, normalization
+   statistics as plain arrays, multiplier, validation history) goes to the run's artifacts;
+   ``rlscale train --resume RUN_ID`` continues the same MLflow run to the planned timesteps.
+6. At the end: the policy is exported to ONNX (:func:`~rlscale.training.export.export_ppo`),
+   registered as a new version of ``rlscale-policy`` with the alias ``challenger``, and the
+   training report (learning curves, final validation) is attached to the run.
+
+Metrics keys: SB3's own (``train/approx_kl``, ``rollout/ep_rew_mean``, ``time/fps``) through an
+SB3 logger output format, plus ``eval/...``, ``lagrange/...``, ``rollout/attainment``,
+``rollout/cost_usd_per_h`` and ``time/env_steps_per_s``; MLflow's system metrics beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlscale.envs.scenario import ScenarioError, load_scenario, scenario_path
+from rlscale.training.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    config_json,
+)
+from rlscale.training.lagrange import LagrangeMultiplier
+from rlscale.training.validate import ValidationResult, Validator
+
+TRAIN_EXPERIMENT = "rlscale-train"
+CHECKPOINT_DIR = "checkpoints/latest"
+"""Artifact path of the run's latest checkpoint (overwritten at each save)."""
+MODEL_FILE = "model.zip"
+NORM_FILE = "normalization.npz"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+REPORT_FILE = "training_report.json"
+CURVES_FILE = "learning_curves.png"
+
+# settings a resumed run may change: they do not change what is learned
+_RESUME_MUTABLE = frozenset({"progress", "tracking_uri", "out_dir"})
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_id: str
+    timesteps: int
+    status: str
+    run_dir: Path
+    validations: list[ValidationResult] = field(default_factory=list)
+    export_dir: Path | None = None
+    model_version: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line JSON the command prints last."""
+        last = self.validations[-1] if self.validations else None
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "timesteps": self.timesteps,
+            "run_dir": str(self.run_dir),
+            "export": str(self.export_dir) if self.export_dir else None,
+            "model_version": self.model_version,
+            **({k: round(v, 6) for k, v in last.metrics().items()} if last else {}),
+        }
+
+
+# --- MLflow pieces --------------------------------------------------------------------------
+
+
+def _sb3_mlflow_writer(client: Any, run_id: str) -> Any:
+    """An SB3 logger output format that sends every numeric key to the MLflow run."""
+    from stable_baselines3.common.logger import KVWriter
+
+    class MLflowOutputFormat(KVWriter):
+        def write(
+            self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0
+        ) -> None:
+            metrics = {}
+            for key, value in key_values.items():
+                excluded = key_excluded.get(key) or ()
+                if "mlflow" in excluded or isinstance(value, bool):
+                    continue
+                if isinstance(value, int | float | np.integer | np.floating) and math.isfinite(
+                    float(value)
+                ):
+                    metrics[key] = float(value)
+            _log_metrics(client, run_id, metrics, step)
+
+        def close(self) -> None:
+            pass
+
+    return MLflowOutputFormat()
+
+
+def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
+    if not metrics:
+        return
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, int(step)) for k, v in sorted(metrics.items())]
+    for i in range(0, len(rows), 1000):
+        client.log_batch(run_id, metrics=rows[i : i + 1000])
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def _save_normalization(vn: Any, path: Path) -> None:
+    """VecNormalize's running statistics as plain arrays (no pickle)."""
+    np.savez(
+        path,
+        obs_mean=vn.obs_rms.mean,
+        obs_var=vn.obs_rms.var,
+        obs_count=np.array(vn.obs_rms.count),
+        ret_mean=np.array(vn.ret_rms.mean),
+        ret_var=np.array(vn.ret_rms.var),
+        ret_count=np.array(vn.ret_rms.count),
+    )
+
+
+def _load_normalization(vn: Any, path: Path) -> None:
+    with np.load(path) as z:
+        if z["obs_mean"].shape != vn.obs_rms.mean.shape:
+            raise ScenarioError(
+                f"checkpoint normalization has {z['obs_mean'].shape} observations, the env "
+                f"{vn.obs_rms.mean.shape}: was the scenario changed?"
+            )
+        vn.obs_rms.mean = z["obs_mean"].copy()
+        vn.obs_rms.var = z["obs_var"].copy()
+        vn.obs_rms.count = float(z["obs_count"])
+        vn.ret_rms.mean = float(z["ret_mean"])
+        vn.ret_rms.var = float(z["ret_var"])
+        vn.ret_rms.count = float(z["ret_count"])
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+class _Trainer:
+    """Holds one run's pieces; :func:`train` drives it."""
+
+    def __init__(self, config: TrainConfig, *, resume_run: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        from rlscale.experiments.tracking import ensure_experiment, require_mlflow, tracking_uri
+
+        require_mlflow()
+        self.config = config
+        self.uri = tracking_uri(config.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.scenario = load_scenario(config.scenario)
+        if resume_run is None:
+            exp_id = ensure_experiment(self.client, self.uri, TRAIN_EXPERIMENT)
+            name = config.run_name or (
+                f"{self.scenario.name}__ppo__{config.seed}__{int(time.time())}"
+            )
+            run = self.client.create_run(exp_id, run_name=name, tags={"rlscale.command": "train"})
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = resume_run
+            self.client.update_run(self.run_id, status="RUNNING")
+        self.run_dir = Path(config.out_dir) / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.validations: list[ValidationResult] = []
+        self.updated_timesteps = 0  # env steps behind the current weights
+        self.lagrange = LagrangeMultiplier(
+            price_usd=(
+                config.lagrange_init_usd
+                if config.lagrange_init_usd is not None
+                else self.scenario.reward.slo_violation_usd
+            ),
+            target=min(self.scenario.slo.target_attainment + config.attainment_margin, 0.9999),
+            lr=config.lagrange_lr if config.lagrangian else 0.0,
+            min_usd=config.lagrange_min_usd,
+            max_usd=max(config.lagrange_max_usd, config.lagrange_min_usd),
+        )
+        self.monitor = None
+
+    # -- set-up --
+
+    def log_settings(self) -> None:
+        from mlflow.entities import Param
+
+        params = [
+            Param(k, json.dumps(v) if not isinstance(v, str) else v)
+            for k, v in sorted(self.config.to_dict().items())
+        ]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.set_tag(self.run_id, "rlscale.scenario", self.scenario.name)
+        (self.run_dir / CONFIG_FILE).write_text(config_json(self.config) + "\n")
+        self.client.log_artifact(self.run_id, str(self.run_dir / CONFIG_FILE))
+        self.client.log_artifact(self.run_id, str(scenario_path(self.config.scenario)), "scenario")
+
+    def build(self, resume_from: Path | None) -> None:
+        import torch
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import HumanOutputFormat, Logger
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+
+        cfg = self.config
+        torch.set_num_threads(max(1, cfg.torch_threads))
+        self.venv = InferenceClusterVecEnv(cfg.n_envs, scenario=self.scenario, split="train")
+        self.sim = self.venv.sim
+        self._enable_randomization()
+        self.venv.seed(cfg.seed)
+        self.vn = VecNormalize(
+            self.venv,
+            norm_obs=cfg.norm_obs,
+            norm_reward=cfg.norm_reward,
+            clip_obs=cfg.clip_obs,
+            gamma=cfg.gamma,
+        )
+        self.state: dict[str, Any] = {"timesteps": 0}
+        if resume_from is None:
+            self.model = PPO(
+                "MlpPolicy",
+                self.vn,
+                learning_rate=cfg.learning_rate,
+                n_steps=cfg.n_steps,
+                batch_size=cfg.batch_size,
+                n_epochs=cfg.n_epochs,
+                gamma=cfg.gamma,
+                gae_lambda=cfg.gae_lambda,
+                clip_range=cfg.clip_range,
+                ent_coef=cfg.ent_coef,
+                vf_coef=cfg.vf_coef,
+                max_grad_norm=cfg.max_grad_norm,
+                policy_kwargs={"net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)}},
+                seed=cfg.seed,
+                device="cpu",
+                verbose=0,
+            )
+        else:
+            self.state = json.loads((resume_from / STATE_FILE).read_text())
+            _load_normalization(self.vn, resume_from / NORM_FILE)
+            self.model = PPO.load(resume_from / MODEL_FILE, env=self.vn, device="cpu")
+            self.model.num_timesteps = self.updated_timesteps = int(self.state["timesteps"])
+            self.lagrange.load(self.state["lagrange"])
+            self.validations = [ValidationResult(**v) for v in self.state.get("validations", [])]
+            # fresh episode draws, not the ones the interrupted run already saw
+            self.venv.seed(cfg.seed + 1 + int(self.state["timesteps"]))
+        self.sim.set_violation_price(self.lagrange.price_usd)
+        outputs = [_sb3_mlflow_writer(self.client, self.run_id)]
+        if not cfg.progress:
+            outputs.append(HumanOutputFormat(sys.stdout))
+        self.model.set_logger(Logger(None, outputs))
+        self.validator = Validator(
+            self.scenario, max_windows=cfg.eval_windows, seeds=cfg.eval_seeds
+        )
+
+    def _enable_randomization(self) -> None:
+        """Domain randomization where the scenario declares ranges (and the simulator has it)."""
+        enable = getattr(self.sim, "set_randomize", None)
+        if self.config.randomize and enable is not None:
+            enable(True)
+
+    # -- during training --
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic policy on raw observations."""
+        normalized = self.vn.normalize_obs(obs) if self.config.norm_obs else obs
+        action, _ = self.model.predict(normalized, deterministic=True)
+        return action
+
+    def validate(self) -> ValidationResult:
+        result = self.validator.run(self.act, self.model.num_timesteps)
+        self.validations.append(result)
+        _log_metrics(self.client, self.run_id, result.metrics(), self.model.num_timesteps)
+        return result
+
+    def checkpoint(self) -> Path:
+        """Save a resumable checkpoint locally and to the run's artifacts."""
+        folder = self.run_dir / "checkpoint"
+        tmp = self.run_dir / ".checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save(tmp / MODEL_FILE, exclude=["env", "logger"])
+        _save_normalization(self.vn, tmp / NORM_FILE)
+        state = {
+            "timesteps": int(self.model.num_timesteps),
+            "lagrange": self.lagrange.state(),
+            "validations": [v.to_dict() for v in self.validations],
+            "saved_at": time.time(),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        self.client.log_artifacts(self.run_id, str(folder), CHECKPOINT_DIR)
+        return folder
+
+    def finish(self, status: str) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _callback(trainer: _Trainer, pbar: Any) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    cfg = trainer.config
+
+    class TrainCallback(BaseCallback):
+        """Lagrangian dual step per rollout; validation and checkpoints between updates (where
+        the weights and the step count agree); progress."""
+
+        def _on_training_start(self) -> None:
+            self._good = 0.0
+            self._demand = 0.0
+            self._t0 = time.perf_counter()
+            self._aside_s = 0.0  # validation and checkpoint time, not training speed
+            self._n0 = self.num_timesteps
+            self._next_eval = _next_multiple(self.num_timesteps, cfg.eval_every)
+            self._next_ckpt = _next_multiple(self.num_timesteps, cfg.checkpoint_every)
+
+        def _on_rollout_start(self) -> None:
+            n = self.num_timesteps
+            trainer.updated_timesteps = n
+            t = time.perf_counter()
+            if cfg.eval_every and n >= self._next_eval:
+                self._next_eval = _next_multiple(n, cfg.eval_every)
+                result = trainer.validate()
+                if pbar is not None:
+                    pbar.set_postfix(_postfix(result, trainer.lagrange.price_usd), refresh=False)
+            if cfg.checkpoint_every and n >= self._next_ckpt:
+                self._next_ckpt = _next_multiple(n, cfg.checkpoint_every)
+                trainer.checkpoint()
+            self._aside_s += time.perf_counter() - t
+
+        def _on_step(self) -> bool:
+            good, demand = trainer.sim.step_requests()
+            self._good += float(good.sum())
+            self._demand += float(demand.sum())
+            if pbar is not None:
+                pbar.update(self.num_timesteps - pbar.n)
+            return True
+
+        def _on_rollout_end(self) -> None:
+            attainment = self._good / self._demand if self._demand > 0 else 1.0
+            price = trainer.lagrange.update(self._good, self._demand)
+            trainer.sim.set_violation_price(price)
+            elapsed = max(time.perf_counter() - self._t0 - self._aside_s, 1e-9)
+            self.logger.record("rollout/attainment", attainment)
+            self.logger.record("lagrange/price_usd", price)
+            self.logger.record("lagrange/target", trainer.lagrange.target)
+            self.logger.record("time/env_steps_per_s", (self.num_timesteps - self._n0) / elapsed)
+            if pbar is not None:
+                pbar.set_postfix(
+                    _postfix(trainer.validations[-1] if trainer.validations else None, price),
+                    refresh=False,
+                )
+            self._good = self._demand = 0.0
+
+    return TrainCallback()
+
+
+def _next_multiple(n: int, every: int) -> int:
+    return (n // every + 1) * every if every else sys.maxsize
+
+
+def _postfix(result: ValidationResult | None, price: float) -> dict[str, str]:
+    out = {"price": f"{price:.3g}$"}
+    if result is not None:
+        out["eval_cost"] = f"{result.cost_usd:.2f}$"
+        out["eval_att"] = f"{result.slo_attainment:.2%}"
+    return out
+
+
+def _checkpoint_of(trainer: _Trainer) -> Path | None:
+    """The resumed run's latest checkpoint, downloaded from its artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    dest = trainer.run_dir / ".resume"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    try:
+        folder = Path(trainer.client.download_artifacts(trainer.run_id, CHECKPOINT_DIR, str(dest)))
+    except (MlflowException, OSError):
+        return None
+    return folder if (folder / STATE_FILE).is_file() else None
+
+
+def resume_config(run_id: str, args: argparse.Namespace | None = None) -> TrainConfig:
+    """The recorded config of run ``run_id``; flags may change only what does not change what
+    is learned (progress, where output goes)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from rlscale.experiments.tracking import require_mlflow, tracking_uri
+
+    require_mlflow()
+    uri = tracking_uri(getattr(args, "tracking_uri", None))
+    client = MlflowClient(tracking_uri=uri)
+    dest = Path(tempfile.mkdtemp(prefix="rlscale-resume-"))
+    try:
+        client.get_run(run_id)
+        recorded_file = Path(client.download_artifacts(run_id, CONFIG_FILE, str(dest)))
+    except MlflowException as err:
+        raise ScenarioError(
+            f"--resume {run_id}: no such training run in {uri} ({err.message.splitlines()[0]})"
+        ) from None
+    recorded = json.loads(recorded_file.read_text())
+    if args is None:
+        return TrainConfig.from_dict(recorded)
+    merged = config_from_args(args, base=recorded)
+    changed = sorted(
+        k for k, v in merged.to_dict().items() if k not in _RESUME_MUTABLE and recorded.get(k) != v
+    )
+    if changed:
+        raise ScenarioError(
+            f"--resume {run_id}: a resumed run keeps its recorded settings; these differ: "
+            + ", ".join(f"{k}={recorded.get(k)!r}->{merged.to_dict()[k]!r}" for k in changed)
+        )
+    return merged
+
+
+def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
+    """Train (or resume) one run; see the module docstring.
+
+    :param resume: an MLflow run id of ``rlscale train`` to continue from its last checkpoint
+        (``config`` must be that run's recorded config: :func:`resume_config`).
+    :raises ScenarioError: bad settings, or nothing to resume.
+    """
+    from tqdm import tqdm
+
+    trainer = _Trainer(config, resume_run=resume)
+    resume_from = None
+    if resume is None:
+        trainer.log_settings()
+    else:
+        resume_from = _checkpoint_of(trainer)
+        if resume_from is None:
+            trainer.client.update_run(trainer.run_id, status="FAILED")
+            raise ScenarioError(f"--resume {resume}: the run has no checkpoint to resume from")
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        trainer.monitor = SystemMetricsMonitor(
+            trainer.run_id,
+            sampling_interval=10,
+            resume_logging=resume is not None,
+            tracking_uri=trainer.uri,
+        )
+        trainer.monitor.start()
+    except Exception:  # system metrics are a nicety; psutil may be missing
+        trainer.monitor = None
+    status = "FAILED"
+    pbar = None
+    try:
+        trainer.build(resume_from)
+        done = int(trainer.model.num_timesteps)
+        left = config.total_timesteps - done
+        pbar = tqdm(
+            total=config.total_timesteps,
+            initial=done,
+            desc=f"train {trainer.scenario.name}",
+            unit="step",
+            unit_scale=True,
+            disable=not config.progress,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+        if left > 0:
+            trainer.model.learn(
+                total_timesteps=left,
+                callback=_callback(trainer, pbar if config.progress else None),
+                reset_num_timesteps=False,
+            )
+        pbar.close()
+        trainer.validate()
+        trainer.checkpoint()
+        result = _finish_run(trainer)
+        status = "FINISHED"
+        result.status = status
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if pbar is not None:
+            pbar.close()
+        if hasattr(trainer, "model"):
+            # the weights are those of the last finished update: a partial rollout is lost,
+            # so the resumed run collects it again and ends at the planned timesteps
+            trainer.model.num_timesteps = trainer.updated_timesteps
+            trainer.checkpoint()
+        print(
+            f"\ninterrupted at {getattr(getattr(trainer, 'model', None), 'num_timesteps', 0)} "
+            f"steps; continue with: rlscale train --resume {trainer.run_id}",
+            file=sys.stderr,
+        )
+        return TrainResult(
+            trainer.run_id,
+            int(getattr(getattr(trainer, "model", None), "num_timesteps", 0)),
+            status,
+            trainer.run_dir,
+            trainer.validations,
+        )
+    finally:
+        trainer.finish(status)
+
+
+def _finish_run(trainer: _Trainer) -> TrainResult:
+    """Report, export and registration of a run that reached its timesteps."""
+    cfg = trainer.config
+    report = {
+        "run_id": trainer.run_id,
+        "scenario": trainer.scenario.name,
+        "timesteps": int(trainer.model.num_timesteps),
+        "target_attainment": trainer.scenario.slo.target_attainment,
+        "lagrange": {**trainer.lagrange.state(), "target": trainer.lagrange.target},
+        "validation_windows": trainer.validator.windows,
+        "validations": [v.to_dict() for v in trainer.validations],
+        "config": cfg.to_dict(),
+    }
+    report_path = trainer.run_dir / REPORT_FILE
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    trainer.client.log_artifact(trainer.run_id, str(report_path))
+    curves = plot_learning_curves(
+        trainer.validations,
+        trainer.scenario.slo.target_attainment,
+        trainer.run_dir / CURVES_FILE,
+        title=trainer.scenario.name,
+    )
+    if curves is not None:
+        trainer.client.log_artifact(trainer.run_id, str(curves))
+    result = TrainResult(
+        trainer.run_id,
+        int(trainer.model.num_timesteps),
+        "FINISHED",
+        trainer.run_dir,
+        trainer.validations,
+    )
+    if cfg.register:
+        from rlscale.training.export import export_ppo, register_policy
+
+        export_dir = trainer.run_dir / "policy"
+        export_ppo(
+            trainer.model,
+            trainer.sim,
+            export_dir,
+            name=f"ppo-{trainer.scenario.name}",
+            vec_normalize=trainer.vn,
+            training={
+                "run_id": trainer.run_id,
+                "timesteps": int(trainer.model.num_timesteps),
+                "seed": cfg.seed,
+                "lagrange_price_usd": trainer.lagrange.price_usd,
+            },
+        )
+        result.export_dir = export_dir
+        result.model_version = register_policy(
+            export_dir,
+            model_name=cfg.model_name,
+            alias=cfg.alias,
+            tracking_uri=trainer.uri,
+            run_id=trainer.run_id,
+        )
+    return result
+
+
+def plot_learning_curves(
+    validations: list[ValidationResult], target: float, path: Path, *, title: str = ""
+) -> Path | None:
+    """Validation cost and attainment against training steps (None without validations)."""
+    if not validations:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [v.timesteps for v in validations]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax1.plot(steps, [v.cost_usd for v in validations], marker="o", lw=1)
+    ax1.set_ylabel("validation cost per episode (USD)")
+    ax1.set_title(f"{title}: learning curves on validation windows")
+    ax2.plot(steps, [v.slo_attainment for v in validations], marker="o", lw=1, label="mean")
+    ax2.plot(steps, [v.min_attainment for v in validations], lw=0.8, ls=":", label="worst window")
+    ax2.axhline(target, color="tab:red", ls="--", lw=0.8, label="target")
+    ax2.set_ylabel("SLO attainment")
+    ax2.set_xlabel("training env steps")
+    ax2.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``rlscale train``."""
+    p = sub.add_parser(
+        "train",
+        help="train a PPO scaler (MLflow-tracked), register it as challenger",
+        description=(
+            "Train a PPO autoscaling policy on a scenario's training windows, validate it on "
+            "its validation windows (cost and SLO attainment), checkpoint it, export it to ONNX "
+            "and register it in MLflow as NAME@challenger. The SLO target is a constraint "
+            "(adapted violation price). Ctrl-C saves a checkpoint: --resume RUN_ID continues."
+        ),
+    )
+    p.add_argument("--config", default=None, help="YAML or JSON file of settings (see below)")
+    p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue an MLflow run")
+    add_config_arguments(p)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``rlscale train``; prints the run's summary as JSON on the last line."""
+    from rlscale.experiments.tracking import TrackingError
+
+    try:
+        config = resume_config(args.resume, args) if args.resume else config_from_args(args)
+        result = train(config, resume=args.resume)
+    except TrackingError as err:
+        print(f"rlscale train: {err}", file=sys.stderr)
+        return 2
+    for v in result.validations[-1:]:
+        print(
+            f"validation at {v.timesteps} steps: cost {v.cost_usd:.2f} USD per episode "
+            f"({v.cost_usd_per_h:.3f} USD/h), attainment {v.slo_attainment:.3%} "
+            f"(target {v.target:.1%}); run folder {result.run_dir}"
+        )
+    print(json.dumps(result.summary()))
+    return 0 if result.status == "FINISHED" else 130
