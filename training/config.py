@@ -58,6 +58,9 @@ class TrainConfig:
         default_factory=lambda: [128, 128],
         metadata={"help": "hidden layer sizes of policy and value networks"},
     )
+    hold_prior: float = _f(
+        0.8, "initial probability of each action head's no-op (hold replicas, empty warm pool)"
+    )
     norm_obs: bool = _f(True, "normalize observations (VecNormalize; baked into the export)")
     norm_reward: bool = _f(True, "normalize rewards by the running return's spread")
     clip_obs: float = _f(10.0, "clip normalized observations to +-this")
@@ -107,6 +110,8 @@ class TrainConfig:
             problems.append(f"gamma={self.gamma}, gae_lambda={self.gae_lambda} must be in (0, 1]")
         if not 0 < self.lagrange_min_usd <= self.lagrange_max_usd:
             problems.append("need 0 < lagrange_min_usd <= lagrange_max_usd")
+        if not 0.0 <= self.hold_prior < 1.0:
+            problems.append(f"hold_prior={self.hold_prior} must be in [0, 1)")
         if not self.net_arch or any(int(n) < 1 for n in self.net_arch):
             problems.append(f"net_arch={self.net_arch} needs positive layer sizes")
         if problems:

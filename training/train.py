@@ -260,6 +260,7 @@ class _Trainer:
                 device="cpu",
                 verbose=0,
             )
+            hold_prior(self.model, self.sim.noop_action(), cfg.hold_prior)
         else:
             self.state = json.loads((resume_from / STATE_FILE).read_text())
             _load_normalization(self.vn, resume_from / NORM_FILE)
@@ -323,6 +324,31 @@ class _Trainer:
             self.monitor.finish()
             self.monitor = None
         self.client.set_terminated(self.run_id, status=status)
+
+
+def hold_prior(model: Any, noop: np.ndarray, p: float) -> None:
+    """Start the policy holding: each head picks its no-op (``noop``: replicas unchanged, an
+    empty warm pool) with probability ``p``, the other choices sharing the rest.
+
+    A uniform start random-walks the replica counts: an exploring "-" is soon undone by a
+    "+", and at the quota "+" is clipped and harmless, so counts drift to the quota and
+    scaling down earns little credit. Starting from holding, a step down persists and its
+    saving is what the advantage sees. Only the output layer's bias is set; ``p`` of 0 (or a
+    head of one choice) leaves SB3's initialization as it is.
+    """
+    import torch
+
+    if p <= 0.0:
+        return
+    nvec = [int(n) for n in model.action_space.nvec]
+    bias = torch.zeros(sum(nvec))
+    offset = 0
+    for n, hold in zip(nvec, noop, strict=True):
+        if n > 1:
+            bias[offset + int(hold)] = math.log(p * (n - 1) / (1.0 - p))
+        offset += n
+    with torch.no_grad():
+        model.policy.action_net.bias.copy_(bias)
 
 
 def _callback(trainer: _Trainer, pbar: Any) -> Any:
