@@ -250,3 +250,24 @@ def test_the_violation_price_is_what_the_reward_charges():
     assert r0 - r1 == pytest.approx(0.05 * v1 / scale, rel=1e-6)
     with pytest.raises(ValueError, match="violation price"):
         sim.set_violation_price(float("nan"))
+
+
+def test_hold_prior_starts_the_policy_holding():
+    from stable_baselines3 import PPO
+
+    from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+    from rlscale.envs.scenario import scenario_from_dict
+    from rlscale.training.train import hold_prior
+
+    venv = InferenceClusterVecEnv(2, scenario=scenario_from_dict(QUICK))
+    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=32, device="cpu", seed=0)
+    noop = venv.sim.noop_action()
+    hold_prior(model, noop, 0.8)
+    obs = venv.reset()
+    dist = model.policy.get_distribution(model.policy.obs_to_tensor(obs)[0])
+    for head, (n, hold) in enumerate(zip(venv.action_space.nvec, noop, strict=True)):
+        probs = dist.distribution[head].probs.detach().numpy()
+        # the no-op takes p (up to the near-zero initial weights), the rest share 1 - p
+        assert probs[:, hold] == pytest.approx(0.8 if n > 1 else 1.0, abs=0.02)
+    action, _ = model.predict(obs, deterministic=True)
+    assert (action == noop).all()
