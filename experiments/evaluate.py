@@ -161,14 +161,23 @@ def _with_labels(specs: Sequence[PolicySpec]) -> list[PolicySpec]:
     return out
 
 
-def with_trace(scenario: Scenario, trace: str | Path, trace_format: str) -> Scenario:
+def with_trace(
+    scenario: Scenario,
+    trace: str | Path,
+    trace_format: str,
+    *,
+    target_mean_rps: float | None = None,
+) -> Scenario:
     """``scenario`` replaying a user's trace instead of its own workload.
 
     The trace replays as recorded: the old workload's window (``window_start_h``,
     ``window_hours``), rescaling (``time_scale``, ``rate_scale``, ``target_mean_rps``) and
-    synthetic settings describe the old source and are dropped. What describes the service is
-    kept: token-length distributions (for formats without token counts), the response-cache
-    hit ratio, and the week clock.
+    synthetic settings describe the old source and are dropped. ``target_mean_rps`` rescales
+    the new trace to that mean rate as a workload's own ``target_mean_rps`` does (recorded
+    traces thinned below their rate, superposed with shifted copies above; ServeGen rates
+    scaled), for example to replay another trace family at the load the pools were sized for.
+    What describes the service is kept: token-length distributions (for formats without token
+    counts), the response-cache hit ratio, and the week clock.
 
     :raises ScenarioError: unknown format, or a workload that does not validate.
     """
@@ -189,7 +198,7 @@ def with_trace(scenario: Scenario, trace: str | Path, trace_format: str) -> Scen
         window_hours=None,
         time_scale=1.0,
         rate_scale=1.0,
-        target_mean_rps=None,
+        target_mean_rps=target_mean_rps,
     )
     return scenario_from_dict(raw, f"{scenario.name} with --trace {path}")
 
@@ -356,6 +365,7 @@ def evaluate(
     seeds: int | Sequence[int] = 5,
     trace: str | Path | None = None,
     trace_format: str | None = None,
+    trace_mean_rps: float | None = None,
     windows: WindowMode = "all",
     max_windows: int | None = None,
     include_oracle: bool = True,
@@ -369,6 +379,7 @@ def evaluate(
     :param seeds: a count ``N`` (seeds ``0..N-1``) or the seeds themselves.
     :param trace: a user's trace replacing the scenario's workload (see :func:`with_trace`).
     :param trace_format: the trace's format: ``azure``, ``mooncake``, ``servegen`` or ``csv``.
+    :param trace_mean_rps: rescale ``trace`` to this mean arrival rate (None: as recorded).
     :param windows: ``all``: every seed runs every held-out window; ``cycle``: seed ``s`` runs
         window ``s mod W`` only.
     :param max_windows: evaluate only the first this many held-out windows.
@@ -386,8 +397,10 @@ def evaluate(
     sc = load_scenario(scenario)
     if (trace is None) != (trace_format is None):
         raise ScenarioError("--trace and --trace-format go together: give both or neither")
+    if trace_mean_rps is not None and trace is None:
+        raise ScenarioError("--trace-mean-rps rescales a --trace; give the trace too")
     if trace is not None and trace_format is not None:
-        sc = with_trace(sc, trace, trace_format)
+        sc = with_trace(sc, trace, trace_format, target_mean_rps=trace_mean_rps)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ScenarioError(f"--seeds must be at least 1, got {seeds}")
@@ -528,6 +541,12 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     )
     p.add_argument("--trace-format", choices=TRACE_FORMATS, default=None)
     p.add_argument(
+        "--trace-mean-rps",
+        type=float,
+        default=None,
+        help="rescale --trace to this mean request rate (default: as recorded)",
+    )
+    p.add_argument(
         "--policy",
         action="append",
         default=None,
@@ -578,6 +597,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         trace=args.trace,
         trace_format=args.trace_format,
+        trace_mean_rps=args.trace_mean_rps,
         windows=args.windows,
         max_windows=args.max_windows,
         include_oracle=not args.no_oracle,

@@ -235,6 +235,29 @@ def test_trace_replaces_the_workload_and_is_named(scenario, tmp_path):
     assert res["policies"]["static"]["completed"]["mean"] > 0.2 * 3 * 1800
 
 
+def test_trace_mean_rps_rescales_the_replayed_trace(scenario, tmp_path):
+    """Another trace family at the load the pools were sized for: the shape is kept, the mean
+    rate is the one asked for."""
+    from rlscale.envs.simulator import scenario_workload
+
+    trace = tmp_path / "t.csv"
+    # a shaped trace: 1 req/s for an hour, then 5 req/s for an hour (mean 3)
+    times = np.concatenate([np.arange(0, 3600, 1.0), 3600 + np.arange(0, 3600, 0.2)])
+    lines = ["timestamp_s,prompt_tokens,output_tokens"] + [f"{t:.1f},500,100" for t in times]
+    trace.write_text("\n".join(lines) + "\n")
+    recorded = scenario_workload(ev.with_trace(scenario, trace, "csv"))
+    # half the rate: each request kept with probability 1/2 (above 1, copies are superposed
+    # with circular shifts, which spread a recorded trace's bursts on purpose: workload.py)
+    rescaled = scenario_workload(ev.with_trace(scenario, trace, "csv", target_mean_rps=1.5))
+    assert recorded.mean_rps == pytest.approx(3.0, rel=0.02)
+    assert rescaled.mean_rps == pytest.approx(1.5, rel=0.05)
+    half = rescaled.arrivals.size // 2
+    first, second = rescaled.arrivals[:half].sum(), rescaled.arrivals[half:].sum()
+    assert second / first == pytest.approx(5.0, rel=0.1)  # the same shape, thinned
+    with pytest.raises(ScenarioError, match="rescales a --trace"):
+        evaluate(scenario, ["static"], trace_mean_rps=5.0, progress=False)
+
+
 def test_trace_errors_name_the_problem(scenario, tmp_path):
     trace = tmp_path / "t.csv"
     _write_csv_trace(trace, hours=1.0)
