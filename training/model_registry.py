@@ -71,6 +71,8 @@ def registry_client(tracking_uri: str | None = None) -> Any:
     # for long); the operator's own settings win
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REGISTRY_HTTP_TIMEOUT_S)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REGISTRY_HTTP_RETRIES)
+    # two small files: a progress bar per file is noise in a service's log and a CLI's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         from mlflow import MlflowClient
     except ModuleNotFoundError:
