@@ -129,7 +129,7 @@ class Registry:
 @pytest.fixture
 def registry(store, request, monkeypatch) -> Registry:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    return Registry(store, request.node.name.removeprefix("test_")[:60])
+    return Registry(store, request.node.name.removeprefix("test_")[:16])
 
 
 @pytest.fixture
