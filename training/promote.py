@@ -249,6 +249,36 @@ def _fetch(client: Any, uri: str, name: str, alias: str, version: str, dst: Path
     )
 
 
+def _candidates(
+    client: Any, uri: str, name: str, out_dir: str | Path | None
+) -> tuple[Candidate, Candidate | None, Path]:
+    """The challenger and the champion (None: no champion yet) fetched under the output
+    folder (default ``out/promote/<name>-v<challenger>``), and that folder."""
+    _registry_call(f"registered model {name!r}", uri, client.get_registered_model, name)
+    challenger_version = _alias_version(client, uri, name, CHALLENGER_ALIAS)
+    if challenger_version is None:
+        raise PromotionError(
+            f"{name} has no {CHALLENGER_ALIAS!r} alias at {uri}: register one with "
+            f"rlscale register-policy FOLDER --name {name} --alias {CHALLENGER_ALIAS}"
+        )
+    champion_version = _alias_version(client, uri, name, CHAMPION_ALIAS)
+    if champion_version == challenger_version:
+        raise PromotionError(
+            f"{name} v{challenger_version} is both {CHALLENGER_ALIAS} and {CHAMPION_ALIAS} "
+            "(already promoted): register a new challenger first"
+        )
+    out = Path(out_dir or Path("out/promote") / f"{name}-v{challenger_version}")
+    challenger = _fetch(
+        client, uri, name, CHALLENGER_ALIAS, challenger_version, out / "policies" / "challenger"
+    )
+    champion = None
+    if champion_version is not None:
+        champion = _fetch(
+            client, uri, name, CHAMPION_ALIAS, champion_version, out / "policies" / "champion"
+        )
+    return challenger, champion, out
+
+
 def baseline_specs(scenario: Scenario, tuning_dir: Path) -> tuple[list[Any], str]:
     """The baselines to compare with and a note saying which: the tuned ones (every
     ``<policy>.json`` in ``tuning_dir``), else every baseline with its defaults. Baselines
@@ -364,28 +394,7 @@ def promote(
         raise PromotionError(f"--seeds must be at least 1, got {seeds}")
     uri = default_uri(tracking_uri)
     client = registry_client(uri)
-    _registry_call(f"registered model {name!r}", uri, client.get_registered_model, name)
-    challenger_version = _alias_version(client, uri, name, CHALLENGER_ALIAS)
-    if challenger_version is None:
-        raise PromotionError(
-            f"{name} has no {CHALLENGER_ALIAS!r} alias at {uri}: register one with "
-            f"rlscale register-policy FOLDER --name {name} --alias {CHALLENGER_ALIAS}"
-        )
-    champion_version = _alias_version(client, uri, name, CHAMPION_ALIAS)
-    if champion_version == challenger_version:
-        raise PromotionError(
-            f"{name} v{challenger_version} is both {CHALLENGER_ALIAS} and {CHAMPION_ALIAS} "
-            "(already promoted): register a new challenger first"
-        )
-    out = Path(out_dir or Path("out/promote") / f"{name}-v{challenger_version}")
-    challenger = _fetch(
-        client, uri, name, CHALLENGER_ALIAS, challenger_version, out / "policies" / "challenger"
-    )
-    champion = None
-    if champion_version is not None:
-        champion = _fetch(
-            client, uri, name, CHAMPION_ALIAS, champion_version, out / "policies" / "champion"
-        )
+    challenger, champion, out = _candidates(client, uri, name, out_dir)
     sc = _scenario_for(scenario, challenger, champion)
     baselines, baseline_note = baseline_specs(
         sc, Path(tuning_dir) if tuning_dir else DEFAULT_TUNING_ROOT / sc.name

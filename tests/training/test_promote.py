@@ -239,6 +239,22 @@ def test_errors_exit_nonzero_with_the_reason(fixed_policy, registry, tmp_path, c
         promote(registry.name, scenario="azure-conv", out_dir=tmp_path / "o", **GATE)
 
 
+def test_a_champion_trained_on_other_pools_cannot_be_compared(
+    fixed_policy, exported_policy, registry, tmp_path
+):
+    registry.register(exported_policy(0), "champion")  # azure-conv: three pools, one spot
+    registry.register(fixed_policy("hold"), "challenger")
+    with pytest.raises(PromotionError, match="trained on different pools"):
+        promote(registry.name, out_dir=tmp_path / "o", **GATE)
+
+
+def test_a_challenger_that_is_already_champion_is_an_error(fixed_policy, registry, tmp_path):
+    version = registry.register(fixed_policy("hold"), "champion")
+    registry.client().set_registered_model_alias(registry.name, "challenger", str(version))
+    with pytest.raises(PromotionError, match="already promoted"):
+        promote(registry.name, out_dir=tmp_path / "o", **GATE)
+
+
 def test_an_unreachable_store_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
