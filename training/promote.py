@@ -525,10 +525,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {label} | {roles.get(label, '')} | {cost['mean']:.2f} {_interval(cost, _plain)} "
             f"| {_pct(att['mean'])} {_interval(att, _pct)} | {paired_text} |"
         )
+    att = report["challenger_attainment"]
     lines += [
         "",
         "Intervals: 95% CI (cost and attainment over seeds; paired differences over "
         "(window, seed) cells).",
+        f"The challenger's attainment over the (window, seed) cells, as the decision reads it: "
+        f"{_pct(att['mean'])} {_interval(att, _pct)}.",
         f"Baselines: {report['baselines']['note']}. Best: {report['best_baseline']['label']} "
         f"({report['best_baseline']['chosen_as']}).",
         "",
