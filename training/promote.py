@@ -28,12 +28,13 @@ version (when there is one) and the baselines on the scenario's HELD-OUT windows
   out and named.
 * Fewer than two cells give no interval: the gate refuses.
 
-Then it writes ``promotion.json`` and ``promotion.md`` (the table and the verdict) and the
-evaluation's ``results.json`` and ``report.html`` to ``--out``, logs an MLflow run in the
-experiment ``rlscale-policies`` with the metrics and those files, moves ``champion`` (not with
-``--dry-run``) and tags the challenger's version with the verdict (``promotion.verdict``,
-``promotion.reason``, ``promotion.run_id``). A service started with
-``--policy models:/NAME@champion`` then hot-reloads the promoted version.
+Then it writes ``promotion.json`` and ``promotion.md`` (the table and the verdict, see
+:mod:`rlscale.training.promotion_report`) and the evaluation's ``results.json`` and
+``report.html`` to ``--out``, logs an MLflow run in the experiment ``rlscale-policies`` with
+the metrics and those files, moves ``champion`` (not with ``--dry-run``) and tags the
+challenger's version with the verdict (``promotion.verdict``, ``promotion.reason``,
+``promotion.run_id``). A service started with ``--policy models:/NAME@champion`` then
+hot-reloads the promoted version.
 """
 
 from __future__ import annotations
@@ -42,13 +43,21 @@ import argparse
 import json
 import math
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
-from rlscale.training.export import DEFAULT_ALIAS, DEFAULT_MODEL_NAME, POLICY_EXPERIMENT
+from rlscale.training.export import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from rlscale.training.promotion_report import (
+    build_report,
+    format_interval,
+    format_pct,
+    format_usd,
+    log_promotion,
+    render_markdown,
+    write_text,
+)
 
 CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = DEFAULT_ALIAS
@@ -146,8 +155,8 @@ def decide(
         if not cheaper:
             reasons.append(
                 f"not cheaper than the {role} {label}: challenger - {role} = "
-                f"{_usd(diff['mean'])} USD per episode, 95% CI {_interval(diff, _usd)} "
-                "(its upper end must be below 0)"
+                f"{format_usd(diff['mean'])} USD per episode, 95% CI "
+                f"{format_interval(diff, format_usd)} (its upper end must be below 0)"
             )
     if len(own) < 2:
         reasons.append(
@@ -155,35 +164,24 @@ def decide(
         )
     elif _lower(attainment) < target_attainment:
         reasons.append(
-            f"SLO attainment {_pct(attainment['mean'])}, 95% CI {_interval(attainment, _pct)}: "
-            f"its lower end is below the {_pct(target_attainment)} target"
+            f"SLO attainment {format_pct(attainment['mean'])}, 95% CI "
+            f"{format_interval(attainment, format_pct)}: its lower end is below the "
+            f"{format_pct(target_attainment)} target"
         )
     if reasons:
         return Decision(False, reasons[0], reasons, target_attainment, attainment, comparisons)
     beaten = ", ".join(
-        f"the {c.role} {c.incumbent} by {_usd(-c.cost_diff_usd['mean'])} USD per episode "
-        f"(95% CI of the saving {_usd(-_upper(c.cost_diff_usd))} to "
-        f"{_usd(-_lower(c.cost_diff_usd))})"
+        f"the {c.role} {c.incumbent} by {format_usd(-c.cost_diff_usd['mean'])} USD per episode "
+        f"(95% CI of the saving {format_usd(-_upper(c.cost_diff_usd))} to "
+        f"{format_usd(-_lower(c.cost_diff_usd))})"
         for c in comparisons
     )
     reason = (
-        f"cheaper than {beaten}, with SLO attainment {_pct(attainment['mean'])} "
-        f"(95% CI lower end {_pct(_lower(attainment))} >= {_pct(target_attainment)} target)"
+        f"cheaper than {beaten}, with SLO attainment {format_pct(attainment['mean'])} "
+        f"(95% CI lower end {format_pct(_lower(attainment))} >= "
+        f"{format_pct(target_attainment)} target)"
     )
     return Decision(True, reason, [], target_attainment, attainment, comparisons)
-
-
-def _usd(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.2f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
-
-
-def _interval(agg: dict[str, Any], fmt: Any) -> str:
-    low, high = agg["ci95"]
-    return "n/a (one value)" if low is None else f"[{fmt(low)}, {fmt(high)}]"
 
 
 # --- what is compared ----------------------------------------------------------------------------
@@ -387,6 +385,7 @@ def promote(
     """
     from rlscale.experiments.evaluate import PolicySpec, evaluate, write_results
     from rlscale.experiments.report import best_baseline, write_report
+    from rlscale.experiments.tracking import TrackingError
     from rlscale.experiments.tracking import tracking_uri as default_uri
     from rlscale.training.model_registry import registry_client
 
@@ -418,188 +417,34 @@ def promote(
         incumbents[best] = BASELINE_ROLE
     decision = decide(ev.episodes, challenger.label, incumbents, sc.slo.target_attainment)
 
-    report = _report(name, sc, ev.results, decision, challenger, champion, dry_run)
-    report["baselines"] = {"compared": [s.display for s in baselines], "note": baseline_note}
-    report["best_baseline"] = {"label": best, "chosen_as": best_note}
+    report = build_report(
+        name,
+        sc,
+        ev.results,
+        decision,
+        challenger,
+        champion,
+        dry_run,
+        baselines={"compared": [s.display for s in baselines], "note": baseline_note},
+        best_baseline={"label": best, "chosen_as": best_note},
+    )
     markdown = render_markdown(report)
     out.mkdir(parents=True, exist_ok=True)
     files = [
         write_results(ev, out),
         write_report(ev, out),
-        _write(out / "promotion.json", json.dumps(report, indent=2, allow_nan=False) + "\n"),
-        _write(out / "promotion.md", markdown),
+        write_text(out / "promotion.json", json.dumps(report, indent=2, allow_nan=False) + "\n"),
+        write_text(out / "promotion.md", markdown),
     ]
     result = Promotion(decision, report, out, moved=False, markdown=markdown)
     if log_mlflow:
-        result.run_id = _log(report, files, uri, sc.name, seeds)
+        try:
+            result.run_id = log_promotion(report, files, uri, sc.name, seeds)
+        except TrackingError as err:
+            raise PromotionError(str(err)) from None
     if not dry_run:
         result.moved = _apply(client, uri, name, challenger, champion, decision, result.run_id)
     return result
-
-
-def _report(
-    name: str,
-    sc: Scenario,
-    results: dict[str, Any],
-    decision: Decision,
-    challenger: Candidate,
-    champion: Candidate | None,
-    dry_run: bool,
-) -> dict[str, Any]:
-    from rlscale.experiments.evaluate import _json_safe
-
-    def candidate(c: Candidate | None) -> dict[str, Any] | None:
-        if c is None:
-            return None
-        return {
-            "label": c.label,
-            "version": c.version,
-            "run_id": c.run_id,
-            "training_scenario": c.scenario,
-            "folder": str(c.folder),
-        }
-
-    return _json_safe(
-        {
-            "registered_model": name,
-            "verdict": _verdict(decision, dry_run),
-            "promote": decision.promote,
-            "dry_run": dry_run,
-            "reason": decision.reason,
-            "reasons": decision.reasons,
-            "scenario": sc.name,
-            "target_attainment": decision.target_attainment,
-            "seeds": results["seeds"],
-            "held_out_windows": results["held_out"]["test_starts"],
-            "challenger": candidate(challenger),
-            "champion": candidate(champion),
-            "challenger_attainment": decision.attainment,
-            "comparisons": [asdict(c) for c in decision.comparisons],
-            "policies": {
-                label: {k: m[k] for k in ("cost_usd", "slo_attainment") if k in m}
-                for label, m in results["policies"].items()
-            },
-            "rule": (
-                "promote when, over paired (window, seed) cells, the upper end of the 95% CI "
-                "of (challenger cost - incumbent cost) is below 0 for the champion and the best "
-                "baseline, and the lower end of the 95% CI of the challenger's mean "
-                "per-episode SLO attainment is at or above the target"
-            ),
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
-
-
-def _verdict(decision: Decision, dry_run: bool) -> str:
-    if decision.promote:
-        return "would promote (dry run)" if dry_run else "promoted"
-    return "refused"
-
-
-def verdict_line(report: dict[str, Any]) -> str:
-    """One line: what happened and why."""
-    ch = report["challenger"]
-    return f"{report['verdict'].upper()} {ch['label']}: {report['reason']}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The comparison as a Markdown table, then the verdict and how the baselines were chosen."""
-    roles = {report["challenger"]["label"]: "challenger"}
-    diffs = {}
-    for c in report["comparisons"]:
-        roles[c["incumbent"]] = c["role"]
-        diffs[c["incumbent"]] = c["cost_diff_usd"]
-    lines = [
-        f"Promotion of {report['registered_model']} on {report['scenario']} held-out windows "
-        f"{report['held_out_windows']}, seeds {report['seeds']}; SLO target "
-        f"{_pct(report['target_attainment'])}.",
-        "",
-        "| policy | role | cost (USD) | SLO attainment | challenger - it, paired (USD) |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for label, m in report["policies"].items():
-        cost, att = m["cost_usd"], m["slo_attainment"]
-        diff = diffs.get(label)
-        paired_text = f"{_usd(diff['mean'])} {_interval(diff, _usd)}" if diff is not None else ""
-        lines.append(
-            f"| {label} | {roles.get(label, '')} | {cost['mean']:.2f} {_interval(cost, _plain)} "
-            f"| {_pct(att['mean'])} {_interval(att, _pct)} | {paired_text} |"
-        )
-    att = report["challenger_attainment"]
-    lines += [
-        "",
-        "Intervals: 95% CI (cost and attainment over seeds; paired differences over "
-        "(window, seed) cells).",
-        f"The challenger's attainment over the (window, seed) cells, as the decision reads it: "
-        f"{_pct(att['mean'])} {_interval(att, _pct)}.",
-        f"Baselines: {report['baselines']['note']}. Best: {report['best_baseline']['label']} "
-        f"({report['best_baseline']['chosen_as']}).",
-        "",
-        verdict_line(report),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _plain(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _log(report: dict[str, Any], files: list[Path], uri: str, scenario: str, seeds: int) -> str:
-    from rlscale.experiments.tracking import log_run, metric_key
-
-    metrics: dict[str, float] = {"promote/promoted": float(report["promote"])}
-    for label, m in report["policies"].items():
-        for key, agg in m.items():
-            if agg.get("mean") is not None:
-                metrics[metric_key(label, key)] = float(agg["mean"])
-    att = report["challenger_attainment"]
-    for end, value in zip(("low", "high"), att["ci95"], strict=True):
-        if value is not None:
-            metrics[f"promote/challenger_attainment_ci95_{end}"] = float(value)
-    for c in report["comparisons"]:
-        role = c["role"].replace(" ", "_")
-        metrics[f"promote/cost_diff_vs_{role}_usd"] = float(c["cost_diff_usd"]["mean"])
-        for end, value in zip(("low", "high"), c["cost_diff_usd"]["ci95"], strict=True):
-            if value is not None:
-                metrics[f"promote/cost_diff_vs_{role}_usd_ci95_{end}"] = float(value)
-    champion = report["champion"]
-    params = {
-        "registered_model": report["registered_model"],
-        "scenario": scenario,
-        "seeds": json.dumps(report["seeds"]),
-        "held_out_windows": json.dumps(report["held_out_windows"]),
-        "challenger_version": report["challenger"]["version"],
-        "champion_version": champion["version"] if champion else "none",
-        "best_baseline": str(report["best_baseline"]["label"]),
-        "verdict": report["verdict"],
-        "dry_run": str(report["dry_run"]),
-    }
-    run = _tracking_call(
-        log_run,
-        experiment=POLICY_EXPERIMENT,
-        run_name=f"{scenario}__promote__{seeds}__{int(time.time())}",
-        command="promote",
-        params=params,
-        metrics=metrics,
-        artifacts=files,
-        uri=uri,
-    )
-    return run.run_id
-
-
-def _tracking_call(call: Any, **kwargs: Any) -> Any:
-    from rlscale.experiments.tracking import TrackingError
-
-    try:
-        return call(**kwargs)
-    except TrackingError as err:
-        raise PromotionError(str(err)) from None
 
 
 def _apply(
