@@ -20,8 +20,10 @@ Poisson arrivals of synthetic load).
 Episodes are independent :class:`EpisodeTask` s run by :func:`run_task`; the grid is a plain
 loop today and can be fanned out over processes without touching anything else.
 
-The oracle (perfect foresight) is built per episode: a :class:`PolicySpec` marked
-``per_episode`` gets ``{"start_step", "seed"}`` added to its parameters for each episode.
+Every policy is built once per evaluation and runs every episode from its initial memory (a
+policy holds only its configuration). The oracle (perfect foresight) is built per episode: a
+:class:`PolicySpec` marked ``per_episode`` gets ``{"start_step", "seed"}`` added to its
+parameters for each episode.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario, scenar
 if TYPE_CHECKING:
     import numpy as np
 
+    from rlscale.agents.base import Policy
     from rlscale.agents.observe import EpisodeResult
     from rlscale.envs.simulator import ClusterSimulator
     from rlscale.envs.splits import Split
@@ -123,9 +126,20 @@ class PolicySpec:
         return raw
 
 
-def parse_policy_arg(text: str) -> PolicySpec:
-    """``NAME``, ``NAME=ARTIFACT`` (a JSON parameter file), or ``onnx=FOLDER`` (an exported
-    policy: its folder, ``manifest.json`` or ``model.onnx``) as a :class:`PolicySpec`."""
+def parse_policy_arg(text: str, *, fetch_dir: str | Path | None = None) -> PolicySpec:
+    """``NAME``, ``NAME=ARTIFACT`` (a JSON parameter file), ``onnx=FOLDER`` (an exported
+    policy: its folder, ``manifest.json`` or ``model.onnx``), or ``ppo=SPEC`` as a
+    :class:`PolicySpec`.
+
+    ``ppo=SPEC`` is an exported policy wherever it is: ``models:/NAME@ALIAS``,
+    ``models:/NAME/N``, the id of the MLflow run that logged it, or an export folder. A
+    registered one is downloaded (into ``fetch_dir``, default a temporary folder that lives
+    as long as the process) and evaluated as ``onnx=FOLDER``; its label says which version,
+    ``ppo[rlscale-policy@champion=v3]``.
+
+    :raises ScenarioError: a malformed argument, a missing file or folder, or a registry that
+        cannot give the policy (the message says which and why).
+    """
     name, sep, artifact = text.partition("=")
     name = name.strip()
     if not name or (sep and not artifact.strip()):
@@ -136,10 +150,58 @@ def parse_policy_arg(text: str) -> PolicySpec:
             raise ScenarioError(f"--policy onnx=FOLDER: no exported policy at {folder}")
         label = (folder if folder.is_dir() else folder.parent).name
         return PolicySpec(name, {"artifact": str(folder)}, label=f"onnx[{label}]")
+    if name == PPO:
+        if not sep:
+            raise ScenarioError(f"--policy ppo=SPEC: {PPO_SPEC_FORMS}")
+        return _exported_spec(artifact.strip(), fetch_dir)
     params = Path(artifact.strip()) if sep else None
     if params is not None and not params.is_file():
         raise ScenarioError(f"--policy {name}={params}: no such file")
     return PolicySpec(name, params, per_episode=name in PER_EPISODE_POLICIES)
+
+
+PPO = "ppo"
+PPO_SPEC_FORMS = "SPEC is models:/NAME@ALIAS, models:/NAME/N, an MLflow run id, or an export folder"
+_FETCH_DIRS: list[Any] = []
+"""Temporary folders of downloaded policies, removed when the process ends."""
+
+
+def _exported_spec(spec: str, fetch_dir: str | Path | None) -> PolicySpec:
+    """``ppo=SPEC`` as an ``onnx`` :class:`PolicySpec` on a local folder."""
+    from rlscale.training.model_registry import fetch_policy, is_model_uri, is_run_id
+
+    local = Path(spec).expanduser()
+    if local.exists():
+        label = (local if local.is_dir() else local.parent).name
+        return PolicySpec("onnx", {"artifact": str(local)}, label=f"{PPO}[{label}]")
+    if not (is_model_uri(spec) or is_run_id(spec)):
+        raise ScenarioError(f"--policy ppo={spec}: no such folder; {PPO_SPEC_FORMS}")
+    import tempfile
+
+    if fetch_dir is None:
+        _FETCH_DIRS.append(tempfile.TemporaryDirectory(prefix="rlscale-evaluate-"))
+        fetch_dir = _FETCH_DIRS[-1].name
+    from rlscale.agents.onnx_policy import ArtifactError
+    from rlscale.experiments.tracking import tracking_uri
+
+    try:
+        from mlflow.exceptions import MlflowException
+    except ModuleNotFoundError:
+        raise ScenarioError(
+            f"--policy ppo={spec} needs the MLflow client: pip install 'rlscale[registry]'"
+        ) from None
+    try:
+        Path(fetch_dir).mkdir(parents=True, exist_ok=True)
+        fetched = fetch_policy(spec, tempfile.mkdtemp(prefix="policy-", dir=fetch_dir))
+    except (MlflowException, ArtifactError, OSError) as err:
+        raise ScenarioError(
+            f"--policy ppo={spec}: cannot fetch it from the registry at {tracking_uri()}: {err}"
+        ) from None
+    return PolicySpec(
+        "onnx",
+        {"artifact": str(fetched.folder), "origin": fetched.origin},
+        label=f"{PPO}[{fetched.label}]",
+    )
 
 
 def _with_labels(specs: Sequence[PolicySpec]) -> list[PolicySpec]:
@@ -237,15 +299,24 @@ def grid_tasks(
     return tasks
 
 
-def run_task(scenario: Scenario, task: EpisodeTask, sim: ClusterSimulator) -> EpisodeResult:
-    """Run one grid cell on ``sim`` (a one-cluster simulator of ``scenario``)."""
-    params = task.spec.params_dict()
-    if task.spec.per_episode:
-        params = {**params, "start_step": task.start_step, "seed": task.seed}
-    from rlscale.agents.observe import run_episode
-    from rlscale.agents.registry import make_policy
+def run_task(
+    scenario: Scenario, task: EpisodeTask, sim: ClusterSimulator, policy: Policy | None = None
+) -> EpisodeResult:
+    """Run one grid cell on ``sim`` (a one-cluster simulator of ``scenario``).
 
-    policy = make_policy(task.spec.name, scenario, params)
+    :param policy: the spec's policy, already built (a policy holds only its configuration,
+        so one object serves every episode); None: built here. Per-episode specs are always
+        built here.
+    """
+    from rlscale.agents.observe import run_episode
+
+    if policy is None or task.spec.per_episode:
+        from rlscale.agents.registry import make_policy
+
+        params = task.spec.params_dict()
+        if task.spec.per_episode:
+            params = {**params, "start_step": task.start_step, "seed": task.seed}
+        policy = make_policy(task.spec.name, scenario, params)
     return run_episode(policy, sim, seed=task.seed, start_step=task.start_step, record=task.record)
 
 
@@ -423,11 +494,13 @@ def evaluate(
     specs = _with_labels(specs)
 
     sc, split = split_scenario(sc)
+    built: dict[str, Policy] = {}
     for spec in specs:
-        # bad parameter files fail here, not after the other policies' episodes have run
+        # bad parameter files fail here, not after the other policies' episodes have run; the
+        # policy built is the one every episode runs (an export is verified and loaded once)
         params = spec.params_dict()
         if not spec.per_episode:
-            make_policy(spec.name, sc, params)
+            built[spec.display] = make_policy(spec.name, sc, params)
     test_starts = list(split.test_starts[:max_windows] if max_windows else split.test_starts)
     sim = ClusterSimulator(sc, 1)
     caps = sim.pool_capacity_rps
@@ -438,7 +511,7 @@ def evaluate(
     bar = tqdm(tasks, desc=f"evaluate {sc.name}", unit="episode", disable=not progress)
     for task in bar:
         bar.set_postfix_str(f"{task.spec.display} seed={task.seed} start={task.start_step}")
-        raw.append((task, run_task(sc, task, sim)))
+        raw.append((task, run_task(sc, task, sim, built.get(task.spec.display))))
 
     tenants = top_tenants([r for _, r in raw], n_top_tenants)
     by_policy: dict[str, dict[int, list[dict[str, float]]]] = {s.display: {} for s in specs}
@@ -551,9 +624,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         action="append",
         default=None,
         metavar="NAME[=PARAMS.json]",
-        help="a policy, optionally with a parameter file (a tuning result), or onnx=FOLDER "
-        "for an exported policy; repeat for several (default: every registered baseline). "
-        "The oracle is added when registered.",
+        help="a policy, optionally with a parameter file (a tuning result); onnx=FOLDER for "
+        "an exported policy; ppo=SPEC for a trained one wherever it is (models:/NAME@ALIAS, "
+        "models:/NAME/N, an MLflow run id, or an export folder); repeat for several "
+        "(default: every registered baseline). The oracle is added when registered.",
     )
     p.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default 5)")
     p.add_argument(

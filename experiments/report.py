@@ -252,6 +252,28 @@ def plot_cost_vs_slo(ev: Evaluation) -> str:
 # --- tables --------------------------------------------------------------------------------------
 
 
+def best_baseline(results: dict[str, Any]) -> tuple[str | None, str]:
+    """The best baseline of an evaluation and a note on how it was chosen.
+
+    The cheapest baseline (by mean cost) whose mean attainment meets the SLO target; if none
+    does, the baseline with the highest attainment (a cheaper one that misses the SLO is no
+    bar). None when the evaluation has no baselines.
+    """
+    target = float(results["slo"]["target_attainment"])
+    baselines = [b for b in results.get("baselines", []) if b in results["policies"]]
+    meeting = [b for b in baselines if _mean(results, b, "slo_attainment") >= target]
+    if meeting:
+        best = min(meeting, key=lambda b: _mean(results, b, "cost_usd"))
+        return best, f"the cheapest baseline meeting the {100 * target:g}% SLO target"
+    if baselines:
+        best = max(baselines, key=lambda b: _mean(results, b, "slo_attainment"))
+        return best, (
+            f"no baseline meets the {100 * target:g}% SLO target; the one with the highest "
+            "attainment"
+        )
+    return None, "no baselines in this evaluation"
+
+
 def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None, str]:
     """The gap table's rows, the best baseline, and a note on how it was chosen.
 
@@ -265,19 +287,7 @@ def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None,
         return [], None, "no oracle in this evaluation"
     target = float(results["slo"]["target_attainment"])
     oracle_cost = _mean(results, oracle, "cost_usd")
-    baselines = [b for b in results.get("baselines", []) if b in results["policies"]]
-    meeting = [b for b in baselines if _mean(results, b, "slo_attainment") >= target]
-    if meeting:
-        best = min(meeting, key=lambda b: _mean(results, b, "cost_usd"))
-        note = f"the cheapest baseline meeting the {100 * target:g}% SLO target"
-    elif baselines:
-        best = max(baselines, key=lambda b: _mean(results, b, "slo_attainment"))
-        note = (
-            f"no baseline meets the {100 * target:g}% SLO target; the one with the highest "
-            "attainment"
-        )
-    else:
-        best, note = None, "no baselines in this evaluation"
+    best, note = best_baseline(results)
     best_cost = _mean(results, best, "cost_usd") if best else float("nan")
     rows = []
     for label in results["policies"]:

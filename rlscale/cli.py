@@ -8,6 +8,7 @@ Subcommands:
     train        train a PPO scaler tracked in MLflow; registers it as challenger
     scenarios    list the scenarios that ship with the project
     data         list the public datasets, fetch them into $RLSCALE_DATA, refit shipped tables
+    promote      move the champion alias to the challenger only when it is cheaper and meets the SLO
 """
 
 from __future__ import annotations
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.training.train import add_train_parser
 
     add_train_parser(sub)
+    from rlscale.training.promote import add_promote_parser
+
+    add_promote_parser(sub)
     sub.add_parser("scenarios", help="list the shipped scenarios")
     from rlscale.datafetch import add_data_parser
 
@@ -341,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.training.export import run_register
 
             return run_register(args)
+        elif args.command == "promote":
+            from rlscale.training.promote import run_promote
+
+            return run_promote(args)
         elif args.command == "data":
             from rlscale.datafetch import run_data
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlscale.agents.base import Policy
-from rlscale.agents.onnx_policy import ArtifactError
 from rlscale.envs.scenario import Scenario, ScenarioError
 
 
@@ -124,85 +122,35 @@ def _onnx_signature(spec: str) -> tuple:
     return _file_signature(manifest_path, model)
 
 
-def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    rest = spec[len("models:/") :]
-    name, at, alias = rest.partition("@")
-    if at:
-        if not name or not alias or "/" in alias:
-            raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS")
-        return name, alias, None
-    name, slash, version = rest.rpartition("/")
-    if not slash or not name or not version.isdigit():
-        raise ScenarioError(f"policy '{spec}': expected models:/NAME@ALIAS or models:/NAME/N")
-    return name, None, version
-
-
-REGISTRY_HTTP_TIMEOUT_S = "10"
-REGISTRY_HTTP_RETRIES = "2"
-
-
-def _registry_client() -> Any:
-    # a registry away must not hold a decision service for minutes (MLflow's defaults retry
-    # for long); the operator's own settings win
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REGISTRY_HTTP_TIMEOUT_S)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REGISTRY_HTTP_RETRIES)
-    try:
-        from mlflow import MlflowClient
-    except ModuleNotFoundError:
-        raise ScenarioError(
-            "models:/ policies need the MLflow client: pip install 'rlscale[registry]'"
-        ) from None
-    from rlscale.experiments.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri=tracking_uri())
-
-
 def check_registry_spec(spec: str) -> None:
     """A ``models:/`` spec is well formed and the MLflow client is installed (no network).
 
     :raises ScenarioError: otherwise.
     """
-    _parse_model_uri(spec)
-    _registry_client()
+    from rlscale.training.model_registry import parse_model_uri, registry_client
+
+    parse_model_uri(spec)
+    registry_client()
 
 
 def _registered_version(spec: str) -> str:
-    """The registry version ``spec`` names now (an alias is resolved)."""
-    name, alias, version = _parse_model_uri(spec)
-    if version is not None:
-        return version
-    return str(_registry_client().get_model_version_by_alias(name, alias).version)
+    from rlscale.training.model_registry import registered_version
+
+    return registered_version(spec)
 
 
 def _load_registered(spec: str, scenario: Scenario) -> LoadedPolicy:
-    """Download the version ``spec`` names and load it as an ONNX artifact.
-
-    Only the manifest and the model file it names are fetched, not whatever else the
-    version's folder holds.
-    """
+    """Download the version ``spec`` names and load it as an ONNX artifact."""
     import tempfile
 
-    from rlscale.agents.onnx_policy import MANIFEST_NAME, load_onnx_policy, read_manifest
-
-    name, _, _ = _parse_model_uri(spec)
-    version = _registered_version(spec)
-    client = _registry_client()
-    source = client.get_model_version_download_uri(name, version).rstrip("/")
-    from mlflow.artifacts import download_artifacts
+    from rlscale.agents.onnx_policy import load_onnx_policy
+    from rlscale.training.model_registry import fetch_policy
 
     with tempfile.TemporaryDirectory(prefix="rlscale-policy-") as tmp:
-        download_artifacts(artifact_uri=f"{source}/{MANIFEST_NAME}", dst_path=tmp)
-        manifest = read_manifest(Path(tmp))
-        model_file = Path(manifest.model.file)
-        if model_file.is_absolute() or ".." in model_file.parts:
-            raise ArtifactError(f"{spec}: model.file must be inside the artifact folder")
-        target = Path(tmp) / model_file.parent
-        target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(artifact_uri=f"{source}/{model_file.as_posix()}", dst_path=str(target))
+        fetched = fetch_policy(spec, tmp)
         # the verified bytes are held in memory: the download can go
-        policy = load_onnx_policy(tmp, pools=[p.name for p in scenario.pools])
-    return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=f"models:/{name}/{version}")
+        policy = load_onnx_policy(fetched.folder, pools=[p.name for p in scenario.pools])
+    return LoadedPolicy(policy, policy.version, spec, "mlflow", origin=fetched.origin)
 
 
 register_policy_loader("baseline", lambda spec: True, _load_baseline, _baseline_signature)
