@@ -80,7 +80,11 @@ class TrainConfig:
         0.002, "train toward target + margin, so that the deterministic policy clears the target"
     )
     # --- validation, checkpoints, output ---
-    eval_every: int = _f(100_000, "validate every this many env steps (0: only at the end)")
+    eval_every: int = _f(
+        250_000,
+        "validate every this many env steps (0: only at the end); each validation also steers "
+        "the rollouts' attainment target so that the served policy meets the SLO",
+    )
     eval_windows: int = _f(4, "validation windows per evaluation (from the training part)")
     eval_seeds: int = _f(1, "seeds per validation window")
     checkpoint_every: int = _f(100_000, "save a resumable checkpoint every this many env steps")

@@ -196,7 +196,10 @@ class _Trainer:
                 if config.lagrange_init_usd is not None
                 else self.scenario.reward.slo_violation_usd
             ),
-            target=min(self.scenario.slo.target_attainment + config.attainment_margin, 0.9999),
+            base_target=min(
+                self.scenario.slo.target_attainment + config.attainment_margin,
+                LagrangeMultiplier.MAX_TARGET,
+            ),
             lr=config.lagrange_lr if config.lagrangian else 0.0,
             min_usd=config.lagrange_min_usd,
             max_usd=max(config.lagrange_max_usd, config.lagrange_min_usd),
@@ -296,7 +299,11 @@ class _Trainer:
     def validate(self) -> ValidationResult:
         result = self.validator.run(self.act, self.model.num_timesteps)
         self.validations.append(result)
-        _log_metrics(self.client, self.run_id, result.metrics(), self.model.num_timesteps)
+        metrics = result.metrics()
+        if self.config.lagrangian:
+            metrics["lagrange/target"] = self.lagrange.observe_served(result.slo_attainment)
+            metrics["lagrange/offset"] = self.lagrange.offset
+        _log_metrics(self.client, self.run_id, metrics, self.model.num_timesteps)
         return result
 
     def checkpoint(self) -> Path:

@@ -207,7 +207,7 @@ def test_config_file_then_flags_and_clear_errors(tmp_path):
 
 
 def test_lagrange_price_rises_below_target_and_falls_above():
-    lag = LagrangeMultiplier(price_usd=0.01, target=0.99, lr=0.5)
+    lag = LagrangeMultiplier(price_usd=0.01, base_target=0.99, lr=0.5)
     # 2% missed against 1% allowed: the price goes up by e**0.5
     assert lag.update(good=98.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.5))
     # all requests within SLO: down by e**0.5 (the step is clipped to one unit)
@@ -218,10 +218,29 @@ def test_lagrange_price_rises_below_target_and_falls_above():
     assert lag.update(good=50.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.5))
     # nothing served: no information, no step
     assert lag.update(good=0.0, demand=0.0) == pytest.approx(0.01 * np.exp(0.5))
-    capped = LagrangeMultiplier(price_usd=5.0, target=0.99, lr=5.0, max_usd=10.0)
+    capped = LagrangeMultiplier(price_usd=5.0, base_target=0.99, lr=5.0, max_usd=10.0)
     assert capped.update(good=0.0, demand=10.0) == 10.0
     with pytest.raises(ValueError, match="target"):
-        LagrangeMultiplier(price_usd=1.0, target=1.0)
+        LagrangeMultiplier(price_usd=1.0, base_target=1.0)
+
+
+def test_served_policy_below_target_raises_the_rollout_target():
+    lag = LagrangeMultiplier(price_usd=0.01, base_target=0.992)
+    # validation of the deterministic policy at 98.5%: rollouts must now reach 99.9%
+    assert lag.observe_served(0.985) == pytest.approx(0.999)
+    # a 2% rollout miss now counts as twice the allowance... and more: the step is clipped
+    assert lag.update(good=98.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.2))
+    # served at 99.5% next: 0.3 points of slack given back
+    assert lag.observe_served(0.995) == pytest.approx(0.996)
+    # far above target: the offset never goes below zero
+    assert lag.observe_served(1.0) == pytest.approx(0.992)
+    assert lag.offset == 0.0
+    # far below: the target is capped short of 100%
+    assert lag.observe_served(0.5) == pytest.approx(LagrangeMultiplier.MAX_TARGET)
+    state = lag.state()
+    fresh = LagrangeMultiplier(price_usd=1.0, base_target=0.992)
+    fresh.load(state)
+    assert fresh.target == lag.target and fresh.price_usd == lag.price_usd
 
 
 def test_the_violation_price_is_what_the_reward_charges():
