@@ -23,6 +23,12 @@ from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
+from rlscale.envs.randomization import (
+    NOMINAL,
+    draw_scales,
+    max_cold_start_scale,
+    scales_dict,
+)
 from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
 from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
@@ -157,6 +163,10 @@ class ClusterSimulator:
     :param split: the part of the workload episodes lie in (:mod:`rlscale.envs.splits`):
         ``"all"`` (the whole trace, the scenario's episode length), or ``"train"``,
         ``"validation"`` or ``"heldout"`` (episodes of the split's length, which fits each part).
+    :param randomize: draw every episode's multipliers from the scenario's ``randomization``
+        ranges (domain randomization, for training; :mod:`rlscale.envs.randomization`). Off
+        by default, so evaluation runs the scenario as written; on with no such section, the
+        multipliers stay 1.
     """
 
     def __init__(
@@ -167,6 +177,7 @@ class ClusterSimulator:
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
         split: str = "all",
+        randomize: bool = False,
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
@@ -180,6 +191,8 @@ class ClusterSimulator:
                 f"{sc.substep_s} s"
             )
         self.workload = wl
+        self.randomize = bool(randomize)
+        self._randomization = sc.randomization if randomize else None
         self.split_part = check_part(split)
         self.split: Split | None = None
         if split != "all":
@@ -263,8 +276,10 @@ class ClusterSimulator:
 
         grace_bins = max(1, round(sc.drain_grace_s / sc.substep_s))
         L = max(2, math.ceil(sc.slo.timeout_s / sc.substep_s))
-        # the lifecycle rings must reach the slowest start: provisioning, then loading
+        # the lifecycle rings must reach the slowest start: provisioning, then loading, at
+        # the largest cold-start multiplier an episode may draw
         slowest_start_s = cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max()
+        slowest_start_s *= max_cold_start_scale(self._randomization)
         H = math.ceil(slowest_start_s / sc.substep_s) + 2
         G = int(max(grace_bins, max_notice)) + 2
         ref_rps = max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
@@ -394,6 +409,9 @@ class ClusterSimulator:
         :param start_step: pin the episode's first decision step within the workload (for
             evaluation on a chosen window); drawn uniformly from :attr:`start_range` (the
             chosen part of the split) when None.
+
+        With ``randomize`` on, the episode's multipliers are drawn from a stream seeded by its
+        kernel seed: ``rng`` yields the same numbers with randomization on or off.
         """
         lo, hi = self.start_range
         if start_step is None:
@@ -410,8 +428,9 @@ class ClusterSimulator:
         self.start_steps[i] = start
         self.steps[i] = 0
         self.tenant_cost[i] = 0.0
+        scales = NOMINAL if self._randomization is None else draw_scales(self._randomization, seed)
         dyn.reset_cluster(
-            i, start * self.substeps_per_step, seed, self._params, self._state, self._out
+            i, start * self.substeps_per_step, seed, scales, self._params, self._state, self._out
         )
 
     def step(self, actions: np.ndarray) -> None:
@@ -452,6 +471,18 @@ class ClusterSimulator:
             "admitted": float(c[dyn.CS_ADMITTED]),
             "requeued": float(c[dyn.CS_REQUEUED]),
         }
+
+    def randomization(self, i: int) -> dict[str, float]:
+        """The multipliers cluster ``i``'s episode runs with (``rate_scale``,
+        ``spot_price_scale``, ``preemption_scale``, ``cold_start_scale``); all 1 when nominal."""
+        return scales_dict(self.cluster_state[i, dyn.CS_SCALES : dyn.CS_SCALES + dyn.N_SCALES])
+
+    def randomization_info(self, i: int) -> dict[str, float]:
+        """Cluster ``i``'s multipliers as info keys (``randomization/rate_scale``, ...) when this
+        simulator randomizes, for episode summaries; empty otherwise."""
+        if not self.randomize:
+            return {}
+        return {f"randomization/{k}": v for k, v in self.randomization(i).items()}
 
     def replicas(self, i: int) -> dict[str, dict[str, float]]:
         """Replicas of cluster ``i`` by pool and state."""
