@@ -29,7 +29,13 @@ from rlscale.envs.randomization import (
     max_cold_start_scale,
     scales_dict,
 )
-from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
+from rlscale.envs.scenario import (
+    RandomizationConfig,
+    Scenario,
+    ScenarioError,
+    WorkloadConfig,
+    load_scenario,
+)
 from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
 from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
@@ -191,8 +197,6 @@ class ClusterSimulator:
                 f"{sc.substep_s} s"
             )
         self.workload = wl
-        self.randomize = bool(randomize)
-        self._randomization = sc.randomization if randomize else None
         self.split_part = check_part(split)
         self.split: Split | None = None
         if split != "all":
@@ -276,11 +280,10 @@ class ClusterSimulator:
 
         grace_bins = max(1, round(sc.drain_grace_s / sc.substep_s))
         L = max(2, math.ceil(sc.slo.timeout_s / sc.substep_s))
-        # the lifecycle rings must reach the slowest start: provisioning, then loading, at
-        # the largest cold-start multiplier an episode may draw
-        slowest_start_s = cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max()
-        slowest_start_s *= max_cold_start_scale(self._randomization)
-        H = math.ceil(slowest_start_s / sc.substep_s) + 2
+        # the lifecycle rings must reach the slowest start: provisioning, then loading (at the
+        # largest cold-start multiplier, when randomizing: set_randomize lengthens them)
+        self._slowest_start_s = float(cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max())
+        H = self._ring_length(1.0)
         G = int(max(grace_bins, max_notice)) + 2
         ref_rps = max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
         self.reference_rps = ref_rps
@@ -377,6 +380,39 @@ class ClusterSimulator:
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
+        self.randomize = False
+        self._randomization: RandomizationConfig | None = None
+        self.set_randomize(randomize)
+
+    # --- domain randomization ----------------------------------------------------------------
+    def set_randomize(self, on: bool) -> None:
+        """Switch domain randomization on or off from each cluster's next reset on (the
+        constructor's ``randomize``; for example to start training on the nominal scenario).
+        """
+        self.randomize = bool(on)
+        self._randomization = self.scenario.randomization if self.randomize else None
+        self._fit_lifecycle_rings(self._ring_length(max_cold_start_scale(self._randomization)))
+
+    def _ring_length(self, cold_start_scale: float) -> int:
+        return math.ceil(self._slowest_start_s * cold_start_scale / self.scenario.substep_s) + 2
+
+    def _fit_lifecycle_rings(self, length: int) -> None:
+        """Lengthen the lifecycle rings to ``length`` sub-steps (never shorten them), keeping
+        every pending transition due at the sub-step it was due at."""
+        old = self.lifecycle_rings
+        n, _, _, h_old = old.shape
+        if length <= h_old:
+            return
+        rings = np.zeros((*old.shape[:3], length), dtype=old.dtype)
+        # pending transitions are due within the ring's reach of the next sub-step
+        now = self.cluster_state[:, dyn.CS_SUB].astype(np.int64)
+        rows = np.arange(n)
+        for slot in range(h_old):
+            due = now + (slot - now) % h_old
+            rings[rows, :, :, due % length] = old[:, :, :, slot]
+        self.lifecycle_rings = rings
+        self.sim_params[dyn.SP_H] = length
+        self._state = tuple(rings if a is old else a for a in self._state)
 
     # --- control ---------------------------------------------------------------------------
     @property

@@ -340,3 +340,46 @@ def test_episode_summary_carries_the_episodes_multipliers(randomized):
         plain.step_async(np.tile(plain.sim.noop_action(), (1, 1)))
         _, _, _, infos = plain.step_wait()
     assert not any(k.startswith("randomization/") for k in infos[0])
+
+
+def test_set_randomize_takes_effect_at_the_next_reset(randomized):
+    sc = randomized(TRAINING_RANGES)
+    built_on = ClusterSimulator(sc, 2, randomize=True)
+    switched = ClusterSimulator(sc, 2)
+    switched.set_randomize(True)
+    for sim in (built_on, switched):
+        for i in range(2):
+            sim.reset_cluster(i, np.random.default_rng(i))
+    assert [switched.randomization(i) for i in range(2)] == [
+        built_on.randomization(i) for i in range(2)
+    ]
+    switched.set_randomize(False)
+    assert switched.randomization(0) == built_on.randomization(0)  # until the next reset
+    switched.reset_cluster(0, np.random.default_rng(0))
+    assert switched.randomization(0) == dict.fromkeys(SCALE_NAMES, 1.0)
+    assert switched.randomization_info(0) == {}
+
+
+def test_switching_on_mid_episode_keeps_the_replicas_starting_on_time(randomized):
+    """The lifecycle rings lengthen for the range's slowest start; replicas already starting
+    become ready when they were due to, and the episode runs on unchanged."""
+    sc = randomized(
+        {"cold_start_scale": [6.0, 6.0]}, cold_start=NARROW_COLD_START, control_interval_s=5
+    )
+    runs = []
+    for switch in (False, True):
+        sim = ClusterSimulator(sc, 2)
+        for i in range(2):
+            sim.reset_cluster(i, np.random.default_rng(3 + i), start_step=0)
+        rng = np.random.default_rng(0)
+        record = []
+        for t in range(150):
+            if switch and t == 10:
+                sim.set_randomize(True)
+            sim.step(rng.integers(0, sim.action_nvec, size=(2, sim.action_nvec.size)))
+            record.append((sim.obs.copy(), sim.metrics.copy(), sim.pool_metrics.copy()))
+        runs.append(record)
+    for (o0, m0, p0), (o1, m1, p1) in zip(*runs, strict=True):
+        np.testing.assert_array_equal(o1, o0)
+        np.testing.assert_array_equal(m1, m0)
+        np.testing.assert_array_equal(p1, p0)
