@@ -261,7 +261,10 @@ class RandomizationConfig(_Strict):
     )
     preemption_scale: ScaleRange | None = Field(
         default=None,
-        description="multiplies the chance of a spot preemption per step; >= 0 (0: none)",
+        description=(
+            "multiplies the chance of a spot preemption per step; >= 0 (0: none); a chance "
+            "of 1 (a trace's certain loss) stays 1"
+        ),
     )
     cold_start_scale: ScaleRange | None = Field(
         default=None,

@@ -383,3 +383,9 @@ def test_switching_on_mid_episode_keeps_the_replicas_starting_on_time(randomized
         np.testing.assert_array_equal(o1, o0)
         np.testing.assert_array_equal(m1, m0)
         np.testing.assert_array_equal(p1, p0)
+
+
+def test_the_randomized_env_passes_the_gymnasium_checker(randomized):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(InferenceClusterEnv(scenario=randomized(TRAINING_RANGES), randomize=True))
