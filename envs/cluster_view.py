@@ -153,9 +153,11 @@ class ClusterView:
 
     @property
     def forecast_rps(self) -> float:
-        """The workload's forecast rate of the next interval, after the response cache."""
+        """The workload's forecast rate of the next interval, after the response cache (and
+        scaled as the episode's arrivals are, under domain randomization)."""
         forecast = self._forecast_rps
-        return float(forecast[self._bin % forecast.shape[0]] * self._cache_keep)
+        rate_scale = self._c[dyn.CS_SCALES + dyn.SC_RATE]
+        return float(forecast[self._bin % forecast.shape[0]] * rate_scale * self._cache_keep)
 
     def spot_capacity_share(self) -> np.ndarray:
         """[pools] share of the quota the spot market can supply now (1 on demand); a copy."""
@@ -259,9 +261,11 @@ class SpotMarketSeries(NamedTuple):
 
     price_usd_h: np.ndarray
     """[pools, steps] hourly price of a replica (a price trace, or the mean-reverting
-    process's mean where the path is drawn per cluster)."""
+    process's mean where the path is drawn per cluster), as the scenario writes it: an
+    episode under domain randomization scales it by its ``spot_price_scale``."""
     preempt_prob: np.ndarray
-    """[pools, steps] chance that a spot replica is preempted in the step."""
+    """[pools, steps] chance that a spot replica is preempted in the step (nominal; scaled
+    by an episode's ``preemption_scale``)."""
     capacity_share: np.ndarray
     """[pools, steps] share of the quota the market can supply."""
     fulfil_prob: np.ndarray
@@ -276,7 +280,9 @@ class SpotMarketSeries(NamedTuple):
 class ColdStartLevels(NamedTuple):
     """Per pool, equally likely levels of each cold-start phase in seconds (read-only views).
 
-    Each array is ``[pools, levels]``; the phases of one start are independent draws.
+    Each array is ``[pools, levels]``; the phases of one start are independent draws. These
+    are the nominal levels: an episode under domain randomization scales them by its
+    ``cold_start_scale``.
     """
 
     provisioning_s: np.ndarray

@@ -25,6 +25,9 @@ Model, per cluster and sub-step (``dt`` seconds, default 1 s):
   notice drain the same way, but at the notice deadline their in-flight work returns to the queue.
 * Billing per second in every billed state (provisioning, loading, ready, draining, warm-pool
   refill); standby replicas cost their holding price.
+* Domain randomization: each cluster's episode carries its own multipliers of the arrival rate,
+  the spot price, the preemption chance and the cold-start durations (``CS_SCALES``), set at
+  reset; they are exactly 1 for the nominal scenario, so its numbers are unchanged.
 
 Per-request latency percentiles come from the queue-age histogram of admitted requests
 combined with the prompt-length quantiles (prefill time), see :func:`_ttft_stats`.
@@ -134,7 +137,15 @@ CS_VIOL = 17
 CS_EP_BASE_SUM = 18  # episode sums for TTFT percentiles: admitted x base latency
 CS_EP_PRE_SUM = 19  # admitted x prefill seconds per prompt token
 CS_EP_BASE_W = 20  # admitted requests with a known base latency
-N_CS = 21
+# the episode's domain-randomization multipliers (SC_* order), drawn at reset; 1 when nominal
+CS_SCALES = 21
+N_CS = CS_SCALES + 4
+# offsets of the multipliers from CS_SCALES (rlscale.envs.randomization.SCALE_NAMES' order)
+SC_RATE = 0  # arrivals and their tokens, and the forecast
+SC_SPOT_PRICE = 1  # spot prices: a trace's path, or the mean-reverting process's mean and noise
+SC_PREEMPT = 2  # the chance of a preemption per step
+SC_COLD_START = 3  # provisioning, weight-loading and warm-start durations
+N_SCALES = 4
 
 # --- pool state: ps[i, pool, ...] ------------------------------------------------------------
 PS_PROV = 0
@@ -966,21 +977,28 @@ def _step_cluster(i, actions, params, state, out):
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
     dstep = ((off + s0) // K) % nspot
+    # the episode's multipliers (exactly 1 for the nominal scenario, which x * 1 leaves as is)
+    rate_scale = c[CS_SCALES + SC_RATE]
+    price_scale = c[CS_SCALES + SC_SPOT_PRICE]
+    preempt_scale = c[CS_SCALES + SC_PREEMPT]
+    cold_scale = c[CS_SCALES + SC_COLD_START]
 
     # --- market: spot prices and preemption notices at the start of the interval -------------
     for p in range(P):
         row = ps[i, p]
         if pp[p, PP_SPOT] > 0.0:
             if pp[p, PP_PRICE_TRACE] > 0.0:
-                row[PS_PRICE] = spot[0, p, dstep]
+                row[PS_PRICE] = spot[0, p, dstep] * price_scale
             else:
+                # the whole process scaled: its mean, its noise and its floor
                 h = dt * K / 3600.0
-                mean = pp[p, PP_OU_MEAN]
+                mean = pp[p, PP_OU_MEAN] * price_scale
                 rev = pp[p, PP_OU_REV]
                 x = row[PS_PRICE] + rev * (mean - row[PS_PRICE]) * h
-                x += pp[p, PP_OU_VOL] * np.sqrt(h) * _normal(rng, i)
+                x += pp[p, PP_OU_VOL] * price_scale * np.sqrt(h) * _normal(rng, i)
                 row[PS_PRICE] = max(0.05 * mean, x)
-            n_pre = _binomial(rng, i, row[PS_READY], spot[1, p, dstep])
+            # a scaled chance past 1 is a certain preemption (_binomial takes p >= 1 as such)
+            n_pre = _binomial(rng, i, row[PS_READY], spot[1, p, dstep] * preempt_scale)
             if n_pre > 0.0:
                 nb = int(pp[p, PP_NOTICE_BINS])
                 _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G)
@@ -1014,7 +1032,8 @@ def _step_cluster(i, actions, params, state, out):
             n_new = max(0.0, min(delta, np.floor(headroom + 1e-9)))
             from_standby = min(n_new, row[PS_STANDBY])
             for _ in range(int(from_standby)):
-                bins = max(1, int(_draw_table(rng, i, cold[p, CT_WARM]) / dt + 0.5))
+                t = _draw_table(rng, i, cold[p, CT_WARM]) * cold_scale
+                bins = max(1, int(t / dt + 0.5))
                 srings[i, p, RING_LOAD_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
             row[PS_STANDBY] -= from_standby
             row[PS_LOAD] += from_standby
@@ -1026,7 +1045,8 @@ def _step_cluster(i, actions, params, state, out):
                 m[M_UNFULFILLED] += n_cold - got
                 n_cold = got
             for _ in range(int(n_cold)):
-                bins = max(1, int(_draw_table(rng, i, cold[p, CT_PROV]) / dt + 0.5))
+                t = _draw_table(rng, i, cold[p, CT_PROV]) * cold_scale
+                bins = max(1, int(t / dt + 0.5))
                 srings[i, p, RING_PROV_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
             row[PS_PROV] += n_cold
             pmet[i, p, PM_COLD] += n_cold
@@ -1073,6 +1093,7 @@ def _step_cluster(i, actions, params, state, out):
             n_fill = max(0.0, min(warm_target - have, np.floor(quota - occupied + 1e-9)))
             for _ in range(int(n_fill)):
                 t = _draw_table(rng, i, cold[p, CT_PROV]) + _draw_table(rng, i, cold[p, CT_LOAD])
+                t *= cold_scale
                 bins = max(1, int(t / dt + 0.5))
                 srings[i, p, RING_STANDBY_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
             row[PS_REFILL] += n_fill
@@ -1125,7 +1146,8 @@ def _step_cluster(i, actions, params, state, out):
                     row[PS_PROV] -= x
                     row[PS_LOAD] += x
                     for _ in range(int(x + 0.5)):
-                        bins = max(1, int(_draw_table(rng, i, cold[p, CT_LOAD]) / dt + 0.5))
+                        t = _draw_table(rng, i, cold[p, CT_LOAD]) * cold_scale
+                        bins = max(1, int(t / dt + 0.5))
                         srings[i, p, RING_LOAD_DONE, (s + min(bins, H - 1)) % H] += 1.0
                 y = srings[i, p, RING_LOAD_DONE, h_slot]
                 if y > 0.0:
@@ -1194,11 +1216,12 @@ def _step_cluster(i, actions, params, state, out):
         if c[CS_QHEAD] <= s - L:
             c[CS_QHEAD] = s - L + 1
         wb = (off + s) % nbins
-        mean_n = wl[0, wb]
+        mean_n = wl[0, wb] * rate_scale
         n_arr = _poisson(rng, i, mean_n) if sp[SP_STOCH] > 0.0 else mean_n
         if n_arr > 0.0:
             if mean_n > 0.0:
-                ratio = n_arr / mean_n
+                # tokens follow the requests: per request as the bin holds them
+                ratio = n_arr / wl[0, wb]
                 pt = wl[WL_PROMPT, wb] * ratio
                 ot = wl[WL_OUTPUT, wb] * ratio
                 n0 = wl[WL_N0, wb] * ratio
@@ -1727,7 +1750,7 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
         o,
         c[CS_RATE_LAST],
         c[CS_RATE_EWMA],
-        wl[WL_FORECAST, bin_now % nbins] * (1.0 - sp[SP_CACHE]),
+        wl[WL_FORECAST, bin_now % nbins] * c[CS_SCALES + SC_RATE] * (1.0 - sp[SP_CACHE]),
         c[CS_QN],
         m[M_INFLIGHT],
         m[M_UTIL],
@@ -1863,8 +1886,10 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
 
 
 @njit(cache=True, error_model="numpy")
-def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
-    """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream."""
+def reset_cluster(i, offset_bins, seed, scales, params, state, out) -> None:
+    """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream and
+    the episode's multipliers ``scales`` ([N_SCALES], SC_* order; ones for the nominal
+    scenario)."""
     sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
     cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _, _ = state
     obs, _, met, pmet = out
@@ -1872,16 +1897,19 @@ def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     for j in range(cs.shape[1]):
         cs[i, j] = 0.0
     cs[i, CS_OFF] = float(offset_bins)
+    for k in range(N_SCALES):
+        cs[i, CS_SCALES + k] = scales[k]
+    price_scale = scales[SC_SPOT_PRICE]
     rng[i] = np.uint64(seed)
     for p in range(P):
         for j in range(ps.shape[2]):
             ps[i, p, j] = 0.0
         ps[i, p, PS_READY] = pp[p, PP_INIT]
         if pp[p, PP_SPOT] > 0.0 and pp[p, PP_PRICE_TRACE] == 0.0:
-            ps[i, p, PS_PRICE] = pp[p, PP_OU_MEAN]
+            ps[i, p, PS_PRICE] = pp[p, PP_OU_MEAN] * price_scale
         elif pp[p, PP_SPOT] > 0.0:
             K = int(sp[SP_K])
-            ps[i, p, PS_PRICE] = spot[0, p, (offset_bins // K) % int(sp[SP_NSPOT])]
+            ps[i, p, PS_PRICE] = spot[0, p, (offset_bins // K) % int(sp[SP_NSPOT])] * price_scale
         else:
             ps[i, p, PS_PRICE] = pp[p, PP_PRICE]
     qring[i, :, :] = 0.0
@@ -1900,7 +1928,7 @@ def reset_cluster(i, offset_bins, seed, params, state, out) -> None:
     recent = 0.0
     for k in range(K):
         recent += wl[0, (offset_bins - K + k) % nbins] if offset_bins >= K else wl[0, k % nbins]
-    rate = recent / (K * sp[SP_DT])
+    rate = recent * scales[SC_RATE] / (K * sp[SP_DT])
     cs[i, CS_RATE_LAST] = rate
     cs[i, CS_RATE_EWMA] = rate
     _write_obs(i, sp, pp, wl, cs[i], ps, met[i], obs, obs_lo, obs_hi, spot)

@@ -87,6 +87,9 @@ class InferenceClusterEnv(gym.Env):
     decision step drawn uniformly among those whose whole episode lies in the chosen part of
     the workload's split (``split``, the training part by default; see
     :mod:`rlscale.envs.splits`). ``options={"start_step": k}`` pins it, inside that part.
+    With ``randomize=True`` the episode also draws its multipliers of the arrival rate, the
+    spot price, the preemption chance and the cold-start durations from the scenario's
+    ``randomization`` ranges (domain randomization; see below).
 
     ## Episode End
     Never terminated; truncated after the split's episode length: the scenario's
@@ -98,7 +101,10 @@ class InferenceClusterEnv(gym.Env):
     ``slo/attainment``, ``slo/attainment_episode``, ``latency/ttft_p95_s`` (p50/p95/p99 of TTFT
     and TPOT), ``replicas`` (pool -> state -> count), ``scale/cold_starts``,
     ``spot/preemptions``, request counters, ``cost/budget_spent`` (cost so far / ``budget_usd``)
-    when the scenario sets a budget, and at the episode's end ``cost/by_tenant_usd``.
+    when the scenario sets a budget, and at the episode's end ``cost/by_tenant_usd``. With
+    ``randomize=True``, the reset's info and the episode's last carry the episode's multipliers:
+    ``randomization/rate_scale``, ``randomization/spot_price_scale``,
+    ``randomization/preemption_scale``, ``randomization/cold_start_scale``.
 
     ## Arguments
     * ``scenario``: a shipped scenario name (see ``rlscale.envs.list_scenarios()``), a YAML
@@ -108,6 +114,13 @@ class InferenceClusterEnv(gym.Env):
     * ``workload_seed``: seed of the workload's own sampling (ServeGen, synthetic noise).
     * ``split``: where episodes lie: ``"train"`` (default; never a held-out or validation
       window), ``"validation"``, ``"heldout"``, or ``"all"`` (the whole trace).
+    * ``randomize``: domain randomization for training (default ``False``). Each episode draws
+      a multiplier of the arrival rate (and its tokens and forecast), of the spot prices, of
+      the preemption chance and of the cold-start durations from the ranges of the scenario's
+      ``randomization`` section (1 for a range it leaves out); the draws are reproducible for a
+      seed and do not change the episode's window or the simulator's own random stream.
+      ``False`` runs the scenario as written (evaluation), as does a scenario without the
+      section.
 
     >>> import gymnasium as gym
     >>> import rlscale.envs
@@ -116,10 +129,15 @@ class InferenceClusterEnv(gym.Env):
     >>> obs, reward, terminated, truncated, info = env.step(env.unwrapped.noop_action())
     >>> reward < 0 and not terminated
     True
+    >>> env = gym.make("rlscale/InferenceCluster-v0", scenario="azure-conv", randomize=True)
+    >>> obs, info = env.reset(seed=0)
+    >>> 0.8 <= info["randomization/rate_scale"] <= 1.25
+    True
 
     ## Version History
     * v0: initial version; episodes lie in the training part of the split by default; no
-      observation without a live counterpart (``episode_progress`` and ``budget_spent`` gone).
+      observation without a live counterpart (``episode_progress`` and ``budget_spent`` gone);
+      ``randomize`` for domain randomization (off by default: nominal runs are unchanged).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -131,13 +149,19 @@ class InferenceClusterEnv(gym.Env):
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
         split: str = "train",
+        randomize: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported; this env has none")
         self.render_mode = None
         self.sim = ClusterSimulator(
-            scenario, 1, workload=workload, workload_seed=workload_seed, split=split
+            scenario,
+            1,
+            workload=workload,
+            workload_seed=workload_seed,
+            split=split,
+            randomize=randomize,
         )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
@@ -162,6 +186,7 @@ class InferenceClusterEnv(gym.Env):
         self.sim.reset_cluster(0, self.np_random, start_step=start)
         self._ready = True
         info = {"replicas": self.sim.replicas(0), "start_step": int(self.sim.start_steps[0])}
+        info.update(self.sim.randomization_info(0))
         return self.sim.obs[0].copy(), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -175,5 +200,6 @@ class InferenceClusterEnv(gym.Env):
         info = self.sim.step_info(0)
         if truncated:
             info["cost/by_tenant_usd"] = self.sim.tenant_costs(0)
+            info.update(self.sim.randomization_info(0))
             self._ready = False
         return self.sim.obs[0].copy(), float(self.sim.rewards[0]), False, truncated, info

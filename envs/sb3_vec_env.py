@@ -28,6 +28,9 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
     Episodes lie wholly in the training part of the workload's split
     (:mod:`rlscale.envs.splits`), so training never sees held-out traffic; ``split`` picks
     another part (``"validation"``, ``"heldout"``) or the whole trace (``"all"``).
+    ``randomize=True`` draws every episode's multipliers from the scenario's ``randomization``
+    ranges (domain randomization); the episode-end infos then carry them
+    (``randomization/rate_scale``, ...).
     """
 
     def __init__(
@@ -38,9 +41,10 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
         split: str = "train",
+        randomize: bool = False,
     ) -> None:
         self.render_mode = None
-        self._setup(num_envs, scenario, workload, workload_seed, split)
+        self._setup(num_envs, scenario, workload, workload_seed, split, randomize)
         VecEnv.__init__(self, num_envs, self.single_observation_space, self.single_action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(num_envs)

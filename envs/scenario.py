@@ -7,12 +7,21 @@ instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
@@ -227,6 +236,79 @@ class RewardConfig(_Strict):
     scale: PositiveFloat = 1.0
 
 
+ScaleRange = tuple[float, float]
+"""``[lo, hi]``: an episode's multiplier is drawn between them (``[x, x]`` fixes it at x)."""
+
+RANDOMIZED_SCALES = ("rate_scale", "spot_price_scale", "preemption_scale", "cold_start_scale")
+"""The multipliers an episode may draw, in the order the kernel stores them."""
+
+
+class RandomizationConfig(_Strict):
+    """Domain randomization: the ranges each training episode draws its multipliers from.
+
+    Only a simulator built with ``randomize=True`` draws them (training); otherwise, and for a
+    range left out, the multiplier is 1 and the scenario runs as written. Each cluster draws
+    its own at every reset (:mod:`rlscale.envs.randomization`).
+    """
+
+    rate_scale: ScaleRange | None = Field(
+        default=None,
+        description="multiplies the arrival rate (and so the tokens) and its forecast; > 0",
+    )
+    spot_price_scale: ScaleRange | None = Field(
+        default=None,
+        description="multiplies every spot pool's price path (trace or process); > 0",
+    )
+    preemption_scale: ScaleRange | None = Field(
+        default=None,
+        description=(
+            "multiplies the chance of a spot preemption per step; >= 0 (0: none); a chance "
+            "of 1 (a trace's certain loss) stays 1"
+        ),
+    )
+    cold_start_scale: ScaleRange | None = Field(
+        default=None,
+        description="multiplies provisioning, weight-loading and warm-start durations; > 0",
+    )
+    sampling: Literal["log_uniform", "uniform"] = Field(
+        default="log_uniform",
+        description=(
+            "how a multiplier is drawn in [lo, hi]: log_uniform (as likely to halve as to "
+            "double; needs lo > 0 unless lo == hi) or uniform"
+        ),
+    )
+
+    @field_validator(*RANDOMIZED_SCALES)
+    @classmethod
+    def _ordered_range(cls, value: ScaleRange | None, info: ValidationInfo) -> ScaleRange | None:
+        if value is None:
+            return None
+        name = info.field_name
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} [{lo}, {hi}] must be finite numbers")
+        if name == "preemption_scale":
+            if lo < 0.0:
+                raise ValueError(f"{name} [{lo}, {hi}]: lo must be >= 0 (0: no preemptions)")
+        elif lo <= 0.0:
+            raise ValueError(f"{name} [{lo}, {hi}]: lo must be > 0 (a multiplier)")
+        if lo > hi:
+            raise ValueError(f"{name} [{lo}, {hi}]: lo must be <= hi; write it as [{hi}, {lo}]")
+        return value
+
+    @model_validator(mode="after")
+    def _log_uniform_needs_positive(self) -> RandomizationConfig:
+        if self.sampling == "log_uniform":
+            for name in RANDOMIZED_SCALES:
+                r = getattr(self, name)
+                if r is not None and r[0] == 0.0 and r[1] > 0.0:
+                    raise ValueError(
+                        f"{name} [{r[0]}, {r[1]}]: log_uniform sampling needs lo > 0; give a "
+                        f"positive lo, or sampling: uniform"
+                    )
+        return self
+
+
 class Scenario(_Strict):
     """A whole simulated deployment: workload, pools, cold starts, SLO, reward and horizon."""
 
@@ -260,6 +342,13 @@ class Scenario(_Strict):
             "replica fed blindly (a plain Kubernetes Service in front of vLLM pods)"
         ),
     )
+    randomization: RandomizationConfig | None = Field(
+        default=None,
+        description=(
+            "ranges of the multipliers a training episode draws (domain randomization); used "
+            "only when the simulator is built with randomize=True"
+        ),
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> Scenario:
@@ -273,6 +362,14 @@ class Scenario(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique; repeated: {dupes}")
+        r = self.randomization
+        if r is not None and not any(p.purchase == "spot" for p in self.pools):
+            for name in ("spot_price_scale", "preemption_scale"):
+                if getattr(r, name) is not None:
+                    raise ValueError(
+                        f"randomization.{name} is set but no pool is spot; remove it or add a "
+                        f"spot pool"
+                    )
         return self
 
     @property

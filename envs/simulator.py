@@ -23,7 +23,19 @@ from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
-from rlscale.envs.scenario import Scenario, ScenarioError, WorkloadConfig, load_scenario
+from rlscale.envs.randomization import (
+    NOMINAL,
+    draw_scales,
+    max_cold_start_scale,
+    scales_dict,
+)
+from rlscale.envs.scenario import (
+    RandomizationConfig,
+    Scenario,
+    ScenarioError,
+    WorkloadConfig,
+    load_scenario,
+)
 from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
 from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
@@ -157,6 +169,10 @@ class ClusterSimulator:
     :param split: the part of the workload episodes lie in (:mod:`rlscale.envs.splits`):
         ``"all"`` (the whole trace, the scenario's episode length), or ``"train"``,
         ``"validation"`` or ``"heldout"`` (episodes of the split's length, which fits each part).
+    :param randomize: draw every episode's multipliers from the scenario's ``randomization``
+        ranges (domain randomization, for training; :mod:`rlscale.envs.randomization`). Off
+        by default, so evaluation runs the scenario as written; on with no such section, the
+        multipliers stay 1.
     """
 
     def __init__(
@@ -167,6 +183,7 @@ class ClusterSimulator:
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
         split: str = "all",
+        randomize: bool = False,
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
@@ -263,9 +280,10 @@ class ClusterSimulator:
 
         grace_bins = max(1, round(sc.drain_grace_s / sc.substep_s))
         L = max(2, math.ceil(sc.slo.timeout_s / sc.substep_s))
-        # the lifecycle rings must reach the slowest start: provisioning, then loading
-        slowest_start_s = cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max()
-        H = math.ceil(slowest_start_s / sc.substep_s) + 2
+        # the lifecycle rings must reach the slowest start: provisioning, then loading (at the
+        # largest cold-start multiplier, when randomizing: set_randomize lengthens them)
+        self._slowest_start_s = float(cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max())
+        H = self._ring_length(1.0)
         G = int(max(grace_bins, max_notice)) + 2
         ref_rps = max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
         self.reference_rps = ref_rps
@@ -362,6 +380,39 @@ class ClusterSimulator:
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
+        self.randomize = False
+        self._randomization: RandomizationConfig | None = None
+        self.set_randomize(randomize)
+
+    # --- domain randomization ----------------------------------------------------------------
+    def set_randomize(self, on: bool) -> None:
+        """Switch domain randomization on or off from each cluster's next reset on (the
+        constructor's ``randomize``; for example to start training on the nominal scenario).
+        """
+        self.randomize = bool(on)
+        self._randomization = self.scenario.randomization if self.randomize else None
+        self._fit_lifecycle_rings(self._ring_length(max_cold_start_scale(self._randomization)))
+
+    def _ring_length(self, cold_start_scale: float) -> int:
+        return math.ceil(self._slowest_start_s * cold_start_scale / self.scenario.substep_s) + 2
+
+    def _fit_lifecycle_rings(self, length: int) -> None:
+        """Lengthen the lifecycle rings to ``length`` sub-steps (never shorten them), keeping
+        every pending transition due at the sub-step it was due at."""
+        old = self.lifecycle_rings
+        n, _, _, h_old = old.shape
+        if length <= h_old:
+            return
+        rings = np.zeros((*old.shape[:3], length), dtype=old.dtype)
+        # pending transitions are due within the ring's reach of the next sub-step
+        now = self.cluster_state[:, dyn.CS_SUB].astype(np.int64)
+        rows = np.arange(n)
+        for slot in range(h_old):
+            due = now + (slot - now) % h_old
+            rings[rows, :, :, due % length] = old[:, :, :, slot]
+        self.lifecycle_rings = rings
+        self.sim_params[dyn.SP_H] = length
+        self._state = tuple(rings if a is old else a for a in self._state)
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -394,6 +445,9 @@ class ClusterSimulator:
         :param start_step: pin the episode's first decision step within the workload (for
             evaluation on a chosen window); drawn uniformly from :attr:`start_range` (the
             chosen part of the split) when None.
+
+        With ``randomize`` on, the episode's multipliers are drawn from a stream seeded by its
+        kernel seed: ``rng`` yields the same numbers with randomization on or off.
         """
         lo, hi = self.start_range
         if start_step is None:
@@ -410,8 +464,9 @@ class ClusterSimulator:
         self.start_steps[i] = start
         self.steps[i] = 0
         self.tenant_cost[i] = 0.0
+        scales = NOMINAL if self._randomization is None else draw_scales(self._randomization, seed)
         dyn.reset_cluster(
-            i, start * self.substeps_per_step, seed, self._params, self._state, self._out
+            i, start * self.substeps_per_step, seed, scales, self._params, self._state, self._out
         )
 
     def step(self, actions: np.ndarray) -> None:
@@ -470,6 +525,18 @@ class ClusterSimulator:
             "admitted": float(c[dyn.CS_ADMITTED]),
             "requeued": float(c[dyn.CS_REQUEUED]),
         }
+
+    def randomization(self, i: int) -> dict[str, float]:
+        """The multipliers cluster ``i``'s episode runs with (``rate_scale``,
+        ``spot_price_scale``, ``preemption_scale``, ``cold_start_scale``); all 1 when nominal."""
+        return scales_dict(self.cluster_state[i, dyn.CS_SCALES : dyn.CS_SCALES + dyn.N_SCALES])
+
+    def randomization_info(self, i: int) -> dict[str, float]:
+        """Cluster ``i``'s multipliers as info keys (``randomization/rate_scale``, ...) when this
+        simulator randomizes, for episode summaries; empty otherwise."""
+        if not self.randomize:
+            return {}
+        return {f"randomization/{k}": v for k, v in self.randomization(i).items()}
 
     def replicas(self, i: int) -> dict[str, dict[str, float]]:
         """Replicas of cluster ``i`` by pool and state."""

@@ -28,9 +28,11 @@ from rlscale.envs.workload import WorkloadSeries
 
 
 def episode_summary(sim: ClusterSimulator, i: int) -> dict[str, Any]:
-    """Cluster ``i``'s last-step metrics plus its episode's cost by tenant."""
+    """Cluster ``i``'s last-step metrics plus its episode's cost by tenant, and, when the
+    simulator randomizes, the episode's multipliers (``randomization/rate_scale``, ...)."""
     info = sim.step_info(i)
     info["cost/by_tenant_usd"] = sim.tenant_costs(i)
+    info.update(sim.randomization_info(i))
     return info
 
 
@@ -39,9 +41,16 @@ class BatchedEnvBase:
 
     sim: ClusterSimulator
 
-    def _setup(self, num_envs: int, scenario, workload, workload_seed, split: str) -> None:
+    def _setup(
+        self, num_envs: int, scenario, workload, workload_seed, split: str, randomize: bool
+    ) -> None:
         self.sim = ClusterSimulator(
-            scenario, num_envs, workload=workload, workload_seed=workload_seed, split=split
+            scenario,
+            num_envs,
+            workload=workload,
+            workload_seed=workload_seed,
+            split=split,
+            randomize=randomize,
         )
         self.single_observation_space, self.single_action_space = self.sim.spaces()
         self.observation_names = observation_names(self.sim.pool_names)
@@ -59,7 +68,8 @@ class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
     """Gymnasium vector env of ``num_envs`` clusters of one scenario (next-step autoreset).
 
     Arguments as :class:`~rlscale.envs.env.InferenceClusterEnv`'s; episodes lie in the
-    training part of the workload's split unless ``split`` says otherwise.
+    training part of the workload's split unless ``split`` says otherwise, and draw the
+    scenario's domain randomization when ``randomize`` is set.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -75,13 +85,14 @@ class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
         workload: WorkloadSeries | None = None,
         workload_seed: int = 0,
         split: str = "train",
+        randomize: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported")
         self.num_envs = num_envs
         self.render_mode = None
-        self._setup(num_envs, scenario, workload, workload_seed, split)
+        self._setup(num_envs, scenario, workload, workload_seed, split, randomize)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._needs_reset = np.zeros(num_envs, dtype=bool)

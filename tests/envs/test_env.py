@@ -179,3 +179,13 @@ def test_info_reports_cost_slo_latency_and_replicas():
     assert info["latency/ttft_p95_s"] >= info["latency/ttft_p50_s"] > 0
     assert info["replicas"]["h100"]["ready"] == 2
     assert set(info["replicas"]["h100"]) >= {"provisioning", "loading", "ready", "draining"}
+
+
+def test_the_manuals_examples_run():
+    """The env's docstring is its manual; its examples are doctests and must hold."""
+    import doctest
+
+    import rlscale.envs.env as env_module
+
+    result = doctest.testmod(env_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
