@@ -48,6 +48,15 @@ SAMPLE_SEED = 0
 """Seed of the sample drawn from grids larger than ``max_trials``."""
 
 
+TUNING_ROOT = Path("out/tuning")
+"""Where ``rlscale tune-baseline`` writes ``<scenario>/<policy>.json`` by default."""
+
+
+def tuning_dir(scenario_name: str, root: str | Path | None = None) -> Path:
+    """The folder of a scenario's tuned baseline parameters (``out/tuning/<scenario>``)."""
+    return Path(root or TUNING_ROOT) / scenario_name
+
+
 def static_space(sim: ClusterSimulator) -> dict[str, list[Any]]:
     """``static``'s space: the cheapest on-demand pool per capacity held at 1..quota replicas."""
     pools = [(p, c) for p, c in zip(sim.pools, sim.pool_capacity_rps, strict=True) if c > 0]

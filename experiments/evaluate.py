@@ -429,6 +429,42 @@ def default_policies() -> list[PolicySpec]:
     return [PolicySpec(name) for name in BASELINES if name in known]
 
 
+def baseline_specs(scenario: Scenario, tuning_dir: Path) -> tuple[list[PolicySpec], str]:
+    """The baselines to compare with, and a note saying which: the tuned ones (every
+    ``<policy>.json`` in ``tuning_dir``, as ``rlscale tune-baseline`` writes them), else every
+    baseline with its defaults. Baselines that refuse the scenario are left out and named in
+    the note.
+
+    :raises ScenarioError: no baseline can run the scenario.
+    """
+    from rlscale.agents.registry import known_policies, make_policy
+
+    known = set(known_policies())
+    names = [b for b in BASELINES if b in known]
+    tuned = [n for n in names if (tuning_dir / f"{n}.json").is_file()]
+    if tuned:
+        specs = [PolicySpec(n, tuning_dir / f"{n}.json", label=f"{n}[tuned]") for n in tuned]
+        note = f"tuned baselines from {tuning_dir}: {', '.join(tuned)}"
+    else:
+        specs = [PolicySpec(n) for n in names]
+        note = (
+            f"no tuned baselines in {tuning_dir} (run rlscale tune-baseline --scenario "
+            f"{scenario.name} --policy all): every baseline with its defaults"
+        )
+    kept, refused = [], []
+    for spec in specs:
+        try:
+            make_policy(spec.name, scenario, spec.params_dict())
+            kept.append(spec)
+        except ScenarioError as err:
+            refused.append(f"{spec.display} ({err})")
+    if refused:
+        note += f"; left out, they cannot run this scenario: {'; '.join(refused)}"
+    if not kept:
+        raise ScenarioError(f"no baseline can run scenario {scenario.name}: {note}")
+    return kept, note
+
+
 def evaluate(
     scenario: str | Path | Scenario,
     policies: Sequence[PolicySpec | str] | None = None,
@@ -629,6 +665,15 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "models:/NAME/N, an MLflow run id, or an export folder); repeat for several "
         "(default: every registered baseline). The oracle is added when registered.",
     )
+    p.add_argument(
+        "--tuned",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="add every baseline tuned in DIR (default out/tuning/<scenario>; each with its "
+        "defaults when none is tuned), beside the --policy ones",
+    )
     p.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default 5)")
     p.add_argument(
         "--windows",
@@ -665,6 +710,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"rlscale: {err}", file=sys.stderr)
             return 2
     policies = [parse_policy_arg(p) for p in args.policy] if args.policy else None
+    if args.tuned is not None:
+        from rlscale.agents.tuning import tuning_dir
+
+        sc = load_scenario(args.scenario)
+        folder = Path(args.tuned) if args.tuned else tuning_dir(sc.name)
+        tuned, note = baseline_specs(sc, folder)
+        print(f"rlscale evaluate: {note}", file=sys.stderr)
+        policies = [*(policies or []), *tuned]
     evaluation = evaluate(
         args.scenario,
         policies,

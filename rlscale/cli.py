@@ -179,7 +179,9 @@ def run_tune(args: argparse.Namespace) -> int:
         from rlscale.experiments.tracking import require_mlflow
 
         require_mlflow()
-    out_dir = args.out or Path("out/tuning") / scenario.name
+    from rlscale.agents.tuning import tuning_dir
+
+    out_dir = args.out or tuning_dir(scenario.name)
     written = {}
     for name in names:
         result = tune_baseline(

@@ -22,7 +22,7 @@ import yaml
 
 from rlscale.envs.scenario import ScenarioError
 
-TRAIN_SCENARIO = "synthetic-2week"
+TRAIN_SCENARIO = "synthetic-4day"
 """The default scenario: its workload is generated, so training runs without any dataset."""
 
 

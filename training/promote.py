@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
+from rlscale.agents.tuning import tuning_dir as default_tuning_dir
+from rlscale.envs.scenario import ScenarioError, load_scenario
+from rlscale.experiments.evaluate import baseline_specs
 from rlscale.training.export import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from rlscale.training.promotion_report import (
     build_report,
@@ -63,7 +65,6 @@ CHALLENGER_ALIAS = "challenger"
 CHAMPION_ALIAS = DEFAULT_ALIAS
 CHAMPION_ROLE = "champion"
 BASELINE_ROLE = "best baseline"
-DEFAULT_TUNING_ROOT = Path("out/tuning")
 
 
 class PromotionError(RuntimeError):
@@ -277,39 +278,6 @@ def _candidates(
     return challenger, champion, out
 
 
-def baseline_specs(scenario: Scenario, tuning_dir: Path) -> tuple[list[Any], str]:
-    """The baselines to compare with and a note saying which: the tuned ones (every
-    ``<policy>.json`` in ``tuning_dir``), else every baseline with its defaults. Baselines
-    that refuse the scenario are left out and named in the note."""
-    from rlscale.agents.registry import known_policies, make_policy
-    from rlscale.experiments.evaluate import BASELINES, PolicySpec
-
-    known = set(known_policies())
-    names = [b for b in BASELINES if b in known]
-    tuned = [n for n in names if (tuning_dir / f"{n}.json").is_file()]
-    if tuned:
-        specs = [PolicySpec(n, tuning_dir / f"{n}.json", label=f"{n}[tuned]") for n in tuned]
-        note = f"tuned baselines from {tuning_dir}: {', '.join(tuned)}"
-    else:
-        specs = [PolicySpec(n) for n in names]
-        note = (
-            f"no tuned baselines in {tuning_dir} (run rlscale tune-baseline --scenario "
-            f"{scenario.name} --policy all): every baseline with its defaults"
-        )
-    kept, refused = [], []
-    for spec in specs:
-        try:
-            make_policy(spec.name, scenario, spec.params_dict())
-            kept.append(spec)
-        except ScenarioError as err:
-            refused.append(f"{spec.display} ({err})")
-    if refused:
-        note += f"; left out, they cannot run this scenario: {'; '.join(refused)}"
-    if not kept:
-        raise PromotionError(f"no baseline can run scenario {scenario.name}: {note}")
-    return kept, note
-
-
 def _scenario_for(requested: str | None, challenger: Candidate, champion: Candidate | None) -> Any:
     """The scenario to evaluate on: ``requested``, else the challenger's training scenario."""
     if champion is not None and champion.pools != challenger.pools:
@@ -395,9 +363,12 @@ def promote(
     client = registry_client(uri)
     challenger, champion, out = _candidates(client, uri, name, out_dir)
     sc = _scenario_for(scenario, challenger, champion)
-    baselines, baseline_note = baseline_specs(
-        sc, Path(tuning_dir) if tuning_dir else DEFAULT_TUNING_ROOT / sc.name
-    )
+    try:
+        baselines, baseline_note = baseline_specs(
+            sc, Path(tuning_dir) if tuning_dir else default_tuning_dir(sc.name)
+        )
+    except ScenarioError as err:
+        raise PromotionError(str(err)) from None
     candidates = [c for c in (challenger, champion) if c is not None]
     specs = [PolicySpec("onnx", {"artifact": str(c.folder)}, label=c.label) for c in candidates]
     try:

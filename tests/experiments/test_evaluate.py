@@ -383,6 +383,37 @@ def test_cli_end_to_end_on_azure_conv(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_cli_tuned_adds_the_tuned_baselines_beside_the_named_policies(scenario, tmp_path, capsys):
+    import yaml
+
+    scenario_file = tmp_path / "quick.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "static.json").write_text(json.dumps({"params": {"replicas": {"h100": 3}}}))
+    parser = argparse.ArgumentParser(prog="rlscale")
+    ev.add_evaluate_parser(parser.add_subparsers(dest="command"))
+
+    def run(*extra: str) -> dict:
+        args = parser.parse_args(
+            [
+                *("evaluate", "--scenario", str(scenario_file), "--seeds", "1"),
+                *("--max-windows", "1", "--no-oracle", "--no-mlflow", "--no-progress"),
+                *("--out", str(tmp_path / "eval"), *extra),
+            ]
+        )
+        assert ev.run_evaluate(args) == 0
+        return json.loads((tmp_path / "eval" / "results.json").read_text())
+
+    res = run("--policy", "hpa", "--tuned", str(tuned))
+    assert set(res["policies"]) == {"hpa", "static[tuned]"}
+    assert "tuned baselines from" in capsys.readouterr().err
+    # nothing tuned there: every baseline with its defaults, and the output says so
+    res = run("--tuned", str(tmp_path / "nothing"))
+    assert {"static", "hpa", "predictive"} <= set(res["policies"])
+    assert "every baseline with its defaults" in capsys.readouterr().err
+
+
 def test_bad_seeds_are_rejected(scenario):
     with pytest.raises(ScenarioError, match="--seeds must be at least 1"):
         evaluate(scenario, ["static"], seeds=0, progress=False)
