@@ -370,6 +370,7 @@ def _callback(trainer: _Trainer, pbar: Any) -> Any:
         def _on_training_start(self) -> None:
             self._good = 0.0
             self._demand = 0.0
+            self._drawn: dict[str, list[float]] = {}
             self._t0 = time.perf_counter()
             self._aside_s = 0.0  # validation and checkpoint time, not training speed
             self._n0 = self.num_timesteps
@@ -394,6 +395,10 @@ def _callback(trainer: _Trainer, pbar: Any) -> Any:
             good, demand = trainer.sim.step_requests()
             self._good += float(good.sum())
             self._demand += float(demand.sum())
+            for info in self.locals.get("infos") or ():
+                for key, value in info.items():  # the finished episodes' drawn multipliers
+                    if key.startswith("randomization/"):
+                        self._drawn.setdefault(key, []).append(float(value))
             if pbar is not None:
                 pbar.update(self.num_timesteps - pbar.n)
             return True
@@ -407,6 +412,9 @@ def _callback(trainer: _Trainer, pbar: Any) -> Any:
             self.logger.record("lagrange/price_usd", price)
             self.logger.record("lagrange/target", trainer.lagrange.target)
             self.logger.record("time/env_steps_per_s", (self.num_timesteps - self._n0) / elapsed)
+            for key, values in self._drawn.items():
+                self.logger.record(f"rollout/{key}", float(np.mean(values)))
+            self._drawn = {}
             if pbar is not None:
                 pbar.set_postfix(
                     _postfix(trainer.validations[-1] if trainer.validations else None, price),

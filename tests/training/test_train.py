@@ -43,6 +43,7 @@ QUICK = {
         },
         {"name": "a100", "profile": "a100x1-llama3-8b", "price_usd_h": 2.5, "quota": 4},
     ],
+    "randomization": {"rate_scale": [0.8, 1.25]},
 }
 # 4 envs x 64 steps = 256 env steps per PPO update
 SMALL = [
@@ -94,8 +95,12 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
         "time/env_steps_per_s",
         "eval/cost_usd",
         "eval/slo_attainment",
+        "rollout/randomization/rate_scale",  # training draws each episode's rate (randomize)
     ):
         assert key in run.data.metrics, key
+    drawn = client.get_metric_history(run.info.run_id, "rollout/randomization/rate_scale")
+    assert all(0.8 <= m.value <= 1.25 for m in drawn)
+    assert len({round(m.value, 6) for m in drawn}) > 1
     evals = client.get_metric_history(run.info.run_id, "eval/cost_usd")
     assert sorted(m.step for m in evals) == [512, 1024]
     assert all(m.value > 0 for m in evals)
