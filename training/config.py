@@ -87,6 +87,11 @@ class TrainConfig:
     )
     eval_windows: int = _f(4, "validation windows per evaluation (from the training part)")
     eval_seeds: int = _f(1, "seeds per validation window")
+    select: str = _f(
+        "best",
+        "the policy exported: best (the cheapest validation meeting the SLO target; the last "
+        "when none did) or last",
+    )
     checkpoint_every: int = _f(100_000, "save a resumable checkpoint every this many env steps")
     out_dir: str = _f("out/train", "where run folders go: OUT_DIR/RUN_ID/")
     model_name: str = _f("rlscale-policy", "registered model to add the trained policy to")
@@ -114,6 +119,8 @@ class TrainConfig:
             problems.append(f"gamma={self.gamma}, gae_lambda={self.gae_lambda} must be in (0, 1]")
         if not 0 < self.lagrange_min_usd <= self.lagrange_max_usd:
             problems.append("need 0 < lagrange_min_usd <= lagrange_max_usd")
+        if self.select not in ("best", "last"):
+            problems.append(f"select={self.select!r} must be 'best' or 'last'")
         if not 0.0 <= self.hold_prior < 1.0:
             problems.append(f"hold_prior={self.hold_prior} must be in [0, 1)")
         if not self.net_arch or any(int(n) < 1 for n in self.net_arch):

@@ -59,6 +59,8 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "training_report.json"
 CURVES_FILE = "learning_curves.png"
+BEST_DIR = "best"
+"""The best validated policy so far: ``policy.pt`` (weights), the normalization, ``best.json``."""
 
 # settings a resumed run may change: they do not change what is learned
 _RESUME_MUTABLE = frozenset({"progress", "tracking_uri", "out_dir"})
@@ -190,6 +192,7 @@ class _Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.validations: list[ValidationResult] = []
         self.updated_timesteps = 0  # env steps behind the current weights
+        self.best: dict[str, float] | None = None  # the cheapest validation meeting the SLO
         self.lagrange = LagrangeMultiplier(
             price_usd=(
                 config.lagrange_init_usd
@@ -271,6 +274,10 @@ class _Trainer:
             self.model.num_timesteps = self.updated_timesteps = int(self.state["timesteps"])
             self.lagrange.load(self.state["lagrange"])
             self.validations = [ValidationResult(**v) for v in self.state.get("validations", [])]
+            if (resume_from / BEST_DIR / "best.json").is_file():
+                shutil.rmtree(self.run_dir / BEST_DIR, ignore_errors=True)
+                shutil.copytree(resume_from / BEST_DIR, self.run_dir / BEST_DIR)
+                self.best = json.loads((self.run_dir / BEST_DIR / "best.json").read_text())
             # fresh episode draws, not the ones the interrupted run already saw
             self.venv.seed(cfg.seed + 1 + int(self.state["timesteps"]))
         self.sim.set_violation_price(self.lagrange.price_usd)
@@ -303,8 +310,51 @@ class _Trainer:
         if self.config.lagrangian:
             metrics["lagrange/target"] = self.lagrange.observe_served(result.slo_attainment)
             metrics["lagrange/offset"] = self.lagrange.offset
+        if result.slo_attainment >= result.target and (
+            self.best is None or result.cost_usd < self.best["cost_usd"]
+        ):
+            self._save_best(result)
+        if self.best is not None:
+            metrics["eval/best_cost_usd"] = self.best["cost_usd"]
         _log_metrics(self.client, self.run_id, metrics, self.model.num_timesteps)
         return result
+
+    def _save_best(self, result: ValidationResult) -> None:
+        """Keep the current weights and normalization as the best validated policy."""
+        import torch
+
+        folder = self.run_dir / BEST_DIR
+        tmp = self.run_dir / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(self.model.policy.state_dict(), tmp / "policy.pt")
+        _save_normalization(self.vn, tmp / NORM_FILE)
+        self.best = {
+            "timesteps": int(result.timesteps),
+            "cost_usd": result.cost_usd,
+            "slo_attainment": result.slo_attainment,
+        }
+        (tmp / "best.json").write_text(json.dumps(self.best))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def select_policy(self) -> dict[str, Any]:
+        """Load the policy to export: the best validated one (``select="best"``, when one met
+        the target), else the last; returns what was chosen."""
+        import torch
+
+        if self.config.select == "best" and self.best is not None:
+            folder = self.run_dir / BEST_DIR
+            state = torch.load(folder / "policy.pt", weights_only=True)
+            self.model.policy.load_state_dict(state)
+            _load_normalization(self.vn, folder / NORM_FILE)
+            return {"selected": "best", **self.best}
+        last = self.validations[-1] if self.validations else None
+        return {
+            "selected": "last",
+            "timesteps": int(self.model.num_timesteps),
+            **({"cost_usd": last.cost_usd, "slo_attainment": last.slo_attainment} if last else {}),
+        }
 
     def checkpoint(self) -> Path:
         """Save a resumable checkpoint locally and to the run's artifacts."""
@@ -321,6 +371,8 @@ class _Trainer:
             "saved_at": time.time(),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if (self.run_dir / BEST_DIR / "best.json").is_file():
+            shutil.copytree(self.run_dir / BEST_DIR, tmp / BEST_DIR)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         self.client.log_artifacts(self.run_id, str(folder), CHECKPOINT_DIR)
@@ -572,8 +624,10 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
 def _finish_run(trainer: _Trainer) -> TrainResult:
     """Report, export and registration of a run that reached its timesteps."""
     cfg = trainer.config
+    selected = trainer.select_policy()
     report = {
         "run_id": trainer.run_id,
+        "exported": selected,
         "scenario": trainer.scenario.name,
         "timesteps": int(trainer.model.num_timesteps),
         "target_attainment": trainer.scenario.slo.target_attainment,
@@ -615,6 +669,8 @@ def _finish_run(trainer: _Trainer) -> TrainResult:
                 "timesteps": int(trainer.model.num_timesteps),
                 "seed": cfg.seed,
                 "lagrange_price_usd": trainer.lagrange.price_usd,
+                "selected": selected["selected"],
+                "selected_timesteps": int(selected["timesteps"]),
             },
         )
         result.export_dir = export_dir

@@ -121,6 +121,15 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
     policy = load_onnx_policy(local)
     assert policy.manifest.training["run_id"] == run.info.run_id
     assert policy.manifest.training["timesteps"] == 1024
+    # the export is the cheapest validation that met the target (model selection on
+    # validation windows, never held-out ones)
+    att = {
+        m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/slo_attainment")
+    }
+    ok = {m.step: m.value for m in evals if att[m.step] >= 0.99}
+    assert ok, "the quick scenario's validations should meet the target"
+    assert policy.manifest.training["selected"] == "best"
+    assert policy.manifest.training["selected_timesteps"] == min(ok, key=ok.get)
     rc = main(
         [
             "evaluate", "--scenario", store["scenario"], "--policy", f"onnx={local}",
