@@ -239,21 +239,22 @@ def test_lagrange_price_rises_below_target_and_falls_above():
 
 
 def test_served_policy_below_target_raises_the_rollout_target():
-    lag = LagrangeMultiplier(price_usd=0.01, base_target=0.992)
-    # validation of the deterministic policy at 98.5%: rollouts must now reach 99.9%
-    assert lag.observe_served(0.985) == pytest.approx(0.999)
-    # a 2% rollout miss now counts as twice the allowance... and more: the step is clipped
-    assert lag.update(good=98.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.2))
-    # served at 99.5% next: 0.3 points of slack given back
-    assert lag.observe_served(0.995) == pytest.approx(0.996)
-    # far above target: the offset never goes below zero
-    assert lag.observe_served(1.0) == pytest.approx(0.992)
+    lag = LagrangeMultiplier(price_usd=0.01, base_target=0.99)
+    # served at 98.8%: 0.2 points short, so the rollouts must now reach 99.2%
+    assert lag.observe_served(0.988) == pytest.approx(0.992)
+    # served at 99.1%: 0.1 points of slack given back
+    assert lag.observe_served(0.991) == pytest.approx(0.991)
+    # far below: one step moves at most half the allowed miss (0.5 points)...
+    assert lag.observe_served(0.90) == pytest.approx(0.996)
+    # ... and the offset stops at three quarters of it
+    assert lag.observe_served(0.90) == pytest.approx(0.9975)
+    # far above target: back down by half the allowance per step, never below the base
+    assert lag.observe_served(1.0) == pytest.approx(0.9925)
+    assert lag.observe_served(1.0) == pytest.approx(0.99)
     assert lag.offset == 0.0
-    # far below: the target is capped short of 100%
-    assert lag.observe_served(0.5) == pytest.approx(LagrangeMultiplier.MAX_TARGET)
-    state = lag.state()
-    fresh = LagrangeMultiplier(price_usd=1.0, base_target=0.992)
-    fresh.load(state)
+    lag.observe_served(0.985)
+    fresh = LagrangeMultiplier(price_usd=1.0, base_target=0.99)
+    fresh.load(lag.state())
     assert fresh.target == lag.target and fresh.price_usd == lag.price_usd
 
 
