@@ -1,6 +1,9 @@
-"""Shared test fixtures: the data folder, and a skip when it is missing."""
+"""Shared test fixtures: the data folder (and a skip when it is missing), a quick scenario."""
 
 from __future__ import annotations
+
+import copy
+from typing import Any
 
 import pytest
 
@@ -56,5 +59,38 @@ def exported_policy(tmp_path_factory):
             cache[key] = (folder, model, norm, venv)
         folder, model, norm, venv = cache[key]
         return (folder, model, norm, venv) if with_model else folder
+
+    return make
+
+
+_QUICK: dict[str, Any] = {
+    "episode_hours": 0.5,
+    "workload": {
+        "kind": "synthetic",
+        "synthetic": {"base_rate_rps": 6.0, "days": 0.5, "noise_cv": 0.2},
+    },
+    "pools": [
+        {
+            "name": "h100",
+            "profile": "h100x1-llama3-8b",
+            "price_usd_h": 4.0,
+            "quota": 6,
+            "initial_replicas": 2,
+        },
+        {"name": "a100", "profile": "a100x1-llama3-8b", "price_usd_h": 2.5, "quota": 4},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def quick_raw():
+    """``make(name="quick", **overrides) -> dict``: a scenario of half a day of synthetic load
+    on two on-demand pools (60-step episodes, 6 held-out windows; no spot, so a fixed fleet
+    costs the same under every seed), as the dict a YAML file would hold."""
+
+    def make(name: str = "quick", **overrides: Any) -> dict[str, Any]:
+        raw = {"name": name, **copy.deepcopy(_QUICK)}
+        raw.update(overrides)
+        return raw
 
     return make

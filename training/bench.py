@@ -53,19 +53,7 @@ def _ppo_rate(venv: Any, config: TrainConfig, rollouts: int) -> tuple[float, flo
 
     venv = _timed(venv)
 
-    model = PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        n_epochs=config.n_epochs,
-        learning_rate=config.learning_rate,
-        gamma=config.gamma,
-        policy_kwargs={"net_arch": {"pi": list(config.net_arch), "vf": list(config.net_arch)}},
-        seed=config.seed,
-        device="cpu",
-        verbose=0,
-    )
+    model = PPO("MlpPolicy", venv, **config.ppo_kwargs())
     per_rollout = config.n_envs * config.n_steps
     model.learn(per_rollout)  # warm-up: numba's cache load, torch's first calls
     type(venv).seconds = 0.0

@@ -128,6 +128,26 @@ class TrainConfig:
         if problems:
             raise ScenarioError("train config: " + "; ".join(problems))
 
+    def ppo_kwargs(self) -> dict[str, Any]:
+        """stable-baselines3 ``PPO``'s keyword arguments from these settings (training and
+        ``rlscale bench train`` build their PPO from this)."""
+        return {
+            "learning_rate": self.learning_rate,
+            "n_steps": self.n_steps,
+            "batch_size": self.batch_size,
+            "n_epochs": self.n_epochs,
+            "gamma": self.gamma,
+            "gae_lambda": self.gae_lambda,
+            "clip_range": self.clip_range,
+            "ent_coef": self.ent_coef,
+            "vf_coef": self.vf_coef,
+            "max_grad_norm": self.max_grad_norm,
+            "policy_kwargs": {"net_arch": {"pi": list(self.net_arch), "vf": list(self.net_arch)}},
+            "seed": self.seed,
+            "device": "cpu",
+            "verbose": 0,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-able (what the run records)."""
         return dataclasses.asdict(self)

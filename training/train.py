@@ -248,24 +248,7 @@ class _Trainer:
         )
         self.state: dict[str, Any] = {"timesteps": 0}
         if resume_from is None:
-            self.model = PPO(
-                "MlpPolicy",
-                self.vn,
-                learning_rate=cfg.learning_rate,
-                n_steps=cfg.n_steps,
-                batch_size=cfg.batch_size,
-                n_epochs=cfg.n_epochs,
-                gamma=cfg.gamma,
-                gae_lambda=cfg.gae_lambda,
-                clip_range=cfg.clip_range,
-                ent_coef=cfg.ent_coef,
-                vf_coef=cfg.vf_coef,
-                max_grad_norm=cfg.max_grad_norm,
-                policy_kwargs={"net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)}},
-                seed=cfg.seed,
-                device="cpu",
-                verbose=0,
-            )
+            self.model = PPO("MlpPolicy", self.vn, **cfg.ppo_kwargs())
             hold_prior(self.model, self.sim.noop_action(), cfg.hold_prior)
         else:
             self.state = json.loads((resume_from / STATE_FILE).read_text())

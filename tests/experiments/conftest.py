@@ -11,35 +11,10 @@ from rlscale.agents.static import StaticPolicy
 from rlscale.envs.scenario import Scenario, scenario_from_dict
 
 
-def quick_scenario(**overrides: Any) -> Scenario:
-    """Half a day of synthetic load on two on-demand pools: no spot, so a fixed fleet costs the
-    same under every seed (what the zero-width-interval check relies on)."""
-    raw: dict[str, Any] = {
-        "name": "quick",
-        "episode_hours": 0.5,
-        "workload": {
-            "kind": "synthetic",
-            "synthetic": {"base_rate_rps": 6.0, "days": 0.5, "noise_cv": 0.2},
-        },
-        "pools": [
-            {
-                "name": "h100",
-                "profile": "h100x1-llama3-8b",
-                "price_usd_h": 4.0,
-                "quota": 6,
-                "initial_replicas": 2,
-            },
-            {"name": "a100", "profile": "a100x1-llama3-8b", "price_usd_h": 2.5, "quota": 4},
-        ],
-    }
-    raw.update(overrides)
-    return scenario_from_dict(raw)
-
-
 @pytest.fixture(scope="session")
-def scenario() -> Scenario:
-    """The :func:`quick_scenario`."""
-    return quick_scenario()
+def scenario(quick_raw) -> Scenario:
+    """The quick scenario (``quick_raw`` in tests/conftest.py)."""
+    return scenario_from_dict(quick_raw())
 
 
 @pytest.fixture

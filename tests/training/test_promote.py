@@ -25,33 +25,14 @@ pytest.importorskip("onnxruntime")
 from rlscale.cli import main
 from rlscale.training.promote import PromotionError, decide, promote
 
-SCENARIO: dict[str, Any] = {
-    "name": "promote-quick",
-    "episode_hours": 0.5,
-    "workload": {
-        "kind": "synthetic",
-        "synthetic": {"base_rate_rps": 6.0, "days": 0.5, "noise_cv": 0.2},
-    },
-    "pools": [
-        {
-            "name": "h100",
-            "profile": "h100x1-llama3-8b",
-            "price_usd_h": 4.0,
-            "quota": 6,
-            "initial_replicas": 2,
-        },
-        {"name": "a100", "profile": "a100x1-llama3-8b", "price_usd_h": 2.5, "quota": 4},
-    ],
-}
-"""Half a day of synthetic load on two on-demand pools: 60-step episodes, 6 held-out windows."""
-
 GATE = {"seeds": 3, "max_windows": 2}
 
 
 @pytest.fixture(scope="module")
-def scenario_file(tmp_path_factory) -> Path:
+def scenario_file(tmp_path_factory, quick_raw) -> Path:
+    """The quick scenario (tests/conftest.py): 60-step episodes, 6 held-out windows."""
     path = tmp_path_factory.mktemp("scenario") / "promote-quick.yaml"
-    path.write_text(yaml.safe_dump(SCENARIO))
+    path.write_text(yaml.safe_dump(quick_raw("promote-quick")))
     return path
 
 

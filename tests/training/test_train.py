@@ -26,25 +26,8 @@ from rlscale.envs.scenario import ScenarioError
 from rlscale.training.config import TrainConfig, config_from_args
 from rlscale.training.lagrange import LagrangeMultiplier
 
-QUICK = {
-    "name": "quick-train",
-    "episode_hours": 0.5,
-    "workload": {
-        "kind": "synthetic",
-        "synthetic": {"base_rate_rps": 6.0, "days": 0.5, "noise_cv": 0.2},
-    },
-    "pools": [
-        {
-            "name": "h100",
-            "profile": "h100x1-llama3-8b",
-            "price_usd_h": 4.0,
-            "quota": 6,
-            "initial_replicas": 2,
-        },
-        {"name": "a100", "profile": "a100x1-llama3-8b", "price_usd_h": 2.5, "quota": 4},
-    ],
-    "randomization": {"rate_scale": [0.8, 1.25]},
-}
+RANDOMIZED = {"randomization": {"rate_scale": [0.8, 1.25]}}
+"""The quick scenario (tests/conftest.py) with a rate range, so that training randomizes."""
 # 4 envs x 64 steps = 256 env steps per PPO update
 SMALL = [
     "--n-envs", "4", "--n-steps", "64", "--batch-size", "128", "--n-epochs", "1",
@@ -53,10 +36,10 @@ SMALL = [
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, quick_raw):
     """A scenario file, a fresh SQLite tracking store, and the run folders, all in tmp_path."""
     scenario = tmp_path / "quick-train.yaml"
-    scenario.write_text(yaml.safe_dump(QUICK))
+    scenario.write_text(yaml.safe_dump(quick_raw("quick-train", **RANDOMIZED)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -258,10 +241,10 @@ def test_served_policy_below_target_raises_the_rollout_target():
     assert fresh.target == lag.target and fresh.price_usd == lag.price_usd
 
 
-def test_the_violation_price_is_what_the_reward_charges():
+def test_the_violation_price_is_what_the_reward_charges(quick_raw):
     from rlscale.envs.simulator import ClusterSimulator
 
-    sc = yaml.safe_load(yaml.safe_dump(QUICK))
+    sc = quick_raw("quick-train")
     sc["pools"][0]["initial_replicas"] = 0  # nothing serves: every request is a violation
     from rlscale.envs.scenario import scenario_from_dict
 
@@ -286,14 +269,14 @@ def test_the_violation_price_is_what_the_reward_charges():
         sim.set_violation_price(float("nan"))
 
 
-def test_hold_prior_starts_the_policy_holding():
+def test_hold_prior_starts_the_policy_holding(quick_raw):
     from stable_baselines3 import PPO
 
     from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
     from rlscale.envs.scenario import scenario_from_dict
     from rlscale.training.train import hold_prior
 
-    venv = InferenceClusterVecEnv(2, scenario=scenario_from_dict(QUICK))
+    venv = InferenceClusterVecEnv(2, scenario=scenario_from_dict(quick_raw("quick-train")))
     model = PPO("MlpPolicy", venv, n_steps=16, batch_size=32, device="cpu", seed=0)
     noop = venv.sim.noop_action()
     hold_prior(model, noop, 0.8)
