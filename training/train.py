@@ -31,8 +31,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,6 +554,7 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
         trainer.monitor = None
     status = "FAILED"
     pbar = None
+    previous_term = _term_as_interrupt()
     try:
         trainer.build(resume_from)
         done = int(trainer.model.num_timesteps)
@@ -601,7 +604,22 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
             trainer.validations,
         )
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         trainer.finish(status)
+
+
+def _term_as_interrupt() -> Any:
+    """Make SIGTERM (what Kubernetes and most schedulers send before killing) stop training
+    as Ctrl-C does: checkpoint, then exit resumable. Returns the handler it replaced (None off
+    the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _finish_run(trainer: _Trainer) -> TrainResult:

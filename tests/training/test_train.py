@@ -126,8 +126,10 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
     assert any(str(label).startswith("onnx[") for label in labels)
 
 
-def test_interrupted_run_resumes_to_the_planned_timesteps_in_one_run(store, capsys):
-    """Ctrl-C (SIGINT) mid-training saves a checkpoint; --resume finishes the same run."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_resumes_to_the_planned_timesteps_in_one_run(store, capsys, signum):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM mid-training saves a checkpoint; --resume
+    finishes the same run."""
     from mlflow import MlflowClient
 
     # long enough that the signal always lands mid-run (4096 steps took 3 s on a quiet machine
@@ -136,7 +138,16 @@ def test_interrupted_run_resumes_to_the_planned_timesteps_in_one_run(store, caps
     cmd = [sys.executable, "-m", "rlscale.cli", *_args(store, "--total-timesteps", str(total))]
     cmd += ["--checkpoint-every", "1024", "--eval-every", "0", "--no-register"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (CI, nohup) starts with SIGINT ignored, which a child inherits:
+    # give the child the default disposition, as a terminal would
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         runs = Path(store["out"])
@@ -154,7 +165,7 @@ def test_interrupted_run_resumes_to_the_planned_timesteps_in_one_run(store, caps
             time.sleep(0.2)
         else:
             pytest.fail("no checkpoint within 240 s")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
