@@ -104,25 +104,40 @@ class SpotAwarePolicy:
 
     def initial_memory(self) -> Memory:
         """No samples; the hysteresis target is set at the first decision."""
-        return {"samples": [], "target": None, "up": 0, "down": 0}
+        return {"samples": [], "target": None, "up_since": None, "down_since": None}
 
     def _hysteresis(
-        self, raw: int, target: int, up: int, down: int, dt: float
-    ) -> tuple[int, int, int]:
-        """SkyServe's ``_set_target_num_replicas_with_hysteresis``: (target, up, down)."""
+        self,
+        raw: int,
+        target: int,
+        up_since: float | None,
+        down_since: float | None,
+        now: float,
+        dt: float,
+    ) -> tuple[int, float | None, float | None]:
+        """SkyServe's ``_set_target_num_replicas_with_hysteresis``: (target, up_since,
+        down_since).
+
+        SkyServe counts consecutive decisions at its fixed interval and moves the target after
+        ``int(delay / interval)`` of them. Here the count is kept in metrics time, from the
+        first decision of the streak (``*_since``), so the delay is the same however often the
+        policy is asked: the ``n``-th decision of a streak at interval ``dt`` comes
+        ``(n - 1) * dt`` after its first, which is when the target moves. A caller polling
+        every 0.5 s no longer moves it after 4.5 s instead of 300 s.
+        """
         if target == 0:
-            return raw, up, down  # faster scale-up when there is no replica
+            return raw, up_since, down_since  # faster scale-up when there is no replica
         if raw > target:
-            up, down = up + 1, 0
-            if up >= int(self.upscale_delay_s / dt):
-                return raw, 0, down
-            return target, up, down
+            start = now if up_since is None else up_since
+            if now - start >= (int(self.upscale_delay_s / dt) - 1) * dt - 1e-9:
+                return raw, None, None
+            return target, start, None
         if raw < target:
-            up, down = 0, down + 1
-            if down >= int(self.downscale_delay_s / dt):
-                return raw, up, 0
-            return target, up, down
-        return target, 0, 0
+            start = now if down_since is None else down_since
+            if now - start >= (int(self.downscale_delay_s / dt) - 1) * dt - 1e-9:
+                return raw, None, None
+            return target, None, start
+        return target, None, None
 
     def decide(self, state: ClusterState, memory: Memory) -> tuple[Decision, Memory]:
         """Hysteresis target from the request rate, then spot / on-demand split with fallback."""
@@ -143,8 +158,8 @@ class SpotAwarePolicy:
             # take over a running service at its size (in spot-replica units)
             running = sum(p.desired * p.capacity_rps for p in state.pools) / spot.capacity_rps
             target = clamp(max(math.ceil(running - 1e-9), self.min_replicas), 0, hi)
-        target, up, down = self._hysteresis(
-            raw, int(target), int(memory.get("up", 0)), int(memory.get("down", 0)), dt
+        target, up_since, down_since = self._hysteresis(
+            raw, int(target), memory.get("up_since"), memory.get("down_since"), now, dt
         )
 
         spot_wanted = max(0, target - self.base_ondemand_fallback_replicas)
@@ -165,7 +180,12 @@ class SpotAwarePolicy:
             f"spot_aware: qps {qps:.2f} target {target} (raw {raw}) -> spot {spot_n} "
             f"(ready {spot_ready}), on-demand {od_n}"
         )
-        new_memory = {"samples": samples, "target": target, "up": up, "down": down}
+        new_memory = {
+            "samples": samples,
+            "target": target,
+            "up_since": up_since,
+            "down_since": down_since,
+        }
         return Decision(replicas, reason=reason), new_memory
 
     def config(self) -> dict[str, Any]:

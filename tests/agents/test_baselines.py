@@ -462,6 +462,27 @@ def test_spot_aware_hysteresis(build):
     assert spot_counts == [3, 3, 7, 7]
 
 
+def test_spot_aware_delays_are_metrics_time_whatever_the_poll_rate(build):
+    """Asked every 0.5 s (the service polling Prometheus), the target moves when it would at
+    30 s decisions (60 s into the streak for a 90 s delay), not at the third call (1 s)."""
+
+    def first_move(every_s: float) -> float:
+        sky = SpotAwarePolicy(target_utilization=0.5, upscale_delay_s=90.0)
+        memory = sky.initial_memory()
+        t = 0.0
+        while t < 300.0:
+            state = spot_state(build, rate=40.0)  # raw target 8 from a running 4
+            state = build.state(*state.pools, t=t, rate=40.0)
+            _, targets, memory = decide_n(sky, state, memory)
+            if targets["h100-spot"] == 7:
+                return t
+            t += every_s
+        return math.inf
+
+    assert first_move(30.0) == 60.0
+    assert first_move(0.5) == 60.0
+
+
 # --- all baselines -----------------------------------------------------------------------------
 
 
