@@ -139,6 +139,25 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` to run ``run_id`` in batches, each value cut to MLflow's length."""
+    from mlflow.entities import Param
+
+    rows = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
+    for chunk in _chunks(rows, _BATCH_PARAMS):
+        client.log_batch(run_id, params=list(chunk))
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log ``metrics`` to run ``run_id`` at ``step`` in batches (one timestamp for all)."""
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now_ms, int(step)) for k, v in sorted(metrics.items())]
+    for chunk in _chunks(rows, _BATCH_METRICS):
+        client.log_batch(run_id, metrics=list(chunk))
+
+
 def log_run(
     *,
     experiment: str,
@@ -155,7 +174,6 @@ def log_run(
         FAILED, so a half-logged run never looks finished).
     """
     require_mlflow()
-    from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -166,13 +184,8 @@ def log_run(
         exp_id = ensure_experiment(client, uri, experiment)
         run = client.create_run(exp_id, run_name=run_name, tags={"rlscale.command": command})
         run_id = run.info.run_id
-        now_ms = int(time.time() * 1000)
-        metric_rows = [Metric(k, v, now_ms, 0) for k, v in sorted(metrics.items())]
-        param_rows = [Param(k, str(v)[:_PARAM_MAX_CHARS]) for k, v in params.items()]
-        for chunk in _chunks(param_rows, _BATCH_PARAMS):
-            client.log_batch(run_id, params=list(chunk))
-        for chunk in _chunks(metric_rows, _BATCH_METRICS):
-            client.log_batch(run_id, metrics=list(chunk))
+        log_params(client, run_id, params)
+        log_metrics(client, run_id, metrics)
         for path in artifacts:
             client.log_artifact(run_id, str(path))
         client.set_terminated(run_id)

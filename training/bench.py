@@ -71,7 +71,9 @@ def measure(scenario: str, config: TrainConfig, rollouts: int) -> dict[str, Any]
 
     from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
 
-    venv = InferenceClusterVecEnv(config.n_envs, scenario=scenario, split="train")
+    venv = InferenceClusterVecEnv(
+        config.n_envs, scenario=scenario, split="train", randomize=config.randomize
+    )
     venv.seed(config.seed)
     sim_rate, sim_share = _ppo_rate(VecNormalize(venv, gamma=config.gamma), config, rollouts)
     cart = make_vec_env("CartPole-v1", n_envs=config.n_envs, seed=config.seed)

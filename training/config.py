@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from rlscale.envs.scenario import ScenarioError
+from rlscale.training.model_registry import CHALLENGER_ALIAS, DEFAULT_MODEL_NAME
 
 TRAIN_SCENARIO = "synthetic-4day"
 """The default scenario: its workload is generated, so training runs without any dataset."""
@@ -94,8 +95,10 @@ class TrainConfig:
     )
     checkpoint_every: int = _f(100_000, "save a resumable checkpoint every this many env steps")
     out_dir: str = _f("out/train", "where run folders go: OUT_DIR/RUN_ID/")
-    model_name: str = _f("rlscale-policy", "registered model to add the trained policy to")
-    alias: str = _f("challenger", "alias moved to the new version (the promotion gate reads it)")
+    model_name: str = _f(DEFAULT_MODEL_NAME, "registered model to add the trained policy to")
+    alias: str = _f(
+        CHALLENGER_ALIAS, "alias moved to the new version (the promotion gate reads it)"
+    )
     register: bool = _f(True, "export to ONNX and register the policy when training ends")
     tracking_uri: str | None = _f(None, "MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     run_name: str | None = _f(None, "MLflow run name (default {scenario}__ppo__{seed}__{time})")
@@ -162,10 +165,6 @@ class TrainConfig:
                 f"{source}: unknown train settings {unknown}; known: {sorted(known)}"
             )
         return cls(**values)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` (validated again)."""
-        return dataclasses.replace(self, **changes)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -34,9 +34,8 @@ from rlscale.agents.onnx_policy import (
 )
 from rlscale.envs.observation import observation_names
 from rlscale.envs.simulator import ClusterSimulator
+from rlscale.training.model_registry import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
 
-DEFAULT_MODEL_NAME = "rlscale-policy"
-DEFAULT_ALIAS = "champion"
 POLICY_EXPERIMENT = "rlscale-policies"
 
 
@@ -283,7 +282,7 @@ def register_policy(
     artifact_dir: str | Path,
     *,
     model_name: str = DEFAULT_MODEL_NAME,
-    alias: str | None = DEFAULT_ALIAS,
+    alias: str | None = CHAMPION_ALIAS,
     tracking_uri: str | None = None,
     run_id: str | None = None,
 ) -> int:
@@ -455,7 +454,7 @@ def add_register_parser(sub: Any) -> Any:
     p.add_argument("folder", help="the exported policy (manifest.json + model.onnx)")
     p.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"default {DEFAULT_MODEL_NAME}")
     p.add_argument(
-        "--alias", default=DEFAULT_ALIAS, help=f"alias to move to it (default {DEFAULT_ALIAS})"
+        "--alias", default=CHAMPION_ALIAS, help=f"alias to move to it (default {CHAMPION_ALIAS})"
     )
     p.add_argument("--no-alias", action="store_true", help="register without moving an alias")
     return p

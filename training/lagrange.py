@@ -41,7 +41,8 @@ class LagrangeMultiplier:
     """The price of one SLO violation in USD, adapted by dual ascent in log space.
 
     :param price_usd: the current multiplier.
-    :param target: the attainment the constraint asks for (target + margin).
+    :param base_target: the attainment the constraint asks for (target + margin); the
+        rollouts are steered to it plus ``offset`` (see :meth:`observe_served`).
     :param lr: dual step size in log space.
     :param min_usd: floor of the price.
     :param max_usd: ceiling of the price.

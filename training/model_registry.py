@@ -24,6 +24,13 @@ from typing import Any
 from rlscale.agents.onnx_policy import MANIFEST_NAME, ArtifactError, read_manifest
 from rlscale.envs.scenario import ScenarioError
 
+DEFAULT_MODEL_NAME = "rlscale-policy"
+"""The registered model trained policies become versions of."""
+CHAMPION_ALIAS = "champion"
+"""The alias a service follows (``models:/rlscale-policy@champion``)."""
+CHALLENGER_ALIAS = "challenger"
+"""The alias training moves to a new version; ``rlscale promote`` judges it."""
+
 MODELS_SCHEME = "models:/"
 POLICY_ARTIFACT_PATH = "policy"
 """Where :func:`~rlscale.training.export.register_policy` logs the folder in its run."""
@@ -117,10 +124,14 @@ def fetch_policy(spec: str, dst_dir: str | Path, *, client: Any | None = None) -
     """
     client = client or registry_client()
     if is_model_uri(spec):
-        name, alias, _ = parse_model_uri(spec)
-        version = registered_version(spec, client)
+        name, alias, version = parse_model_uri(spec)
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+        version = str(mv.version)
         source = client.get_model_version_download_uri(name, version)
-        mv = client.get_model_version(name, version)
         label = f"{name}@{alias}=v{version}" if alias else f"{name}/{version}"
         origin, run_id = f"{MODELS_SCHEME}{name}/{version}", mv.run_id
     elif is_run_id(spec):

@@ -50,7 +50,11 @@ from typing import Any
 from rlscale.agents.tuning import tuning_dir as default_tuning_dir
 from rlscale.envs.scenario import ScenarioError, load_scenario
 from rlscale.experiments.evaluate import baseline_specs
-from rlscale.training.export import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from rlscale.training.model_registry import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+)
 from rlscale.training.promotion_report import (
     build_report,
     format_interval,
@@ -61,8 +65,6 @@ from rlscale.training.promotion_report import (
     write_text,
 )
 
-CHALLENGER_ALIAS = "challenger"
-CHAMPION_ALIAS = DEFAULT_ALIAS
 CHAMPION_ROLE = "champion"
 BASELINE_ROLE = "best baseline"
 

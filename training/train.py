@@ -12,16 +12,19 @@ One run, start to end:
    every rollout (:mod:`rlscale.training.lagrange`), logged as ``lagrange/price_usd``.
 4. Every ``eval_every`` steps the deterministic policy runs on the validation windows
    (:mod:`rlscale.training.validate`): ``eval/cost_usd``, ``eval/slo_attainment``, ...
-5. Every ``checkpoint_every`` steps, and on Ctrl-C, a checkpoint (model, normalization
+5. Every ``checkpoint_every`` steps, and on Ctrl-C or SIGTERM, a checkpoint (model, normalization
    statistics as plain arrays, multiplier, validation history) goes to the run's artifacts;
    ``rlscale train --resume RUN_ID`` continues the same MLflow run to the planned timesteps.
-6. At the end: the policy is exported to ONNX (:func:`~rlscale.training.export.export_ppo`),
-   registered as a new version of ``rlscale-policy`` with the alias ``challenger``, and the
-   training report (learning curves, final validation) is attached to the run.
+6. At the end: the training report (learning curves, every validation) is attached to the run,
+   and, with ``register``, the policy ``select`` picks (by default the cheapest validation that
+   met the target) is exported to ONNX (:func:`~rlscale.training.export.export_ppo`) and
+   registered as a new version of ``model_name`` (``rlscale-policy``) with ``alias``
+   (``challenger``).
 
 Metrics keys: SB3's own (``train/approx_kl``, ``rollout/ep_rew_mean``, ``time/fps``) through an
 SB3 logger output format, plus ``eval/...``, ``lagrange/...``, ``rollout/attainment``,
-``rollout/cost_usd_per_h`` and ``time/env_steps_per_s``; MLflow's system metrics beside them.
+``rollout/randomization/...`` and ``time/env_steps_per_s``; MLflow's system metrics beside
+them.
 """
 
 from __future__ import annotations
@@ -123,14 +126,10 @@ def _sb3_mlflow_writer(client: Any, run_id: str) -> Any:
 
 
 def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
-    if not metrics:
-        return
-    from mlflow.entities import Metric
+    from rlscale.experiments.tracking import log_metrics
 
-    now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, int(step)) for k, v in sorted(metrics.items())]
-    for i in range(0, len(rows), 1000):
-        client.log_batch(run_id, metrics=rows[i : i + 1000])
+    if metrics:
+        log_metrics(client, run_id, metrics, step)
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -214,14 +213,14 @@ class _Trainer:
     # -- set-up --
 
     def log_settings(self) -> None:
-        from mlflow.entities import Param
+        from rlscale.experiments.tracking import log_params
 
-        params = [
-            Param(k, json.dumps(v) if not isinstance(v, str) else v)
-            for k, v in sorted(self.config.to_dict().items())
-        ]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        settings = sorted(self.config.to_dict().items())
+        log_params(
+            self.client,
+            self.run_id,
+            {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings},
+        )
         self.client.set_tag(self.run_id, "rlscale.scenario", self.scenario.name)
         (self.run_dir / CONFIG_FILE).write_text(config_json(self.config) + "\n")
         self.client.log_artifact(self.run_id, str(self.run_dir / CONFIG_FILE))
@@ -237,9 +236,10 @@ class _Trainer:
 
         cfg = self.config
         torch.set_num_threads(max(1, cfg.torch_threads))
-        self.venv = InferenceClusterVecEnv(cfg.n_envs, scenario=self.scenario, split="train")
+        self.venv = InferenceClusterVecEnv(
+            cfg.n_envs, scenario=self.scenario, split="train", randomize=cfg.randomize
+        )
         self.sim = self.venv.sim
-        self._enable_randomization()
         self.venv.seed(cfg.seed)
         self.vn = VecNormalize(
             self.venv,
@@ -248,23 +248,22 @@ class _Trainer:
             clip_obs=cfg.clip_obs,
             gamma=cfg.gamma,
         )
-        self.state: dict[str, Any] = {"timesteps": 0}
         if resume_from is None:
             self.model = PPO("MlpPolicy", self.vn, **cfg.ppo_kwargs())
             hold_prior(self.model, self.sim.noop_action(), cfg.hold_prior)
         else:
-            self.state = json.loads((resume_from / STATE_FILE).read_text())
+            state = json.loads((resume_from / STATE_FILE).read_text())
             _load_normalization(self.vn, resume_from / NORM_FILE)
             self.model = PPO.load(resume_from / MODEL_FILE, env=self.vn, device="cpu")
-            self.model.num_timesteps = self.updated_timesteps = int(self.state["timesteps"])
-            self.lagrange.load(self.state["lagrange"])
-            self.validations = [ValidationResult(**v) for v in self.state.get("validations", [])]
+            self.model.num_timesteps = self.updated_timesteps = int(state["timesteps"])
+            self.lagrange.load(state["lagrange"])
+            self.validations = [ValidationResult(**v) for v in state.get("validations", [])]
             if (resume_from / BEST_DIR / "best.json").is_file():
                 shutil.rmtree(self.run_dir / BEST_DIR, ignore_errors=True)
                 shutil.copytree(resume_from / BEST_DIR, self.run_dir / BEST_DIR)
                 self.best = json.loads((self.run_dir / BEST_DIR / "best.json").read_text())
             # fresh episode draws, not the ones the interrupted run already saw
-            self.venv.seed(cfg.seed + 1 + int(self.state["timesteps"]))
+            self.venv.seed(cfg.seed + 1 + int(state["timesteps"]))
         self.sim.set_violation_price(self.lagrange.price_usd)
         outputs = [_sb3_mlflow_writer(self.client, self.run_id)]
         if not cfg.progress:
@@ -274,18 +273,11 @@ class _Trainer:
             self.scenario, max_windows=cfg.eval_windows, seeds=cfg.eval_seeds
         )
 
-    def _enable_randomization(self) -> None:
-        """Domain randomization where the scenario declares ranges (and the simulator has it)."""
-        enable = getattr(self.sim, "set_randomize", None)
-        if self.config.randomize and enable is not None:
-            enable(True)
-
     # -- during training --
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic policy on raw observations."""
-        normalized = self.vn.normalize_obs(obs) if self.config.norm_obs else obs
-        action, _ = self.model.predict(normalized, deterministic=True)
+        action, _ = self.model.predict(self.vn.normalize_obs(obs), deterministic=True)
         return action
 
     def validate(self) -> ValidationResult:
@@ -499,15 +491,15 @@ def resume_config(run_id: str, args: argparse.Namespace | None = None) -> TrainC
     require_mlflow()
     uri = tracking_uri(getattr(args, "tracking_uri", None))
     client = MlflowClient(tracking_uri=uri)
-    dest = Path(tempfile.mkdtemp(prefix="rlscale-resume-"))
-    try:
-        client.get_run(run_id)
-        recorded_file = Path(client.download_artifacts(run_id, CONFIG_FILE, str(dest)))
-    except MlflowException as err:
-        raise ScenarioError(
-            f"--resume {run_id}: no such training run in {uri} ({err.message.splitlines()[0]})"
-        ) from None
-    recorded = json.loads(recorded_file.read_text())
+    with tempfile.TemporaryDirectory(prefix="rlscale-resume-") as dest:
+        try:
+            client.get_run(run_id)
+            recorded_file = Path(client.download_artifacts(run_id, CONFIG_FILE, dest))
+        except MlflowException as err:
+            raise ScenarioError(
+                f"--resume {run_id}: no such training run in {uri} ({err.message.splitlines()[0]})"
+            ) from None
+        recorded = json.loads(recorded_file.read_text())
     if args is None:
         return TrainConfig.from_dict(recorded)
     merged = config_from_args(args, base=recorded)
@@ -557,6 +549,8 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
     previous_term = _term_as_interrupt()
     try:
         trainer.build(resume_from)
+        if resume_from is not None:  # loaded (its best policy copied into the run folder)
+            shutil.rmtree(trainer.run_dir / ".resume", ignore_errors=True)
         done = int(trainer.model.num_timesteps)
         left = config.total_timesteps - done
         pbar = tqdm(
@@ -579,8 +573,7 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
         trainer.validate()
         trainer.checkpoint()
         result = _finish_run(trainer)
-        status = "FINISHED"
-        result.status = status
+        status = result.status
         return result
     except KeyboardInterrupt:
         status = "KILLED"
@@ -591,14 +584,15 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
             # so the resumed run collects it again and ends at the planned timesteps
             trainer.model.num_timesteps = trainer.updated_timesteps
             trainer.checkpoint()
+        steps = int(getattr(getattr(trainer, "model", None), "num_timesteps", 0))
         print(
-            f"\ninterrupted at {getattr(getattr(trainer, 'model', None), 'num_timesteps', 0)} "
-            f"steps; continue with: rlscale train --resume {trainer.run_id}",
+            f"\ninterrupted at {steps} steps; continue with: rlscale train --resume "
+            f"{trainer.run_id}",
             file=sys.stderr,
         )
         return TrainResult(
             trainer.run_id,
-            int(getattr(getattr(trainer, "model", None), "num_timesteps", 0)),
+            steps,
             status,
             trainer.run_dir,
             trainer.validations,

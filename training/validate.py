@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from rlscale.envs.scenario import Scenario
-from rlscale.envs.simulator import ClusterSimulator
+from rlscale.envs.simulator import ClusterSimulator, scenario_workload
+from rlscale.envs.splits import split_of
 
 Act = Callable[[np.ndarray], np.ndarray]
 """Raw observations [N, obs] -> actions [N, 2 * pools]."""
@@ -61,9 +62,8 @@ class Validator:
     def __init__(
         self, scenario: Scenario, *, max_windows: int = 4, seeds: int = 1, workload_seed: int = 0
     ) -> None:
-        probe = ClusterSimulator(scenario, 1, workload_seed=workload_seed, split="validation")
-        assert probe.split is not None
-        windows = list(probe.split.validation_starts[: max(1, max_windows)])
+        split, _ = split_of(scenario, scenario_workload(scenario, workload_seed).n_bins)
+        windows = list(split.validation_starts[: max(1, max_windows)])
         self.cases = [(w, s) for w in windows for s in range(max(1, seeds))]
         self.sim = ClusterSimulator(
             scenario, len(self.cases), workload_seed=workload_seed, split="validation"
