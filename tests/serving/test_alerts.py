@@ -85,3 +85,36 @@ def test_each_alert_has_a_firing_and_a_silent_case():
         for check in case.get("alert_rule_test", []):
             (fires if check["exp_alerts"] else silent).add(check["alertname"])
     assert fires == alerts and silent == alerts
+
+
+def test_the_series_the_rules_read_follow_the_service():
+    """The SLO and reload series move with what the service sees (not only exist)."""
+    from rlscale.serving.schemas import RecommendationRequest
+
+    scenario = load_scenario("azure-conv")
+    hpa = load_policy("hpa", scenario)
+    service = DecisionService(scenario, hpa, hpa)
+    metrics = service.recorder.metrics
+    error = {"text": ""}
+    metrics.watch_reloader(lambda: error["text"])
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("rlscale_slo_attainment_target") == scenario.slo.target_attainment
+    assert value("rlscale_policy_reload_failing") == 0.0
+    error["text"] = "cannot check models:/x@champion: registry away"
+    assert value("rlscale_policy_reload_failing") == 1.0
+    body = {"cluster_id": "prod", "arrival_rate_rps": 5.0, "slo_attainment": 0.93}
+    pools = [{"name": p.name, "replicas": {"ready": 1}} for p in scenario.pools]
+    service.decide(
+        RecommendationRequest.model_validate({**body, "timestamp": service.clock(), "pools": pools})
+    )
+    assert value("rlscale_slo_attainment", cluster="prod") == 0.93
+    # an attainment out of range is not shown as measured
+    service.decide(
+        RecommendationRequest.model_validate(
+            {**body, "slo_attainment": 7.0, "timestamp": service.clock(), "pools": pools}
+        )
+    )
+    assert value("rlscale_slo_attainment", cluster="prod") == 0.93
