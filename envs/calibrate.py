@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,19 @@ from .scenario import PROFILE_DIR, ScenarioError, data_root
 ARGONNE_DIR = "llm_inference_bench_argonne"
 RESULTS_FILE = "All_results.csv"
 TTFT_FILE = "all_results_TTFT_ITL.csv"
+QUANT_FILE = "A100_H100_quant_all_results.csv"
+QUANT_COLUMNS = (
+    "Hardware",
+    "Num of Hardware",
+    "Framework",
+    "Model",
+    "Input Output Length",
+    "Batch Size",
+    "kv_cache_dtype",
+    "latency",
+)
+FP16 = "Weight = fp16, KV Cache = fp16"
+"""``kv_cache_dtype`` of the quantization file's unquantized rows (its column names both)."""
 RESULTS_COLUMNS = (
     "Hardware",
     "Num of Hardware",
@@ -104,6 +117,8 @@ LLAMA3_8B = ModelArch(layers=32, kv_heads=8, head_dim=128, params_b=8.03)
 LLAMA3_70B = ModelArch(layers=80, kv_heads=8, head_dim=128, params_b=70.55)
 # meta-llama/Llama-2-70b-hf has the same 80-layer GQA-8 attention (320 KiB per token).
 LLAMA2_70B = ModelArch(layers=80, kv_heads=8, head_dim=128, params_b=68.98)
+# Llama-3-8B with an FP8 KV cache: one byte per value, 64 KiB per token.
+LLAMA3_8B_KV_FP8 = ModelArch(layers=32, kv_heads=8, head_dim=128, params_b=8.03, dtype_bytes=1)
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,15 @@ class ProfileSpec:
     max_num_seqs: int = VLLM_MAX_NUM_SEQS
     prefill_from: str | None = None
     """Profile whose fitted prefill cost, scaled by parameters per GPU, stands in for a TTFT."""
+    quant: str | None = None
+    """A quantized variant: the ``kv_cache_dtype`` of its rows in :data:`QUANT_FILE` (which
+    names the weights' and the KV cache's types); None: ``All_results.csv``'s fp16 rows."""
+    scaled_from: str | None = None
+    """A variant with too few rows of its own for the iteration model: this profile's
+    parameters times one speed ratio, measured between :attr:`quant` rows and
+    :attr:`ratio_base` rows of :attr:`framework` that differ only in the weights' type."""
+    ratio_base: str | None = None
+    framework: str = FRAMEWORK
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -225,6 +249,92 @@ PROFILE_SPECS: tuple[ProfileSpec, ...] = (
         ),
     ),
 )
+_QUANT = f"Argonne LLM-Inference-Bench (arXiv 2411.00136) {QUANT_FILE}"
+_NO_ACCURACY = (
+    "; the data has no accuracy figures: whether the variant's quality is acceptable is the "
+    "user's decision"
+)
+QUANT_SPECS: tuple[ProfileSpec, ...] = (
+    ProfileSpec(
+        name="h100x1-llama3-8b-fp8",
+        hardware="Nvidia H100 GPU",
+        gpus=1,
+        data_model="meta-llama/Meta-Llama-3-8B",
+        served_model="meta-llama/Meta-Llama-3-8B (FP8 weights, FP8 KV cache)",
+        gpu="H100-80GB",
+        gpu_mem_gib=80.0,
+        arch=LLAMA3_8B_KV_FP8,
+        weights_gb=8.0,
+        quant="Weight = fp8, KV Cache = fp8",
+        prefill_from="h100x1-llama3-8b",
+        source=(
+            f"{_QUANT} vLLM rows 'Weight = fp8, KV Cache = fp8', 1x H100 80GB, Meta-Llama-3-8B; "
+            "no TTFT row: prefill cost held to h100x1-llama3-8b's (no FP8 prefill speed-up "
+            "assumed)" + _NO_ACCURACY
+        ),
+    ),
+    ProfileSpec(
+        name="h100x1-llama3-8b-kvfp8",
+        hardware="Nvidia H100 GPU",
+        gpus=1,
+        data_model="meta-llama/Meta-Llama-3-8B",
+        served_model="meta-llama/Meta-Llama-3-8B (FP8 KV cache)",
+        gpu="H100-80GB",
+        gpu_mem_gib=80.0,
+        arch=LLAMA3_8B_KV_FP8,
+        weights_gb=16.0,
+        quant="Weight = fp16, KV Cache = fp8",
+        prefill_from="h100x1-llama3-8b",
+        source=(
+            f"{_QUANT} vLLM rows 'Weight = fp16, KV Cache = fp8', 1x H100 80GB, "
+            "Meta-Llama-3-8B; no TTFT row: prefill cost held to h100x1-llama3-8b's" + _NO_ACCURACY
+        ),
+    ),
+    ProfileSpec(
+        name="a100x1-llama3-8b-kvfp8",
+        hardware="Nvidia A100 GPU",
+        gpus=1,
+        data_model="meta-llama/Meta-Llama-3-8B",
+        served_model="meta-llama/Meta-Llama-3-8B (FP8 KV cache)",
+        gpu="A100-SXM4-40GB",
+        gpu_mem_gib=40.0,
+        arch=LLAMA3_8B_KV_FP8,
+        weights_gb=16.0,
+        quant="Weight = fp16, KV Cache = fp8",
+        prefill_from="a100x1-llama3-8b",
+        source=(
+            f"{_QUANT} vLLM rows 'Weight = fp16, KV Cache = fp8', 1x A100 40GB, "
+            "Meta-Llama-3-8B (the A100 has no FP8 units: attention over the cache converts, "
+            "and long batches run far slower than fp16); no TTFT row: prefill cost held to "
+            "a100x1-llama3-8b's" + _NO_ACCURACY
+        ),
+    ),
+    ProfileSpec(
+        name="a100x1-llama3-8b-int8",
+        hardware="Nvidia A100 GPU",
+        gpus=1,
+        data_model="meta-llama/Meta-Llama-3-8B",
+        served_model="meta-llama/Meta-Llama-3-8B (INT8 weights)",
+        gpu="A100-SXM4-40GB",
+        gpu_mem_gib=40.0,
+        arch=LLAMA3_8B,
+        weights_gb=8.0,
+        quant="Weight = int8, KV Cache = int8",
+        scaled_from="a100x1-llama3-8b",
+        ratio_base="Weight = fp16, KV Cache = int8",
+        framework="TensorRT-LLM",
+        source=(
+            f"{_QUANT} has INT8 weights only on TensorRT-LLM, 4 rows (in=out=1024, batch 1-64): "
+            "a100x1-llama3-8b's iteration costs x the geometric-mean latency ratio of its "
+            "'Weight = int8, KV Cache = int8' rows to the 'Weight = fp16, KV Cache = int8' rows "
+            "of the same batches (only the weights differ); KV cache fp16 with the 8 GB of "
+            "weights; the MAPE is that ratio's error on the 4 int8 rows" + _NO_ACCURACY
+        ),
+    ),
+)
+"""Quantized variants, fitted from :data:`QUANT_FILE` after the fp16 profiles they lean on."""
+
+PROFILE_SPECS = PROFILE_SPECS + QUANT_SPECS
 REQUIRED_PROFILES: tuple[str, ...] = tuple(s.name for s in PROFILE_SPECS)
 
 
@@ -258,6 +368,8 @@ class ProfileFit:
     in_fit: tuple[bool, ...]
     ttft: TtftRow | None
     prefill_prior_s: float | None
+    ratio: float | None = None
+    """A scaled variant's latency ratio to its reference (``ProfileSpec.scaled_from``)."""
 
     @property
     def rel_errors(self) -> np.ndarray:
@@ -422,6 +534,37 @@ def read_bench_rows(data_dir: Path | None = None) -> dict[RowKey, list[BenchRow]
     return out
 
 
+QuantKey = tuple[str, int, str, str, str]
+"""(Hardware, Num of Hardware, Model, Framework, kv_cache_dtype)."""
+
+
+def read_quant_rows(data_dir: Path | None = None) -> dict[QuantKey, list[BenchRow]]:
+    """The rows of :data:`QUANT_FILE` by (hardware, GPUs, model, framework, types).
+
+    :raises ScenarioError: file missing, a required column absent, or a non-numeric value.
+    """
+    path = Path(data_dir or data_root()) / ARGONNE_DIR / QUANT_FILE
+    out: dict[QuantKey, list[BenchRow]] = {}
+    for row in _read_csv(path, QUANT_COLUMNS):
+        key = (
+            row["Hardware"].strip(),
+            _int(row, "Num of Hardware", path),
+            row["Model"].strip(),
+            row["Framework"].strip(),
+            row["kv_cache_dtype"].strip(),
+        )
+        out.setdefault(key, []).append(
+            BenchRow(
+                batch_size=_int(row, "Batch Size", path),
+                io_tokens=_int(row, "Input Output Length", path),
+                latency_s=_float(row, "latency", path),
+            )
+        )
+    for rows in out.values():
+        rows.sort(key=lambda r: (r.io_tokens, r.batch_size))
+    return out
+
+
 def read_ttft_rows(data_dir: Path | None = None) -> dict[RowKey, TtftRow]:
     """The vLLM rows of ``all_results_TTFT_ITL.csv`` by (hardware, GPUs, model)."""
     path = Path(data_dir or data_root()) / ARGONNE_DIR / TTFT_FILE
@@ -475,8 +618,9 @@ def fit_profile(
     """
     if not rows:
         raise ScenarioError(
-            f"profile '{spec.name}': no vLLM rows for "
-            f"{spec.hardware} x{spec.gpus} {spec.data_model} in {RESULTS_FILE}"
+            f"profile '{spec.name}': no {spec.framework} rows for "
+            f"{spec.hardware} x{spec.gpus} {spec.data_model}"
+            + (f" '{spec.quant}' in {QUANT_FILE}" if spec.quant else f" in {RESULTS_FILE}")
         )
     if (ttft is None) == (prefill_prior_s is None):
         raise ScenarioError(
@@ -547,18 +691,104 @@ def _prefill_prior(spec: ProfileSpec, reference: ThroughputProfile) -> float:
     )
 
 
+def _spec_rows(
+    spec: ProfileSpec,
+    bench: dict[RowKey, list[BenchRow]],
+    quant: dict[QuantKey, list[BenchRow]],
+    types: str | None = None,
+) -> list[BenchRow]:
+    """The measured rows of ``spec`` (of its ``types`` in the quantization file, when given)."""
+    if spec.quant is None:
+        return bench.get((spec.hardware, spec.gpus, spec.data_model), [])
+    key = (spec.hardware, spec.gpus, spec.data_model, spec.framework, types or spec.quant)
+    return quant.get(key, [])
+
+
+def weight_ratio(rows: Sequence[BenchRow], base: Sequence[BenchRow]) -> float:
+    """Geometric mean of ``rows``' latency over ``base``'s for the same (length, batch).
+
+    :raises ScenarioError: a row without its base twin.
+    """
+    twins = {(r.io_tokens, r.batch_size): r.latency_s for r in base}
+    keys = [(r.io_tokens, r.batch_size) for r in rows]
+    missing = [k for k in keys if k not in twins]
+    if missing or not rows:
+        raise ScenarioError(f"no base rows (length, batch) {missing} for the ratio")
+    logs = [math.log(r.latency_s / twins[(r.io_tokens, r.batch_size)]) for r in rows]
+    return math.exp(sum(logs) / len(logs))
+
+
+def fit_scaled_profile(
+    spec: ProfileSpec,
+    reference: ThroughputProfile,
+    rows: Sequence[BenchRow],
+    base: Sequence[BenchRow],
+    ratio: float | None = None,
+) -> ProfileFit:
+    """A variant with too few rows for the iteration model: ``reference``'s costs times the
+    measured latency ratio of ``rows`` to their ``base`` twins (see ``ProfileSpec.scaled_from``).
+
+    :param ratio: the ratio to use (default: measured from ``rows`` and ``base``).
+    :raises ScenarioError: no rows, or a row without its base twin.
+    """
+    if not rows:
+        raise ScenarioError(
+            f"profile '{spec.name}': no {spec.framework} rows '{spec.quant}' for "
+            f"{spec.hardware} x{spec.gpus} {spec.data_model} in {QUANT_FILE}"
+        )
+    measured_ratio = weight_ratio(rows, base)
+    ratio = measured_ratio if ratio is None else ratio
+    twins = {(r.io_tokens, r.batch_size): r.latency_s for r in base}
+    predicted = [ratio * twins[(r.io_tokens, r.batch_size)] for r in rows]
+    rel = [abs(p - r.latency_s) / r.latency_s for p, r in zip(predicted, rows, strict=True)]
+    profile = ThroughputProfile(
+        name=spec.name,
+        gpu=spec.gpu,
+        gpus_per_replica=spec.gpus,
+        model=spec.served_model,
+        weights_gb=spec.weights_gb,
+        iter_base_s=reference.iter_base_s * ratio,
+        iter_per_seq_s=reference.iter_per_seq_s * ratio,
+        iter_per_ctx_token_s=reference.iter_per_ctx_token_s * ratio,
+        prefill_per_token_s=reference.prefill_per_token_s * ratio,
+        kv_cache_tokens=spec.kv_cache_tokens,
+        max_num_seqs=spec.max_num_seqs,
+        fit_mape=float(np.mean(rel)),
+        fit_rows=len(rows),
+        source=spec.source,
+    )
+    return ProfileFit(
+        profile=profile,
+        spec=spec,
+        rows=tuple(rows),
+        predicted_s=tuple(predicted),
+        in_fit=(True,) * len(rows),
+        ttft=None,
+        prefill_prior_s=None,
+        ratio=ratio,
+    )
+
+
 def fit_calibration(data_dir: Path | None = None) -> list[ProfileFit]:
     """Fit every profile in :data:`PROFILE_SPECS`, with the rows and checks behind each."""
     bench = read_bench_rows(data_dir)
     ttfts = read_ttft_rows(data_dir)
+    quant = read_quant_rows(data_dir)
     fits: dict[str, ProfileFit] = {}
-    # Specs are ordered so that a prefill reference is fitted before the profiles that use it.
+    # Specs are ordered so that a reference is fitted before the profiles that use it.
     for spec in PROFILE_SPECS:
         key = (spec.hardware, spec.gpus, spec.data_model)
-        if spec.prefill_from is not None:
+        if spec.scaled_from is not None:
+            fits[spec.name] = fit_scaled_profile(
+                spec,
+                fits[spec.scaled_from].profile,
+                _spec_rows(spec, bench, quant),
+                _spec_rows(spec, bench, quant, spec.ratio_base),
+            )
+        elif spec.prefill_from is not None:
             fits[spec.name] = fit_profile(
                 spec,
-                bench.get(key, []),
+                _spec_rows(spec, bench, quant),
                 prefill_prior_s=_prefill_prior(spec, fits[spec.prefill_from].profile),
             )
         else:
@@ -590,11 +820,12 @@ def _fit_record(fit: ProfileFit) -> dict[str, Any]:
         "max_abs_rel_error": round(float(np.abs(rel).max()), 6),
         "rows_in_fit": int(sum(fit.in_fit)),
         "data": {
-            "file": f"{ARGONNE_DIR}/{RESULTS_FILE}",
+            "file": f"{ARGONNE_DIR}/{QUANT_FILE if spec.quant else RESULTS_FILE}",
             "hardware": spec.hardware,
             "num_of_hardware": spec.gpus,
-            "framework": FRAMEWORK,
+            "framework": spec.framework,
             "model": spec.data_model,
+            **({"kv_cache_dtype": spec.quant} if spec.quant else {}),
         },
         "kv_cache": {
             "gpu_mem_gib": spec.gpu_mem_gib,
@@ -613,6 +844,12 @@ def _fit_record(fit: ProfileFit) -> dict[str, Any]:
             "predicted_s": round(
                 ttft_s(fit.profile, fit.ttft.batch_size, fit.ttft.prompt_tokens), 6
             ),
+        }
+    if fit.ratio is not None:
+        record["scaled"] = {
+            "from_profile": spec.scaled_from,
+            "latency_ratio": round(fit.ratio, 6),
+            "base_kv_cache_dtype": spec.ratio_base,
         }
     if fit.prefill_prior_s is not None:
         record["prefill_prior"] = {
@@ -666,10 +903,24 @@ def write_profiles(
     """
     bench = read_bench_rows(data_dir)
     ttfts = read_ttft_rows(data_dir)
+    quant = read_quant_rows(data_dir)
     fits = []
     for profile in profiles:
         spec = _spec(profile.name)
-        rows = bench.get((spec.hardware, spec.gpus, spec.data_model), [])
+        rows = _spec_rows(spec, bench, quant)
+        if spec.scaled_from is not None:
+            ref = next((p for p in profiles if p.name == spec.scaled_from), None)
+            if ref is None:
+                raise ScenarioError(f"profile '{spec.name}' is scaled from '{spec.scaled_from}'")
+            fit = fit_scaled_profile(
+                spec,
+                ref,
+                rows,
+                _spec_rows(spec, bench, quant, spec.ratio_base),
+                ratio=profile.iter_base_s / ref.iter_base_s,
+            )
+            fits.append(replace(fit, profile=profile))
+            continue
         X = batch_features(
             np.array([r.batch_size for r in rows]),
             np.array([r.io_tokens for r in rows]),
@@ -767,13 +1018,13 @@ def _summary_row(fit: ProfileFit) -> dict[str, Any]:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Plain-text table of the calibration summary rows."""
     head = (
-        f"{'profile':<20} {'rows':>4} {'MAPE':>6} {'max':>6} {'a (s)':>9} {'c (s/seq)':>10} "
+        f"{'profile':<24} {'rows':>4} {'MAPE':>6} {'max':>6} {'a (s)':>9} {'c (s/seq)':>10} "
         f"{'k (s/tok)':>10} {'p (s/tok)':>10} {'kv tokens':>10} {'seqs':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['profile']:<20} {r['rows']:>4} {r['mape']:>6.1%} {r['max_abs_rel_error']:>6.1%} "
+            f"{r['profile']:<24} {r['rows']:>4} {r['mape']:>6.1%} {r['max_abs_rel_error']:>6.1%} "
             f"{r['iter_base_s']:>9.3g} {r['iter_per_seq_s']:>10.3g} "
             f"{r['iter_per_ctx_token_s']:>10.3g} {r['prefill_per_token_s']:>10.3g} "
             f"{r['kv_cache_tokens']:>10,} {r['max_num_seqs']:>5}"

@@ -148,6 +148,7 @@ def create_app(
     metrics = recorder.metrics
     if reloader is not None:
         reloader.listeners.append(metrics.reloaded)
+        metrics.watch_reloader(lambda: reloader.last_error)
     app.state.service = service
     # Shadow writes wait for the disk one at a time (they share one connection): their own
     # thread, so a slow disk never holds the worker threads other work might need.

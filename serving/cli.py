@@ -167,6 +167,31 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="replace the PromQL of one request field, e.g. queue=sum(my_queue); repeatable",
     )
     p.add_argument(
+        "--prometheus-tenant-query",
+        default=None,
+        metavar="PROMQL",
+        help=(
+            "each tenant's request rate as a vector by tenant, e.g. "
+            "'sum by (tenant) (rate(gateway_requests_total[1m]))': spend is allocated to "
+            "tenants by request share (default: none; spend is counted unallocated)"
+        ),
+    )
+    p.add_argument(
+        "--tenant-label",
+        default="tenant",
+        help="the label naming the tenant in --prometheus-tenant-query's answer (default tenant)",
+    )
+    p.add_argument(
+        "--budgets",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help=(
+            "spend budgets to report in every answer and in /metrics (never enforced): "
+            "'budgets: [{name, period: hour|day|month, limit_usd, tenant?, cluster?}]'"
+        ),
+    )
+    p.add_argument(
         "--deployment",
         action="append",
         default=[],
@@ -198,6 +223,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from rlscale.envs.scenario import ScenarioError, load_scenario
     from rlscale.serving.app import NoTokenError, create_app
+    from rlscale.serving.budgets import load_budgets
     from rlscale.serving.reload import start_policy
     from rlscale.serving.service import DecisionService, default_guardrails, load_policy
     from rlscale.serving.shadow import ShadowLog, ShadowLogError
@@ -222,6 +248,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_total_replicas=args.max_total_replicas,
         )
         fallback = load_policy(args.fallback, scenario)
+        budgets = load_budgets(args.budgets) if args.budgets is not None else []
         shadow = (
             ShadowLog(
                 args.shadow_db,
@@ -240,6 +267,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 max_staleness_s=args.max_staleness_s,
                 max_clusters=args.max_clusters,
                 shadow=shadow,
+                budgets=budgets,
             ),
             args.policy,
             scenario,
@@ -268,6 +296,13 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     else:
         log.info("serving policy %s", service.policy_version)
+    blind = [b.name for b in budgets if b.tenant is not None]
+    if blind and args.prometheus_url and not args.prometheus_tenant_query:
+        log.warning(
+            "tenant budgets %s stay unknown: the Prometheus source has no "
+            "--prometheus-tenant-query (pushes may still carry tenant_rates_rps)",
+            blind,
+        )
     if token is None:
         log.warning("--insecure-no-auth: /v1/* accepts requests from anyone, without a token")
     # Everything loaded so far (numba, scipy, pydantic, the policy: ~130k objects) lives as
@@ -315,6 +350,8 @@ def run_serve(args: argparse.Namespace) -> int:
             deployment_of=deployments,
             interval_s=args.prometheus_interval_s,
             cluster_id=args.cluster_id,
+            tenant_query=args.prometheus_tenant_query,
+            tenant_label=args.tenant_label,
         )
         source.start()
     if shadow is not None:

@@ -38,3 +38,13 @@ SHADOW_MAX_AGE_S = 30 * 86400.0
 SHADOW_MAX_BYTES = 512 * 2**20
 """Shadow-log retention: the oldest rows are pruned while the rows take more than this (within
 the deploy manifest's 1 GiB volume, with room for the WAL and a checkpoint)."""
+
+MAX_TENANTS_PER_REQUEST = 256
+"""Entries in a request's ``tenant_rates_rps``."""
+
+MAX_TENANTS_TRACKED = 256
+"""Tenants with their own spend series; the spend of later ones is pooled as ``_other``, so a
+stream of new tenant names never grows ``/metrics`` without bound."""
+
+MAX_BUDGETS = 64
+"""Budgets in a ``--budgets`` file."""

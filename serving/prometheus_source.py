@@ -76,6 +76,12 @@ class PrometheusSource:
     :param interval_s: seconds between polls.
     :param timeout_s: HTTP timeout of one query.
     :param cluster_id: the cluster id the decisions are filed under.
+    :param tenant_query: PromQL giving each tenant's request rate (req/s) as a vector with the
+        tenant in label ``tenant_label``, e.g. a gateway's
+        ``sum by (tenant) (rate(gateway_requests_total[1m]))``; None: no per-tenant spend. Only
+        metered: a failed or empty answer leaves the request without tenant rates (the
+        service's metrics say so), never changes the decision.
+    :param tenant_label: the label naming the tenant in ``tenant_query``'s answer.
     """
 
     url: str
@@ -87,7 +93,11 @@ class PrometheusSource:
     interval_s: float = 15.0
     timeout_s: float = 2.0
     cluster_id: str = "default"
+    tenant_query: str | None = None
+    tenant_label: str = "tenant"
     last_error: str = ""
+    tenant_error: str = ""
+    """Why the latest snapshot has no tenant rates although ``tenant_query`` is set."""
     _last_good: RecommendationRequest | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -106,6 +116,44 @@ class PrometheusSource:
             return None
         value = float(result[0]["value"][1])
         return None if value != value else value  # NaN: no data in the window
+
+    def query_vector(self, client: httpx.Client, promql: str, label: str) -> dict[str, float]:
+        """One instant query whose answer is a vector: value by ``label``'s value.
+
+        :raises PrometheusError: no answer, an error, or a series without ``label``.
+        """
+        try:
+            r = client.get(f"{self.url}/api/v1/query", params={"query": promql})
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise PrometheusError(f"query {promql!r}: {err}") from None
+        if r.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"query {promql!r}: {body.get('error', r.status_code)}")
+        out: dict[str, float] = {}
+        for series in body.get("data", {}).get("result", []):
+            key = series.get("metric", {}).get(label)
+            if key is None:
+                raise PrometheusError(f"query {promql!r}: a series without label {label!r}")
+            out[key] = out.get(key, 0.0) + float(series["value"][1])
+        return out
+
+    def tenant_rates(self, client: httpx.Client) -> dict[str, float] | None:
+        """Each tenant's request rate from ``tenant_query``; None (and ``tenant_error`` says
+        why) when it is not configured, fails, or has no data."""
+        self.tenant_error = ""
+        if self.tenant_query is None:
+            return None
+        try:
+            rates = self.query_vector(client, self.tenant_query, self.tenant_label)
+        except PrometheusError as err:
+            self.tenant_error = str(err)
+        else:
+            rates = {t: r for t, r in rates.items() if r == r}  # NaN: no data in the window
+            if rates:
+                return rates
+            self.tenant_error = f"query {self.tenant_query!r}: no data"
+        log.warning("no per-tenant request rates: %s", self.tenant_error)
+        return None
 
     def snapshot(self) -> RecommendationRequest:
         """The cluster's metrics now, as the service's request."""
@@ -127,9 +175,14 @@ class PrometheusSource:
                 pools.append(
                     PoolMetrics(name=pool, replicas=ReplicasByState(ready=ready, loading=starting))
                 )
+            tenants = self.tenant_rates(client)
         fields = {k: v for k, v in values.items() if v is not None}
         return RecommendationRequest(
-            cluster_id=self.cluster_id, timestamp=time.time(), pools=pools, **fields
+            cluster_id=self.cluster_id,
+            timestamp=time.time(),
+            pools=pools,
+            tenant_rates_rps=tenants,
+            **fields,
         )
 
     def poll_once(self) -> object:

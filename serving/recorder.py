@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -76,6 +77,23 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.model = Info("rlscale_policy", "The deployed policy.", registry=self.registry)
+        self.slo_attainment = Gauge(
+            "rlscale_slo_attainment",
+            "Share of requests within the SLO over the cluster's last reported interval.",
+            ["cluster"],
+            registry=self.registry,
+        )
+        self.slo_target = Gauge(
+            "rlscale_slo_attainment_target",
+            "The share of requests that must meet the SLO (the scenario's target_attainment).",
+            registry=self.registry,
+        )
+        self.reload_failing = Gauge(
+            "rlscale_policy_reload_failing",
+            "1 while the hot-reload watcher cannot check or load what the policy spec names "
+            "(an older policy, or none, keeps serving).",
+            registry=self.registry,
+        )
         self.fallback_version = fallback_version
         self.set_policy(policy)
 
@@ -92,6 +110,10 @@ class ServiceMetrics:
     def reloaded(self, event: ReloadEvent) -> None:
         """Count one reload attempt."""
         self.reloads.labels(result=event.result).inc()
+
+    def watch_reloader(self, last_error: Callable[[], str]) -> None:
+        """Show whether the hot-reload watcher is failing (read at each scrape)."""
+        self.reload_failing.set_function(lambda: float(bool(last_error())))
 
     def watch_shadow(self, shadow: ShadowLog) -> None:
         """Show the shadow log's retention figures (read at each scrape, no query)."""

@@ -12,13 +12,13 @@ a caller whose metrics pipeline hiccups still gets a safe answer, and the reason
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rlscale.agents.base import ClusterState
 from rlscale.serving.causes import Cause
-from rlscale.serving.limits import MAX_POOLS_PER_REQUEST
+from rlscale.serving.limits import MAX_POOLS_PER_REQUEST, MAX_TENANTS_PER_REQUEST
 
 EPOCH_MONDAY_S = 4 * 86400.0
 """1970-01-05 00:00 UTC, the first Monday of the unix epoch: where weeks start."""
@@ -122,6 +122,16 @@ class RecommendationRequest(_Body):
             "with the recommendation, never used to decide"
         ),
     )
+    tenant_rates_rps: (
+        dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], float] | None
+    ) = Field(
+        None,
+        max_length=MAX_TENANTS_PER_REQUEST,
+        description=(
+            "request rate per tenant (req/s), e.g. from a gateway's metrics: the cluster's "
+            "spend is allocated by each tenant's share; only metered, never used to decide"
+        ),
+    )
     shadow_only: bool = Field(
         False,
         description=(
@@ -217,6 +227,34 @@ class RecommendationRequest(_Body):
 
 Source = Literal["policy", "fallback"]
 
+Period = Literal["hour", "day", "month"]
+"""A budget's period (UTC; a month is the calendar month)."""
+
+
+class BudgetStatus(BaseModel):
+    """Where one spend budget stands (reported only: budgets never change a decision)."""
+
+    name: str
+    period: Period
+    tenant: str | None = Field(description="the tenant whose spend counts; null: all")
+    cluster: str | None = Field(description="the cluster whose spend counts; null: all")
+    limit_usd: float
+    spend_usd: float = Field(description="spend counted in the current period so far")
+    burn_rate_usd_h: float = Field(description="current cost rate of what the budget covers")
+    projected_spend_usd: float = Field(
+        description="spend at the period's end if the burn rate holds"
+    )
+    period_end_s: float = Field(description="when the current period ends (unix time, s)")
+    as_of_s: float = Field(description="the metrics time the figures are as of (unix time, s)")
+    projected_breach: bool = Field(description="the projected spend is over the limit")
+    known: bool = Field(
+        description=(
+            "the figures are complete; false for a tenant budget while the cluster reports no "
+            "per-tenant request rates (its spend is then a lower bound)"
+        )
+    )
+    notes: list[str] = Field(default_factory=list, description="why a figure is incomplete")
+
 
 class RecommendationResponse(BaseModel):
     """Replicas to run per pool, and where the numbers came from."""
@@ -250,6 +288,12 @@ class RecommendationResponse(BaseModel):
     decided_at: float = Field(description="when the service decided (unix time, s)")
     shadow_recorded: bool = Field(
         False, description="the decision is durably in the shadow database"
+    )
+    budgets: list[BudgetStatus] = Field(
+        default_factory=list,
+        description=(
+            "the spend budgets covering this cluster (``--budgets``): reported, never enforced"
+        ),
     )
 
     model_config = ConfigDict(

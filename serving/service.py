@@ -29,6 +29,7 @@ from are within the staleness bound: otherwise :meth:`DecisionService.recommend`
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -41,9 +42,10 @@ from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.envs.capacity import scenario_capacities_rps
 from rlscale.envs.scenario import Scenario
 from rlscale.serving.base import NoRecommendationError, PoolRecommendation
+from rlscale.serving.budgets import BudgetConfig, SpendMeter, SpendMetrics
 from rlscale.serving.causes import Cause, Reason, codes, texts
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
-from rlscale.serving.inputs import ReadRequest, read_request
+from rlscale.serving.inputs import RANGES, ReadRequest, read_request
 from rlscale.serving.limits import CLUSTER_FORGET_AFTER_S, MAX_CLUSTERS, STALENESS_INTERVALS
 from rlscale.serving.loaders import (  # noqa: F401 (re-exported: the service's policy API)
     ARTIFACT_KINDS,
@@ -55,8 +57,10 @@ from rlscale.serving.loaders import (  # noqa: F401 (re-exported: the service's 
     register_policy_loader,
 )
 from rlscale.serving.recorder import Recorder, ServiceMetrics
-from rlscale.serving.schemas import RecommendationRequest, RecommendationResponse
+from rlscale.serving.schemas import BudgetStatus, RecommendationRequest, RecommendationResponse
 from rlscale.serving.shadow import ShadowLog
+
+log = logging.getLogger("rlscale.serving")
 
 
 class TooManyClustersError(RuntimeError):
@@ -96,6 +100,8 @@ class DecisionService:
     :param max_clusters: clusters tracked at once (steering and shadow-only ones apart).
     :param forget_after_s: a cluster silent this long may make room for a new one.
     :param shadow: the shadow log every decision is recorded in; None: not recorded.
+    :param budgets: spend limits reported in every answer and in ``/metrics`` (never
+        enforced); spend is metered either way (``serving/budgets.py``).
     :param clock: unix time now (tests pass a fake one).
     """
 
@@ -110,6 +116,7 @@ class DecisionService:
         max_clusters: int = MAX_CLUSTERS,
         forget_after_s: float = CLUSTER_FORGET_AFTER_S,
         shadow: ShadowLog | None = None,
+        budgets: list[BudgetConfig] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_staleness_s is None:
@@ -144,6 +151,11 @@ class DecisionService:
         self.listeners.append(metrics.set_policy)
         self.recorder = Recorder(metrics, shadow)
         """Where every decision and KEDA answer is recorded (shadow log, metrics)."""
+        self.spend = SpendMeter.for_scenario(
+            scenario, budgets or [], max_staleness_s, SpendMetrics(metrics.registry)
+        )
+        """Each cluster's metered spend and the budgets (reported, never enforced)."""
+        metrics.slo_target.set(scenario.slo.target_attainment)
 
     @property
     def policy_version(self) -> str:
@@ -278,6 +290,7 @@ class DecisionService:
                         pool,
                     )
                 )
+            budgets = self._meter(request, read)
             response = RecommendationResponse(
                 decision_id=uuid.uuid4().hex,
                 cluster_id=request.cluster_id,
@@ -289,9 +302,24 @@ class DecisionService:
                 causes=codes(reasons),
                 policy_reason=decision.reason,
                 decided_at=now,
+                budgets=budgets,
             )
             self._remember(request, read, memory, response, changed=bool(guard_reasons))
         return response
+
+    def _meter(self, request: RecommendationRequest, read: ReadRequest) -> list[BudgetStatus]:
+        """Meter the cluster's spend and show its reported SLO attainment (for alerts); a
+        failure here is logged, never a failed decision."""
+        attainment = request.slo_attainment
+        if attainment is not None and RANGES["slo_attainment"].holds(attainment):
+            self.recorder.metrics.slo_attainment.labels(request.cluster_id).set(attainment)
+        try:
+            return self.spend.observe(
+                request.cluster_id, read.state, read.metrics_time_s, request.tenant_rates_rps
+            )
+        except Exception:
+            log.exception("metering cluster '%s' failed", request.cluster_id[:64])
+            return []
 
     def _current_replicas(
         self, read: ReadRequest, memory: _ClusterMemory, reasons: list[Reason]

@@ -1,0 +1,413 @@
+"""Spend and budgets in the decision service: metered from the replicas clusters report.
+
+Every decision's input tells the service what the cluster runs now: replicas per pool and
+state, and each pool's hourly price (a spot pool's current price when the request gives one,
+else the scenario's list price). :class:`SpendMeter` turns that into a cost rate (USD/h) and
+integrates it between one observation of a cluster and the next, in the metrics' own time:
+
+- billed as the simulator bills: every replica provisioning, loading, ready, draining or
+  refilling the warm pool at the pool's price, every standby replica at the pool's
+  ``warm_holding_usd_h``;
+- a gap between two observations longer than ``max_gap_s`` (the staleness bound) is metered
+  only for its first ``max_gap_s`` at the last known rate; the rest is counted as unmetered
+  seconds in ``/metrics``, never guessed;
+- an observation no newer than the cluster's last one (a stale or repeated snapshot) adds
+  nothing.
+
+Per tenant: when the request carries ``tenant_rates_rps`` (the Prometheus source fills it from
+``--prometheus-tenant-query``), the interval's spend is split by each tenant's share of the
+requests; without it, that spend is counted as unallocated (and tenant budgets say their
+figure is incomplete), so tenant spend plus unallocated spend always sums to the total.
+
+A budget (hour, day or calendar month, UTC; global or one tenant's; all clusters or one) is
+*reported*, never enforced: :func:`budget_statuses` gives its spend in the current period, the
+burn rate, the spend projected at the period's end at that rate, and whether that breaks the
+limit. Nothing here feeds back into a decision.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, get_args
+
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlscale.agents.base import ClusterState
+from rlscale.envs.scenario import Scenario
+from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED
+from rlscale.serving.schemas import BudgetStatus, Period
+
+PERIODS: tuple[str, ...] = get_args(Period)
+
+OTHER_TENANT = "_other"
+"""Where the spend of tenants beyond :data:`MAX_TENANTS_TRACKED` goes (bounded label sets)."""
+
+
+class BudgetError(ValueError):
+    """A budgets file that cannot be read or does not validate."""
+
+
+class BudgetConfig(BaseModel):
+    """One spend limit."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    period: Period = Field(description="hour, day or calendar month (UTC)")
+    limit_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    tenant: str | None = Field(None, max_length=128, description="one tenant's spend; None: all")
+    cluster: str | None = Field(None, max_length=128, description="one cluster; None: all")
+
+
+class BudgetsFile(BaseModel):
+    """The ``--budgets`` file: ``budgets: [{name, period, limit_usd, tenant?, cluster?}]``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budgets: Annotated[list[BudgetConfig], Field(max_length=MAX_BUDGETS)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> BudgetsFile:
+        names = [b.name for b in self.budgets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"budget names must be unique; given twice: {twice}")
+        return self
+
+
+def load_budgets(path: str | Path) -> list[BudgetConfig]:
+    """The budgets of a YAML (or JSON) file.
+
+    :raises BudgetError: unreadable, not YAML, or not a valid budgets file (the message names
+        the field).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise BudgetError(f"budgets file {path}: {err}") from None
+    try:
+        return BudgetsFile.model_validate(raw).budgets
+    except ValidationError as err:
+        raise BudgetError(f"budgets file {path}: {err}") from None
+
+
+def period_bounds(time_s: float, period: Period) -> tuple[float, float]:
+    """The UTC period holding ``time_s``: its start and end (unix s)."""
+    t = dt.datetime.fromtimestamp(time_s, dt.UTC)
+    if period == "hour":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        return start.timestamp(), start.timestamp() + 3600.0
+    if period == "day":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.timestamp(), start.timestamp() + 86400.0
+    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    days = calendar.monthrange(t.year, t.month)[1]
+    return start.timestamp(), start.timestamp() + days * 86400.0
+
+
+BILLED_STATES = ("provisioning", "loading", "ready", "draining", "refilling")
+"""Replica states billed at the pool's price, as the simulator bills them
+(``envs/dynamics.py``'s billing step); standby replicas cost the pool's holding price."""
+
+
+def cost_rate_usd_h(state: ClusterState, holding_usd_h: Mapping[str, float]) -> float:
+    """What the cluster in ``state`` costs per hour now (USD/h)."""
+    total = 0.0
+    for p in state.pools:
+        billed = sum(getattr(p, s) for s in BILLED_STATES)
+        total += billed * p.price_usd_h + p.standby * holding_usd_h.get(p.name, 0.0)
+    return total
+
+
+def tenant_shares(rates_rps: Mapping[str, float] | None) -> dict[str, float] | None:
+    """Each tenant's share of the requests, or None when the rates cannot give one (none
+    given, a rate not finite or negative, or no requests at all)."""
+    if not rates_rps:
+        return None
+    if any(not math.isfinite(r) or r < 0 for r in rates_rps.values()):
+        return None
+    total = sum(rates_rps.values())
+    if not total > 0:
+        return None
+    return {t: r / total for t, r in rates_rps.items()}
+
+
+class SpendMetrics:
+    """The spend and budget series, in the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.spend = Counter(
+            "rlscale_spend_usd",
+            "Spend metered from the replicas each cluster reports, at their prices (USD).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.tenant_spend = Counter(
+            "rlscale_tenant_spend_usd",
+            "Spend allocated to a tenant by its share of the cluster's requests (USD).",
+            ["cluster", "tenant"],
+            registry=registry,
+        )
+        self.unallocated = Counter(
+            "rlscale_unallocated_spend_usd",
+            "Spend metered while no per-tenant request rates were known (USD).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.unmetered = Counter(
+            "rlscale_unmetered_seconds",
+            "Time between observations beyond the staleness bound: not metered, not guessed.",
+            ["cluster"],
+            registry=registry,
+        )
+        self.rate = Gauge(
+            "rlscale_spend_rate_usd_per_hour",
+            "The cluster's cost rate at its latest observation (USD/h).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.tenant_rates_known = Gauge(
+            "rlscale_tenant_rates_available",
+            "1 when the cluster's latest observation carried usable per-tenant request rates.",
+            ["cluster"],
+            registry=registry,
+        )
+        labels = ["budget", "period", "tenant"]
+        self.limit = Gauge(
+            "rlscale_budget_limit_usd", "The budget's limit.", labels, registry=registry
+        )
+        self.period_spend = Gauge(
+            "rlscale_budget_spend_usd",
+            "Spend counted against the budget in its current period.",
+            labels,
+            registry=registry,
+        )
+        self.burn = Gauge(
+            "rlscale_budget_burn_rate_usd_per_hour",
+            "The current cost rate of what the budget covers.",
+            labels,
+            registry=registry,
+        )
+        self.projected = Gauge(
+            "rlscale_budget_projected_spend_usd",
+            "Spend at the period's end if the burn rate holds.",
+            labels,
+            registry=registry,
+        )
+        self.remaining = Gauge(
+            "rlscale_budget_period_remaining_seconds",
+            "Time left in the budget's period.",
+            labels,
+            registry=registry,
+        )
+        self.breach = Gauge(
+            "rlscale_budget_projected_breach",
+            "1 when the projected spend is over the limit.",
+            labels,
+            registry=registry,
+        )
+        self.known = Gauge(
+            "rlscale_budget_known",
+            "1 when the budget's figures are complete (a tenant budget needs per-tenant rates).",
+            labels,
+            registry=registry,
+        )
+
+    def show(self, status: BudgetStatus) -> None:
+        """Set one budget's gauges."""
+        labels = (status.name, status.period, status.tenant or "")
+        self.limit.labels(*labels).set(status.limit_usd)
+        self.period_spend.labels(*labels).set(status.spend_usd)
+        self.burn.labels(*labels).set(status.burn_rate_usd_h)
+        self.projected.labels(*labels).set(status.projected_spend_usd)
+        self.remaining.labels(*labels).set(status.period_end_s - status.as_of_s)
+        self.breach.labels(*labels).set(float(status.projected_breach))
+        self.known.labels(*labels).set(float(status.known))
+
+
+@dataclass
+class _Cluster:
+    time_s: float
+    rate_usd_h: float
+    shares: dict[str, float] | None
+
+
+@dataclass
+class _Ledger:
+    """One budget's current period."""
+
+    config: BudgetConfig
+    period_start_s: float = -math.inf
+    period_end_s: float = -math.inf
+    spend_usd: float = 0.0
+    unallocated_usd: float = 0.0
+    """A tenant budget: spend of this period no tenant shares were known for."""
+
+    def roll_to(self, time_s: float) -> None:
+        """Start the period holding ``time_s`` when it is past the current one."""
+        if time_s >= self.period_end_s:
+            self.period_start_s, self.period_end_s = period_bounds(time_s, self.config.period)
+            self.spend_usd = self.unallocated_usd = 0.0
+
+
+@dataclass
+class SpendMeter:
+    """Meters each cluster's spend and tracks the budgets; see the module docstring. Not
+    thread-safe: the service calls it under its lock.
+
+    :param budgets: the limits to report.
+    :param holding_usd_h: each pool's warm-pool holding price (USD/h per standby replica).
+    :param max_gap_s: a gap between observations is metered for at most this long.
+    :param metrics: where the series go; None: nowhere.
+    """
+
+    budgets: list[BudgetConfig]
+    holding_usd_h: dict[str, float]
+    max_gap_s: float
+    metrics: SpendMetrics | None = None
+    _clusters: dict[str, _Cluster] = field(default_factory=dict)
+    _ledgers: list[_Ledger] = field(default_factory=list)
+    _tenants: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._ledgers = [_Ledger(b) for b in self.budgets]
+
+    @classmethod
+    def for_scenario(
+        cls,
+        scenario: Scenario,
+        budgets: list[BudgetConfig],
+        max_gap_s: float,
+        metrics: SpendMetrics | None = None,
+    ) -> SpendMeter:
+        """A meter for the scenario's pools."""
+        holding = {p.name: p.warm_holding_usd_h for p in scenario.pools}
+        return cls(list(budgets), holding, max_gap_s, metrics)
+
+    def observe(
+        self,
+        cluster: str,
+        state: ClusterState,
+        time_s: float,
+        tenant_rates_rps: Mapping[str, float] | None,
+    ) -> list[BudgetStatus]:
+        """Meter ``cluster`` up to ``time_s`` (when its metrics were measured), take ``state``
+        as what it runs from then on, and return the statuses of the budgets covering it."""
+        last = self._clusters.get(cluster)
+        if not math.isfinite(time_s) or (last is not None and time_s <= last.time_s):
+            # nothing new: a stale, repeated or undated snapshot meters nothing
+            as_of = last.time_s if last is not None else -math.inf
+            return self.statuses(cluster, as_of) if math.isfinite(as_of) else []
+        if last is not None:
+            gap_s = time_s - last.time_s
+            metered_s = min(gap_s, self.max_gap_s)
+            self._accrue(cluster, last, last.time_s + metered_s)
+            if self.metrics is not None and gap_s > metered_s:
+                self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+        shares = self._bounded(tenant_shares(tenant_rates_rps))
+        now = _Cluster(time_s, cost_rate_usd_h(state, self.holding_usd_h), shares)
+        self._clusters[cluster] = now
+        if self.metrics is not None:
+            self.metrics.rate.labels(cluster).set(now.rate_usd_h)
+            self.metrics.tenant_rates_known.labels(cluster).set(float(shares is not None))
+        return self.statuses(cluster, time_s)
+
+    def statuses(self, cluster: str, as_of_s: float) -> list[BudgetStatus]:
+        """The budgets covering ``cluster``, as of ``as_of_s`` (also shown in the metrics)."""
+        out = []
+        for ledger in self._ledgers:
+            if ledger.config.cluster not in (None, cluster):
+                continue
+            status = self._status(ledger, as_of_s)
+            if self.metrics is not None:
+                self.metrics.show(status)
+            out.append(status)
+        return out
+
+    def _bounded(self, shares: dict[str, float] | None) -> dict[str, float] | None:
+        """Tenants beyond the tracked number are pooled as :data:`OTHER_TENANT`."""
+        if shares is None:
+            return None
+        out: dict[str, float] = {}
+        for tenant, share in shares.items():
+            if tenant not in self._tenants and len(self._tenants) < MAX_TENANTS_TRACKED:
+                self._tenants.add(tenant)
+            key = tenant if tenant in self._tenants else OTHER_TENANT
+            out[key] = out.get(key, 0.0) + share
+        return out
+
+    def _accrue(self, cluster: str, seg: _Cluster, end_s: float) -> None:
+        """Add the spend of ``seg``'s rate from its time to ``end_s``."""
+        usd = seg.rate_usd_h * (end_s - seg.time_s) / 3600.0
+        if self.metrics is not None and usd > 0:
+            self.metrics.spend.labels(cluster).inc(usd)
+            if seg.shares is None:
+                self.metrics.unallocated.labels(cluster).inc(usd)
+            else:
+                for tenant, share in seg.shares.items():
+                    self.metrics.tenant_spend.labels(cluster, tenant).inc(usd * share)
+        for ledger in self._ledgers:
+            cfg = ledger.config
+            if cfg.cluster not in (None, cluster):
+                continue
+            t = seg.time_s
+            while t < end_s:  # split at period boundaries
+                ledger.roll_to(t)
+                piece_end = min(end_s, ledger.period_end_s)
+                piece = seg.rate_usd_h * (piece_end - t) / 3600.0
+                if cfg.tenant is None:
+                    ledger.spend_usd += piece
+                elif seg.shares is None:
+                    ledger.unallocated_usd += piece
+                else:
+                    ledger.spend_usd += piece * seg.shares.get(cfg.tenant, 0.0)
+                t = piece_end
+
+    def _status(self, ledger: _Ledger, as_of_s: float) -> BudgetStatus:
+        cfg = ledger.config
+        ledger.roll_to(as_of_s)
+        burn = 0.0
+        notes = []
+        missing_shares = ledger.unallocated_usd > 0
+        for name, c in self._clusters.items():
+            if cfg.cluster not in (None, name):
+                continue
+            if as_of_s - c.time_s > self.max_gap_s:
+                notes.append(f"cluster '{name}' not heard from for {as_of_s - c.time_s:.0f} s")
+                continue
+            if cfg.tenant is None:
+                burn += c.rate_usd_h
+            elif c.shares is None:
+                missing_shares = True
+                notes.append(f"cluster '{name}' reports no per-tenant request rates")
+            else:
+                burn += c.rate_usd_h * c.shares.get(cfg.tenant, 0.0)
+        if ledger.unallocated_usd > 0:
+            notes.append(
+                f"{ledger.unallocated_usd:.4f} USD of this period's spend had no tenant shares"
+            )
+        left_h = max(ledger.period_end_s - as_of_s, 0.0) / 3600.0
+        projected = ledger.spend_usd + burn * left_h
+        return BudgetStatus(
+            name=cfg.name,
+            period=cfg.period,
+            tenant=cfg.tenant,
+            cluster=cfg.cluster,
+            limit_usd=cfg.limit_usd,
+            spend_usd=ledger.spend_usd,
+            burn_rate_usd_h=burn,
+            projected_spend_usd=projected,
+            period_end_s=ledger.period_end_s,
+            as_of_s=as_of_s,
+            projected_breach=projected > cfg.limit_usd,
+            known=cfg.tenant is None or not missing_shares,
+            notes=notes,
+        )

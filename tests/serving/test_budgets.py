@@ -1,0 +1,358 @@
+"""Spend metering and budgets in the decision service: figures, projections, tenants, and that
+budgets never change a decision. The last tests run a real ``rlscale serve`` and a real
+Prometheus."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rlscale.envs.scenario import load_scenario
+from rlscale.serving.budgets import (
+    BudgetConfig,
+    BudgetError,
+    load_budgets,
+    period_bounds,
+)
+from rlscale.serving.schemas import RecommendationRequest
+from rlscale.serving.service import DecisionService, load_policy
+
+T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC).timestamp()
+"""A fixed noon, UTC: the hour ends at 13:00, the day 24 h after midnight."""
+H100_USD_H = 4.0
+SPOT_USD_H = 2.4
+HOLD_USD_H = 0.40  # azure-conv's h100 warm_holding_usd_h
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _service(budgets: list[BudgetConfig] | None = None, staleness_s: float = 60.0):
+    scenario = load_scenario("azure-conv")
+    clock = Clock(T0)
+    service = DecisionService(
+        scenario,
+        load_policy("hpa", scenario),
+        load_policy("hpa", scenario),
+        max_staleness_s=staleness_s,
+        budgets=budgets,
+        clock=clock,
+    )
+    return service, clock
+
+
+def _body(t: float, *, h100=2, spot=0, standby=0, rate=10.0, cluster="c1", tenants=None):
+    body = {
+        "cluster_id": cluster,
+        "timestamp": t,
+        "arrival_rate_rps": rate,
+        "pools": [
+            {"name": "h100", "replicas": {"ready": h100, "standby": standby}},
+            {"name": "a100", "replicas": {"ready": 0}},
+            {"name": "h100-spot", "replicas": {"ready": spot}, "spot_price_usd_h": SPOT_USD_H},
+        ],
+    }
+    if tenants is not None:
+        body["tenant_rates_rps"] = tenants
+    return RecommendationRequest.model_validate(body)
+
+
+def _decide(service, clock, t, **kw):
+    clock.t = t
+    return service.decide(_body(t, **kw))
+
+
+def _sample(service, name: str, **labels) -> float:
+    text = service.recorder.metrics.exposition().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"no sample {name}{labels} in /metrics")
+
+
+def test_periods_are_utc_hours_days_and_calendar_months():
+    t = dt.datetime(2024, 2, 29, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+    midnight = dt.datetime(2024, 2, 29, tzinfo=dt.UTC).timestamp()
+    assert period_bounds(t, "hour") == (midnight + 23 * 3600, midnight + 86400)
+    assert period_bounds(t, "day") == (midnight, midnight + 86400)
+    start, end = period_bounds(t, "month")
+    assert start == dt.datetime(2024, 2, 1, tzinfo=dt.UTC).timestamp()
+    assert end == dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp()  # a leap February
+
+
+def test_bad_budget_files_name_the_problem(tmp_path):
+    bad = tmp_path / "b.yaml"
+    bad.write_text("budgets:\n  - {name: x, period: week, limit_usd: 5}\n")
+    with pytest.raises(BudgetError, match="period"):
+        load_budgets(bad)
+    bad.write_text("budgets:\n  - {name: x, period: day, limit_usd: 5}\n" * 1)
+    assert load_budgets(bad)[0].limit_usd == 5
+    bad.write_text(
+        "budgets:\n  - {name: x, period: day, limit_usd: 5}\n  - {name: x, period: hour,"
+        " limit_usd: 1}\n"
+    )
+    with pytest.raises(BudgetError, match="given twice"):
+        load_budgets(bad)
+    bad.write_text("budgets:\n  - {name: x, period: day, limit_usd: -1}\n")
+    with pytest.raises(BudgetError, match="limit_usd"):
+        load_budgets(bad)
+    with pytest.raises(BudgetError, match=r"nope\.yaml"):
+        load_budgets(tmp_path / "nope.yaml")
+
+
+def test_spend_is_the_reported_replicas_at_their_prices():
+    service, clock = _service()
+    _decide(service, clock, T0, h100=2, spot=1, standby=1)
+    _decide(service, clock, T0 + 30, h100=3)
+    # the first 30 s ran 2 H100 on demand, 1 spot at its reported price, 1 standby held
+    first = (2 * H100_USD_H + SPOT_USD_H + HOLD_USD_H) * 30 / 3600
+    assert _sample(service, "rlscale_spend_usd_total", cluster="c1") == pytest.approx(first)
+    assert _sample(service, "rlscale_spend_rate_usd_per_hour", cluster="c1") == pytest.approx(
+        3 * H100_USD_H
+    )
+    # no tenant rates: all of it unallocated, and said so
+    assert _sample(service, "rlscale_unallocated_spend_usd_total", cluster="c1") == pytest.approx(
+        first
+    )
+    assert _sample(service, "rlscale_tenant_rates_available", cluster="c1") == 0.0
+
+
+def test_a_budget_the_burn_rate_would_break_is_reported_in_the_answer_and_metrics():
+    budgets = [
+        BudgetConfig(name="hourly", period="hour", limit_usd=5.0),
+        BudgetConfig(name="daily", period="day", limit_usd=500.0),
+    ]
+    service, clock = _service(budgets, staleness_s=1800.0)
+    _decide(service, clock, T0, h100=2)  # 8 USD/h from noon
+    out = _decide(service, clock, T0 + 900, h100=2)  # 12:15, 2 USD spent
+    hourly, daily = out.budgets
+    assert hourly.spend_usd == pytest.approx(2.0)
+    assert hourly.burn_rate_usd_h == pytest.approx(8.0)
+    assert hourly.projected_spend_usd == pytest.approx(2.0 + 8.0 * 0.75)  # 8 > 5
+    assert hourly.projected_breach and hourly.known
+    assert hourly.period_end_s == T0 + 3600
+    # the day: 2 USD so far + 8 USD/h for the 11.75 h left = 96 < 500
+    assert daily.projected_spend_usd == pytest.approx(2.0 + 8.0 * 11.75)
+    assert not daily.projected_breach
+    labels = {"budget": "hourly", "period": "hour", "tenant": ""}
+    assert _sample(service, "rlscale_budget_projected_breach", **labels) == 1.0
+    assert _sample(service, "rlscale_budget_projected_spend_usd", **labels) == pytest.approx(8.0)
+    assert _sample(service, "rlscale_budget_limit_usd", **labels) == 5.0
+    assert _sample(service, "rlscale_budget_period_remaining_seconds", **labels) == 2700
+    assert _sample(service, "rlscale_budget_projected_breach", budget="daily") == 0.0
+
+
+def test_a_new_period_starts_from_zero_and_splits_the_interval():
+    service, clock = _service([BudgetConfig(name="h", period="hour", limit_usd=100.0)])
+    _decide(service, clock, T0 + 3600 - 10, h100=2)  # 12:59:50
+    out = _decide(service, clock, T0 + 3600 + 20, h100=2)  # 13:00:20
+    # only the 20 s after 13:00 count in the new hour
+    assert out.budgets[0].spend_usd == pytest.approx(8.0 * 20 / 3600)
+    assert out.budgets[0].period_end_s == T0 + 7200
+
+
+def test_gaps_beyond_the_staleness_bound_are_unmetered_not_guessed():
+    service, clock = _service(staleness_s=60.0)
+    _decide(service, clock, T0, h100=2)
+    _decide(service, clock, T0 + 600, h100=2)
+    assert _sample(service, "rlscale_spend_usd_total", cluster="c1") == pytest.approx(8 * 60 / 3600)
+    assert _sample(service, "rlscale_unmetered_seconds_total", cluster="c1") == 540
+    # a stale or repeated snapshot meters nothing
+    _decide(service, clock, T0 + 600, h100=8)
+    clock.t = T0 + 700
+    service.decide(_body(T0 + 500, h100=8))
+    assert _sample(service, "rlscale_spend_rate_usd_per_hour", cluster="c1") == 8.0
+
+
+def test_tenant_spend_is_the_request_share_and_sums_to_the_total():
+    budgets = [
+        BudgetConfig(name="acme-day", period="day", limit_usd=10.0, tenant="acme"),
+        BudgetConfig(name="all-day", period="day", limit_usd=1000.0),
+    ]
+    service, clock = _service(budgets)
+    _decide(service, clock, T0, h100=2, tenants={"acme": 3.0, "globex": 1.0})
+    out = _decide(service, clock, T0 + 60, h100=2, tenants={"acme": 3.0, "globex": 1.0})
+    total = 8.0 * 60 / 3600
+    acme = _sample(service, "rlscale_tenant_spend_usd_total", tenant="acme")
+    globex = _sample(service, "rlscale_tenant_spend_usd_total", tenant="globex")
+    assert acme == pytest.approx(0.75 * total) and globex == pytest.approx(0.25 * total)
+    tenant_budget = out.budgets[0]
+    assert tenant_budget.known and tenant_budget.burn_rate_usd_h == pytest.approx(6.0)
+    # 6 USD/h for the 11.98 h left of the day breaks acme's 10 USD
+    assert tenant_budget.projected_breach
+    # the rates stop coming: that interval is unallocated, and the tenant budget says so
+    _decide(service, clock, T0 + 120, h100=2)
+    out = _decide(service, clock, T0 + 180, h100=2, tenants={"acme": 1.0})
+    unallocated = _sample(service, "rlscale_unallocated_spend_usd_total", cluster="c1")
+    assert unallocated == pytest.approx(total)
+    tenants = sum(
+        _sample(service, "rlscale_tenant_spend_usd_total", tenant=t) for t in ("acme", "globex")
+    )
+    spent = _sample(service, "rlscale_spend_usd_total", cluster="c1")
+    assert tenants + unallocated == pytest.approx(spent) == pytest.approx(3 * total)
+    acme_budget, everyone = out.budgets
+    assert not acme_budget.known and "no tenant shares" in acme_budget.notes[0]
+    assert everyone.known
+    assert _sample(service, "rlscale_budget_known", budget="acme-day") == 0.0
+
+
+def test_budgets_never_change_a_decision():
+    """Two services, one with budgets that are all breached, one without: the same answers,
+    through fresh, missing, stale and invalid input."""
+    tight = [
+        BudgetConfig(name="h", period="hour", limit_usd=0.01),
+        BudgetConfig(name="t", period="day", limit_usd=0.01, tenant="acme"),
+    ]
+    plain, plain_clock = _service()
+    budgeted, budget_clock = _service(tight)
+    steps = [
+        (T0, {"h100": 2, "rate": 10.0}),
+        (T0 + 30, {"h100": 2, "rate": 80.0, "tenants": {"acme": 5.0}}),
+        (T0 + 60, {"h100": 6, "rate": 1.0}),
+        (T0 + 90, {"h100": 6, "rate": -3.0}),  # invalid
+        (T0 + 120, {"h100": 5, "rate": math.nan, "tenants": {"acme": -1.0}}),
+        (T0 + 150, {"h100": 5, "rate": 0.5}),
+    ]
+    for t, kw in steps:
+        plain_clock.t = budget_clock.t = t + 5
+        a = plain.decide(_body(t, **kw))
+        b = budgeted.decide(_body(t, **kw))
+        assert (a.replicas, a.warm_pool, a.source, a.causes) == (
+            b.replicas,
+            b.warm_pool,
+            b.source,
+            b.causes,
+        )
+        assert a.budgets == [] and all(s.projected_breach for s in b.budgets[:1])
+    # stale metrics (far past the staleness bound): the same too
+    for clock in (plain_clock, budget_clock):
+        clock.t = T0 + 1000
+    a, b = plain.decide(_body(T0 + 150)), budgeted.decide(_body(T0 + 150))
+    assert "stale_metrics" in a.causes and (a.replicas, a.source) == (b.replicas, b.source)
+
+
+# --- the real server -----------------------------------------------------------------------
+
+
+def test_served_answers_and_metrics_carry_the_budgets(server_factory, tmp_path, auth):
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(
+        "budgets:\n"
+        "  - {name: hourly, period: hour, limit_usd: 1.0}\n"
+        "  - {name: acme-month, period: month, limit_usd: 100000.0, tenant: acme}\n"
+    )
+    server = server_factory("--policy", "hpa", "--insecure-no-auth", "--budgets", str(budgets))
+    now = time.time()
+    url = server.url + "/v1/recommendations"
+    for t in (now - 20, now - 10):
+        body = _body(t, h100=2, cluster="live", tenants={"acme": 1.0, "globex": 1.0})
+        r = httpx.post(url, json=body.model_dump(), headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+    hourly, acme = r.json()["budgets"]
+    assert hourly["name"] == "hourly" and hourly["burn_rate_usd_h"] == pytest.approx(8.0)
+    assert hourly["spend_usd"] == pytest.approx(8.0 * 10 / 3600)
+    assert hourly["projected_breach"] is (hourly["projected_spend_usd"] > 1.0)
+    assert acme["known"] and acme["burn_rate_usd_h"] == pytest.approx(4.0)
+    assert not acme["projected_breach"]
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'rlscale_tenant_spend_usd_total{cluster="live",tenant="acme"}' in text
+    assert 'rlscale_budget_limit_usd{budget="hourly",period="hour",tenant=""} 1.0' in text
+
+
+def test_serve_refuses_a_bad_budgets_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "budgets.yaml"
+    bad.write_text("budgets: [{name: x, period: fortnight, limit_usd: 1}]\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "rlscale.serving.cli", "--insecure-no-auth", "--budgets", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "budgets file" in out.stderr and "period" in out.stderr
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(
+    PROMETHEUS is None, reason="no prometheus binary (Debian package 'prometheus'); CI installs it"
+)
+def test_tenant_rates_from_prometheus_and_a_failing_tenant_query(
+    metrics_endpoint, prometheus_server, tmp_path: Path
+):
+    import prometheus_client
+
+    from rlscale.serving.prometheus_source import PrometheusSource
+
+    reg = prometheus_client.CollectorRegistry()
+    success = prometheus_client.Counter("vllm:request_success", "done", registry=reg)
+    gateway = prometheus_client.Gauge("gateway_rps", "rate", ["tenant"], registry=reg)
+    gateway.labels(tenant="acme").set(3.0)
+    gateway.labels(tenant="globex").set(1.0)
+    ready = prometheus_client.Gauge(
+        "kube_deployment_status_replicas_ready", "ready", ["deployment"], registry=reg
+    )
+    for name, n in (("h100", 2), ("a100", 0), ("h100-spot", 0)):
+        ready.labels(deployment=name).set(n)
+    endpoint = metrics_endpoint(reg, success)
+    endpoint.rate_rps = 5.0
+    prom = prometheus_server(endpoint.port)
+    prom.start()
+    scenario = load_scenario("azure-conv")
+    service = DecisionService(
+        scenario,
+        load_policy("hpa", scenario),
+        load_policy("hpa", scenario),
+        budgets=[BudgetConfig(name="acme", period="day", limit_usd=1e6, tenant="acme")],
+    )
+    queries = {"arrival_rate_rps": "sum(rate(vllm:request_success_total[5s]))"}
+    source = PrometheusSource(
+        prom.url,
+        service.pools(),
+        service.decide_and_record,
+        queries=queries,
+        pool_queries={
+            "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})'
+        },
+        tenant_query="sum by (tenant) (gateway_rps)",
+    )
+    deadline = time.monotonic() + 20
+    while True:  # until the scrapes have filled the rate window
+        out = source.poll_once()
+        if out is not None and out.budgets and out.budgets[0].known:
+            break
+        assert time.monotonic() < deadline, (source.last_error, source.tenant_error)
+        time.sleep(1.0)
+    time.sleep(1.0)
+    out = source.poll_once()
+    assert out.source == "policy" and out.budgets[0].known
+    acme = _sample(service, "rlscale_tenant_spend_usd_total", tenant="acme")
+    globex = _sample(service, "rlscale_tenant_spend_usd_total", tenant="globex")
+    assert acme == pytest.approx(3 * globex) and acme > 0
+    # a tenant query that fails: the decision is unchanged, the metrics and budget say so
+    source.tenant_query = "sum by (tenant) (gateway_rps"  # a PromQL syntax error
+    time.sleep(1.0)
+    broken = source.poll_once()
+    assert "parse error" in source.tenant_error or "unclosed" in source.tenant_error
+    assert broken.source == "policy" and broken.replicas == out.replicas
+    assert _sample(service, "rlscale_tenant_rates_available", cluster="default") == 0.0
+    time.sleep(1.0)
+    later = source.poll_once()
+    assert not later.budgets[0].known
+    assert _sample(service, "rlscale_unallocated_spend_usd_total", cluster="default") > 0
