@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +169,12 @@ def evaluate(
 
     sc, split = split_scenario(sc)
     runner = EpisodeRunner(sc)
+    # parameter files are read here, once: bad ones fail before any episode runs, and remote
+    # workers get the parameters themselves, not a path on this machine
+    specs = [replace(spec, params=spec.params_dict()) for spec in specs]
     for spec in specs:
-        # bad parameter files fail here, not after the other policies' episodes have run; in
-        # this process the policy built is the one every episode runs
-        spec.params_dict()
         if not spec.per_episode:
-            runner.policy(spec)
+            runner.policy(spec)  # in this process, the policy every episode runs
     test_starts = list(split.test_starts[:max_windows] if max_windows else split.test_starts)
     caps = runner.sim.pool_capacity_rps
 
