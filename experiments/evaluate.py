@@ -188,6 +188,7 @@ def evaluate(
         desc=f"evaluate {sc.name}",
         unit="episode",
         label=lambda t: f"{t.spec.display} seed={t.seed} start={t.start_step}",
+        heavy=lambda t: t.spec.per_episode,  # an oracle solve outlasts many episodes
     )
     return summarize(
         sc,

@@ -118,6 +118,7 @@ def run_tasks(
     desc: str = "",
     unit: str = "task",
     label: Callable[[Any], str] | None = None,
+    heavy: Callable[[Any], bool] | None = None,
 ) -> list[Any]:
     """Run every task of ``job`` on ``backend``; the results in the order of ``tasks``.
 
@@ -125,15 +126,20 @@ def run_tasks(
     :param state: for the in-process backend, a worker state already built (saves a setup).
     :param progress: a tqdm bar over the tasks, advanced as they finish.
     :param label: a task's description for the bar (in-process only, where order is known).
+    :param heavy: marks long tasks (an oracle solve): workers start them first, so no worker
+        is left alone with them at the end. Only the order of work changes, not the results.
     :raises BackendError: Ray missing or unreachable.
     """
     from tqdm import tqdm
 
     backend = backend or Backend(workers=1)
     bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress)
+    order = list(range(len(tasks)))
+    if heavy is not None:
+        order.sort(key=lambda i: not heavy(tasks[i]))  # stable: heavy ones first, in order
     try:
         if backend.name == "ray":
-            return _run_ray(job, tasks, backend, bar)
+            return _run_ray(job, tasks, order, backend, bar)
         if backend.n_workers == 1 or len(tasks) <= 1:
             worker_state = state if state is not None else job.setup(job.context)
             results = []
@@ -143,7 +149,7 @@ def run_tasks(
                 results.append(job.run(worker_state, task))
                 bar.update(1)
             return results
-        return _run_processes(job, tasks, backend.n_workers, bar)
+        return _run_processes(job, tasks, order, backend.n_workers, bar)
     finally:
         bar.close()
 
@@ -158,7 +164,9 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_processes(job: Job, tasks: Sequence[Any], workers: int, bar: Any) -> list[Any]:
+def _run_processes(
+    job: Job, tasks: Sequence[Any], order: list[int], workers: int, bar: Any
+) -> list[Any]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -174,7 +182,7 @@ def _run_processes(job: Job, tasks: Sequence[Any], workers: int, bar: Any) -> li
             initializer=_init_worker,
             initargs=(env,),
         ) as pool:
-            futures = {pool.submit(_run_one, job, t): i for i, t in enumerate(tasks)}
+            futures = {pool.submit(_run_one, job, tasks[i]): i for i in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(1)
@@ -216,11 +224,13 @@ def ray_init(backend: Backend) -> Any:
     return ray
 
 
-def _run_ray(job: Job, tasks: Sequence[Any], backend: Backend, bar: Any) -> list[Any]:
+def _run_ray(
+    job: Job, tasks: Sequence[Any], order: list[int], backend: Backend, bar: Any
+) -> list[Any]:
     ray = ray_init(backend)
     remote = ray.remote(num_cpus=1, max_retries=0)(_run_one)
     job_ref = ray.put(job)  # the context travels once, not with every task
-    pending = {remote.remote(job_ref, t): i for i, t in enumerate(tasks)}
+    pending = {remote.remote(job_ref, tasks[i]): i for i in order}
     results: list[Any] = [None] * len(tasks)
     try:
         while pending:
