@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[rl,eval,serve,registry,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[rl,eval,serve,registry,ray,dev]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -387,4 +387,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (56 candidates); everything else keeps the Kubernetes defaults."""
 
-register("hpa", factory_for(HPAPolicy))
+register("hpa", factory_for(HPAPolicy), param_space=PARAM_SPACE)

@@ -182,4 +182,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (60 candidates); the ``queue`` metric is left out (it cannot hold a size)."""
 
-register("keda", factory_for(KEDAPolicy))
+register("keda", factory_for(KEDAPolicy), param_space=PARAM_SPACE)

@@ -211,4 +211,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (120 candidates, sampled down to ``max_trials``); other knobs keep defaults."""
 
-register("knative", factory_for(KnativePolicy))
+register("knative", factory_for(KnativePolicy), param_space=PARAM_SPACE)

@@ -37,12 +37,14 @@ from pydantic import (
 )
 
 from rlscale.agents.base import ClusterState, Decision, Memory
+from rlscale.agents.registry import PolicyKind, register
 from rlscale.envs.observation import (
     observation_names,
     observation_size,
     write_cluster_features,
     write_pool_features,
 )
+from rlscale.envs.scenario import Scenario, ScenarioError
 
 FORMAT = "rlscale-policy/1"
 MANIFEST_NAME = "manifest.json"
@@ -432,3 +434,15 @@ def _probe(policy: OnnxPolicy, model_path: Path) -> None:
         )
     if (action < 0).any() or (action >= nvec).any():
         raise ArtifactError(f"{model_path}: actions outside MultiDiscrete({nvec.tolist()})")
+
+
+def _factory(scenario: Scenario, params: dict[str, Any]) -> OnnxPolicy:
+    if "artifact" not in params:
+        raise ScenarioError("policy 'onnx' needs its artifact: onnx=FOLDER")
+    try:
+        return load_onnx_policy(params["artifact"], pools=[p.name for p in scenario.pools])
+    except ArtifactError as err:
+        raise ScenarioError(str(err)) from None
+
+
+register("onnx", _factory, kind=PolicyKind.EXPORTED)

@@ -64,7 +64,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.agents.observe import run_episode
-from rlscale.agents.registry import register
+from rlscale.agents.registry import PolicyKind, register
 from rlscale.envs.capacity import RequestMix
 from rlscale.envs.profiles import slo_capacity_rps
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
@@ -714,4 +714,4 @@ def _factory(scenario: Scenario, params: dict[str, Any]) -> OraclePolicy:
     return oracle_for_episode(scenario, start_step, seed, **params)
 
 
-register("oracle", _factory)
+register("oracle", _factory, kind=PolicyKind.ORACLE)

@@ -251,4 +251,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (60 candidates); lead_s stays the scenario's cold-start median."""
 
-register("predictive", _factory)
+register("predictive", _factory, param_space=PARAM_SPACE)

@@ -190,4 +190,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (90 candidates, sampled down to ``max_trials``); other knobs keep Ray's defaults."""
 
-register("rayserve", factory_for(RayServePolicy))
+register("rayserve", factory_for(RayServePolicy), param_space=PARAM_SPACE)

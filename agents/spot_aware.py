@@ -221,4 +221,4 @@ PARAM_SPACE: dict[str, list[Any]] = {
 }
 """Tuning grid (108 candidates, sampled down to ``max_trials``)."""
 
-register("spot_aware", _factory)
+register("spot_aware", _factory, param_space=PARAM_SPACE)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlscale.agents.base import ClusterState, Decision, Memory
+from rlscale.agents.registry import register
+from rlscale.envs.scenario import Scenario
+
+if TYPE_CHECKING:
+    from rlscale.envs.simulator import ClusterSimulator
 
 
 @dataclass(frozen=True)
@@ -41,3 +46,20 @@ class StaticPolicy:
     def config(self) -> dict[str, Any]:
         """The replica counts."""
         return asdict(self)
+
+
+def _factory(scenario: Scenario, params: dict[str, Any]) -> StaticPolicy:
+    replicas = params.get("replicas") or {p.name: p.initial_replicas for p in scenario.pools}
+    return StaticPolicy({str(k): int(v) for k, v in replicas.items()})
+
+
+def static_space(sim: ClusterSimulator) -> dict[str, list[Any]]:
+    """``static``'s tuning space: the cheapest on-demand pool per capacity held at 1..quota
+    replicas, i.e. the smallest peak provisioning that meets the SLO."""
+    pools = [(p, c) for p, c in zip(sim.pools, sim.pool_capacity_rps, strict=True) if c > 0]
+    on_demand = [(p, c) for p, c in pools if p.purchase == "on_demand"] or pools
+    pool = min(on_demand, key=lambda pc: (pc[0].price_usd_h / pc[1], pc[0].name))[0]
+    return {"replicas": [{pool.name: n} for n in range(1, pool.quota + 1)]}
+
+
+register("static", _factory, param_space=static_space)

@@ -8,7 +8,10 @@ compared at its best, not at defaults meant for other workloads:
   than ``max_trials``, a deterministic random sample of it (seeded, so reruns agree).
 - Each candidate runs every training window of
   :func:`rlscale.envs.splits.split_scenario` for every seed, via
-  :func:`rlscale.agents.observe.run_episode`. Held-out windows are never touched.
+  :func:`rlscale.agents.observe.run_episode`. Held-out windows are never touched. Every
+  (candidate, window, seed) episode is an independent :class:`TuneTask`, so the search runs
+  on any backend of :mod:`rlscale.common.backends` (this process, local processes, Ray) with
+  the same result.
 - The pick: the lowest mean cost among candidates whose mean episode SLO attainment reaches
   ``scenario.slo.target_attainment``; if none does, the highest attainment, flagged
   ``meets_slo: false``.
@@ -16,26 +19,27 @@ compared at its best, not at defaults meant for other workloads:
 The result is a plain JSON-able dict (policy, scenario, the chosen full ``params``, its cost and
 attainment, every trial, the training windows) that :func:`save_tuning` writes and
 ``make_policy(name, scenario, path)`` reads back. Logging it to MLflow is the caller's job.
-``static`` is tunable too: its space is one pool (the cheapest on-demand per capacity) held at
-1..quota replicas, i.e. the smallest peak provisioning that meets the SLO.
+A baseline's space is the ``param_space`` it registered with (:mod:`rlscale.agents.registry`);
+``static``'s depends on the cluster (one pool held at 1..quota replicas).
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from rlscale.agents.base import Policy
 from rlscale.agents.observe import run_episode
-from rlscale.agents.registry import known_policies, make_policy
+from rlscale.agents.registry import make_policy
+from rlscale.agents.registry import param_space as registered_space
+from rlscale.common.backends import Backend, Job, run_tasks
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.splits import split_scenario
@@ -57,26 +61,12 @@ def tuning_dir(scenario_name: str, root: str | Path | None = None) -> Path:
     return Path(root or TUNING_ROOT) / scenario_name
 
 
-def static_space(sim: ClusterSimulator) -> dict[str, list[Any]]:
-    """``static``'s space: the cheapest on-demand pool per capacity held at 1..quota replicas."""
-    pools = [(p, c) for p, c in zip(sim.pools, sim.pool_capacity_rps, strict=True) if c > 0]
-    on_demand = [(p, c) for p, c in pools if p.purchase == "on_demand"] or pools
-    pool = min(on_demand, key=lambda pc: (pc[0].price_usd_h / pc[1], pc[0].name))[0]
-    return {"replicas": [{pool.name: n} for n in range(1, pool.quota + 1)]}
+def param_space(name: str, sim: ClusterSimulator | None = None) -> dict[str, list[Any]]:
+    """The tuning grid baseline ``name`` registered (a cluster-dependent one needs ``sim``).
 
-
-def param_space(name: str) -> dict[str, list[Any]]:
-    """The ``PARAM_SPACE`` of baseline ``name`` (its module's tuning grid)."""
-    if name not in known_policies():
-        raise ScenarioError(f"unknown policy '{name}'; known: {known_policies()}")
-    try:
-        module = importlib.import_module(f"rlscale.agents.{name}")
-    except ModuleNotFoundError:
-        module = None
-    space = getattr(module, "PARAM_SPACE", None)
-    if not isinstance(space, dict) or not space:
-        raise ScenarioError(f"policy '{name}' has no PARAM_SPACE to tune")
-    return space
+    :raises ScenarioError: unknown policy, or one registered without a space.
+    """
+    return registered_space(name, sim)
 
 
 def candidates(
@@ -128,27 +118,52 @@ def select_trial(trials: list[dict[str, Any]], target_attainment: float) -> dict
     return max(trials, key=lambda t: (t["slo_attainment"], -t["cost_usd"]))
 
 
-def _evaluate(
-    policy: Policy,
-    sim: ClusterSimulator,
-    starts: tuple[int, ...],
-    seeds: tuple[int, ...],
-    bar: tqdm,
-) -> dict[str, Any]:
-    """One candidate over every training window and seed: mean cost and attainment."""
-    episodes = []
-    for start in starts:
-        for seed in seeds:
-            result = run_episode(policy, sim, seed=seed, start_step=start)
-            episodes.append(
-                {
-                    "start_step": int(start),
-                    "seed": int(seed),
-                    "cost_usd": float(result.summary["cost_usd"]),
-                    "slo_attainment": float(result.summary["slo_attainment"]),
-                }
-            )
-            bar.update(1)
+@dataclass(frozen=True)
+class TuneTask:
+    """One episode of a search: a candidate's overrides on one training window and seed."""
+
+    candidate: int
+    """Index of the candidate in the search (results are grouped by it)."""
+    overrides: dict[str, Any] = field(hash=False)
+    start_step: int = 0
+    seed: int = 0
+
+
+class TuneRunner:
+    """A worker's state for a search: one simulator of the split scenario, candidates built
+    once each."""
+
+    def __init__(self, context: tuple[str, Scenario]) -> None:
+        self.name, self.scenario = context
+        self.sim = ClusterSimulator(self.scenario, 1)
+        self._policies: dict[int, Policy] = {}
+
+    def seed_policy(self, candidate: int, policy: Policy) -> None:
+        """Use ``policy``, already built, for ``candidate`` (saves a build in this process)."""
+        self._policies[candidate] = policy
+
+    def run(self, task: TuneTask) -> dict[str, Any]:
+        """One episode: its window, seed, cost and attainment."""
+        if task.candidate not in self._policies:
+            self._policies[task.candidate] = make_policy(self.name, self.scenario, task.overrides)
+        result = run_episode(
+            self._policies[task.candidate], self.sim, seed=task.seed, start_step=task.start_step
+        )
+        return {
+            "start_step": int(task.start_step),
+            "seed": int(task.seed),
+            "cost_usd": float(result.summary["cost_usd"]),
+            "slo_attainment": float(result.summary["slo_attainment"]),
+        }
+
+
+def run_tune_task(runner: TuneRunner, task: TuneTask) -> dict[str, Any]:
+    """:meth:`TuneRunner.run` as a module-level function, so workers can unpickle it."""
+    return runner.run(task)
+
+
+def _mean_of(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A candidate's mean cost and attainment over its episodes (windows outer, seeds inner)."""
     return {
         "cost_usd": float(np.mean([e["cost_usd"] for e in episodes])),
         "slo_attainment": float(np.mean([e["slo_attainment"] for e in episodes])),
@@ -165,6 +180,7 @@ def tune_baseline(
     progress: bool = True,
     space: dict[str, list[Any]] | None = None,
     max_windows: int | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Search ``name``'s parameters on ``scenario``'s training windows (see the module docstring).
 
@@ -174,9 +190,11 @@ def tune_baseline(
     :param max_trials: most candidates to evaluate (defaults included); None =
         :data:`DEFAULT_MAX_TRIALS`.
     :param progress: show a tqdm progress bar.
-    :param space: a parameter grid to search instead of the module's ``PARAM_SPACE``.
+    :param space: a parameter grid to search instead of the one ``name`` registered.
     :param max_windows: use at most this many training windows, evenly spaced over the
         training part (None = all of the split's, at most 8): a cheaper search on long traces.
+    :param backend: where the episodes run (default: in this process); results are the same
+        on every backend.
     :return: ``{"policy", "scenario", "params", "cost_usd", "slo_attainment", "meets_slo",
         "target_attainment", "trials", "train_starts", "seeds", "episode_steps", "search",
         "space"}``; ``params`` is the chosen policy's full configuration.
@@ -187,9 +205,9 @@ def tune_baseline(
     if not seeds:
         raise ScenarioError("tune_baseline needs at least one seed")
     split_sc, split = split_scenario(base)
-    sim = ClusterSimulator(split_sc, 1)
+    runner = TuneRunner((name, split_sc))
     if space is None:
-        space = static_space(sim) if name == "static" else param_space(name)
+        space = param_space(name, runner.sim)
     trials_cap = DEFAULT_MAX_TRIALS if max_trials is None else int(max_trials)
     # static has no documented default worth a trial: its "default" is the scenario's start
     cands, search = candidates(space, trials_cap, include_defaults=name != "static")
@@ -203,21 +221,35 @@ def tune_baseline(
             starts = tuple(starts[i] for i in sorted(set(picks.tolist())))
     trials: list[dict[str, Any]] = []
     seen: set[str] = set()
-    total = len(cands) * len(starts) * len(seeds)
-    with tqdm(total=total, desc=f"tune {name} on {base.name}", disable=not progress) as bar:
-        for overrides in cands:
-            policy = make_policy(name, split_sc, overrides)
-            params = policy.config()
-            key = json.dumps(params, sort_keys=True)
-            if key in seen:
-                # a grid point equal to the defaults: evaluated once is enough
-                bar.update(len(starts) * len(seeds))
-                continue
-            seen.add(key)
-            trial = {"overrides": overrides, "params": params}
-            trial.update(_evaluate(policy, sim, starts, seeds, bar))
-            trial["meets_slo"] = trial["slo_attainment"] >= target
-            trials.append(trial)
+    for overrides in cands:
+        # every candidate is built here first: a bad one fails before any episode runs
+        policy = make_policy(name, split_sc, overrides)
+        params = policy.config()
+        key = json.dumps(params, sort_keys=True)
+        if key in seen:
+            continue  # a grid point equal to the defaults: evaluated once is enough
+        seen.add(key)
+        runner.seed_policy(len(trials), policy)
+        trials.append({"overrides": overrides, "params": params})
+    tasks = [
+        TuneTask(k, trial["overrides"], start, seed)
+        for k, trial in enumerate(trials)
+        for start in starts
+        for seed in seeds
+    ]
+    episodes = run_tasks(
+        Job(setup=TuneRunner, run=run_tune_task, context=(name, split_sc)),
+        tasks,
+        backend,
+        state=runner,
+        progress=progress,
+        desc=f"tune {name} on {base.name}",
+        unit="episode",
+    )
+    per_trial = len(starts) * len(seeds)
+    for k, trial in enumerate(trials):
+        trial.update(_mean_of(episodes[k * per_trial : (k + 1) * per_trial]))
+        trial["meets_slo"] = trial["slo_attainment"] >= target
     best = select_trial(trials, target)
     result = {
         "policy": name,

@@ -14,19 +14,17 @@ pool; cost per tenant; and how the numbers were made.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rlscale.experiments.evaluate import Evaluation
+from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
+from rlscale.experiments.results import Evaluation
 
 PURCHASE_LABELS = {"on_demand": "on demand", "spot": "spot"}
 PURCHASE_COLORS = {"on_demand": "#1f77b4", "spot": "#ff7f0e"}
@@ -63,14 +61,6 @@ SUMMARY_COLUMNS = (
 
 
 # --- figures -------------------------------------------------------------------------------------
-
-
-def png_data_uri(fig: Figure) -> str:
-    """``fig`` as a PNG ``data:`` URI, so a report is one self-contained file."""
-    FigureCanvasAgg(fig)  # attaches an Agg canvas; no GUI backend is ever touched
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def policy_colors(labels: Sequence[str], oracle: str | None) -> dict[str, str]:
@@ -310,15 +300,6 @@ def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None,
     return rows, best, note
 
 
-def format_number(value: float, fmt: str) -> str:
-    """``value`` with ``fmt`` (a format string, or ``pct``); ``n/a`` when missing or not finite."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    if fmt == "pct":
-        return f"{100.0 * value:.2f}%"
-    return fmt.format(value)
-
-
 def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
     mean = _mean(results, policy, metric)
     ci = _ci(results, policy, metric)
@@ -331,13 +312,6 @@ def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
         f'<td title="{html.escape(span)}">{html.escape(text)}'
         f'<span class="ci"> ± {html.escape(format_number(half, fmt))}</span></td>'
     )
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A table of escaped ``header`` cells over ``rows`` of ready ``<td>`` cells."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -410,33 +384,6 @@ def gap_table(results: dict[str, Any]) -> str:
 
 
 # --- the page ------------------------------------------------------------------------------------
-
-REPORT_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
-       max-width: 1200px; color: #222; padding: 0 1rem; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem;
-     border-bottom: 1px solid #ddd; padding-bottom: .3rem; }
-table { border-collapse: collapse; font-size: .85rem; margin: .6rem 0; }
-th, td { border: 1px solid #ddd; padding: .3rem .55rem; text-align: right; }
-thead th { background: #f3f3f3; }
-tbody th { text-align: left; background: #fafafa; white-space: nowrap; }
-td.miss { color: #a33; }
-th.best { background: #fff3c4; }
-.ci { color: #888; font-size: .8em; }
-.note { color: #555; font-size: .9rem; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; }
-dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
-dt { font-weight: 600; } dd { margin: 0; }
-"""
-
-
-def html_figure(section_id: str, title: str, uri: str, caption: str) -> str:
-    """A titled section with one image and its caption."""
-    return (
-        f'<section id="{section_id}"><h2>{html.escape(title)}</h2><figure>'
-        f'<img src="{uri}" alt="{html.escape(title)}">'
-        f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure></section>"
-    )
 
 
 def render_report(ev: Evaluation) -> str:

@@ -161,22 +161,30 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log MLflow runs")
     p.add_argument("--no-progress", action="store_true")
+    from rlscale.common.backends import add_backend_arguments
+
+    add_backend_arguments(p)
 
 
 def run_tune(args: argparse.Namespace) -> int:
     """``rlscale tune-baseline``: tune, save, log; prints one JSON line of what was written."""
-    from rlscale.agents.registry import rule_based_policies
+    from rlscale.agents.registry import baselines as registered_baselines
     from rlscale.agents.tuning import save_tuning, tune_baseline
+    from rlscale.common.backends import BackendError, backend_from_args
     from rlscale.envs.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
-    baselines = rule_based_policies()
+    try:
+        backend = backend_from_args(args)
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
+    baselines = registered_baselines()
     names = baselines if "all" in args.policy else args.policy
     unknown = [n for n in names if n not in baselines]
     if unknown:
         raise ScenarioError(f"cannot tune {unknown}; tunable baselines: {baselines}")
     if not args.no_mlflow:
-        from rlscale.experiments.tracking import require_mlflow
+        from rlscale.common.tracking import require_mlflow
 
         require_mlflow()
     from rlscale.agents.tuning import tuning_dir
@@ -184,14 +192,19 @@ def run_tune(args: argparse.Namespace) -> int:
     out_dir = args.out or tuning_dir(scenario.name)
     written = {}
     for name in names:
-        result = tune_baseline(
-            name,
-            scenario,
-            seeds=tuple(range(args.seeds)),
-            max_trials=args.max_trials,
-            max_windows=args.max_windows,
-            progress=not args.no_progress,
-        )
+        try:
+            result = tune_baseline(
+                name,
+                scenario,
+                seeds=tuple(range(args.seeds)),
+                max_trials=args.max_trials,
+                max_windows=args.max_windows,
+                progress=not args.no_progress,
+                backend=backend,
+            )
+        except BackendError as err:
+            print(f"rlscale: {err}", file=sys.stderr)
+            return 2
         path = save_tuning(result, out_dir / f"{name}.json")
         written[name] = str(path)
         print(
@@ -201,7 +214,7 @@ def run_tune(args: argparse.Namespace) -> int:
         if not args.no_mlflow:
             import time
 
-            from rlscale.experiments.tracking import log_run
+            from rlscale.common.tracking import log_run
 
             log_run(
                 experiment="rlscale-tune",

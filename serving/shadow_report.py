@@ -388,7 +388,7 @@ def run_replays(
 def _plot_agreement(rec: ShadowRecords, agree: np.ndarray) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import png_data_uri
+    from rlscale.common.html import png_data_uri
 
     hours = (rec.time_s - rec.time_s[0]) / 3600.0
     fig = Figure(figsize=(10, 4.5))
@@ -420,7 +420,7 @@ def _plot_agreement(rec: ShadowRecords, agree: np.ndarray) -> str:
 def _plot_pools(rec: ShadowRecords) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import png_data_uri
+    from rlscale.common.html import png_data_uri
 
     hours = (rec.time_s - rec.time_s[0]) / 3600.0
     n = len(rec.pools)
@@ -440,7 +440,7 @@ def _plot_pools(rec: ShadowRecords) -> str:
 def _plot_replay(replay: dict[str, Any], timelines: dict[str, dict[str, np.ndarray]]) -> str:
     from matplotlib.figure import Figure
 
-    from rlscale.experiments.report import png_data_uri
+    from rlscale.common.html import png_data_uri
 
     labels = list(timelines)
     colors = {"recommended": "#1f77b4", "production": "#d62728"}
@@ -467,7 +467,7 @@ def _plot_replay(replay: dict[str, Any], timelines: dict[str, dict[str, np.ndarr
 
 def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
     """The report as one self-contained HTML string."""
-    from rlscale.experiments.report import REPORT_CSS, format_number, html_figure, html_table
+    from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table
 
     esc = html.escape
     ag = summary["agreement"]

@@ -294,8 +294,8 @@ def register_policy(
 
     :raises ArtifactError: the folder is not a valid artifact.
     """
-    from rlscale.experiments.tracking import ensure_experiment, require_mlflow
-    from rlscale.experiments.tracking import tracking_uri as default_uri
+    from rlscale.common.tracking import ensure_experiment, require_mlflow
+    from rlscale.common.tracking import tracking_uri as default_uri
 
     mlflow = require_mlflow()
     from mlflow import MlflowClient
@@ -465,8 +465,8 @@ def run_register(args: Any) -> int:
     import sys
 
     from rlscale.agents.onnx_policy import ArtifactError
-    from rlscale.experiments.tracking import TrackingError, require_mlflow
-    from rlscale.experiments.tracking import tracking_uri as default_uri
+    from rlscale.common.tracking import TrackingError, require_mlflow
+    from rlscale.common.tracking import tracking_uri as default_uri
 
     alias = None if args.no_alias else args.alias
     try:

@@ -70,7 +70,7 @@ def parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
 
 def registry_client(tracking_uri: str | None = None) -> Any:
     """An ``MlflowClient`` of ``tracking_uri`` (default: see
-    :func:`rlscale.experiments.tracking.tracking_uri`), with short HTTP timeouts.
+    :func:`rlscale.common.tracking.tracking_uri`), with short HTTP timeouts.
 
     :raises ScenarioError: the MLflow client is not installed.
     """
@@ -86,7 +86,7 @@ def registry_client(tracking_uri: str | None = None) -> Any:
         raise ScenarioError(
             "models:/ policies need the MLflow client: pip install 'rlscale[registry]'"
         ) from None
-    from rlscale.experiments.tracking import tracking_uri as default_uri
+    from rlscale.common.tracking import tracking_uri as default_uri
 
     return MlflowClient(tracking_uri=default_uri(tracking_uri))
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from rlscale.agents.tuning import tuning_dir as default_tuning_dir
 from rlscale.envs.scenario import ScenarioError, load_scenario
-from rlscale.experiments.evaluate import baseline_specs
+from rlscale.experiments.grid import baseline_specs
 from rlscale.training.model_registry import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
@@ -144,7 +144,7 @@ def decide(
 
     See the module docstring for the rule; it is applied here and nowhere else.
     """
-    from rlscale.experiments.evaluate import mean_ci95
+    from rlscale.experiments.results import mean_ci95
 
     own = [float(r["slo_attainment"]) for r in episodes if r["policy"] == challenger]
     attainment = mean_ci95(own)
@@ -353,10 +353,12 @@ def promote(
     :raises PromotionError: no challenger, an unreachable store, policies or a scenario that do
         not fit, or a champion moved by someone else while this ran.
     """
-    from rlscale.experiments.evaluate import PolicySpec, evaluate, write_results
+    from rlscale.common.tracking import TrackingError
+    from rlscale.common.tracking import tracking_uri as default_uri
+    from rlscale.experiments.evaluate import evaluate
+    from rlscale.experiments.grid import PolicySpec
     from rlscale.experiments.report import best_baseline, write_report
-    from rlscale.experiments.tracking import TrackingError
-    from rlscale.experiments.tracking import tracking_uri as default_uri
+    from rlscale.experiments.results import write_results
     from rlscale.training.model_registry import registry_client
 
     if seeds < 1:
@@ -513,7 +515,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
     :returns: 0 when the gate decided (promoted or refused); 2 when it could not.
     """
-    from rlscale.experiments.tracking import TrackingError, require_mlflow
+    from rlscale.common.tracking import TrackingError, require_mlflow
 
     try:
         require_mlflow()

@@ -62,7 +62,7 @@ def build_report(
     :param baselines: ``{"compared": [labels], "note": how they were chosen}``.
     :param best_baseline: ``{"label": ..., "chosen_as": ...}``.
     """
-    from rlscale.experiments.evaluate import _json_safe
+    from rlscale.experiments.results import json_safe
 
     def candidate(c: Candidate | None) -> dict[str, Any] | None:
         if c is None:
@@ -75,7 +75,7 @@ def build_report(
             "folder": str(c.folder),
         }
 
-    return _json_safe(
+    return json_safe(
         {
             "registered_model": name,
             "verdict": _verdict(decision, dry_run),
@@ -172,7 +172,7 @@ def write_text(path: Path, text: str) -> Path:
 def log_promotion(
     report: dict[str, Any], files: list[Path], uri: str, scenario: str, seeds: int
 ) -> str:
-    from rlscale.experiments.tracking import log_run, metric_key
+    from rlscale.common.tracking import log_run, metric_key
 
     metrics: dict[str, float] = {"promote/promoted": float(report["promote"])}
     for label, m in report["policies"].items():

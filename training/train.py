@@ -126,7 +126,7 @@ def _sb3_mlflow_writer(client: Any, run_id: str) -> Any:
 
 
 def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from rlscale.experiments.tracking import log_metrics
+    from rlscale.common.tracking import log_metrics
 
     if metrics:
         log_metrics(client, run_id, metrics, step)
@@ -172,7 +172,7 @@ class _Trainer:
     def __init__(self, config: TrainConfig, *, resume_run: str | None = None) -> None:
         from mlflow import MlflowClient
 
-        from rlscale.experiments.tracking import ensure_experiment, require_mlflow, tracking_uri
+        from rlscale.common.tracking import ensure_experiment, require_mlflow, tracking_uri
 
         require_mlflow()
         self.config = config
@@ -213,7 +213,7 @@ class _Trainer:
     # -- set-up --
 
     def log_settings(self) -> None:
-        from rlscale.experiments.tracking import log_params
+        from rlscale.common.tracking import log_params
 
         settings = sorted(self.config.to_dict().items())
         log_params(
@@ -486,7 +486,7 @@ def resume_config(run_id: str, args: argparse.Namespace | None = None) -> TrainC
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from rlscale.experiments.tracking import require_mlflow, tracking_uri
+    from rlscale.common.tracking import require_mlflow, tracking_uri
 
     require_mlflow()
     uri = tracking_uri(getattr(args, "tracking_uri", None))
@@ -730,7 +730,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``rlscale train``; prints the run's summary as JSON on the last line."""
-    from rlscale.experiments.tracking import TrackingError
+    from rlscale.common.tracking import TrackingError
 
     try:
         config = resume_config(args.resume, args) if args.resume else config_from_args(args)

@@ -19,7 +19,7 @@ from rlscale.agents.oracle import (
     solve_schedule,
     tune_oracle,
 )
-from rlscale.agents.registry import make_policy, rule_based_policies
+from rlscale.agents.registry import baselines, make_policy
 from rlscale.agents.static import StaticPolicy
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from rlscale.envs.simulator import ClusterSimulator
@@ -246,7 +246,7 @@ def test_no_registered_baseline_beats_the_oracle_on_azure_conv(
     azure_window: dict[str, Any], azure_oracle: dict[int, dict[str, Any]]
 ) -> None:
     sc = azure_window["scenario"]
-    names = rule_based_policies()
+    names = baselines()
     assert names
     for name in names:
         _assert_not_cheaper(make_policy(name, sc, {}), azure_window, azure_oracle)

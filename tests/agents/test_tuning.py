@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlscale.agents.registry import make_policy
+from rlscale.agents.registry import baselines, make_policy
 from rlscale.agents.tuning import (
     candidates,
     param_space,
@@ -63,10 +63,15 @@ def test_select_trial_cheapest_meeting_slo_else_best_attainment():
 
 
 def test_every_baseline_has_a_param_space():
-    """Each baseline module declares a non-empty grid whose values its factory accepts."""
+    """Each registered baseline has a non-empty grid whose values its factory accepts."""
+    from rlscale.envs.simulator import ClusterSimulator
+
     scenario = load_scenario("azure-conv")
-    for name in ("hpa", "keda", "knative", "rayserve", "predictive", "spot_aware"):
-        space = param_space(name)
+    names = baselines()
+    assert names[0] == "static" and "hpa" in names and "spot_aware" in names
+    sim = ClusterSimulator(scenario, 1)
+    for name in names:
+        space = param_space(name, sim)
         assert space
         for key, values in space.items():
             for value in values:

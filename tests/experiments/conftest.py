@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -30,6 +31,6 @@ def fake_oracle(monkeypatch) -> list[dict[str, Any]]:
         calls.append(dict(params))
         return StaticPolicy({"h100": 1, "a100": 0}, name="oracle")
 
-    registry.known_policies()  # load the built-ins first, so ours is not overwritten
-    monkeypatch.setitem(registry._FACTORIES, "oracle", factory)
+    real = registry.entry("oracle")  # loads the built-ins first, so ours is not overwritten
+    monkeypatch.setitem(registry._ENTRIES, "oracle", dataclasses.replace(real, factory=factory))
     return calls

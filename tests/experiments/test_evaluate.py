@@ -13,16 +13,19 @@ import numpy as np
 import pytest
 
 from rlscale.agents.observe import EpisodeResult
-from rlscale.envs.scenario import ScenarioError
-from rlscale.experiments import evaluate as ev
-from rlscale.experiments.evaluate import PolicySpec, evaluate, mean_ci95
-from rlscale.experiments.report import gap_rows, render_report, write_report
-from rlscale.experiments.tracking import (
+from rlscale.common.tracking import (
     TrackingError,
     log_evaluation,
     metric_key,
     require_mlflow,
 )
+from rlscale.envs.scenario import ScenarioError
+from rlscale.experiments import evaluate as ev
+from rlscale.experiments import grid, results
+from rlscale.experiments.evaluate import evaluate
+from rlscale.experiments.grid import PolicySpec
+from rlscale.experiments.report import gap_rows, render_report, write_report
+from rlscale.experiments.results import mean_ci95
 
 HEADLINE_METRICS = (
     "cost_usd",
@@ -65,15 +68,15 @@ def test_one_seed_has_no_interval():
 
 def test_tenants_beyond_the_top_n_are_summed_as_other():
     summary = {
-        **dict.fromkeys(ev.SCALAR_METRICS, 1.0),
+        **dict.fromkeys(results.SCALAR_METRICS, 1.0),
         "gpu_hours": {"h100": 2.0, "spot": 1.0},
         "cost_by_pool_usd": {"h100": 8.0, "spot": 2.0},
         "cost_by_tenant_usd": {"a": 5.0, "b": 3.0, "c": 1.5, "d": 0.5},
     }
     result = EpisodeResult("p", 0, 0, summary)
-    tenants = ev.top_tenants([result], 2)
+    tenants = results.top_tenants([result], 2)
     assert tenants == ["a", "b"]
-    flat = ev.flatten_summary(summary, {"h100": "on_demand", "spot": "spot"}, tenants)
+    flat = results.flatten_summary(summary, {"h100": "on_demand", "spot": "spot"}, tenants)
     assert flat["cost_per_tenant_usd/a"] == 5.0 and flat["cost_per_tenant_usd/b"] == 3.0
     assert flat["cost_per_tenant_usd/other"] == pytest.approx(2.0)
     assert "cost_per_tenant_usd/c" not in flat
@@ -87,27 +90,27 @@ def test_tenants_beyond_the_top_n_are_summed_as_other():
 
 def test_grid_runs_every_window_per_seed_or_cycles_them():
     spec = PolicySpec("static")
-    every = ev.grid_tasks([spec], [0, 1], [10, 20, 30], "all")
+    every = grid.grid_tasks([spec], [0, 1], [10, 20, 30], "all")
     assert [(t.seed, t.start_step) for t in every] == [(s, w) for s in (0, 1) for w in (10, 20, 30)]
     assert [t.record for t in every] == [True] + [False] * 5
-    cycled = ev.grid_tasks([spec], [0, 1, 2, 3], [10, 20, 30], "cycle")
+    cycled = grid.grid_tasks([spec], [0, 1, 2, 3], [10, 20, 30], "cycle")
     assert [(t.seed, t.start_step) for t in cycled] == [(0, 10), (1, 20), (2, 30), (3, 10)]
     with pytest.raises(ScenarioError, match="windows must be"):
-        ev.grid_tasks([spec], [0], [10], "some")  # type: ignore[arg-type]
+        grid.grid_tasks([spec], [0], [10], "some")  # type: ignore[arg-type]
 
 
 def test_policy_argument_parsing(tmp_path):
-    assert ev.parse_policy_arg("static") == PolicySpec("static")
+    assert grid.parse_policy_arg("static") == PolicySpec("static")
     params = tmp_path / "tuned.json"
     params.write_text(json.dumps({"params": {"replicas": {"h100": 3}}}))
-    spec = ev.parse_policy_arg(f"static={params}")
+    spec = grid.parse_policy_arg(f"static={params}")
     assert spec.params_dict() == {"replicas": {"h100": 3}}  # a tuning result's params
-    assert ev.parse_policy_arg("oracle").per_episode
+    assert grid.parse_policy_arg("oracle").per_episode
     with pytest.raises(ScenarioError, match="no such file"):
-        ev.parse_policy_arg("static=/nonexistent/tuned.json")
+        grid.parse_policy_arg("static=/nonexistent/tuned.json")
     with pytest.raises(ScenarioError, match=r"NAME or NAME=PARAMS\.json"):
-        ev.parse_policy_arg("static=")
-    labels = ev._with_labels([PolicySpec("static"), PolicySpec("static", params)])
+        grid.parse_policy_arg("static=")
+    labels = grid.with_labels([PolicySpec("static"), PolicySpec("static", params)])
     assert [s.display for s in labels] == ["static", "static[tuned]"]
 
 
@@ -128,17 +131,17 @@ def two_policy_eval(scenario):
 
 
 def test_results_json_shape(two_policy_eval, tmp_path):
-    path = ev.write_results(two_policy_eval, tmp_path)
-    results = json.loads(path.read_text())  # strict JSON: no NaN
-    assert results["scenario"] == "quick"
-    assert results["seeds"] == [0, 1, 2]
-    assert results["trace"] == {"format": "synthetic", "path": None, "source": "scenario"}
-    assert results["oracle"] is None
-    assert len(results["held_out"]["test_starts"]) == 2
+    path = results.write_results(two_policy_eval, tmp_path)
+    data = json.loads(path.read_text())  # strict JSON: no NaN
+    assert data["scenario"] == "quick"
+    assert data["seeds"] == [0, 1, 2]
+    assert data["trace"] == {"format": "synthetic", "path": None, "source": "scenario"}
+    assert data["oracle"] is None
+    assert len(data["held_out"]["test_starts"]) == 2
     # held-out windows lie after the split boundary: never seen by tuning or training
-    assert min(results["held_out"]["test_starts"]) >= results["held_out"]["boundary_step"]
-    assert list(results["policies"]) == ["static", "static-1"]
-    for metrics in results["policies"].values():
+    assert min(data["held_out"]["test_starts"]) >= data["held_out"]["boundary_step"]
+    assert list(data["policies"]) == ["static", "static-1"]
+    for metrics in data["policies"].values():
         for name in (*HEADLINE_METRICS, "gpu_hours/h100", "gpu_hours/a100"):
             assert name in metrics, name
         assert "cost_per_tenant_usd/default" in metrics
@@ -146,12 +149,12 @@ def test_results_json_shape(two_policy_eval, tmp_path):
             assert set(agg) == {"mean", "ci95"} and len(agg["ci95"]) == 2
             lo, hi = agg["ci95"]
             assert lo <= agg["mean"] <= hi
-    static = results["policies"]["static"]
+    static = data["policies"]["static"]
     # two on-demand h100s for half an hour under every seed: identical cost, zero-width CI
     assert static["cost_usd"]["mean"] == pytest.approx(4.0 * 2 * 0.5)
     assert static["cost_usd"]["ci95"][0] == static["cost_usd"]["ci95"][1]
     assert static["gpu_hours/h100"]["mean"] == pytest.approx(1.0)
-    assert results["policies"]["static-1"]["cost_usd"]["mean"] == pytest.approx(2.0)
+    assert data["policies"]["static-1"]["cost_usd"]["mean"] == pytest.approx(2.0)
     assert len(two_policy_eval.episodes) == 2 * 3 * 2
     assert set(two_policy_eval.timelines) == {"static", "static-1"}
 
@@ -331,7 +334,7 @@ def test_mlflow_run_has_metrics_params_and_artifacts(two_policy_eval, tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    results_path = ev.write_results(two_policy_eval, tmp_path / "out")
+    results_path = results.write_results(two_policy_eval, tmp_path / "out")
     report_path = write_report(two_policy_eval, tmp_path / "out")
     run = log_evaluation(two_policy_eval.results, [results_path, report_path], uri=uri)
     assert re.fullmatch(r"quick__evaluate__3__\d+", run.run_name)
