@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -544,10 +545,14 @@ def evaluate(
 
     tasks = grid_tasks(specs, seed_list, test_starts, windows)
     raw: list[tuple[EpisodeTask, EpisodeResult]] = []
+    oracle_cpu_s: list[float] = []  # per oracle episode: its planning, tuning replays and run
     bar = tqdm(tasks, desc=f"evaluate {sc.name}", unit="episode", disable=not progress)
     for task in bar:
         bar.set_postfix_str(f"{task.spec.display} seed={task.seed} start={task.start_step}")
+        tic = time.process_time()
         raw.append((task, run_task(sc, task, sim, built.get(task.spec.display))))
+        if task.spec.name == ORACLE:
+            oracle_cpu_s.append(time.process_time() - tic)
 
     tenants = top_tenants([r for _, r in raw], n_top_tenants)
     by_policy: dict[str, dict[int, list[dict[str, float]]]] = {s.display: {} for s in specs}
@@ -571,6 +576,7 @@ def evaluate(
         "slo": sc.slo.model_dump(mode="json"),
         "pools": {p.name: {"purchase": p.purchase, "price_usd_h": p.price_usd_h} for p in sc.pools},
         "oracle": next((s.display for s in specs if s.name == ORACLE), None),
+        "oracle_cpu_s": mean_ci95(oracle_cpu_s) if oracle_cpu_s else None,
         "baselines": [s.display for s in specs if s.name in BASELINES],
         "policies": {label: aggregate(rows) for label, rows in by_policy.items()},
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
