@@ -70,6 +70,9 @@ class EpisodeResult:
     start_step: int
     summary: dict[str, Any]
     timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    cpu_s: float | None = None
+    """CPU seconds the worker spent on this episode, its policy's planning included (set by
+    the evaluation grid's runner; None where nobody timed it)."""
 
 
 def run_episode(

@@ -16,6 +16,7 @@ exported policy is verified and loaded once per worker, not per episode). A poli
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -229,18 +230,21 @@ class EpisodeRunner:
         return self._policies[spec.display]
 
     def run(self, task: EpisodeTask) -> EpisodeResult:
-        """Run one grid cell; a per-episode policy (the oracle) is planned for it here."""
+        """Run one grid cell; a per-episode policy (the oracle) is planned for it here. The
+        result carries the CPU time of both, measured in the worker that ran them."""
         from rlscale.agents.observe import run_episode
         from rlscale.agents.registry import make_policy
 
+        tic = time.process_time()
         if task.spec.per_episode:
             params = {**task.spec.params_dict(), "start_step": task.start_step, "seed": task.seed}
             policy = make_policy(task.spec.name, self.scenario, params)
         else:
             policy = self.policy(task.spec)
-        return run_episode(
+        result = run_episode(
             policy, self.sim, seed=task.seed, start_step=task.start_step, record=task.record
         )
+        return replace(result, cpu_s=time.process_time() - tic)
 
 
 def run_episode_task(runner: EpisodeRunner, task: EpisodeTask) -> EpisodeResult:

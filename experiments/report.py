@@ -510,6 +510,12 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {ci(label, 'slo_attainment', '{:.2%}')} | {ci(label, 'ttft_p95_s', '{:.3f}')} "
             f"| {ci(label, 'scale_events', '{:.1f}')} | {over} | {shut} |"
         )
+    timing = results.get("oracle_cpu_s")
+    if timing and timing["mean"] is not None:
+        lines.append(
+            f"\n{results['oracle']}: {timing['mean']:.1f} s of CPU per episode window "
+            "(solve, tuning replays and its episode)"
+        )
     return "\n".join(lines)
 
 

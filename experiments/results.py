@@ -185,6 +185,9 @@ def summarize(
         if task.record:
             timelines[task.spec.display] = result.timeline
     kinds = {s.display: entry(s.name).kind for s in specs}
+    oracle = next((k for k, v in kinds.items() if v is PolicyKind.ORACLE), None)
+    # per oracle episode window: its solve, its tuning replays and its episode, in its worker
+    oracle_cpu_s = [r.cpu_s for t, r in raw if t.spec.display == oracle and r.cpu_s is not None]
     results = {
         "scenario": scenario.name,
         "trace": trace_info(scenario, replaced=trace_replaced),
@@ -195,7 +198,8 @@ def summarize(
         "pools": {
             p.name: {"purchase": p.purchase, "price_usd_h": p.price_usd_h} for p in scenario.pools
         },
-        "oracle": next((k for k, v in kinds.items() if v is PolicyKind.ORACLE), None),
+        "oracle": oracle,
+        "oracle_cpu_s": mean_ci95(oracle_cpu_s) if oracle_cpu_s else None,
         "baselines": [k for k, v in kinds.items() if v is PolicyKind.BASELINE],
         "policies": {label: aggregate(by_seed) for label, by_seed in by_policy.items()},
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +187,36 @@ def test_oracle_is_built_per_episode_with_its_window_and_seed(scenario, fake_ora
     assert by_policy["oracle"]["closed"] == pytest.approx(1.0)
     assert by_policy["static"]["closed"] == pytest.approx(0.0)
     assert by_policy["static"]["over_oracle_usd"] == pytest.approx(4.0 * 0.5)
+
+
+def test_oracle_time_per_window_is_reported(scenario, monkeypatch):
+    # a stand-in oracle that spends 0.2 s of CPU planning each window: results.json reports
+    # the oracle's CPU time per episode window, and the Markdown table prints it
+    from rlscale.agents import registry
+    from rlscale.agents.static import StaticPolicy
+    from rlscale.experiments.report import markdown_table
+
+    def slow_factory(sc, params):
+        tic = time.process_time()
+        while time.process_time() - tic < 0.2:
+            pass
+        return StaticPolicy({"h100": 1, "a100": 0}, name="oracle")
+
+    real = registry.entry("oracle")
+    monkeypatch.setitem(
+        registry._ENTRIES, "oracle", dataclasses.replace(real, factory=slow_factory)
+    )
+    out = evaluate(scenario, ["static"], seeds=2, max_windows=1, progress=False)
+    timing = out.results["oracle_cpu_s"]
+    assert 0.2 <= timing["mean"] < 5.0
+    assert timing["ci95"][0] is not None  # two episodes, an interval
+    assert "oracle: " in markdown_table(out.results).splitlines()[-1]
+    assert "s of CPU per episode window" in markdown_table(out.results)
+    without = evaluate(
+        scenario, ["static"], seeds=1, max_windows=1, include_oracle=False, progress=False
+    )
+    assert without.results["oracle_cpu_s"] is None
+    assert "CPU" not in markdown_table(without.results)
 
 
 # --- --trace -------------------------------------------------------------------------------------
