@@ -176,7 +176,11 @@ CF_ID = 3
 CF_WD = 4
 CF_CD = 5
 N_CF = 6
-N_PS = PS_CLASS + N_CF * OUTPUT_CLASSES
+# the latest sub-step (absolute) at which the provisioning and loading rings hold an entry:
+# cancelling scans back from there, not from a whole ring ahead
+PS_HORIZON_PROV = PS_CLASS + N_CF * OUTPUT_CLASSES
+PS_HORIZON_LOAD = PS_HORIZON_PROV + 1
+N_PS = PS_HORIZON_LOAD + 1
 
 # queue ring qring[i, row, L]: per arrival cohort, what is still queued of it
 Q_N = 0  # requests
@@ -292,6 +296,15 @@ WAIT_MIN_TOK = 2.0
 WAIT_RATIO = 1.6
 # TTFT percentiles are read off the mixture CDF on this many log-spaced points.
 TTFT_GRID = 48
+# rows of a cluster's grid scratch grid[i, row, :]: the TTFT grid and its CDF, a step's three
+# prefill-wait tables, their indices and shares, and three rows for _add_quantile_cdf's walk
+GR_XS = 0
+GR_CDF = 1
+GR_TABLES = 2
+GR_ROWS = 5
+GR_PARTS = 6
+GR_WORK = 7
+N_GR = 10
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token),
 # about 1.9 % wide; percentiles interpolate within a bin, so they land well inside 2 %.
 TPOT_BINS = 480
@@ -465,24 +478,42 @@ def _wait_rows(theta_tok):
 
 
 @njit(cache=True, error_model="numpy")
-def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q):
-    """cdf[g] += w * F_q((xs[g] - shift) * inv_p) for an increasing grid, in one walk."""
+def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q, num, span, kf):
+    """cdf[g] += w * F_q((xs[g] - shift) * inv_p) for an increasing grid, in one walk.
+
+    The walk finds each point's quantile interval and keeps its numerator, span and index in
+    ``num``, ``span`` and ``kf`` (scratch as long as the grid); the divisions then run in a
+    loop of their own, which the compiler vectorizes."""
     nq = q.shape[0]
-    k = 0
     n = xs.shape[0]
+    k = 0
+    g0 = n  # the first point at or above q[0] (y rises with g: those below are a prefix)
+    g1 = n  # the first point at or past q[-1]
     for g in range(n):
         y = (xs[g] - shift) * inv_p
         if y < q[0]:
             continue
         if y >= q[nq - 1]:
-            for g2 in range(g, n):
-                cdf[g2] += w
-            return
+            g1 = g
+            break
+        if g0 == n:
+            g0 = g
         while q[k + 1] <= y:
             k += 1
-        span = q[k + 1] - q[k]
-        f = (y - q[k]) / span if span > 0.0 else 1.0
-        cdf[g] += w * (k + 0.5 + f) / nq
+        num[g] = y - q[k]
+        span[g] = q[k + 1] - q[k]
+        kf[g] = k + 0.5
+    g0 = min(g0, g1)
+    # q[k] <= y < q[k + 1]: every span is positive, so no branch keeps the loop from vectorizing
+    # (nor a negative index: the slices are walked from 0)
+    c_in = cdf[g0:g1]
+    num_in = num[g0:g1]
+    span_in = span[g0:g1]
+    kf_in = kf[g0:g1]
+    for g in range(c_in.shape[0]):
+        c_in[g] += w * (kf_in[g] + num_in[g] / span_in[g]) / nq
+    for g in range(g1, n):
+        cdf[g] += w
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -551,9 +582,12 @@ def _ttft_stats(hist, tables, rows, scale, L, dt, base_s, prefill_s_per_tok, tar
     lo_s = max(lo_wait + base_s + prefill_s_per_tok * bottom, 1e-4)
     hi_s = max(hi_wait + base_s + prefill_s_per_tok * top, lo_s * 1.0001)
     ratio = np.exp(np.log(hi_s / lo_s) / (TTFT_GRID - 1))
-    # buf[0] holds the grid, buf[1] the CDF on it (the caller's scratch: nothing allocated)
-    xs = buf[0]
-    cdf = buf[1]
+    # the caller's scratch rows (nothing allocated): the grid, the CDF on it, and the walk's
+    xs = buf[GR_XS, :TTFT_GRID]
+    cdf = buf[GR_CDF, :TTFT_GRID]
+    num = buf[GR_WORK, :TTFT_GRID]
+    span = buf[GR_WORK + 1, :TTFT_GRID]
+    kf = buf[GR_WORK + 2, :TTFT_GRID]
     x = lo_s
     for g in range(TTFT_GRID):
         xs[g] = x
@@ -570,10 +604,10 @@ def _ttft_stats(hist, tables, rows, scale, L, dt, base_s, prefill_s_per_tok, tar
             if w > 0.0:
                 lo, hi, two = _bin_waits(h[:, j], dt)
                 if two:
-                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, 0.5 * w, q)
-                    _add_quantile_cdf(cdf, xs, hi + base_s, inv_p, 0.5 * w, q)
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, 0.5 * w, q, num, span, kf)
+                    _add_quantile_cdf(cdf, xs, hi + base_s, inv_p, 0.5 * w, q, num, span, kf)
                 else:
-                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, w, q)
+                    _add_quantile_cdf(cdf, xs, lo + base_s, inv_p, w, q, num, span, kf)
     levels = (0.50, 0.95, 0.99)
     q50 = hi_s
     q95 = hi_s
@@ -703,13 +737,16 @@ def _to_drain(ps_row, n, share_flag_ring, drow, slot):
 
 
 @njit(cache=True, error_model="numpy")
-def _cancel_starting(ring, n, now_slot, H):
-    """Cancel up to n replicas from a lifecycle ring, latest transition first."""
+def _cancel_starting(ring, n, now, H, horizon):
+    """Cancel up to n replicas from a lifecycle ring, latest transition first.
+
+    Entries lie at sub-steps ``now`` .. ``now + H - 1`` (slot ``t % H``), none past
+    ``horizon``, the latest one written."""
     removed = 0.0
-    for back in range(1, H + 1):
+    for t in range(min(int(horizon), now + H - 1), now - 1, -1):
         if removed >= n:
             break
-        slot = (now_slot - back) % H
+        slot = t % H
         have = ring[slot]
         if have > 0.0:
             take = min(have, n - removed)
@@ -1034,7 +1071,9 @@ def _step_cluster(i, actions, params, state, out):
             for _ in range(int(from_standby)):
                 t = _draw_table(rng, i, cold[p, CT_WARM]) * cold_scale
                 bins = max(1, int(t / dt + 0.5))
-                srings[i, p, RING_LOAD_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
+                t_done = s0 + min(bins, H - 1)
+                srings[i, p, RING_LOAD_DONE, t_done % H] += 1.0
+                row[PS_HORIZON_LOAD] = max(row[PS_HORIZON_LOAD], float(t_done))
             row[PS_STANDBY] -= from_standby
             row[PS_LOAD] += from_standby
             pmet[i, p, PM_WARM] += from_standby
@@ -1047,7 +1086,9 @@ def _step_cluster(i, actions, params, state, out):
             for _ in range(int(n_cold)):
                 t = _draw_table(rng, i, cold[p, CT_PROV]) * cold_scale
                 bins = max(1, int(t / dt + 0.5))
-                srings[i, p, RING_PROV_DONE, (s0 + min(bins, H - 1)) % H] += 1.0
+                t_done = s0 + min(bins, H - 1)
+                srings[i, p, RING_PROV_DONE, t_done % H] += 1.0
+                row[PS_HORIZON_PROV] = max(row[PS_HORIZON_PROV], float(t_done))
             row[PS_PROV] += n_cold
             pmet[i, p, PM_COLD] += n_cold
             m[M_COLD_STARTS] += n_cold
@@ -1058,13 +1099,21 @@ def _step_cluster(i, actions, params, state, out):
             got = 0.0
             if row[PS_PROV] > 0.0:
                 got = _cancel_starting(
-                    srings[i, p, RING_PROV_DONE], min(n_rm, row[PS_PROV]), s0 % H, H
+                    srings[i, p, RING_PROV_DONE],
+                    min(n_rm, row[PS_PROV]),
+                    s0,
+                    H,
+                    row[PS_HORIZON_PROV],
                 )
             row[PS_PROV] -= got
             rest = n_rm - got
             if rest > 0.0 and row[PS_LOAD] > 0.0:
                 got2 = _cancel_starting(
-                    srings[i, p, RING_LOAD_DONE], min(rest, row[PS_LOAD]), s0 % H, H
+                    srings[i, p, RING_LOAD_DONE],
+                    min(rest, row[PS_LOAD]),
+                    s0,
+                    H,
+                    row[PS_HORIZON_LOAD],
                 )
                 row[PS_LOAD] -= got2
                 rest -= got2
@@ -1124,13 +1173,12 @@ def _step_cluster(i, actions, params, state, out):
     adm_busy = scr[SCR_ADM_BUSY]  # x P(no idle replica)
     done_pool = scr[SCR_DONE]  # completions per pool
     rep_sub = scr[SCR_REP_SUB]  # ready replica-sub-steps
-    # grid[i]: the TTFT grid and CDF (rows 0, 1), this step's three prefill-wait tables (rows
-    # 2-4), their indices and shares (rows 5, 6)
+    # grid[i]: scratch rows for this step's TTFT statistics (GR_*)
     buf = grid[i]
     nq = prompt_q.shape[1]
-    step_tables = buf[2:5, :nq]
-    step_rows = buf[5, :3]
-    parts = buf[6, :3]
+    step_tables = buf[GR_TABLES : GR_TABLES + 3, :nq]
+    step_rows = buf[GR_ROWS, :3]
+    parts = buf[GR_PARTS, :3]
     for k in range(K):
         s = s0 + k
         h_slot = s % H
@@ -1138,8 +1186,9 @@ def _step_cluster(i, actions, params, state, out):
         # lifecycle transitions due now
         for p in range(P):
             row = ps[i, p]
-            # rings hold entries only while the pool has replicas in those states
-            if row[PS_PROV] + row[PS_LOAD] + row[PS_REFILL] > 0.0:
+            # a ring holds entries only while the pool has replicas in its state (reading an
+            # empty one costs a cache miss per pool and sub-step)
+            if row[PS_PROV] > 0.0:
                 x = srings[i, p, RING_PROV_DONE, h_slot]
                 if x > 0.0:
                     srings[i, p, RING_PROV_DONE, h_slot] = 0.0
@@ -1148,12 +1197,16 @@ def _step_cluster(i, actions, params, state, out):
                     for _ in range(int(x + 0.5)):
                         t = _draw_table(rng, i, cold[p, CT_LOAD]) * cold_scale
                         bins = max(1, int(t / dt + 0.5))
-                        srings[i, p, RING_LOAD_DONE, (s + min(bins, H - 1)) % H] += 1.0
+                        t_done = s + min(bins, H - 1)
+                        srings[i, p, RING_LOAD_DONE, t_done % H] += 1.0
+                        row[PS_HORIZON_LOAD] = max(row[PS_HORIZON_LOAD], float(t_done))
+            if row[PS_LOAD] > 0.0:
                 y = srings[i, p, RING_LOAD_DONE, h_slot]
                 if y > 0.0:
                     srings[i, p, RING_LOAD_DONE, h_slot] = 0.0
                     row[PS_LOAD] -= y
                     row[PS_READY] += y
+            if row[PS_REFILL] > 0.0:
                 z = srings[i, p, RING_STANDBY_DONE, h_slot]
                 if z > 0.0:
                     srings[i, p, RING_STANDBY_DONE, h_slot] = 0.0
@@ -1843,7 +1896,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
             cs_row[CS_EP_BASE_SUM] / w,
             cs_row[CS_EP_PRE_SUM] / w,
             sp[SP_TTFT],
-            np.empty((2, TTFT_GRID)),
+            np.empty((N_GR, TTFT_GRID)),
         )
         out[0] = t50
         out[1] = t95

@@ -376,7 +376,7 @@ class ClusterSimulator:
             self.episode_wait_hist,
             self.episode_tpot_hist,
             np.zeros((n, dyn.N_SCR, P)),
-            np.zeros((n, 7, max(dyn.TTFT_GRID, self.prompt_quantiles.shape[1]))),
+            np.zeros((n, dyn.N_GR, max(dyn.TTFT_GRID, self.prompt_quantiles.shape[1]))),
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
