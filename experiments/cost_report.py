@@ -11,6 +11,7 @@ The JSON has one entry per policy (evaluation) or cluster (shadow)::
      "entries": {NAME: {"kind": "policy" | "cluster", "bill_usd": B,
                         "by_pool_usd": {pool: usd}, "by_purchase_usd": {option: usd},
                         "tenants": {tenant: {"cost_usd": c, "idle_usd": i, ...}},
+                        "other_tenants": the tenant key the rest is summed under, or null,
                         "timeline": {"start_s", "span_s", "bill_usd",
                                      "by_pool_usd": {pool: [usd per span]}, "by_purchase_usd",
                                      "by_tenant_usd", "idle_by_tenant_usd"}}}}
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure
 from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
 from rlscale.envs.scenario import ScenarioError
 from rlscale.experiments.report import PURCHASE_COLORS, PURCHASE_LABELS, TENANT_NOTE
-from rlscale.experiments.results import json_safe, top_and_other
+from rlscale.experiments.results import json_safe, other_key, top_and_other
 
 TIMELINE_KEYS = ("by_pool_usd", "by_purchase_usd", "by_tenant_usd", "idle_by_tenant_usd")
 _PALETTE = (
@@ -91,8 +92,12 @@ def from_results(path: str | Path) -> dict[str, Any]:
         raise CostReportError(f"{path} has no {', '.join(missing)}{hint}")
     entries = {}
     try:
+        top = data.get("top_tenants")
         for label, metrics in data["policies"].items():
             entries[label] = _policy_entry(metrics, data["cost_timelines"].get(label))
+            # the name the evaluation summed the rest of the tenants under, if it did
+            rest = None if top is None else other_key(top)
+            entries[label]["other_tenants"] = rest if rest in entries[label]["tenants"] else None
     except (TypeError, KeyError, AttributeError, ValueError) as err:
         raise CostReportError(f"{path}: malformed evaluation results ({err!r})") from None
     return {
@@ -150,11 +155,13 @@ def limit_tenants(report: dict[str, Any], n: int) -> dict[str, Any]:
     totals: dict[str, float] = {}
     for entry in report["entries"].values():
         for t, v in entry["tenants"].items():
-            totals[t] = totals.get(t, 0.0) + float(v["cost_usd"])
+            if t != entry.get("other_tenants"):  # a sum of tenants is not one to rank
+                totals[t] = totals.get(t, 0.0) + float(v["cost_usd"])
     top = [t for t, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
     if len(top) == len(totals):
         return report
     for entry in report["entries"].values():
+        entry["other_tenants"] = other_key(top)
         fields = {k for v in entry["tenants"].values() for k in v}
         cut = {
             f: top_and_other(

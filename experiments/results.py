@@ -236,6 +236,7 @@ def summarize(
         "baselines": [k for k, v in kinds.items() if v is PolicyKind.BASELINE],
         "policies": {label: aggregate(by_seed) for label, by_seed in by_policy.items()},
         "cost_timelines": cost_timelines,
+        "top_tenants": tenants,
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return Evaluation(

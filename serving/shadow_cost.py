@@ -219,6 +219,7 @@ def shadow_costs(
             }
             for k, t in enumerate(tenants)
         },
+        "other_tenants": None,
         "split_unknown_usd": split_unknown,
         "unmetered_s": unmetered_s,
         "timeline": {

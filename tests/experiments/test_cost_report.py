@@ -110,6 +110,8 @@ def test_cost_report_from_results_sums_to_the_bill(evaluation, tmp_path, parse_h
     for label, entry in report["entries"].items():
         metrics = ev.results["policies"][label]
         assert entry["bill_usd"] == pytest.approx(metrics["cost_usd"]["mean"])
+        assert set(entry["tenants"]) == {"alpha", "beta", "other"}  # as evaluated: top 2
+        assert entry["other_tenants"] == "other"
         assert sum(entry["by_pool_usd"].values()) == pytest.approx(entry["bill_usd"], rel=1e-9)
         assert sum(entry["by_purchase_usd"].values()) == pytest.approx(entry["bill_usd"])
         assert sum(v["cost_usd"] for v in entry["tenants"].values()) == pytest.approx(
@@ -134,6 +136,8 @@ def test_fewer_top_tenants_fold_into_other_and_still_sum(evaluation):
     _, path = evaluation
     report = limit_tenants(from_results(path), 1)
     assert check_sums(report) == []
+    same = limit_tenants(from_results(path), 2)  # the evaluation's own cut: 'other' stays one
+    assert same == from_results(path)
     for entry in report["entries"].values():
         assert set(entry["tenants"]) == {"alpha", "other"}
         assert set(entry["timeline"]["by_tenant_usd"]) == {"alpha", "other"}
