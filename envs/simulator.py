@@ -20,7 +20,7 @@ from rlscale.envs import dynamics as dyn
 from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
-from rlscale.envs.metering import busy_usd, tenant_weights
+from rlscale.envs.metering import meter_clusters
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
@@ -501,25 +501,24 @@ class ClusterSimulator:
         """Allocate every cluster's last interval to tenants (:mod:`rlscale.envs.metering`)."""
         wl = self.workload
         pm = self.pool_metrics
-        busy_pool, busy_s = busy_usd(
+        token_share = wl.tenant_token_share
+        request_share = token_share if wl.tenant_request_share is None else wl.tenant_request_share
+        meter_clusters(
+            self.metrics[:, dyn.M_COST],
             pm[:, :, dyn.PM_COST],
             pm[:, :, dyn.PM_REPLICA_S],
-            pm[:, :, dyn.PM_TOKENS] / self._saturation_tokens_per_s,
+            pm[:, :, dyn.PM_TOKENS],
             pm[:, :, dyn.PM_PRICE],
+            self._saturation_tokens_per_s,
+            self._gpus_per_replica,
+            (self.start_steps + self.steps) % token_share.shape[0],
+            self._interval_arrived,
+            token_share,
+            request_share,
+            self.tenant_busy_usd,
+            self.tenant_idle_usd,
+            self.tenant_busy_gpu_s,
         )
-        busy = busy_pool.sum(axis=1)
-        idle = np.maximum(self.metrics[:, dyn.M_COST] - busy, 0.0)
-        rows = (self.start_steps + self.steps) % wl.tenant_token_share.shape[0]
-        token_share = wl.tenant_token_share[rows]
-        request_share = (
-            token_share if wl.tenant_request_share is None else wl.tenant_request_share[rows]
-        )
-        w_busy, w_idle = tenant_weights(
-            busy, self._interval_arrived[rows], token_share, request_share, self.tenant_busy_usd
-        )
-        self.tenant_busy_usd += busy[:, None] * w_busy
-        self.tenant_idle_usd += idle[:, None] * w_idle
-        self.tenant_busy_gpu_s += (busy_s @ self._gpus_per_replica)[:, None] * w_busy
 
     def set_violation_price(self, usd: float) -> None:
         """Price one SLO violation at ``usd`` in the reward from the next step on (training

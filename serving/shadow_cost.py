@@ -135,7 +135,7 @@ def _segments(
                 np.array([need * p.ready * 3600.0 for p in pools]),
                 np.array([p.price_usd_h for p in pools]),
             )
-            busy = float(usd_per_h.sum())
+            busy = float(usd_per_h)
         observed.append((t, pool_usd_h, busy, tenant_shares(request.tenant_rates_rps)))
     segments = []
     unmetered_s = 0.0

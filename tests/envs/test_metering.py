@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import baselines, make_policy
-from rlscale.envs.metering import busy_usd, normalized_rows, tenant_weights
+from rlscale.envs.metering import busy_usd, tenant_weights
 from rlscale.envs.scenario import WorkloadConfig, scenario_from_dict
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import build_workload
@@ -229,30 +229,37 @@ def test_idle_share_follows_busy_share_and_overprovisioning_is_idle():
 
 
 def test_busy_is_capped_by_the_bill_and_weights_fall_back():
+    # pool 0: 50 s of work in 30 billed s; pool 1 billed nothing
     usd, busy_s = busy_usd(
-        np.array([[1.0, 0.0]]),
-        np.array([[30.0, 0.0]]),
-        np.array([[50.0, 5.0]]),
-        np.array([[4.0, 4.0]]),
+        np.array([1.0, 0.0]), np.array([30.0, 0.0]), np.array([50.0, 5.0]), np.array([4.0, 4.0])
     )
-    assert busy_s.tolist() == [[30.0, 0.0]] and usd[0, 0] == pytest.approx(30 * 4 / 3600)
-    assert usd[0, 1] == 0.0
-    np.testing.assert_allclose(
-        normalized_rows(np.array([[0.0, 0.0], [1.0, 3.0]])), [[0.5, 0.5], [0.25, 0.75]]
-    )
-    w_busy, w_idle = tenant_weights(
-        busy=np.array([0.0, 0.0, 1.0]),
-        requests_arrived=np.array([True, False, False]),
-        token_share=np.array([[0.9, 0.1]] * 3),
-        request_share=np.array([[0.5, 0.5]] * 3),
-        busy_so_far=np.array([[1.0, 3.0]] * 3),
-    )
-    # nothing busy, requests came: idle by request share
-    np.testing.assert_allclose(w_idle[0], [0.5, 0.5])
-    # nothing arrived: busy so far decides, for busy and idle alike
-    np.testing.assert_allclose(w_idle[1], [0.25, 0.75])
-    np.testing.assert_allclose(w_busy[2], [0.25, 0.75])
-    np.testing.assert_allclose(w_idle[2], w_busy[2])
+    assert busy_s == 30.0 and usd == pytest.approx(30 * 4 / 3600)
+    usd, _ = busy_usd(np.array([0.01]), np.array([30.0]), np.array([30.0]), np.array([4.0]))
+    assert usd == 0.01  # never more than the pool billed
+
+    def weights(busy, arrived, busy_so_far):
+        w_busy, w_idle = np.empty(2), np.empty(2)
+        tenant_weights(
+            busy,
+            arrived,
+            np.array([0.9, 0.1], dtype=np.float32),
+            np.array([0.5, 0.5], dtype=np.float32),
+            np.asarray(busy_so_far, dtype=np.float64),
+            w_busy,
+            w_idle,
+        )
+        return w_busy, w_idle
+
+    w_busy, w_idle = weights(1.0, True, [1.0, 3.0])
+    np.testing.assert_allclose(w_busy, [0.9, 0.1], rtol=1e-6)  # busy by tokens
+    np.testing.assert_allclose(w_idle, w_busy)  # idle as busy
+    _, w_idle = weights(0.0, True, [1.0, 3.0])
+    np.testing.assert_allclose(w_idle, [0.5, 0.5])  # nothing busy: idle by requests
+    w_busy, w_idle = weights(1.0, False, [1.0, 3.0])
+    np.testing.assert_allclose(w_busy, [0.25, 0.75])  # nothing arrived: the shares so far
+    np.testing.assert_allclose(w_idle, [0.25, 0.75])
+    w_busy, w_idle = weights(0.0, False, [0.0, 0.0])
+    np.testing.assert_allclose(w_idle, [0.5, 0.5])  # nothing at all yet: uniform
 
 
 def test_csv_request_shares_count_requests_not_tokens(tmp_path):
