@@ -60,9 +60,6 @@ SUMMARY_COLUMNS = (
 )
 
 
-# --- figures -------------------------------------------------------------------------------------
-
-
 TENANT_NOTE = (
     "Each tenant pays for the GPU time its tokens needed (at a replica's saturation throughput "
     "for the workload's request mix) and, in proportion to that, for the rest of the bill: "
@@ -71,6 +68,9 @@ TENANT_NOTE = (
     "as 'other'."
 )
 """What the per-tenant tables say about the allocation (rlscale.envs.metering)."""
+
+
+# --- figures -------------------------------------------------------------------------------------
 
 
 def policy_colors(labels: Sequence[str], oracle: str | None) -> dict[str, str]:
