@@ -63,7 +63,13 @@ def observe(sim: ClusterSimulator, i: int = 0) -> ClusterState:
 
 @dataclass
 class EpisodeResult:
-    """What one policy did over one episode of one cluster."""
+    """What one policy did over one episode of one cluster.
+
+    A recorded episode's ``timeline`` holds per step: ``arrival_rps``, ``capacity_rps``,
+    ``cost_usd``, ``attainment``, ``ready/{pool}`` and ``cost_usd/{pool}``, and the tenants'
+    allocations ``tenant_cost_usd`` and ``tenant_idle_usd`` ([steps, tenants], tenants in the
+    order of ``summary["cost_by_tenant_usd"]``).
+    """
 
     policy: str
     seed: int
@@ -94,6 +100,11 @@ def run_episode(
     if record:
         for name in names:
             rec[f"ready/{name}"] = []
+            rec[f"cost_usd/{name}"] = []
+        rec["tenant_cost_usd"] = []
+        rec["tenant_idle_usd"] = []
+        tenant_cost_before = np.zeros(len(sim.workload.tenant_names))
+        tenant_idle_before = tenant_cost_before.copy()
     caps = sim.pool_capacity_rps
     gpus = np.array([p.profile.gpus_per_replica for p in sim.pools])
     gpu_s = np.zeros(len(names))
@@ -118,6 +129,12 @@ def run_episode(
             rec["attainment"].append(view.slo_attainment)
             for j, name in enumerate(names):
                 rec[f"ready/{name}"].append(float(view.ready[j]))
+                rec[f"cost_usd/{name}"].append(float(view.cost_by_pool_usd[j]))
+            tenant_cost = np.fromiter(sim.tenant_costs(0).values(), dtype=np.float64)
+            tenant_idle = np.fromiter(sim.tenant_idle_costs(0).values(), dtype=np.float64)
+            rec["tenant_cost_usd"].append(tenant_cost - tenant_cost_before)
+            rec["tenant_idle_usd"].append(tenant_idle - tenant_idle_before)
+            tenant_cost_before, tenant_idle_before = tenant_cost, tenant_idle
     c = sim.counters(0)
     lat = sim.episode_latency(0)
     cost = view.episode_cost_usd
@@ -134,6 +151,8 @@ def run_episode(
         "gpu_hours": {n: float(g / 3600.0) for n, g in zip(names, gpu_s, strict=True)},
         "cost_by_pool_usd": {n: float(v) for n, v in zip(names, cost_pool, strict=True)},
         "cost_by_tenant_usd": sim.tenant_costs(0),
+        "idle_cost_by_tenant_usd": sim.tenant_idle_costs(0),
+        "busy_gpu_hours_by_tenant": sim.tenant_busy_gpu_hours(0),
     }
     timeline = {k: np.asarray(v) for k, v in rec.items()} if record else {}
     return EpisodeResult(policy.name, seed, int(sim.start_steps[0]), summary, timeline)

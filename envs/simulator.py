@@ -20,6 +20,7 @@ from rlscale.envs import dynamics as dyn
 from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
+from rlscale.envs.metering import meter_clusters
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.observation import observation_bounds
 from rlscale.envs.profiles import ThroughputProfile, load_profile
@@ -348,7 +349,16 @@ class ClusterSimulator:
         self.rewards = np.zeros(n)
         self.metrics = np.zeros((n, dyn.N_M))
         self.pool_metrics = np.zeros((n, P, dyn.N_PM))
-        self.tenant_cost = np.zeros((n, len(wl.tenant_names)))
+        # the episode's bill allocated to tenants (rlscale.envs.metering): busy and idle USD,
+        # and the busy GPU-seconds their tokens used
+        n_tenants = len(wl.tenant_names)
+        self.tenant_busy_usd = np.zeros((n, n_tenants))
+        self.tenant_idle_usd = np.zeros((n, n_tenants))
+        self.tenant_busy_gpu_s = np.zeros((n, n_tenants))
+        self._gpus_per_replica = np.array(
+            [p.profile.gpus_per_replica for p in self.pools], dtype=np.float64
+        )
+        self._interval_arrived = _interval_has_requests(wl, K)
         self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L))
         self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
         self.steps = np.zeros(n, dtype=np.int64)
@@ -463,7 +473,9 @@ class ClusterSimulator:
         seed = int(rng.integers(1, 2**63 - 1))
         self.start_steps[i] = start
         self.steps[i] = 0
-        self.tenant_cost[i] = 0.0
+        self.tenant_busy_usd[i] = 0.0
+        self.tenant_idle_usd[i] = 0.0
+        self.tenant_busy_gpu_s[i] = 0.0
         scales = NOMINAL if self._randomization is None else draw_scales(self._randomization, seed)
         dyn.reset_cluster(
             i, start * self.substeps_per_step, seed, scales, self._params, self._state, self._out
@@ -482,11 +494,31 @@ class ClusterSimulator:
             )
         self._actions[:] = a
         dyn.step_clusters(self._actions, self._params, self._state, self._out)
-        # cost is allocated to tenants by their share of the interval's tokens
-        share = self.workload.tenant_token_share
-        rows = (self.start_steps + self.steps) % share.shape[0]
-        self.tenant_cost += self.metrics[:, dyn.M_COST, None] * share[rows]
+        self._meter_tenants()
         self.steps += 1
+
+    def _meter_tenants(self) -> None:
+        """Allocate every cluster's last interval to tenants (:mod:`rlscale.envs.metering`)."""
+        wl = self.workload
+        pm = self.pool_metrics
+        token_share = wl.tenant_token_share
+        request_share = token_share if wl.tenant_request_share is None else wl.tenant_request_share
+        meter_clusters(
+            self.metrics[:, dyn.M_COST],
+            pm[:, :, dyn.PM_COST],
+            pm[:, :, dyn.PM_REPLICA_S],
+            pm[:, :, dyn.PM_TOKENS],
+            pm[:, :, dyn.PM_PRICE],
+            self._saturation_tokens_per_s,
+            self._gpus_per_replica,
+            (self.start_steps + self.steps) % token_share.shape[0],
+            self._interval_arrived,
+            token_share,
+            request_share,
+            self.tenant_busy_usd,
+            self.tenant_idle_usd,
+            self.tenant_busy_gpu_s,
+        )
 
     def set_violation_price(self, usd: float) -> None:
         """Price one SLO violation at ``usd`` in the reward from the next step on (training
@@ -641,10 +673,38 @@ class ClusterSimulator:
         caps.flags.writeable = False
         return caps
 
+    @functools.cached_property
+    def _saturation_tokens_per_s(self) -> np.ndarray:
+        """[pools] output tokens/s one ready replica decodes at saturation for the workload's
+        request mix: what a token's GPU time is metered at."""
+        mix = RequestMix.of_series(self.workload)
+        return np.maximum(self.pool_capacity_rps * mix.output_tokens, 1e-12)
+
     def tenant_costs(self, i: int) -> dict[str, float]:
-        """Cost of cluster ``i``'s episode so far, allocated to tenants by tokens arriving."""
-        names = self.workload.tenant_names
-        return {t: float(v) for t, v in zip(names, self.tenant_cost[i], strict=True)}
+        """Cost of cluster ``i``'s episode so far by tenant: the GPU time its tokens used plus
+        its share of idle, warm-pool, cold-start and draining time
+        (:mod:`rlscale.envs.metering`); the values sum to the episode's cost."""
+        total = self.tenant_busy_usd[i] + self.tenant_idle_usd[i]
+        return dict(zip(self.workload.tenant_names, total.tolist(), strict=True))
+
+    def tenant_idle_costs(self, i: int) -> dict[str, float]:
+        """Of :meth:`tenant_costs`, each tenant's share of idle, warm-pool, cold-start and
+        draining time (USD)."""
+        return dict(zip(self.workload.tenant_names, self.tenant_idle_usd[i].tolist(), strict=True))
+
+    def tenant_busy_gpu_hours(self, i: int) -> dict[str, float]:
+        """GPU-hours each tenant's tokens kept busy in cluster ``i``'s episode so far."""
+        hours = self.tenant_busy_gpu_s[i] / 3600.0
+        return dict(zip(self.workload.tenant_names, hours.tolist(), strict=True))
+
+
+def _interval_has_requests(wl: WorkloadSeries, per_interval: int) -> np.ndarray:
+    """[rows of ``tenant_token_share``] whether any request arrives in each interval."""
+    rows = wl.tenant_token_share.shape[0]
+    padded = np.zeros(rows * per_interval)
+    n = min(wl.n_bins, padded.size)
+    padded[:n] = wl.arrivals[:n]
+    return padded.reshape(rows, per_interval).sum(axis=1) > 0.0
 
 
 def _default_spot():

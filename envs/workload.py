@@ -94,6 +94,8 @@ class WorkloadSeries:
         tenant_names: tenant / client ids; ``("default",)`` when the source has none.
         tenant_token_share: float32 [ceil(T / substeps_per_interval), n_tenants]; each row sums
             to 1 (uniform where no tokens arrived): the share of tokens of each tenant per interval.
+        tenant_request_share: as ``tenant_token_share``, the share of requests; None where the
+            source does not say (then the token share stands in for it).
         start_s_of_week: seconds since Monday 00:00 at bin 0 (time-of-day / week features).
         gaps: bool [T], bins inside collection gaps of the source (ServeGen empty windows).
         output_classes: float64 [OUTPUT_CLASSES, N_CP], the requests split by output length
@@ -127,6 +129,7 @@ class WorkloadSeries:
     output_classes: np.ndarray | None = None
     output_quantiles: np.ndarray | None = None
     output_class_bins: np.ndarray | None = None
+    tenant_request_share: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -341,12 +344,14 @@ class _Bins:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     tenant_tokens: np.ndarray  # [intervals, tenants]
+    tenant_requests: np.ndarray | None = None  # [intervals, tenants]; None: one tenant
 
     @classmethod
     def empty(cls, n_bins: int, per_interval: int, n_tenants: int) -> _Bins:
         rows = -(-n_bins // per_interval)
         z = np.zeros(n_bins)
-        return cls(z, z.copy(), z.copy(), np.zeros((rows, n_tenants)))
+        tenants = np.zeros((rows, n_tenants))
+        return cls(z, z.copy(), z.copy(), tenants, tenants.copy())
 
     def add(
         self,
@@ -367,6 +372,10 @@ class _Bins:
         self.tenant_tokens += np.bincount(
             cell, weights=prompt + output, minlength=rows * n_ten
         ).reshape(rows, n_ten)
+        if self.tenant_requests is not None:
+            self.tenant_requests += np.bincount(
+                cell, weights=count, minlength=rows * n_ten
+            ).reshape(rows, n_ten)
 
 
 def _shares(tenant_tokens: np.ndarray) -> np.ndarray:
@@ -872,4 +881,7 @@ def build_workload(
         output_classes=built.output_classes,
         output_quantiles=built.output_quantiles,
         output_class_bins=built.output_class_bins,
+        tenant_request_share=(
+            None if built.bins.tenant_requests is None else _shares(built.bins.tenant_requests)
+        ),
     )

@@ -60,6 +60,16 @@ SUMMARY_COLUMNS = (
 )
 
 
+TENANT_NOTE = (
+    "Each tenant pays for the GPU time its tokens needed (at a replica's saturation throughput "
+    "for the workload's request mix) and, in proportion to that, for the rest of the bill: "
+    "capacity the load did not need, the warm pool, cold starts and draining replicas (the "
+    "idle share); the tenants' costs sum to the bill. Tenants beyond the top ones are summed "
+    "as 'other'."
+)
+"""What the per-tenant tables say about the allocation (rlscale.envs.metering)."""
+
+
 # --- figures -------------------------------------------------------------------------------------
 
 
@@ -340,6 +350,32 @@ def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str
     return html_table([key_title, *labels], rows)
 
 
+def tenant_table(results: dict[str, Any]) -> str:
+    """Rows: tenants (the top ones and ``other``); per policy, the tenant's cost and the idle
+    share of it (capacity its load did not need, warm pool, cold starts, draining)."""
+    labels = list(results["policies"])
+    prefix = "cost_per_tenant_usd/"
+    tenants: list[str] = []
+    for label in labels:
+        for metric in results["policies"][label]:
+            if metric.startswith(prefix) and metric[len(prefix) :] not in tenants:
+                tenants.append(metric[len(prefix) :])
+    rows = []
+    for tenant in tenants:
+        cells = [f"<th>{html.escape(tenant)}</th>"]
+        for label in labels:
+            cost = _mean(results, label, prefix + tenant)
+            idle = _mean(results, label, f"idle_cost_per_tenant_usd/{tenant}")
+            share = idle / cost if cost and math.isfinite(idle) else math.nan
+            cells.append(_cell(results, label, prefix + tenant, "{:.3f}"))
+            cells.append(f"<td>{html.escape(format_number(share, 'pct'))}</td>")
+        rows.append(cells)
+    header = ["Tenant"]
+    for label in labels:
+        header += [f"{label}: USD", f"{label}: idle"]
+    return html_table(header, rows)
+
+
 def gap_table(results: dict[str, Any]) -> str:
     """The gap table as HTML, or a paragraph saying why there is none."""
     rows, best, note = gap_rows(results)
@@ -455,10 +491,9 @@ def render_report(ev: Evaluation) -> str:
         '<section id="gpu-hours"><h2>GPU-hours by pool</h2>',
         grouped_table(res, "gpu_hours", "{:.2f}", "Pool"),
         "</section>",
-        '<section id="tenants"><h2>Cost per tenant (USD)</h2>',
-        grouped_table(res, "cost_per_tenant_usd", "{:.3f}", "Tenant"),
-        '<p class="note">Cost is allocated to tenants by their share of tokens; tenants '
-        "beyond the top ones are summed as <i>other</i>.</p></section>",
+        '<section id="tenants"><h2>Cost per tenant (USD) and its idle share</h2>',
+        tenant_table(res),
+        f'<p class="note">{html.escape(TENANT_NOTE)}</p></section>',
         '<section id="method"><h2>How these numbers were made</h2><p class="note">',
         "Each metric is per held-out episode. A seed's value is its mean over the windows it "
         "ran; the table shows the mean over seeds and the half-width of the two-sided 95% "

@@ -43,6 +43,18 @@ SCALAR_METRICS = (
 
 OTHER_TENANTS = "other"
 
+TENANT_GROUPS = {
+    "cost_per_tenant_usd": "cost_by_tenant_usd",
+    "idle_cost_per_tenant_usd": "idle_cost_by_tenant_usd",
+    "busy_gpu_hours_per_tenant": "busy_gpu_hours_by_tenant",
+}
+"""Flat metric prefix -> the episode summary's per-tenant dict it comes from
+(:mod:`rlscale.envs.metering`: a tenant's cost, the idle part of it, its busy GPU-hours)."""
+
+MAX_TIMELINE_POINTS = 96
+"""A recorded episode's cost timeline in ``results.json`` is summed into at most this many
+spans, so the file stays small for long episodes and hundreds of tenants."""
+
 
 def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
     """Mean and two-sided 95% t-interval of the mean, ``{"mean": m, "ci95": [lo, hi]}``.
@@ -80,8 +92,9 @@ def flatten_summary(
 ) -> dict[str, float]:
     """One episode's summary as flat ``metric -> number``, nested ones keyed ``group/key``.
 
-    Tenants outside ``tenants`` are summed into ``cost_per_tenant_usd/other`` so the result
-    stays small for traces with hundreds of API keys.
+    Tenants outside ``tenants`` are summed into ``cost_per_tenant_usd/other`` (and likewise
+    their idle cost and busy GPU-hours) so the result stays small for traces with hundreds of
+    API keys. ``idle_cost_usd`` is the part of the bill no tenant's tokens kept busy.
     """
     flat = {k: float(summary[k]) for k in SCALAR_METRICS}
     for pool, hours in summary["gpu_hours"].items():
@@ -92,15 +105,35 @@ def flatten_summary(
         by_purchase[pool_purchase[pool]] += float(cost)
     for purchase, cost in by_purchase.items():
         flat[f"cost_by_purchase_usd/{purchase}"] = cost
-    by_tenant = summary.get("cost_by_tenant_usd", {})
-    other_key = OTHER_TENANTS if OTHER_TENANTS not in tenants else f"{OTHER_TENANTS}*"
-    for tenant in tenants:
-        flat[f"cost_per_tenant_usd/{tenant}"] = float(by_tenant.get(tenant, 0.0))
-    kept = set(tenants)
-    if len(by_tenant) > len(kept):
-        rest = sum(float(v) for t, v in by_tenant.items() if t not in kept)
-        flat[f"cost_per_tenant_usd/{other_key}"] = rest
+    if "idle_cost_by_tenant_usd" in summary:
+        flat["idle_cost_usd"] = float(sum(summary["idle_cost_by_tenant_usd"].values()))
+    for prefix, key in TENANT_GROUPS.items():
+        if key in summary:
+            for tenant, value in top_and_other(summary[key], tenants).items():
+                flat[f"{prefix}/{tenant}"] = value
     return flat
+
+
+def other_key(tenants: Sequence[str]) -> str:
+    """The name the tenants beyond ``tenants`` are summed under (never one of theirs)."""
+    return OTHER_TENANTS if OTHER_TENANTS not in tenants else f"{OTHER_TENANTS}*"
+
+
+def top_and_other(by_tenant: dict[str, Any], tenants: Sequence[str]) -> dict[str, Any]:
+    """``by_tenant`` for ``tenants``, and the rest summed as :func:`other_key` (when there
+    is a rest). Values are numbers, or equally long sequences summed element by element."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for tenant in tenants:
+        value = by_tenant.get(tenant, 0.0)
+        out[tenant] = float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=float)
+    named = set(tenants)
+    rest = [v for t, v in by_tenant.items() if t not in named]
+    if rest:
+        total = np.sum(np.asarray(rest, dtype=float), axis=0)
+        out[other_key(tenants)] = float(total) if np.ndim(total) == 0 else total
+    return out
 
 
 def aggregate(
@@ -176,6 +209,7 @@ def summarize(
     by_policy: dict[str, dict[int, list[dict[str, float]]]] = {s.display: {} for s in specs}
     rows: list[dict[str, Any]] = []
     timelines: dict[str, dict[str, np.ndarray]] = {}
+    cost_timelines: dict[str, dict[str, Any]] = {}
     for task, result in raw:
         flat = flatten_summary(result.summary, pool_purchase, tenants)
         by_policy[task.spec.display].setdefault(task.seed, []).append(flat)
@@ -184,6 +218,9 @@ def summarize(
         )
         if task.record:
             timelines[task.spec.display] = result.timeline
+            cost_timelines[task.spec.display] = cost_timeline(
+                task, result, scenario, pool_purchase, tenants
+            )
     kinds = {s.display: entry(s.name).kind for s in specs}
     oracle = next((k for k, v in kinds.items() if v is PolicyKind.ORACLE), None)
     # per oracle episode window: its solve, its tuning replays and its episode, in its worker
@@ -202,11 +239,63 @@ def summarize(
         "oracle_cpu_s": mean_ci95(oracle_cpu_s) if oracle_cpu_s else None,
         "baselines": [k for k, v in kinds.items() if v is PolicyKind.BASELINE],
         "policies": {label: aggregate(by_seed) for label, by_seed in by_policy.items()},
+        "cost_timelines": cost_timelines,
+        "top_tenants": tenants,
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return Evaluation(
         results=results, timelines=timelines, pool_capacity_rps=pool_capacity_rps, episodes=rows
     )
+
+
+def cost_timeline(
+    task: EpisodeTask,
+    result: EpisodeResult,
+    scenario: Scenario,
+    pool_purchase: dict[str, str],
+    tenants: Sequence[str],
+) -> dict[str, Any]:
+    """A recorded episode's bill over time, in at most :data:`MAX_TIMELINE_POINTS` spans:
+    by pool, by purchase option, and by tenant (``tenants`` by name, the rest as ``other``)
+    with the idle part of each tenant's cost. Each split sums to ``bill_usd``."""
+    import numpy as np
+
+    tl = result.timeline
+    steps = len(tl["cost_usd"])
+    per_span = max(1, math.ceil(steps / MAX_TIMELINE_POINTS))
+    spans = math.ceil(steps / per_span)
+
+    def summed(x: Any) -> np.ndarray:
+        a = np.asarray(x, dtype=np.float64)
+        padded = np.zeros((spans * per_span, *a.shape[1:]))
+        padded[:steps] = a
+        return padded.reshape(spans, per_span, *a.shape[1:]).sum(axis=1)
+
+    by_pool = {pool: summed(tl[f"cost_usd/{pool}"]) for pool in pool_purchase}
+    by_purchase = {k: np.zeros(spans) for k in sorted(set(pool_purchase.values()))}
+    for pool, series in by_pool.items():
+        by_purchase[pool_purchase[pool]] += series
+    names = list(result.summary["cost_by_tenant_usd"])
+    tenant_cost = summed(tl["tenant_cost_usd"]).T
+    tenant_idle = summed(tl["tenant_idle_usd"]).T
+    interval_s = scenario.control_interval_s
+
+    def listed(d: dict[str, Any]) -> dict[str, list[float]]:
+        return {k: np.asarray(v, dtype=float).tolist() for k, v in d.items()}
+
+    return {
+        "seed": task.seed,
+        "start_step": task.start_step,
+        "start_s": task.start_step * interval_s,
+        "span_s": per_span * interval_s,
+        "bill_usd": float(result.summary["cost_usd"]),
+        "by_pool_usd": listed(by_pool),
+        "by_purchase_usd": listed(by_purchase),
+        "by_tenant_usd": listed(top_and_other(dict(zip(names, tenant_cost, strict=True)), tenants)),
+        "idle_by_tenant_usd": listed(
+            top_and_other(dict(zip(names, tenant_idle, strict=True)), tenants)
+        ),
+    }
 
 
 def trace_info(sc: Scenario, *, replaced: bool) -> dict[str, Any]:

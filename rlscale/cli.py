@@ -9,6 +9,8 @@ Subcommands:
     scenarios    list the scenarios that ship with the project
     data         list the public datasets, fetch them into $RLSCALE_DATA, refit shipped tables
     promote      move the champion alias to the challenger only when it is cheaper and meets the SLO
+    cost-report  the bill by tenant, pool and purchase option over time, from an evaluation or
+                 a shadow database
 """
 
 from __future__ import annotations
@@ -256,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.serving.shadow_report import add_shadow_report_parser
 
     add_shadow_report_parser(sub)
+    from rlscale.experiments.cost_report import add_cost_report_parser
+
+    add_cost_report_parser(sub)
     from rlscale.training.export import add_export_parser, add_register_parser
 
     add_export_parser(sub)
@@ -348,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.shadow_report import run_shadow_report
 
             return run_shadow_report(args)
+        elif args.command == "cost-report":
+            from rlscale.serving.shadow_cost import run_cost_report
+
+            return run_cost_report(args)
         elif args.command == "train":
             from rlscale.training.train import run_train
 

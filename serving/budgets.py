@@ -118,13 +118,20 @@ BILLED_STATES = ("provisioning", "loading", "ready", "draining", "refilling")
 (``envs/dynamics.py``'s billing step); standby replicas cost the pool's holding price."""
 
 
-def cost_rate_usd_h(state: ClusterState, holding_usd_h: Mapping[str, float]) -> float:
-    """What the cluster in ``state`` costs per hour now (USD/h)."""
-    total = 0.0
+def pool_cost_rates_usd_h(
+    state: ClusterState, holding_usd_h: Mapping[str, float]
+) -> dict[str, float]:
+    """What each pool of the cluster in ``state`` costs per hour now (USD/h)."""
+    rates = {}
     for p in state.pools:
         billed = sum(getattr(p, s) for s in BILLED_STATES)
-        total += billed * p.price_usd_h + p.standby * holding_usd_h.get(p.name, 0.0)
-    return total
+        rates[p.name] = billed * p.price_usd_h + p.standby * holding_usd_h.get(p.name, 0.0)
+    return rates
+
+
+def cost_rate_usd_h(state: ClusterState, holding_usd_h: Mapping[str, float]) -> float:
+    """What the cluster in ``state`` costs per hour now (USD/h)."""
+    return sum(pool_cost_rates_usd_h(state, holding_usd_h).values())
 
 
 def tenant_shares(rates_rps: Mapping[str, float] | None) -> dict[str, float] | None:

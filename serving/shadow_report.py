@@ -602,6 +602,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, str]) -> str:
         replay_table,
         notes_html,
         "</section>",
+        _spend_section(summary.get("spend")),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -660,6 +661,7 @@ def shadow_report(
         "replay": replay,
         "files": {"html": str(html_path), "json": str(json_path)},
     }
+    summary["spend"] = metered_spend(db_path, sc, rec.cluster)
     figures = {
         "agreement": _plot_agreement(rec, agree),
         "pools": _plot_pools(rec),
@@ -668,6 +670,50 @@ def shadow_report(
     html_path.write_text(render_html(summary, figures), encoding="utf-8")
     json_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return summary
+
+
+TOP_TENANTS = 10
+"""Tenants the spend table names; the rest are summed as ``other``."""
+
+
+def metered_spend(db_path: str | Path, sc: Scenario, cluster: str) -> dict[str, Any] | None:
+    """What the cluster's recorded replicas cost, by pool, purchase option and tenant with the
+    idle part (:func:`rlscale.serving.shadow_cost.shadow_costs`, without the timeline); None
+    when fewer than two dated observations leave nothing to meter."""
+    from rlscale.experiments.cost_report import limit_tenants
+    from rlscale.serving.shadow_cost import shadow_costs
+
+    try:
+        entry = shadow_costs(db_path, sc, cluster=cluster)
+    except ShadowReportError:
+        return None
+    entry = limit_tenants({"entries": {cluster: entry}}, TOP_TENANTS)["entries"][cluster]
+    entry.pop("timeline")
+    return entry
+
+
+def _spend_section(spend: dict[str, Any] | None) -> str:
+    if spend is None:
+        return (
+            '<section id="spend"><h2>Metered spend by tenant</h2><p class="note">Fewer than '
+            "two dated decisions: nothing to meter.</p></section>"
+        )
+    from rlscale.experiments.cost_report import tenant_rows_table
+
+    note = (
+        f"{spend['bill_usd']:.4f} USD metered from the replicas and prices the decisions "
+        "reported, as the service meters them. Tenants pay by their share of the requests "
+        "(per-tenant rates from the metrics source; '(unallocated)' where none were given). "
+        "The idle share is the part of their cost the load did not need: ready capacity "
+        "beyond the arrival rate, the warm pool, starting and draining replicas."
+    )
+    if spend.get("unmetered_s"):
+        note += f" {spend['unmetered_s']:.0f} s beyond the staleness bound were not metered."
+    return (
+        '<section id="spend"><h2>Metered spend by tenant</h2>'
+        + tenant_rows_table(spend)
+        + f'<p class="note">{html.escape(note)}</p></section>'
+    )
 
 
 # --- command line -------------------------------------------------------------------------------

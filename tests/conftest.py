@@ -94,3 +94,79 @@ def quick_raw():
         return raw
 
     return make
+
+
+class _PageParser:
+    """Strict enough for a generated report: every non-void element closes in order."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
+
+    def __init__(self) -> None:
+        from html.parser import HTMLParser
+
+        page = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                page.start(tag, dict(attrs))
+
+            def handle_endtag(self, tag):
+                page.end(tag)
+
+            def handle_data(self, data):
+                page.data(data)
+
+        self.parser = Parser()
+        self.stack: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self.ids: list[str] = []
+        self._cell: list[str] | None = None
+
+    def start(self, tag: str, attrs: dict[str, str | None]) -> None:
+        if attrs.get("id"):
+            self.ids.append(str(attrs["id"]))
+        if tag == "img":
+            self.images.append(str(attrs.get("src")))
+        if tag in self.VOID:
+            return
+        self.stack.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def end(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1:]}>"
+        self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture
+def parse_html():
+    """``parse(text) -> page`` with ``tables`` (rows of cell texts), ``images`` (src of each
+    img) and ``ids``; fails on a mis-nested or unclosed element, or an image that is not an
+    embedded PNG."""
+    import base64
+
+    def parse(text: str) -> _PageParser:
+        page = _PageParser()
+        page.parser.feed(text)
+        page.parser.close()
+        assert page.stack == [], f"unclosed elements: {page.stack}"
+        for src in page.images:
+            assert src.startswith("data:image/png;base64,"), src[:40]
+            assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        return page
+
+    return parse
