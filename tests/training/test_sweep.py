@@ -222,3 +222,35 @@ def test_missing_ray_says_how_to_install(store, capsys, monkeypatch):
     assert main(["sweep", "--scenario", store["scenario"], "--trials", "2"]) == 2
     err = capsys.readouterr().err
     assert "needs Ray Tune and Optuna" in err and "pip install 'rlscale[ray]'" in err
+
+
+def test_raycluster_manifest_matches_its_image_and_what_workers_need():
+    """deploy/kubernetes/raycluster.yaml: one Ray version for the cluster, its image and the
+    Dockerfile; every pod with the worker thread settings, a shared tracking server and the
+    datasets where $RLSCALE_DATA says; the head runs the driver, not trials."""
+    from pathlib import Path
+
+    from rlscale.common.backends import WORKER_ENV
+    from rlscale.common.tracking import TRACKING_URI_ENV
+    from rlscale.envs.scenario import DATA_ENV_VAR
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+    cluster = yaml.safe_load((deploy / "raycluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = cluster["spec"]
+    version = spec["rayVersion"]
+    dockerfile = (deploy / "rlscale-ray.Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{version}-" in dockerfile
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        pod = group["template"]["spec"]
+        for container in pod["containers"]:
+            assert container["image"].endswith(f":{version}")
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert {k: env[k] for k in WORKER_ENV} == WORKER_ENV
+            assert env[TRACKING_URI_ENV].startswith("http")  # never a pod's own SQLite file
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert env[DATA_ENV_VAR] in mounts
+    worker = spec["workerGroupSpecs"][0]
+    assert worker["minReplicas"] <= worker["replicas"] <= worker["maxReplicas"]
