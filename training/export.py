@@ -9,6 +9,9 @@ sha256. The service then needs neither torch nor the training environment.
 :func:`register_policy` logs that folder to an MLflow run, registers it as a new version of a
 registered model (default ``rlscale-policy``) and points an alias (default ``champion``) at it;
 a service started with ``--policy models:/rlscale-policy@champion`` picks it up.
+The two steps also stand alone: :func:`log_policy` logs a verified folder to a run without
+registering it (a sweep's trials), :func:`register_logged_policy` registers what a run logged
+(a sweep's best trial, wherever it ran).
 """
 
 from __future__ import annotations
