@@ -75,8 +75,18 @@ TRIAL_TAG = "rlscale.sweep.trial"
 OBJECTIVE = "objective_usd"
 TIME_ATTR = "timesteps"
 DEFAULT_REDUCTION = 3
-TABLE_FIELDS = ("trial", "outcome", TIME_ATTR, OBJECTIVE, "cost_usd", "slo_attainment")
-"""The first columns of the final table (then the searched settings and the MLflow run)."""
+TABLE_FIELDS = (
+    "trial",
+    "outcome",
+    TIME_ATTR,
+    OBJECTIVE,
+    "cost_usd",
+    "slo_attainment",
+    "selected_timesteps",
+)
+"""The first columns of the final table (then the searched settings and the MLflow run):
+``timesteps`` trained; the objective, validation cost and attainment of the policy the trial
+exports (or would have, when stopped), validated at ``selected_timesteps``."""
 
 
 def _domain(kind: str, args: list[Any]) -> Any:
@@ -118,21 +128,21 @@ def objective_usd(result: ValidationResult, ceiling: float) -> float:
 
 
 @dataclass
-class TrialObjective:
-    """The objective of the policy a trial would export now (``select`` of its config)."""
+class TrialSelection:
+    """Which validation's policy a trial would export now, as training selects it
+    (``select="best"``: the cheapest validation that met the target, else the last)."""
 
-    ceiling: float
     select: str = "best"
-    best_cost: float | None = None
+    best: ValidationResult | None = None
 
-    def update(self, result: ValidationResult) -> float:
-        """Take one validation; the objective after it."""
+    def update(self, result: ValidationResult) -> ValidationResult:
+        """Take one validation; the one whose policy the trial would export after it."""
         meets = result.slo_attainment >= result.target
-        if meets and (self.best_cost is None or result.cost_usd < self.best_cost):
-            self.best_cost = float(result.cost_usd)
-        if self.select == "best" and self.best_cost is not None:
-            return self.best_cost
-        return objective_usd(result, self.ceiling)
+        if meets and (self.best is None or result.cost_usd < self.best.cost_usd):
+            self.best = result
+        if self.select == "best" and self.best is not None:
+            return self.best
+        return result
 
 
 def _trial_config(sample: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
@@ -170,16 +180,19 @@ def _train_trial(config: TrainConfig, parent_run_id: str) -> None:
     from rlscale.training.train import train
 
     scenario = load_scenario(config.scenario)
-    objective = TrialObjective(ceiling_usd(scenario), config.select)
+    ceiling = ceiling_usd(scenario)
+    selection = TrialSelection(config.select)
     final: list[dict[str, Any]] = []
 
     def report(result: ValidationResult, run_id: str) -> None:
+        chosen = selection.update(result)
         metrics = {
             TIME_ATTR: int(result.timesteps),
-            OBJECTIVE: objective.update(result),
-            "cost_usd": result.cost_usd,
-            "slo_attainment": result.slo_attainment,
-            "meets_target": result.meets_target,
+            OBJECTIVE: objective_usd(chosen, ceiling),
+            # of the policy the trial would export, which may be an earlier validation's
+            "cost_usd": chosen.cost_usd,
+            "slo_attainment": chosen.slo_attainment,
+            "selected_timesteps": int(chosen.timesteps),
             "mlflow_run_id": run_id,
             "finished": False,
         }

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from rlscale.training.sweep import (
     OUTCOME_TAG,
     PARENT_TAG,
     SEARCH_SPACE,
-    TrialObjective,
+    TrialSelection,
     _close_trial_run,
     _trial_config,
     ceiling_usd,
@@ -130,6 +131,10 @@ def test_two_trial_sweep_logs_children_and_registers_the_best(store, capsys):
     finished = [r for r in rows if r["outcome"] == "finished"]
     assert rows[0][OBJECTIVE] == min(r[OBJECTIVE] for r in finished)
     assert rows[0][OBJECTIVE] == pytest.approx(summary["best_objective_usd"])
+    # what was ranked is what was registered: the export of the validation the table names
+    manifest = client.download_artifacts(mv.run_id, "policy/manifest.json", str(store["out"]))
+    training = json.loads(Path(manifest).read_text())["training"]
+    assert training["selected_timesteps"] == rows[0]["selected_timesteps"]
     with (store["out"] / "trials.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [r["mlflow_run_id"] for r in table] == [r["mlflow_run_id"] for r in rows]
@@ -152,15 +157,19 @@ def test_objective_is_the_cost_at_the_target_else_above_any_cost_that_meets_it(q
     assert near == pytest.approx(1.0 + ceiling * (1 + 0.5))
 
 
-def test_trial_objective_follows_the_policy_the_trial_would_export():
-    best = TrialObjective(ceiling=100.0, select="best")
-    assert best.update(_validation(2.0, 0.5)) > 100.0  # nothing met yet: the last one
-    assert best.update(_validation(5.0, 0.999)) == 5.0
-    assert best.update(_validation(1.0, 0.5)) == 5.0  # the export stays the one that met
-    assert best.update(_validation(4.0, 0.999)) == 4.0
-    last = TrialObjective(ceiling=100.0, select="last")
-    last.update(_validation(4.0, 0.999))
-    assert last.update(_validation(1.0, 0.5)) > 100.0
+def test_trial_selection_follows_the_policy_the_trial_would_export():
+    best = TrialSelection("best")
+    first = _validation(2.0, 0.5)
+    assert best.update(first) is first  # nothing met the target yet: the last one
+    met = _validation(5.0, 0.999)
+    assert best.update(met) is met
+    assert best.update(_validation(1.0, 0.5)) is met  # the export stays the one that met
+    cheaper = _validation(4.0, 0.999)
+    assert best.update(cheaper) is cheaper
+    last = TrialSelection("last")
+    last.update(met)
+    missed = _validation(1.0, 0.5)
+    assert last.update(missed) is missed
 
 
 def test_search_space_draws_valid_training_configs():
@@ -228,8 +237,6 @@ def test_raycluster_manifest_matches_its_image_and_what_workers_need():
     """deploy/kubernetes/raycluster.yaml: one Ray version for the cluster, its image and the
     Dockerfile; every pod with the worker thread settings, a shared tracking server and the
     datasets where $RLSCALE_DATA says; the head runs the driver, not trials."""
-    from pathlib import Path
-
     from rlscale.common.backends import WORKER_ENV
     from rlscale.common.tracking import TRACKING_URI_ENV
     from rlscale.envs.scenario import DATA_ENV_VAR
