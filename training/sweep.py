@@ -313,9 +313,10 @@ def sweep(
         raise ScenarioError(f"--reduction-factor {reduction_factor} must be at least 2")
     scenario = load_scenario(base.scenario)
     names = searched_fields(fixed)
-    grace = grace_steps or (
-        base.eval_every if 0 < base.eval_every < base.total_timesteps else base.total_timesteps
-    )
+    if grace_steps is None:  # the first validation, else (no validation before) the last
+        first = base.eval_every if 0 < base.eval_every < base.total_timesteps else 0
+        grace_steps = first or base.total_timesteps
+    grace = grace_steps
     if grace < 1:
         raise ScenarioError(f"--grace-steps {grace_steps} must be at least 1")
     tune = _require_tune()
@@ -340,9 +341,10 @@ def sweep(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    parent = _start_parent(client, uri, scenario, base, names, trials, search_seed, grace)
+    parent = None
     status = "FAILED"
     try:
+        parent = _start_parent(client, uri, scenario, base, names, trials, search_seed, grace)
         grid = _tuner(
             tune,
             base_values,
@@ -373,7 +375,8 @@ def sweep(
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(parent, status=status)
+        if parent is not None:
+            client.set_terminated(parent, status=status)
         if started_ray:
             ray.shutdown()
 

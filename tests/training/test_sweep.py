@@ -210,6 +210,7 @@ def test_a_stopped_trials_run_ends_killed(tmp_path):
     [
         (["--scenario", "no-such-scenario", "--trials", "2"], "no scenario 'no-such-scenario'"),
         (["--trials", "0"], "--trials 0: a sweep needs at least one trial"),
+        (["--trials", "2", "--grace-steps", "0"], "--grace-steps 0 must be at least 1"),
         (["--trials", "2", "--address", "ray://head:10001"], "needs --backend ray"),
         (
             ["--trials", "2"]
