@@ -517,13 +517,13 @@ def _or_inf(value: Any) -> float:
 
 
 def _close_trial_run(client: Any, row: dict[str, Any]) -> None:
-    """Tag a trial's run with its outcome; a stopped trial's run (its worker ended while it
-    trained) ends KILLED."""
+    """Tag a trial's run with its outcome; a stopped trial's run ends KILLED (its worker was
+    ended while it trained: the run is left RUNNING, or FAILED by the stop's exception)."""
     run_id = row["mlflow_run_id"]
     if not run_id:
         return
     client.set_tag(run_id, OUTCOME_TAG, row["outcome"])
-    if row["outcome"] == "stopped" and client.get_run(run_id).info.status == "RUNNING":
+    if row["outcome"] == "stopped":
         client.set_terminated(run_id, status="KILLED")
 
 

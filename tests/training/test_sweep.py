@@ -195,12 +195,15 @@ def test_a_stopped_trials_run_ends_killed(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     running = client.create_run(exp).info.run_id  # a worker ended while it trained
+    failed = client.create_run(exp).info.run_id  # or the stop raised in its training thread
+    client.set_terminated(failed, status="FAILED")
     done = client.create_run(exp).info.run_id
     client.set_terminated(done)
-    _close_trial_run(client, {"mlflow_run_id": running, "outcome": "stopped"})
+    for run_id in (running, failed):
+        _close_trial_run(client, {"mlflow_run_id": run_id, "outcome": "stopped"})
+        assert client.get_run(run_id).info.status == "KILLED"
+        assert client.get_run(run_id).data.tags[OUTCOME_TAG] == "stopped"
     _close_trial_run(client, {"mlflow_run_id": done, "outcome": "finished"})
-    assert client.get_run(running).info.status == "KILLED"
-    assert client.get_run(running).data.tags[OUTCOME_TAG] == "stopped"
     assert client.get_run(done).info.status == "FINISHED"
     assert client.get_run(done).data.tags[OUTCOME_TAG] == "finished"
 
