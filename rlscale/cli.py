@@ -6,6 +6,7 @@ Subcommands:
     bench env    measure simulator speed; the last line printed is one JSON object
     bench train  PPO env-steps/s on a scenario against CartPole-v1 (the same PPO settings)
     train        train a PPO scaler tracked in MLflow; registers it as challenger
+    sweep        search training settings with Ray Tune; registers the best trial as challenger
     scenarios    list the scenarios that ship with the project
     data         list the public datasets, fetch them into $RLSCALE_DATA, refit shipped tables
     promote      move the champion alias to the challenger only when it is cheaper and meets the SLO
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlscale.training.train import add_train_parser
 
     add_train_parser(sub)
+    from rlscale.training.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     from rlscale.training.promote import add_promote_parser
 
     add_promote_parser(sub)
@@ -361,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.training.train import run_train
 
             return run_train(args)
+        elif args.command == "sweep":
+            from rlscale.training.sweep import run_sweep
+
+            return run_sweep(args)
         elif args.command == "export-policy":
             from rlscale.training.export import run_export
 

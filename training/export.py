@@ -9,6 +9,9 @@ sha256. The service then needs neither torch nor the training environment.
 :func:`register_policy` logs that folder to an MLflow run, registers it as a new version of a
 registered model (default ``rlscale-policy``) and points an alias (default ``champion``) at it;
 a service started with ``--policy models:/rlscale-policy@champion`` picks it up.
+The two steps also stand alone: :func:`log_policy` logs a verified folder to a run without
+registering it (a sweep's trials), :func:`register_logged_policy` registers what a run logged
+(a sweep's best trial, wherever it ran).
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ from rlscale.agents.onnx_policy import (
 )
 from rlscale.envs.observation import observation_names
 from rlscale.envs.simulator import ClusterSimulator
-from rlscale.training.model_registry import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from rlscale.training.model_registry import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    POLICY_ARTIFACT_PATH,
+)
 
 POLICY_EXPERIMENT = "rlscale-policies"
 
@@ -278,26 +285,22 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def register_policy(
+def log_policy(
     artifact_dir: str | Path,
     *,
-    model_name: str = DEFAULT_MODEL_NAME,
-    alias: str | None = CHAMPION_ALIAS,
     tracking_uri: str | None = None,
     run_id: str | None = None,
-) -> int:
-    """Register the artifact as a new version of ``model_name``; returns the version number.
-
-    The folder is verified first (a corrupt artifact is never registered), logged under
-    ``policy/`` of run ``run_id`` (a new run when None), registered, tagged with the policy
-    version, and ``alias`` is moved to it (None leaves aliases alone).
+) -> tuple[str, Any]:
+    """Verify the artifact and log it under ``policy/`` of run ``run_id`` (a new run in
+    ``rlscale-policies`` when None), without registering it; returns the run id and the
+    loaded policy.
 
     :raises ArtifactError: the folder is not a valid artifact.
     """
     from rlscale.common.tracking import ensure_experiment, require_mlflow
     from rlscale.common.tracking import tracking_uri as default_uri
 
-    mlflow = require_mlflow()
+    require_mlflow()
     from mlflow import MlflowClient
 
     uri = default_uri(tracking_uri)
@@ -317,7 +320,65 @@ def register_policy(
             run_id = run.info.run_id
             client.log_dict(run_id, json.loads(manifest.model_dump_json()), "manifest.json")
             client.set_terminated(run_id)
-        client.log_artifacts(run_id, staged, artifact_path="policy")
+        client.log_artifacts(run_id, staged, artifact_path=POLICY_ARTIFACT_PATH)
+    return run_id, policy
+
+
+def register_policy(
+    artifact_dir: str | Path,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    alias: str | None = CHAMPION_ALIAS,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+) -> int:
+    """Register the artifact as a new version of ``model_name``; returns the version number.
+
+    The folder is verified first (a corrupt artifact is never registered), logged under
+    ``policy/`` of run ``run_id`` (a new run when None; :func:`log_policy`), registered, tagged
+    with the policy version, and ``alias`` is moved to it (None leaves aliases alone).
+
+    :raises ArtifactError: the folder is not a valid artifact.
+    """
+    run_id, policy = log_policy(artifact_dir, tracking_uri=tracking_uri, run_id=run_id)
+    return _new_version(model_name, alias, tracking_uri, run_id, policy)
+
+
+def register_logged_policy(
+    run_id: str,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    alias: str | None = CHAMPION_ALIAS,
+    tracking_uri: str | None = None,
+) -> int:
+    """Register the policy run ``run_id`` logged under ``policy/`` (:func:`log_policy`) as a
+    new version of ``model_name`` and move ``alias`` to it; returns the version number. The
+    logged files are downloaded and verified first, as :func:`register_policy` verifies a
+    folder (``rlscale sweep`` registers its best trial this way, wherever the trial ran).
+
+    :raises ArtifactError: the logged folder is not a valid artifact.
+    """
+    from rlscale.training.model_registry import fetch_policy, registry_client
+
+    client = registry_client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="rlscale-register-") as dst:
+        fetched = fetch_policy(run_id, dst, client=client)
+        policy = load_onnx_policy(fetched.folder)
+    return _new_version(model_name, alias, tracking_uri, run_id, policy)
+
+
+def _new_version(
+    model_name: str, alias: str | None, tracking_uri: str | None, run_id: str, policy: Any
+) -> int:
+    """A new version of ``model_name`` from ``policy/`` of run ``run_id`` (verified as
+    ``policy``), tagged with its version and checksum; ``alias`` moved to it when given."""
+    from rlscale.common.tracking import require_mlflow
+    from rlscale.common.tracking import tracking_uri as default_uri
+
+    mlflow = require_mlflow()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=default_uri(tracking_uri))
     artifact_uri = client.get_run(run_id).info.artifact_uri
     try:
         client.get_registered_model(model_name)
@@ -327,7 +388,7 @@ def register_policy(
         )
     mv = client.create_model_version(
         model_name,
-        source=f"{artifact_uri}/policy",
+        source=f"{artifact_uri}/{POLICY_ARTIFACT_PATH}",
         run_id=run_id,
         tags={"policy_version": policy.version, "sha256": policy.manifest.model.sha256},
     )

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ BEST_DIR = "best"
 
 # settings a resumed run may change: they do not change what is learned
 _RESUME_MUTABLE = frozenset({"progress", "tracking_uri", "out_dir"})
+
+OnValidation = Callable[[ValidationResult, str], None]
+"""Called with each validation of a run and the run's id, after it is logged (:func:`train`)."""
 
 
 @dataclass
@@ -169,7 +173,14 @@ def _load_normalization(vn: Any, path: Path) -> None:
 class _Trainer:
     """Holds one run's pieces; :func:`train` drives it."""
 
-    def __init__(self, config: TrainConfig, *, resume_run: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume_run: str | None = None,
+        tags: dict[str, str] | None = None,
+        on_validation: OnValidation | None = None,
+    ) -> None:
         from mlflow import MlflowClient
 
         from rlscale.common.tracking import ensure_experiment, require_mlflow, tracking_uri
@@ -184,7 +195,9 @@ class _Trainer:
             name = config.run_name or (
                 f"{self.scenario.name}__ppo__{config.seed}__{int(time.time())}"
             )
-            run = self.client.create_run(exp_id, run_name=name, tags={"rlscale.command": "train"})
+            run = self.client.create_run(
+                exp_id, run_name=name, tags={"rlscale.command": "train", **(tags or {})}
+            )
             self.run_id = run.info.run_id
         else:
             self.run_id = resume_run
@@ -209,6 +222,7 @@ class _Trainer:
             max_usd=max(config.lagrange_max_usd, config.lagrange_min_usd),
         )
         self.monitor = None
+        self.on_validation = on_validation
 
     # -- set-up --
 
@@ -294,6 +308,8 @@ class _Trainer:
         if self.best is not None:
             metrics["eval/best_cost_usd"] = self.best["cost_usd"]
         _log_metrics(self.client, self.run_id, metrics, self.model.num_timesteps)
+        if self.on_validation is not None:
+            self.on_validation(result, self.run_id)
         return result
 
     def _save_best(self, result: ValidationResult) -> None:
@@ -514,16 +530,29 @@ def resume_config(run_id: str, args: argparse.Namespace | None = None) -> TrainC
     return merged
 
 
-def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | None = None,
+    tags: dict[str, str] | None = None,
+    on_validation: OnValidation | None = None,
+    register_version: bool = True,
+) -> TrainResult:
     """Train (or resume) one run; see the module docstring.
 
     :param resume: an MLflow run id of ``rlscale train`` to continue from its last checkpoint
         (``config`` must be that run's recorded config: :func:`resume_config`).
+    :param tags: extra tags of a new MLflow run (a sweep's trial: its parent run).
+    :param on_validation: called with every validation once it is logged (a sweep's trial
+        reports it to Ray Tune); None: nothing else happens.
+    :param register_version: with ``config.register``, add the export to the model registry
+        (False: export and log it under the run's ``policy/`` only, as a sweep's trials do:
+        the sweep registers its best one).
     :raises ScenarioError: bad settings, or nothing to resume.
     """
     from tqdm import tqdm
 
-    trainer = _Trainer(config, resume_run=resume)
+    trainer = _Trainer(config, resume_run=resume, tags=tags, on_validation=on_validation)
     resume_from = None
     if resume is None:
         trainer.log_settings()
@@ -572,7 +601,7 @@ def train(config: TrainConfig, *, resume: str | None = None) -> TrainResult:
         pbar.close()
         trainer.validate()
         trainer.checkpoint()
-        result = _finish_run(trainer)
+        result = _finish_run(trainer, register_version=register_version)
         status = result.status
         return result
     except KeyboardInterrupt:
@@ -616,7 +645,7 @@ def _term_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _finish_run(trainer: _Trainer) -> TrainResult:
+def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainResult:
     """Report, export and registration of a run that reached its timesteps."""
     cfg = trainer.config
     selected = trainer.select_policy()
@@ -650,7 +679,7 @@ def _finish_run(trainer: _Trainer) -> TrainResult:
         trainer.validations,
     )
     if cfg.register:
-        from rlscale.training.export import export_ppo, register_policy
+        from rlscale.training.export import export_ppo, log_policy, register_policy
 
         export_dir = trainer.run_dir / "policy"
         export_ppo(
@@ -669,13 +698,16 @@ def _finish_run(trainer: _Trainer) -> TrainResult:
             },
         )
         result.export_dir = export_dir
-        result.model_version = register_policy(
-            export_dir,
-            model_name=cfg.model_name,
-            alias=cfg.alias,
-            tracking_uri=trainer.uri,
-            run_id=trainer.run_id,
-        )
+        if register_version:
+            result.model_version = register_policy(
+                export_dir,
+                model_name=cfg.model_name,
+                alias=cfg.alias,
+                tracking_uri=trainer.uri,
+                run_id=trainer.run_id,
+            )
+        else:
+            log_policy(export_dir, tracking_uri=trainer.uri, run_id=trainer.run_id)
     return result
 
 

@@ -195,25 +195,29 @@ def _run_processes(
     return results
 
 
-def ray_init(backend: Backend) -> Any:
+def ray_init(backend: Backend, *, join: bool = True) -> Any:
     """The ``ray`` module, connected: to a cluster already joined, to ``backend.address`` or
     ``$RAY_ADDRESS``, else to a local cluster of ``backend.n_workers`` CPUs started here.
 
+    :param join: False: always a local cluster started here, even when ``$RAY_ADDRESS`` is
+        set (``rlscale sweep --backend local``: Tune runs on Ray either way).
     :raises BackendError: Ray not installed, or the cluster cannot be reached.
     """
     try:
         import ray
     except ImportError:
-        raise BackendError(f"--backend ray needs Ray: {RAY_INSTALL_HINT}") from None
+        raise BackendError(f"--backend {backend.name} needs Ray: {RAY_INSTALL_HINT}") from None
     if ray.is_initialized():
         return ray
-    address = backend.address or os.environ.get(RAY_ADDRESS_ENV) or None
+    address = (backend.address or os.environ.get(RAY_ADDRESS_ENV) or None) if join else None
     runtime_env = {"env_vars": _worker_env()}
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
             ray.init(
+                # "local": start one here even when $RAY_ADDRESS names another
+                address=None if join else "local",
                 num_cpus=backend.n_workers,
                 include_dashboard=False,
                 runtime_env=runtime_env,
