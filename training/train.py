@@ -228,11 +228,11 @@ class _Trainer:
 
     def build(self, resume_from: Path | None) -> None:
         import torch
-        from stable_baselines3 import PPO
         from stable_baselines3.common.logger import HumanOutputFormat, Logger
         from stable_baselines3.common.vec_env import VecNormalize
 
         from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+        from rlscale.training.policy import load_ppo, new_ppo
 
         cfg = self.config
         torch.set_num_threads(max(1, cfg.torch_threads))
@@ -249,12 +249,12 @@ class _Trainer:
             gamma=cfg.gamma,
         )
         if resume_from is None:
-            self.model = PPO("MlpPolicy", self.vn, **cfg.ppo_kwargs())
+            self.model = new_ppo(self.vn, cfg.ppo_kwargs())
             hold_prior(self.model, self.sim.noop_action(), cfg.hold_prior)
         else:
             state = json.loads((resume_from / STATE_FILE).read_text())
             _load_normalization(self.vn, resume_from / NORM_FILE)
-            self.model = PPO.load(resume_from / MODEL_FILE, env=self.vn, device="cpu")
+            self.model = load_ppo(resume_from / MODEL_FILE, self.vn)
             self.model.num_timesteps = self.updated_timesteps = int(state["timesteps"])
             self.lagrange.load(state["lagrange"])
             self.validations = [ValidationResult(**v) for v in state.get("validations", [])]
