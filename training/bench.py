@@ -8,6 +8,13 @@ passes and the updates) allows on this machine; a ratio near 1 means the simulat
 Thread pools decide this on a small machine (torch, numba's kernel and onnxruntime each start
 one), and they are fixed when a library loads, so each thread setting is measured in a fresh
 process: ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1``, and the machine's defaults.
+
+Each rate is given in wall seconds and in the process's CPU seconds: on a machine shared with
+other work, wall time also counts their turns on the cores (and CartPole, measured second,
+meets other load than the scenario), so ``cpu_ratio`` is the comparison that holds there; on
+an idle machine with one thread each the two agree. PPO is built as training builds it
+(:func:`~rlscale.training.policy.new_ppo`); ``policy="sb3"`` measures SB3's own ``MlpPolicy``
+(one torch ``Categorical`` per action head) instead.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ One run, start to end:
 1. The settings (:class:`~rlscale.training.config.TrainConfig`) are recorded whole: MLflow
    params, ``config.json`` and the scenario file as artifacts.
 2. stable-baselines3 PPO learns on :class:`~rlscale.envs.sb3_vec_env.InferenceClusterVecEnv`
-   (``n_envs`` clusters in one kernel call per step) under ``VecNormalize``. Episodes start only
-   in the training part of the workload's split; with ``randomize`` each episode draws its
+   (``n_envs`` clusters in one kernel call per step) under ``VecNormalize``, with
+   :class:`~rlscale.training.policy.MultiDiscretePolicy` (SB3's MLP policy with every action
+   head in one tensor: the same distribution in a fraction of the torch calls). Episodes start
+   only in the training part of the workload's split; with ``randomize`` each episode draws its
    rates, prices, preemptions and cold starts from the scenario's randomization ranges.
 3. The SLO is a constraint: the price of a violation is a Lagrange multiplier adapted after
    every rollout (:mod:`rlscale.training.lagrange`), logged as ``lagrange/price_usd``.
