@@ -182,3 +182,36 @@ def test_sb3_checkpoints_load_into_the_batched_policy(quick_env, tmp_path):
     torch.testing.assert_close(ent_new, ent_old, atol=1e-6, rtol=0)
     model.learn(256, reset_num_timesteps=False)  # and training goes on from it
     assert model.num_timesteps == old.num_timesteps + 256
+
+
+def test_a_ppo_update_learns_what_sb3s_policy_learns(quick_env):
+    """From the same weights and the same rollout, one PPO update (2 epochs of minibatches)
+    moves the batched policy's weights where it moves SB3's."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    from rlscale.training.train import hold_prior
+
+    venv, norm = quick_env
+    settings = {**PPO_SMALL, "ent_coef": 0.05}  # the entropy bonus in the loss too
+    sb3 = PPO("MlpPolicy", norm, **settings)
+    hold_prior(sb3, venv.sim.noop_action(), 0.8)  # away from uniform, where entropy is flat
+    start = {k: v.clone() for k, v in sb3.policy.state_dict().items()}
+    sb3.learn(256)  # fills the rollout buffer (and updates once, which is undone below)
+    updated = {}
+    for name, model in (("sb3", sb3), ("batched", new_ppo(norm, settings))):
+        model.policy.load_state_dict(start)
+        model.policy.optimizer = torch.optim.Adam(
+            model.policy.parameters(), lr=model.learning_rate, eps=1e-5
+        )
+        model.rollout_buffer = sb3.rollout_buffer
+        model._current_progress_remaining = 1.0
+        model.set_logger(configure(None, []))
+        np.random.seed(0)  # the minibatches' shuffle
+        model.train()
+        updated[name] = model.policy.state_dict()
+    moved = 0.0
+    for key, value in updated["sb3"].items():
+        torch.testing.assert_close(updated["batched"][key], value, atol=1e-5, rtol=1e-4)
+        moved = max(moved, float((value - start[key]).abs().max()))
+    assert moved > 1e-3  # the update did move the weights
