@@ -122,6 +122,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="thread settings, each in a fresh process: one (OMP/NUMBA_NUM_THREADS=1), default",
     )
     t.add_argument("--config", default=None, help="rlscale train settings file (PPO sizes)")
+    from rlscale.training.bench import POLICIES
+
+    t.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default=POLICIES[0],
+        help="training's batched MultiDiscrete policy, or SB3's MlpPolicy (one Categorical a head)",
+    )
     from rlscale.serving.bench import add_bench_serve_parser
 
     add_bench_serve_parser(bsub)
@@ -329,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
             scenario = args.scenario or TRAIN_SCENARIO
             values = load_config_file(args.config) if args.config else {}
             config = TrainConfig.from_dict({**values, "scenario": scenario})
-            result = bench_train(scenario, rollouts=args.rollouts, threads=threads, config=config)
+            result = bench_train(
+                scenario, rollouts=args.rollouts, threads=threads, config=config, policy=args.policy
+            )
             print(json.dumps(result))
         elif args.command == "bench":
             from rlscale.envs.bench import bench_env

@@ -5,8 +5,10 @@ One run, start to end:
 1. The settings (:class:`~rlscale.training.config.TrainConfig`) are recorded whole: MLflow
    params, ``config.json`` and the scenario file as artifacts.
 2. stable-baselines3 PPO learns on :class:`~rlscale.envs.sb3_vec_env.InferenceClusterVecEnv`
-   (``n_envs`` clusters in one kernel call per step) under ``VecNormalize``. Episodes start only
-   in the training part of the workload's split; with ``randomize`` each episode draws its
+   (``n_envs`` clusters in one kernel call per step) under ``VecNormalize``, with
+   :class:`~rlscale.training.policy.MultiDiscretePolicy` (SB3's MLP policy with every action
+   head in one tensor: the same distribution in a fraction of the torch calls). Episodes start
+   only in the training part of the workload's split; with ``randomize`` each episode draws its
    rates, prices, preemptions and cold starts from the scenario's randomization ranges.
 3. The SLO is a constraint: the price of a violation is a Lagrange multiplier adapted after
    every rollout (:mod:`rlscale.training.lagrange`), logged as ``lagrange/price_usd``.
@@ -242,11 +244,11 @@ class _Trainer:
 
     def build(self, resume_from: Path | None) -> None:
         import torch
-        from stable_baselines3 import PPO
         from stable_baselines3.common.logger import HumanOutputFormat, Logger
         from stable_baselines3.common.vec_env import VecNormalize
 
         from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+        from rlscale.training.policy import load_ppo, new_ppo
 
         cfg = self.config
         torch.set_num_threads(max(1, cfg.torch_threads))
@@ -263,12 +265,12 @@ class _Trainer:
             gamma=cfg.gamma,
         )
         if resume_from is None:
-            self.model = PPO("MlpPolicy", self.vn, **cfg.ppo_kwargs())
+            self.model = new_ppo(self.vn, cfg.ppo_kwargs())
             hold_prior(self.model, self.sim.noop_action(), cfg.hold_prior)
         else:
             state = json.loads((resume_from / STATE_FILE).read_text())
             _load_normalization(self.vn, resume_from / NORM_FILE)
-            self.model = PPO.load(resume_from / MODEL_FILE, env=self.vn, device="cpu")
+            self.model = load_ppo(resume_from / MODEL_FILE, self.vn)
             self.model.num_timesteps = self.updated_timesteps = int(state["timesteps"])
             self.lagrange.load(state["lagrange"])
             self.validations = [ValidationResult(**v) for v in state.get("validations", [])]
