@@ -1525,7 +1525,7 @@ def _step_cluster(i, actions, params, state, out):
             m[M_TOKENS] += tokens
             pmet[i, p, PM_TOKENS] += tokens
 
-        # billing for this sub-step
+        # billing for this sub-step (the billed states: names.BILLED_STATES)
         for p in range(P):
             row = ps[i, p]
             billed = row[PS_PROV] + row[PS_LOAD] + row[PS_READY] + row[PS_DRAIN] + row[PS_REFILL]

@@ -17,3 +17,8 @@ EPISODE_LATENCY_KEYS = (
     "ttft_mean_s",
 )
 """What ``ClusterSimulator.episode_latency`` reports, in the kernel's order."""
+
+BILLED_STATES = ("provisioning", "loading", "ready", "draining", "refilling")
+"""The replica states billed at the pool's replica price (the kernel's billing step in
+``envs/dynamics.py``); a standby replica costs the pool's warm-pool holding price instead.
+Names as in ``rlscale.envs.simulator.POOL_STATES``."""

@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlscale.agents.base import ClusterState
+from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
 from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED
 from rlscale.serving.schemas import BudgetStatus, Period
@@ -111,11 +112,6 @@ def period_bounds(time_s: float, period: Period) -> tuple[float, float]:
     start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     days = calendar.monthrange(t.year, t.month)[1]
     return start.timestamp(), start.timestamp() + days * 86400.0
-
-
-BILLED_STATES = ("provisioning", "loading", "ready", "draining", "refilling")
-"""Replica states billed at the pool's price, as the simulator bills them
-(``envs/dynamics.py``'s billing step); standby replicas cost the pool's holding price."""
 
 
 def pool_cost_rates_usd_h(
