@@ -507,31 +507,45 @@ def _int(row: dict[str, str], column: str, path: Path) -> int:
     return int(_float(row, column, path))
 
 
+def _grouped_bench_rows(path, columns, key, latency_column, keep=None):
+    """The rows of the Argonne CSV at ``path`` as :class:`BenchRow`, grouped by ``key(row)``
+    and sorted by (length, batch); ``keep(row)`` filters them first.
+
+    :raises ScenarioError: file missing, a required column absent, or a non-numeric value.
+    """
+    out: dict = {}
+    for row in _read_csv(path, columns):
+        if keep is not None and not keep(row):
+            continue
+        out.setdefault(key(row), []).append(
+            BenchRow(
+                batch_size=_int(row, "Batch Size", path),
+                io_tokens=_int(row, "Input Output Length", path),
+                latency_s=_float(row, latency_column, path),
+            )
+        )
+    for rows in out.values():
+        rows.sort(key=lambda r: (r.io_tokens, r.batch_size))
+    return out
+
+
 def read_bench_rows(data_dir: Path | None = None) -> dict[RowKey, list[BenchRow]]:
     """The vLLM rows of ``All_results.csv`` grouped by (hardware, GPUs, model).
 
     :raises ScenarioError: file missing, a required column absent, or a non-numeric value.
     """
     path = Path(data_dir or data_root()) / ARGONNE_DIR / RESULTS_FILE
-    out: dict[RowKey, list[BenchRow]] = {}
-    for row in _read_csv(path, RESULTS_COLUMNS):
-        if row["Framework"].strip() != FRAMEWORK:
-            continue
-        key = (
+    return _grouped_bench_rows(
+        path,
+        RESULTS_COLUMNS,
+        lambda row: (
             row["Hardware"].strip(),
             _int(row, "Num of Hardware", path),
             row["Model"].strip(),
-        )
-        out.setdefault(key, []).append(
-            BenchRow(
-                batch_size=_int(row, "Batch Size", path),
-                io_tokens=_int(row, "Input Output Length", path),
-                latency_s=_float(row, "Latency", path),
-            )
-        )
-    for rows in out.values():
-        rows.sort(key=lambda r: (r.io_tokens, r.batch_size))
-    return out
+        ),
+        "Latency",
+        keep=lambda row: row["Framework"].strip() == FRAMEWORK,
+    )
 
 
 QuantKey = tuple[str, int, str, str, str]
@@ -544,25 +558,18 @@ def read_quant_rows(data_dir: Path | None = None) -> dict[QuantKey, list[BenchRo
     :raises ScenarioError: file missing, a required column absent, or a non-numeric value.
     """
     path = Path(data_dir or data_root()) / ARGONNE_DIR / QUANT_FILE
-    out: dict[QuantKey, list[BenchRow]] = {}
-    for row in _read_csv(path, QUANT_COLUMNS):
-        key = (
+    return _grouped_bench_rows(
+        path,
+        QUANT_COLUMNS,
+        lambda row: (
             row["Hardware"].strip(),
             _int(row, "Num of Hardware", path),
             row["Model"].strip(),
             row["Framework"].strip(),
             row["kv_cache_dtype"].strip(),
-        )
-        out.setdefault(key, []).append(
-            BenchRow(
-                batch_size=_int(row, "Batch Size", path),
-                io_tokens=_int(row, "Input Output Length", path),
-                latency_s=_float(row, "latency", path),
-            )
-        )
-    for rows in out.values():
-        rows.sort(key=lambda r: (r.io_tokens, r.batch_size))
-    return out
+        ),
+        "latency",
+    )
 
 
 def read_ttft_rows(data_dir: Path | None = None) -> dict[RowKey, TtftRow]:

@@ -38,7 +38,7 @@ from rlscale.serving.budgets import pool_cost_rates_usd_h, tenant_shares
 from rlscale.serving.inputs import pool_current_replicas, read_request
 from rlscale.serving.limits import STALENESS_INTERVALS
 from rlscale.serving.schemas import RecommendationRequest
-from rlscale.serving.shadow_report import ShadowReportError
+from rlscale.serving.shadow_report import ShadowReportError, choose_cluster
 
 UNALLOCATED = "(unallocated)"
 """Where spend goes while the cluster reported no per-tenant request rates."""
@@ -65,19 +65,7 @@ def _rows(db_path: Path, cluster: str | None) -> tuple[str, list[tuple[float, st
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
-            counts = dict(
-                conn.execute(
-                    "SELECT cluster_id, COUNT(*) FROM decisions GROUP BY cluster_id"
-                ).fetchall()
-            )
-            if not counts:
-                raise ShadowReportError(f"shadow database {db_path} has no decisions")
-            if cluster is None:
-                cluster = sorted(counts, key=lambda c: (-counts[c], c))[0]
-            elif cluster not in counts:
-                raise ShadowReportError(
-                    f"cluster '{cluster}' has no decisions in {db_path}; clusters: {sorted(counts)}"
-                )
+            cluster, _ = choose_cluster(conn, db_path, cluster)
             rows = conn.execute(
                 "SELECT COALESCE(metrics_timestamp_s, decided_at_s), request_json "
                 "FROM decisions WHERE cluster_id = ? ORDER BY 1, id",

@@ -91,6 +91,28 @@ def _num(value: Any) -> float:
     return x if math.isfinite(x) else math.nan
 
 
+def choose_cluster(
+    conn: sqlite3.Connection, path: Path, cluster: str | None
+) -> tuple[str, dict[str, int]]:
+    """``cluster``, checked to have decisions in the open shadow database ``conn`` (at
+    ``path``), or when None the cluster with the most decisions; and every cluster's count.
+
+    :raises ShadowReportError: no decisions at all, or none of ``cluster``.
+    """
+    counts = dict(
+        conn.execute("SELECT cluster_id, COUNT(*) FROM decisions GROUP BY cluster_id").fetchall()
+    )
+    if not counts:
+        raise ShadowReportError(f"shadow database {path} has no decisions")
+    if cluster is None:
+        return sorted(counts, key=lambda c: (-counts[c], c))[0], counts
+    if cluster not in counts:
+        raise ShadowReportError(
+            f"cluster '{cluster}' has no decisions in {path}; clusters: {sorted(counts)}"
+        )
+    return cluster, counts
+
+
 def read_shadow_log(db_path: str | Path, cluster: str | None = None) -> ShadowRecords:
     """The decisions of ``cluster`` (default: the cluster with the most rows).
 
@@ -102,19 +124,7 @@ def read_shadow_log(db_path: str | Path, cluster: str | None = None) -> ShadowRe
     try:
         conn = sqlite3.connect(path)
         try:
-            counts = dict(
-                conn.execute(
-                    "SELECT cluster_id, COUNT(*) FROM decisions GROUP BY cluster_id"
-                ).fetchall()
-            )
-            if not counts:
-                raise ShadowReportError(f"shadow database {path} has no decisions")
-            if cluster is None:
-                cluster = sorted(counts, key=lambda c: (-counts[c], c))[0]
-            elif cluster not in counts:
-                raise ShadowReportError(
-                    f"cluster '{cluster}' has no decisions in {path}; clusters: {sorted(counts)}"
-                )
+            cluster, counts = choose_cluster(conn, path, cluster)
             rows = conn.execute(
                 "SELECT decision_id, decided_at_s, metrics_timestamp_s, policy_version, source, "
                 "request_json, response_json, production_json FROM decisions "
