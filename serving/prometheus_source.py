@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -102,8 +103,11 @@ class PrometheusSource:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def query(self, client: httpx.Client, promql: str) -> float | None:
-        """One instant query: its single value, or None when the result is empty or NaN."""
+    def _instant(self, client: httpx.Client, promql: str) -> list[dict[str, Any]]:
+        """One instant query's result list.
+
+        :raises PrometheusError: no answer, or an error answer.
+        """
         try:
             r = client.get(f"{self.url}/api/v1/query", params={"query": promql})
             body = r.json()
@@ -111,7 +115,11 @@ class PrometheusSource:
             raise PrometheusError(f"query {promql!r}: {err}") from None
         if r.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(f"query {promql!r}: {body.get('error', r.status_code)}")
-        result = body.get("data", {}).get("result", [])
+        return body.get("data", {}).get("result", [])
+
+    def query(self, client: httpx.Client, promql: str) -> float | None:
+        """One instant query: its single value, or None when the result is empty or NaN."""
+        result = self._instant(client, promql)
         if not result:
             return None
         value = float(result[0]["value"][1])
@@ -122,15 +130,8 @@ class PrometheusSource:
 
         :raises PrometheusError: no answer, an error, or a series without ``label``.
         """
-        try:
-            r = client.get(f"{self.url}/api/v1/query", params={"query": promql})
-            body = r.json()
-        except (httpx.HTTPError, ValueError) as err:
-            raise PrometheusError(f"query {promql!r}: {err}") from None
-        if r.status_code != 200 or body.get("status") != "success":
-            raise PrometheusError(f"query {promql!r}: {body.get('error', r.status_code)}")
         out: dict[str, float] = {}
-        for series in body.get("data", {}).get("result", []):
+        for series in self._instant(client, promql):
             key = series.get("metric", {}).get(label)
             if key is None:
                 raise PrometheusError(f"query {promql!r}: a series without label {label!r}")
