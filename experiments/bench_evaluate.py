@@ -155,13 +155,18 @@ def measure(
         import ray
 
         ray.shutdown()
+    grid_wall = wall - fixed.get("ray_start_s", 0.0) - fixed.get("worker_setup_s", 0.0)
+    grid_wall = grid_wall if config == "ray" else wall
+    task_cpu = sum(t["cpu_s"] or 0.0 for t in evaluation.task_cpu_s)
     return {
         "backend": backend.describe(),
         "workers": backend.n_workers,
         "wall_s": wall,
-        "grid_wall_s": wall - fixed.get("ray_start_s", 0.0) - fixed.get("worker_setup_s", 0.0)
-        if config == "ray"
-        else wall,
+        "grid_wall_s": grid_wall,
+        "task_cpu_s": task_cpu,
+        # cores the tasks got on average while the grid ran: at most the workers, less when
+        # other work on the machine takes its share
+        "cores_obtained": task_cpu / grid_wall,
         "driver_cpu_s": cpu,
         "warm_up_s": warm_s,
         "load_avg_before": [round(x, 2) for x in load_before],

@@ -148,7 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{inputs['startup_s']:.1f} s, {inputs['per_task_s'] * 1000:.1f} ms per task"
     )
     plot(table, args.out, title)
-    print(json.dumps({"figure": str(args.out), **inputs, "table": table}))
+    line: dict[str, Any] = {"figure": str(args.out), **inputs, "table": table}
+    ray = bench["configs"]["ray"]
+    if "wall_s" in ray and "workers" in ray:
+        # the model against the one grid measured on Ray here
+        line["check"] = {
+            "ray_workers": ray["workers"],
+            "measured_wall_s": ray["wall_s"],
+            "modelled_wall_s": makespan(
+                inputs["task_s"],
+                ray["workers"],
+                startup_s=inputs["startup_s"],
+                per_task_s=inputs["per_task_s"],
+            ),
+        }
+    print(json.dumps(line))
     return 0
 
 

@@ -37,6 +37,10 @@ def test_bench_evaluate_times_the_grid_on_each_backend(quick_yaml, tmp_path, cap
         ]
         assert all(t["cpu_s"] > 0 for t in row["tasks"])
         assert row["wall_s"] > 0 and row["process_cpu_s"] > 0
+        task_cpu = sum(t["cpu_s"] for t in row["tasks"])
+        assert row["task_cpu_s"] == pytest.approx(task_cpu)
+        assert row["cores_obtained"] == pytest.approx(task_cpu / row["grid_wall_s"])
+        assert 0 < row["cores_obtained"] <= row["workers"] * 1.05
         assert len(row["load_avg_before"]) == 3
     assert one["fixed"] == {}
     if local["workers"] > 1:  # fixed costs of spawned workers
