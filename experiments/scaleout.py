@@ -106,7 +106,7 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for n, walls in table["wall_s"].items():
-        ax.plot(table["tasks"], [w / 60 for w in walls], marker="o", label=f"{n} workers")
+        ax.plot(table["tasks"], [w / 60 for w in walls], marker="o", label=f"{n} worker{'s' if n != '1' else ''}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("grid size (tasks: episodes and oracle solves)")
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaleout: {err}", file=sys.stderr)
         return 2
     title = (
-        f"{bench.get('grid', {}).get('describe', 'measured grid')} repeated; Ray start-up "
-        f"{inputs['startup_s']:.1f} s, {inputs['per_task_s'] * 1000:.1f} ms per task"
+        f"{bench.get('grid', {}).get('describe', 'measured grid')}, repeated k times\n"
+        f"per-task CPU measured in process; Ray start-up {inputs['startup_s']:.1f} s, "
+        f"{inputs['per_task_s'] * 1000:.1f} ms per task"
     )
     plot(table, args.out, title)
     line: dict[str, Any] = {"figure": str(args.out), **inputs, "table": table}
