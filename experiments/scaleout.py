@@ -106,7 +106,8 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for n, walls in table["wall_s"].items():
-        ax.plot(table["tasks"], [w / 60 for w in walls], marker="o", label=f"{n} worker{'s' if n != '1' else ''}")
+        label = f"{n} worker" + ("" if n == "1" else "s")
+        ax.plot(table["tasks"], [w / 60 for w in walls], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("grid size (tasks: episodes and oracle solves)")
