@@ -170,6 +170,10 @@ class Evaluation:
     """Requests/s one ready replica of each pool sustains for the workload's request mix."""
     episodes: list[dict[str, Any]] = field(default_factory=list)
     """Every episode's flat metrics with its policy, seed and start step."""
+    task_cpu_s: list[dict[str, Any]] = field(default_factory=list)
+    """Per grid task in the grid's order: policy, seed, start step and the CPU seconds its
+    worker spent on it (the oracle's solve included); not in ``results.json``, since it
+    varies between runs (``rlscale bench evaluate`` reads it)."""
 
 
 def summarize(
@@ -243,8 +247,16 @@ def summarize(
         "top_tenants": tenants,
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    task_cpu_s = [
+        {"policy": t.spec.display, "seed": t.seed, "start_step": t.start_step, "cpu_s": r.cpu_s}
+        for t, r in raw
+    ]
     return Evaluation(
-        results=results, timelines=timelines, pool_capacity_rps=pool_capacity_rps, episodes=rows
+        results=results,
+        timelines=timelines,
+        pool_capacity_rps=pool_capacity_rps,
+        episodes=rows,
+        task_cpu_s=task_cpu_s,
     )
 
 

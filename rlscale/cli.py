@@ -4,6 +4,7 @@ Subcommands:
     simulate     simulate a scenario under a fixed scaler; print the result and plot it
     calibrate    fit throughput profiles from measured vLLM data (experiments/profiles/)
     bench env    measure simulator speed; the last line printed is one JSON object
+    bench evaluate  one evaluation grid's wall time in process, on local processes, on Ray
     bench train  PPO env-steps/s on a scenario against CartPole-v1 (the same PPO settings)
     train        train a PPO scaler tracked in MLflow; registers it as challenger
     sweep        search training settings with Ray Tune; registers the best trial as challenger
@@ -133,6 +134,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     from rlscale.serving.bench import add_bench_serve_parser
 
     add_bench_serve_parser(bsub)
+    from rlscale.experiments.bench_evaluate import add_bench_evaluate_parser
+
+    add_bench_evaluate_parser(bsub)
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -327,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlscale.serving.bench import run_bench_serve
 
             return run_bench_serve(args)
+        elif args.command == "bench" and args.bench_target == "evaluate":
+            from rlscale.experiments.bench_evaluate import run_bench_evaluate
+
+            return run_bench_evaluate(args)
         elif args.command == "bench" and args.bench_target == "train":
             from rlscale.training.bench import THREAD_SETTINGS, bench_train
             from rlscale.training.config import TRAIN_SCENARIO, TrainConfig, load_config_file
