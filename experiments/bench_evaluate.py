@@ -131,30 +131,32 @@ def measure(
     load_before = os.getloadavg()
     fixed: dict[str, float] = {}
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    if config == "ray":
-        from rlscale.common.backends import ray_init
+    try:
+        if config == "ray":
+            from rlscale.common.backends import ray_init
 
-        ray_init(backend)
-        fixed["ray_start_s"] = time.perf_counter() - wall0
-        # fresh workers: process start, imports, kernels loaded, the evaluation's state built
-        fixed["worker_setup_s"] = _worker_setup(scenario, backend)
-    evaluation = evaluate(
-        scenario,
-        policies,
-        seeds=seeds,
-        max_windows=max_windows,
-        include_oracle=include_oracle,
-        progress=False,
-        backend=backend,
-    )
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
-    load_after = os.getloadavg()
-    fixed.update(_fixed_costs(config, scenario, backend))
-    if config == "ray":
-        import ray
+            ray_init(backend)
+            fixed["ray_start_s"] = time.perf_counter() - wall0
+            # fresh workers: process start, imports, kernels loaded, the evaluation's state
+            fixed["worker_setup_s"] = _worker_setup(scenario, backend)
+        evaluation = evaluate(
+            scenario,
+            policies,
+            seeds=seeds,
+            max_windows=max_windows,
+            include_oracle=include_oracle,
+            progress=False,
+            backend=backend,
+        )
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        load_after = os.getloadavg()
+        fixed.update(_fixed_costs(config, scenario, backend))
+    finally:
+        if config == "ray":  # the cluster this configuration started, whatever happened
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     grid_wall = wall - fixed.get("ray_start_s", 0.0) - fixed.get("worker_setup_s", 0.0)
     grid_wall = grid_wall if config == "ray" else wall
     task_cpu = sum(t["cpu_s"] or 0.0 for t in evaluation.task_cpu_s)

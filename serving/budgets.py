@@ -42,13 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlscale.agents.base import ClusterState
 from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
-from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED
+from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED, OTHER_TENANT
 from rlscale.serving.schemas import BudgetStatus, Period
 
 PERIODS: tuple[str, ...] = get_args(Period)
-
-OTHER_TENANT = "_other"
-"""Where the spend of tenants beyond :data:`MAX_TENANTS_TRACKED` goes (bounded label sets)."""
 
 
 class BudgetError(ValueError):
@@ -138,7 +135,7 @@ def tenant_shares(rates_rps: Mapping[str, float] | None) -> dict[str, float] | N
     if any(not math.isfinite(r) or r < 0 for r in rates_rps.values()):
         return None
     total = sum(rates_rps.values())
-    if not total > 0:
+    if not (total > 0 and math.isfinite(total)):
         return None
     return {t: r / total for t, r in rates_rps.items()}
 
@@ -224,6 +221,26 @@ class SpendMetrics:
             registry=registry,
         )
 
+    def forget(self, cluster: str) -> None:
+        """Remove every series of ``cluster`` (a cluster the service forgot: its last values
+        would stand, and its names would pile up)."""
+        for metric, names in (
+            (self.spend, ("cluster",)),
+            (self.tenant_spend, ("cluster", "tenant")),
+            (self.unallocated, ("cluster",)),
+            (self.unmetered, ("cluster",)),
+            (self.rate, ("cluster",)),
+            (self.tenant_rates_known, ("cluster",)),
+        ):
+            label_sets = {
+                tuple(sample.labels[name] for name in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("cluster") == cluster
+            }
+            for values in label_sets:
+                metric.remove(*values)
+
     def show(self, status: BudgetStatus) -> None:
         """Set one budget's gauges."""
         labels = (status.name, status.period, status.tenant or "")
@@ -282,6 +299,17 @@ class SpendMeter:
 
     def __post_init__(self) -> None:
         self._ledgers = [_Ledger(b) for b in self.budgets]
+        # a budget's own tenant is always tracked by name: pooled into _other behind other
+        # names, its spend would read 0 and look complete
+        self._tenants.update(b.tenant for b in self.budgets if b.tenant is not None)
+
+    def forget(self, cluster: str) -> None:
+        """Stop tracking a cluster the service has forgotten: it leaves the budgets' burn
+        rates and notes, and its per-cluster series leave ``/metrics`` (the spend already
+        counted stays in the budgets' periods)."""
+        self._clusters.pop(cluster, None)
+        if self.metrics is not None:
+            self.metrics.forget(cluster)
 
     @classmethod
     def for_scenario(

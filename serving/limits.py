@@ -45,6 +45,9 @@ MAX_TENANTS_PER_REQUEST = 256
 MAX_TENANTS_TRACKED = 256
 """Tenants with their own spend series; the spend of later ones is pooled as ``_other``, so a
 stream of new tenant names never grows ``/metrics`` without bound."""
+OTHER_TENANT = "_other"
+"""Where the spend of tenants beyond :data:`MAX_TENANTS_TRACKED` goes (bounded label sets); a
+request may not name a tenant so."""
 
 MAX_BUDGETS = 64
 """Budgets in a ``--budgets`` file."""

@@ -8,6 +8,7 @@ process, as tests do).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -139,6 +140,11 @@ class ServiceMetrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
+
+    def forget_cluster(self, cluster_id: str) -> None:
+        """Drop a forgotten cluster's reported SLO attainment (its last value would stand)."""
+        with contextlib.suppress(KeyError):
+            self.slo_attainment.remove(cluster_id)
 
     def observe(self, response: RecommendationResponse, elapsed_s: float) -> None:
         """Count one decision."""

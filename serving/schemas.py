@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from rlscale.agents.base import ClusterState
 from rlscale.serving.causes import Cause
-from rlscale.serving.limits import MAX_POOLS_PER_REQUEST, MAX_TENANTS_PER_REQUEST
+from rlscale.serving.limits import MAX_POOLS_PER_REQUEST, MAX_TENANTS_PER_REQUEST, OTHER_TENANT
 
 EPOCH_MONDAY_S = 4 * 86400.0
 """1970-01-05 00:00 UTC, the first Monday of the unix epoch: where weeks start."""
@@ -139,6 +139,13 @@ class RecommendationRequest(_Body):
             "this cluster, and the policy memory is kept apart from the steering client's"
         ),
     )
+
+    @field_validator("tenant_rates_rps")
+    @classmethod
+    def _no_pooled_tenant_name(cls, rates: dict[str, float] | None) -> dict[str, float] | None:
+        if rates is not None and OTHER_TENANT in rates:
+            raise ValueError(f"'{OTHER_TENANT}' is the name of the pooled tenants; not a tenant")
+        return rates
 
     @classmethod
     def from_state(

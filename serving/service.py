@@ -309,7 +309,10 @@ class DecisionService:
 
     def _meter(self, request: RecommendationRequest, read: ReadRequest) -> list[BudgetStatus]:
         """Meter the cluster's spend and show its reported SLO attainment (for alerts); a
-        failure here is logged, never a failed decision."""
+        failure here is logged, never a failed decision. A shadow-only push is a replay or a
+        mirror of some cluster, not a bill: it is neither metered nor shown to the alerts."""
+        if request.shadow_only:
+            return []
         attainment = request.slo_attainment
         if attainment is not None and RANGES["slo_attainment"].holds(attainment):
             self.recorder.metrics.slo_attainment.labels(request.cluster_id).set(attainment)
@@ -434,6 +437,11 @@ class DecisionService:
                 if not shadow_only:
                     for pool in self._pools:
                         self._latest.pop((oldest_id, pool), None)
+                    # its spend series and its reported attainment go with it: a silent
+                    # cluster's last values would keep alerts firing, and its name every
+                    # budget's notes
+                    self.spend.forget(oldest_id)
+                    self.recorder.metrics.forget_cluster(oldest_id)
             mem = _ClusterMemory(
                 self.policy.policy.initial_memory() if self.policy is not None else {},
                 self.fallback.policy.initial_memory(),

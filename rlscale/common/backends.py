@@ -183,9 +183,15 @@ def _run_processes(
             initargs=(env,),
         ) as pool:
             futures = {pool.submit(_run_one, job, tasks[i]): i for i in order}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update(1)
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+            except BaseException:
+                # a failed task (or Ctrl-C) ends the grid now: the queued tasks are dropped
+                # rather than run to the end before the error shows
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         for k, v in saved.items():
             if v is None:

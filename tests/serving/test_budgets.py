@@ -236,12 +236,79 @@ def test_budgets_never_change_a_decision():
             b.source,
             b.causes,
         )
-        assert a.budgets == [] and all(s.projected_breach for s in b.budgets[:1])
+        assert a.budgets == [] and len(b.budgets) == 2 and b.budgets[0].projected_breach
     # stale metrics (far past the staleness bound): the same too
     for clock in (plain_clock, budget_clock):
         clock.t = T0 + 1000
     a, b = plain.decide(_body(T0 + 150)), budgeted.decide(_body(T0 + 150))
     assert "stale_metrics" in a.causes and (a.replicas, a.source) == (b.replicas, b.source)
+
+
+def test_a_budgets_tenant_keeps_its_name_behind_a_flood_of_other_tenants():
+    # 300 other names first: the tracked set fills, later names are pooled as _other, but a
+    # budget's own tenant is never pooled (its spend would read 0 and look complete)
+    service, clock = _service(
+        [BudgetConfig(name="a", period="day", limit_usd=100.0, tenant="acme")]
+    )
+    flood = {f"t{k}": 1.0 for k in range(256)}
+    _decide(service, clock, T0, tenants=flood)
+    _decide(service, clock, T0 + 30, tenants={f"u{k}": 1.0 for k in range(44)})
+    _decide(service, clock, T0 + 60, tenants={"acme": 1.0})
+    status = _decide(service, clock, T0 + 90, tenants={"acme": 1.0}).budgets[0]
+    assert status.known and status.spend_usd == pytest.approx(2 * H100_USD_H * 30 / 3600)
+    assert status.burn_rate_usd_h == pytest.approx(2 * H100_USD_H)
+    assert _sample(service, "rlscale_tenant_spend_usd_total", tenant="_other") > 0.0
+
+
+def test_shadow_only_pushes_are_not_a_bill_nor_an_slo_reading():
+    service, clock = _service([BudgetConfig(name="h", period="hour", limit_usd=1.0)])
+    for t in (T0, T0 + 30):
+        clock.t = t
+        body = _body(t, cluster="mirror").model_copy(
+            update={"shadow_only": True, "slo_attainment": 0.5}
+        )
+        assert service.decide(body).budgets == []
+    text = service.recorder.metrics.exposition().decode()
+    assert 'cluster="mirror"' not in text  # no spend, no rate, no attainment series
+    steering = _decide(service, clock, T0 + 60)
+    assert steering.budgets[0].spend_usd == 0.0  # the first observation of the real cluster
+
+
+def test_a_forgotten_cluster_leaves_the_budgets_and_metrics():
+    scenario = load_scenario("azure-conv")
+    clock = Clock(T0)
+    service = DecisionService(
+        scenario,
+        load_policy("hpa", scenario),
+        load_policy("hpa", scenario),
+        max_staleness_s=60.0,
+        budgets=[BudgetConfig(name="h", period="hour", limit_usd=1.0)],
+        clock=clock,
+        max_clusters=2,
+        forget_after_s=120.0,
+    )
+    for t, cluster in ((T0, "old"), (T0 + 30, "old"), (T0 + 40, "b")):
+        clock.t = t
+        service.decide(_body(t, cluster=cluster).model_copy(update={"slo_attainment": 0.9}))
+    assert 'cluster="old"' in service.recorder.metrics.exposition().decode()
+    # "old" falls silent; a third cluster takes its place once it is forgettable
+    clock.t = T0 + 200
+    status = service.decide(_body(T0 + 200, cluster="new")).budgets[0]
+    assert not any("'old'" in note for note in status.notes)
+    text = service.recorder.metrics.exposition().decode()
+    assert 'cluster="old"' not in text and 'cluster="new"' in text
+    # what "old" spent in this hour stays counted
+    assert status.spend_usd >= 2 * H100_USD_H * 30 / 3600
+
+
+def test_rates_that_overflow_or_name_the_pool_are_refused():
+    from pydantic import ValidationError
+
+    from rlscale.serving.budgets import tenant_shares
+
+    assert tenant_shares({"a": 1e308, "b": 1e308}) is None  # the sum overflows: no shares
+    with pytest.raises(ValidationError, match="_other"):
+        _body(T0, tenants={"_other": 1.0})
 
 
 # --- the real server -----------------------------------------------------------------------
