@@ -82,6 +82,43 @@ _QUICK: dict[str, Any] = {
 }
 
 
+def write_tenant_csv_trace(
+    path,
+    tenants: dict[str, float],
+    *,
+    hours: float = 2.0,
+    rps: float = 3.0,
+    seed: int = 7,
+    only_first_hour: tuple[str, ...] = (),
+) -> None:
+    """A CSV trace (``timestamp_s,prompt_tokens,output_tokens,tenant``) of Poisson-like
+    arrivals at ``rps`` over ``hours``, each request's tenant drawn by ``tenants``' shares;
+    the tenants named in ``only_first_hour`` send nothing after it (their later draws go to
+    the first tenant)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(hours * 3600 * rps)
+    times = np.sort(rng.uniform(0.0, hours * 3600.0, n))
+    tenant = rng.choice(list(tenants), size=n, p=list(tenants.values()))
+    for name in only_first_hour:
+        tenant[(tenant == name) & (times > 3600.0)] = next(iter(tenants))
+    lines = ["timestamp_s,prompt_tokens,output_tokens,tenant"]
+    lines += [
+        f"{t:.3f},{p},{o},{k}"
+        for t, p, o, k in zip(
+            times, rng.integers(100, 2000, n), rng.integers(20, 400, n), tenant, strict=True
+        )
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tenant_csv_trace():
+    """:func:`write_tenant_csv_trace`, for tests that replay a tenant-tagged trace."""
+    return write_tenant_csv_trace
+
+
 @pytest.fixture(scope="session")
 def quick_raw():
     """``make(name="quick", **overrides) -> dict``: a scenario of half a day of synthetic load

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
 from rlscale.cli import main
@@ -14,29 +13,15 @@ from rlscale.experiments.cost_report import check_sums, from_results, limit_tena
 from rlscale.experiments.evaluate import evaluate
 from rlscale.experiments.report import render_report
 
-
-def _write_trace(path, hours: float = 2.0, rps: float = 3.0) -> None:
-    """Four tenants; 'delta' only sends in the first hour (before the held-out window)."""
-    rng = np.random.default_rng(11)
-    n = int(hours * 3600 * rps)
-    times = np.sort(rng.uniform(0.0, hours * 3600.0, n))
-    tenants = rng.choice(["alpha", "beta", "gamma", "delta"], size=n, p=[0.5, 0.25, 0.15, 0.1])
-    tenants[(tenants == "delta") & (times > 3600.0)] = "alpha"
-    lines = ["timestamp_s,prompt_tokens,output_tokens,tenant"]
-    lines += [
-        f"{t:.3f},{p},{o},{k}"
-        for t, p, o, k in zip(
-            times, rng.integers(100, 2000, n), rng.integers(20, 400, n), tenants, strict=True
-        )
-    ]
-    path.write_text("\n".join(lines) + "\n")
+TENANTS = {"alpha": 0.5, "beta": 0.25, "gamma": 0.15, "delta": 0.1}
+"""'delta' only sends in the first hour (before the held-out window)."""
 
 
 @pytest.fixture(scope="module")
-def evaluation(scenario, tmp_path_factory):
+def evaluation(scenario, tmp_path_factory, tenant_csv_trace):
     tmp = tmp_path_factory.mktemp("cost-eval")
     trace = tmp / "traffic.csv"
-    _write_trace(trace)
+    tenant_csv_trace(trace, TENANTS, seed=11, only_first_hour=("delta",))
     ev = evaluate(
         scenario,
         ["static", "hpa"],

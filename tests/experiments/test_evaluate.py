@@ -222,24 +222,12 @@ def test_oracle_time_per_window_is_reported(scenario, monkeypatch):
 # --- --trace -------------------------------------------------------------------------------------
 
 
-def _write_csv_trace(path, hours: float = 2.0, rps: float = 3.0) -> None:
-    rng = np.random.default_rng(7)
-    n = int(hours * 3600 * rps)
-    times = np.sort(rng.uniform(0.0, hours * 3600.0, n))
-    tenants = rng.choice(["alpha", "beta", "gamma"], size=n, p=[0.6, 0.3, 0.1])
-    lines = ["timestamp_s,prompt_tokens,output_tokens,tenant"]
-    lines += [
-        f"{t:.3f},{p},{o},{k}"
-        for t, p, o, k in zip(
-            times, rng.integers(100, 2000, n), rng.integers(20, 400, n), tenants, strict=True
-        )
-    ]
-    path.write_text("\n".join(lines) + "\n")
+TENANTS = {"alpha": 0.6, "beta": 0.3, "gamma": 0.1}
 
 
-def test_trace_replaces_the_workload_and_is_named(scenario, tmp_path):
+def test_trace_replaces_the_workload_and_is_named(scenario, tmp_path, tenant_csv_trace):
     trace = tmp_path / "my-traffic.csv"
-    _write_csv_trace(trace)
+    tenant_csv_trace(trace, TENANTS)
     replaced = ev.with_trace(scenario, trace, "csv")
     assert replaced.workload.kind == "csv" and replaced.workload.path == str(trace.resolve())
     assert replaced.workload.synthetic is None
@@ -293,9 +281,9 @@ def test_trace_mean_rps_rescales_the_replayed_trace(scenario, tmp_path):
         evaluate(scenario, ["static"], trace_mean_rps=5.0, progress=False)
 
 
-def test_trace_errors_name_the_problem(scenario, tmp_path):
+def test_trace_errors_name_the_problem(scenario, tmp_path, tenant_csv_trace):
     trace = tmp_path / "t.csv"
-    _write_csv_trace(trace, hours=1.0)
+    tenant_csv_trace(trace, TENANTS, hours=1.0)
     with pytest.raises(ScenarioError, match="go together"):
         evaluate(scenario, ["static"], trace=trace, progress=False)
     with pytest.raises(ScenarioError, match="--trace-format must be one of"):

@@ -39,7 +39,7 @@ class Clock:
         return self.t
 
 
-def _service(budgets: list[BudgetConfig] | None = None, staleness_s: float = 60.0):
+def _service(budgets: list[BudgetConfig] | None = None, staleness_s: float = 60.0, **kw):
     scenario = load_scenario("azure-conv")
     clock = Clock(T0)
     service = DecisionService(
@@ -49,6 +49,7 @@ def _service(budgets: list[BudgetConfig] | None = None, staleness_s: float = 60.
         max_staleness_s=staleness_s,
         budgets=budgets,
         clock=clock,
+        **kw,
     )
     return service, clock
 
@@ -275,17 +276,8 @@ def test_shadow_only_pushes_are_not_a_bill_nor_an_slo_reading():
 
 
 def test_a_forgotten_cluster_leaves_the_budgets_and_metrics():
-    scenario = load_scenario("azure-conv")
-    clock = Clock(T0)
-    service = DecisionService(
-        scenario,
-        load_policy("hpa", scenario),
-        load_policy("hpa", scenario),
-        max_staleness_s=60.0,
-        budgets=[BudgetConfig(name="h", period="hour", limit_usd=1.0)],
-        clock=clock,
-        max_clusters=2,
-        forget_after_s=120.0,
+    service, clock = _service(
+        [BudgetConfig(name="h", period="hour", limit_usd=1.0)], max_clusters=2, forget_after_s=120.0
     )
     for t, cluster in ((T0, "old"), (T0 + 30, "old"), (T0 + 40, "b")):
         clock.t = t
