@@ -115,10 +115,10 @@ def test_bad_files_name_the_file(tmp_path, old, capsys):
     with pytest.raises(ResultsError, match="no such file"):
         load_results(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ResultsError, match="bad.json is not a JSON file"):
+    with pytest.raises(ResultsError, match=r"bad\.json is not a JSON file"):
         load_results(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[]")
-    with pytest.raises(ResultsError, match=r"list.json: results: expected an object, got list"):
+    with pytest.raises(ResultsError, match=r"list\.json: results: expected an object, got list"):
         load_results(tmp_path / "list.json")
     future = tmp_path / "future.json"
     future.write_text(json.dumps({**old, "version": 2}))
