@@ -160,6 +160,7 @@ def measure(
     grid_wall = wall - fixed.get("ray_start_s", 0.0) - fixed.get("worker_setup_s", 0.0)
     grid_wall = grid_wall if config == "ray" else wall
     task_cpu = sum(t["cpu_s"] or 0.0 for t in evaluation.task_cpu_s)
+    timing = evaluation.results.oracle_cpu_s
     return {
         "backend": backend.describe(),
         "workers": backend.n_workers,
@@ -173,7 +174,7 @@ def measure(
         "warm_up_s": warm_s,
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in load_after],
-        "oracle_cpu_s": evaluation.results["oracle_cpu_s"],
+        "oracle_cpu_s": None if timing is None else timing.to_json(),
         "tasks": evaluation.task_cpu_s,
         "fixed": fixed,
     }

@@ -37,9 +37,17 @@ from matplotlib.figure import Figure
 from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
 from rlscale.envs.scenario import ScenarioError
 from rlscale.experiments.report import PURCHASE_COLORS, PURCHASE_LABELS, TENANT_NOTE
-from rlscale.experiments.results import json_safe, other_key, top_and_other
+from rlscale.experiments.results import (
+    CostTimeline,
+    MeanCI,
+    PolicySummary,
+    Results,
+    ResultsError,
+    json_safe,
+    other_key,
+    top_and_other,
+)
 
-TIMELINE_KEYS = ("by_pool_usd", "by_purchase_usd", "by_tenant_usd", "idle_by_tenant_usd")
 _PALETTE = (
     "#4c72b0",
     "#55a868",
@@ -90,21 +98,22 @@ def from_results(path: str | Path) -> dict[str, Any]:
             else " (is it an evaluation's results.json?)"
         )
         raise CostReportError(f"{path} has no {', '.join(missing)}{hint}")
-    entries = {}
     try:
-        top = data.get("top_tenants")
-        for label, metrics in data["policies"].items():
-            entries[label] = _policy_entry(metrics, data["cost_timelines"].get(label))
-            # the name the evaluation summed the rest of the tenants under, if it did
-            rest = None if top is None else other_key(top)
-            entries[label]["other_tenants"] = rest if rest in entries[label]["tenants"] else None
-    except (TypeError, KeyError, AttributeError, ValueError) as err:
-        raise CostReportError(f"{path}: malformed evaluation results ({err!r})") from None
+        results = Results.from_json(data)
+    except ResultsError as err:
+        raise CostReportError(f"{path}: malformed evaluation results: {err}") from None
+    timelines = results.cost_timelines or {}
+    # the name the evaluation summed the rest of the tenants under, if it did
+    rest = None if results.top_tenants is None else other_key(results.top_tenants)
+    entries = {}
+    for label, summary in results.policies.items():
+        entries[label] = _policy_entry(summary, timelines.get(label))
+        entries[label]["other_tenants"] = rest if rest in entries[label]["tenants"] else None
     return {
         "source": {
             "kind": "evaluation",
             "path": str(path),
-            "scenario": data["scenario"],
+            "scenario": results.scenario,
             "totals": "mean per held-out episode over seeds",
             "timeline": "one recorded episode per policy (its seed and start step given)",
         },
@@ -112,36 +121,25 @@ def from_results(path: str | Path) -> dict[str, Any]:
     }
 
 
-def _means(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    out = {}
-    for key, agg in metrics.items():
-        if key.startswith(prefix + "/"):
-            mean = agg["mean"]
-            out[key[len(prefix) + 1 :]] = math.nan if mean is None else float(mean)
-    return out
+def _means(group: dict[str, MeanCI]) -> dict[str, float]:
+    return {key: agg.value for key, agg in group.items()}
 
 
-def _policy_entry(metrics: dict[str, Any], timeline: dict[str, Any] | None) -> dict[str, Any]:
-    costs = _means(metrics, "cost_per_tenant_usd")
-    idle = _means(metrics, "idle_cost_per_tenant_usd")
-    gpu_h = _means(metrics, "busy_gpu_hours_per_tenant")
+def _policy_entry(summary: PolicySummary, timeline: CostTimeline | None) -> dict[str, Any]:
+    own = summary.tenants
+    idle, gpu_h = _means(own.idle_cost_usd), _means(own.busy_gpu_hours)
     tenants = {
         t: {"cost_usd": c, "idle_usd": idle.get(t, math.nan), "busy_gpu_hours": gpu_h.get(t)}
-        for t, c in costs.items()
+        for t, c in _means(own.cost_usd).items()
     }
-    entry = {
+    return {
         "kind": "policy",
-        "bill_usd": float(metrics["cost_usd"]["mean"]),
-        "by_pool_usd": _means(metrics, "cost_by_pool_usd"),
-        "by_purchase_usd": _means(metrics, "cost_by_purchase_usd"),
+        "bill_usd": summary.mean("cost_usd"),
+        "by_pool_usd": _means(summary.group("cost_by_pool_usd")),
+        "by_purchase_usd": _means(summary.group("cost_by_purchase_usd")),
         "tenants": tenants,
-        "timeline": timeline,
+        "timeline": None if timeline is None else timeline.to_json(),
     }
-    if timeline is not None:
-        for key in ("start_s", "span_s", "bill_usd", *TIMELINE_KEYS):
-            if key not in timeline:
-                raise KeyError(f"cost timeline without {key}")
-    return entry
 
 
 # --- shaping -------------------------------------------------------------------------------------

@@ -281,8 +281,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         not be logged (results.json and report.html are written all the same).
     :raises ScenarioError: bad arguments (the CLI prints it and exits 2).
     """
-    from rlscale.common.tracking import TrackingError, log_evaluation, require_mlflow
+    from rlscale.common.tracking import TrackingError, require_mlflow
     from rlscale.experiments.report import write_report
+    from rlscale.experiments.results import log_evaluation
 
     if not args.no_mlflow:
         try:
@@ -321,7 +322,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except BackendError as err:
         print(f"rlscale: {err}", file=sys.stderr)
         return 2
-    out_dir = args.out or Path("out/evaluate") / evaluation.results["scenario"]
+    out_dir = args.out or Path("out/evaluate") / evaluation.results.scenario
     results_path = write_results(evaluation, out_dir)
     report_path = write_report(evaluation, out_dir)
     line: dict[str, Any] = {"results": str(results_path), "report": str(report_path)}

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
-from rlscale.experiments.results import Evaluation
+from rlscale.experiments.results import NO_VALUE, Evaluation, MeanCI, Results, load_results
 
 PURCHASE_LABELS = {"on_demand": "on demand", "spot": "spot"}
 PURCHASE_COLORS = {"on_demand": "#1f77b4", "spot": "#ff7f0e"}
@@ -86,21 +86,19 @@ def policy_colors(labels: Sequence[str], oracle: str | None) -> dict[str, str]:
     return colors
 
 
-def _mean(results: dict[str, Any], policy: str, metric: str) -> float:
-    value = results["policies"][policy].get(metric, {}).get("mean")
-    return float("nan") if value is None else float(value)
+def _mean(results: Results, policy: str, metric: str) -> float:
+    return results.policies[policy].mean(metric)
 
 
-def _ci(results: dict[str, Any], policy: str, metric: str) -> tuple[float, float] | None:
-    lo, hi = results["policies"][policy].get(metric, {}).get("ci95", [None, None])
-    return None if lo is None or hi is None else (float(lo), float(hi))
+def _ci(results: Results, policy: str, metric: str) -> tuple[float, float] | None:
+    return results.policies[policy].get(metric).interval
 
 
 def plot_load_capacity(ev: Evaluation) -> str:
     """Small multiples: arrivals against ready capacity (stacked by pool), one per policy."""
     res = ev.results
-    labels = [p for p in res["policies"] if p in ev.timelines]
-    pools = list(res["pools"])
+    labels = [p for p in res.policies if p in ev.timelines]
+    pools = list(res.pools)
     pool_colors = {p: _POOL_PALETTE[i % len(_POOL_PALETTE)] for i, p in enumerate(pools)}
     n = max(len(labels), 1)
     ncols = min(3, n)
@@ -108,8 +106,8 @@ def plot_load_capacity(ev: Evaluation) -> str:
     fig = Figure(figsize=(4.6 * ncols, 2.9 * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     # a one-hour trace reads better in minutes, a day in hours
-    short = res["held_out"]["episode_hours"] <= 3.0
-    step_t = res["held_out"]["control_interval_s"] / (60.0 if short else 3600.0)
+    short = res.held_out.episode_hours <= 3.0
+    step_t = res.held_out.control_interval_s / (60.0 if short else 3600.0)
     t_unit = "minutes" if short else "hours"
     ymax = 0.0
     for ax, label in zip(axes.flat, labels, strict=False):
@@ -142,9 +140,9 @@ def plot_load_capacity(ev: Evaluation) -> str:
         axes[0, 0].set_ylim(0, ymax * 1.08)
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), fontsize=9)
-    start = res["held_out"]["test_starts"][0]
+    start = res.held_out.test_starts[0]
     fig.suptitle(
-        f"Load against ready capacity (seed {res['seeds'][0]}, held-out window at step {start})"
+        f"Load against ready capacity (seed {res.seeds[0]}, held-out window at step {start})"
     )
     return png_data_uri(fig)
 
@@ -152,9 +150,9 @@ def plot_load_capacity(ev: Evaluation) -> str:
 def plot_cost_breakdown(ev: Evaluation) -> str:
     """Stacked bars of mean cost per episode: by pool (left) and by purchase option (right)."""
     res = ev.results
-    labels = list(res["policies"])
-    pools = list(res["pools"])
-    purchases = sorted({p["purchase"] for p in res["pools"].values()})
+    labels = list(res.policies)
+    pools = list(res.pools)
+    purchases = sorted({p.purchase for p in res.pools.values()})
     pool_colors = {p: _POOL_PALETTE[i % len(_POOL_PALETTE)] for i, p in enumerate(pools)}
     fig = Figure(figsize=(max(8.0, 1.5 * len(labels) + 5.0), 4.2), layout="constrained")
     ax_pool, ax_buy = fig.subplots(1, 2, sharey=True)
@@ -205,8 +203,8 @@ def plot_cost_breakdown(ev: Evaluation) -> str:
 def plot_cost_vs_slo(ev: Evaluation) -> str:
     """Cost against SLO attainment, 95% intervals as error bars, oracle starred, target line."""
     res = ev.results
-    labels = list(res["policies"])
-    oracle = res.get("oracle")
+    labels = list(res.policies)
+    oracle = res.oracle
     colors = policy_colors(labels, oracle)
     fig = Figure(figsize=(9.0, 5.0), layout="constrained")
     ax = fig.subplots()
@@ -236,7 +234,7 @@ def plot_cost_vs_slo(ev: Evaluation) -> str:
             label=f"{label} (lower bound)" if is_oracle else label,
         )
         ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
-    target = 100.0 * float(res["slo"]["target_attainment"])
+    target = 100.0 * res.slo.target_attainment
     ax.axhline(target, color="#d62728", ls="--", lw=1.2, label=f"SLO target {target:g}%")
     lo, _ = ax.get_ylim()
     ax.set_ylim(min(lo, target - 0.5), 100.0 + 0.06 * (100.0 - min(lo, target - 0.5)))
@@ -252,15 +250,15 @@ def plot_cost_vs_slo(ev: Evaluation) -> str:
 # --- tables --------------------------------------------------------------------------------------
 
 
-def best_baseline(results: dict[str, Any]) -> tuple[str | None, str]:
+def best_baseline(results: Results) -> tuple[str | None, str]:
     """The best baseline of an evaluation and a note on how it was chosen.
 
     The cheapest baseline (by mean cost) whose mean attainment meets the SLO target; if none
     does, the baseline with the highest attainment (a cheaper one that misses the SLO is no
     bar). None when the evaluation has no baselines.
     """
-    target = float(results["slo"]["target_attainment"])
-    baselines = [b for b in results.get("baselines", []) if b in results["policies"]]
+    target = results.slo.target_attainment
+    baselines = [b for b in results.baselines if b in results.policies]
     meeting = [b for b in baselines if _mean(results, b, "slo_attainment") >= target]
     if meeting:
         best = min(meeting, key=lambda b: _mean(results, b, "cost_usd"))
@@ -274,7 +272,7 @@ def best_baseline(results: dict[str, Any]) -> tuple[str | None, str]:
     return None, "no baselines in this evaluation"
 
 
-def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None, str]:
+def gap_rows(results: Results) -> tuple[list[dict[str, Any]], str | None, str]:
     """The gap table's rows, the best baseline, and a note on how it was chosen.
 
     Best baseline: the cheapest baseline that meets the SLO target on average; if none does,
@@ -282,15 +280,15 @@ def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None,
     ``closed`` = (best baseline cost - policy cost) / (best baseline cost - oracle cost): 0 for
     the best baseline, 1 for the oracle, negative for a policy dearer than the best baseline.
     """
-    oracle = results.get("oracle")
+    oracle = results.oracle
     if oracle is None:
         return [], None, "no oracle in this evaluation"
-    target = float(results["slo"]["target_attainment"])
+    target = results.slo.target_attainment
     oracle_cost = _mean(results, oracle, "cost_usd")
     best, note = best_baseline(results)
     best_cost = _mean(results, best, "cost_usd") if best else float("nan")
     rows = []
-    for label in results["policies"]:
+    for label in results.policies:
         cost = _mean(results, label, "cost_usd")
         gap = best_cost - oracle_cost
         closed = (best_cost - cost) / gap if gap > 0 else float("nan")
@@ -310,9 +308,13 @@ def gap_rows(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None,
     return rows, best, note
 
 
-def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
-    mean = _mean(results, policy, metric)
-    ci = _ci(results, policy, metric)
+def _cell(results: Results, policy: str, metric: str, fmt: str) -> str:
+    return _ci_cell(results.policies[policy].get(metric), fmt)
+
+
+def _ci_cell(agg: MeanCI, fmt: str) -> str:
+    """A table cell: the mean, ± the CI's half-width (the full interval on hover)."""
+    mean, ci = agg.value, agg.interval
     text = format_number(mean, fmt)
     if ci is None:
         return f"<td>{html.escape(text)}</td>"
@@ -324,24 +326,22 @@ def _cell(results: dict[str, Any], policy: str, metric: str, fmt: str) -> str:
     )
 
 
-def summary_table(results: dict[str, Any]) -> str:
+def summary_table(results: Results) -> str:
     """Every headline metric per policy: mean ± half-width of the 95% CI (full CI on hover)."""
     rows = []
-    for label in results["policies"]:
+    for label in results.policies:
         cells = [f"<th>{html.escape(label)}</th>"]
         cells += [_cell(results, label, key, fmt) for key, _, fmt in SUMMARY_COLUMNS]
         rows.append(cells)
     return html_table(["Policy", *[title for _, title, _ in SUMMARY_COLUMNS]], rows)
 
 
-def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str) -> str:
+def grouped_table(results: Results, prefix: str, fmt: str, key_title: str) -> str:
     """Rows: the keys of a nested metric (pools, tenants); columns: policies."""
-    labels = list(results["policies"])
+    labels = list(results.policies)
     keys: list[str] = []
     for label in labels:
-        for metric in results["policies"][label]:
-            if metric.startswith(prefix + "/") and metric[len(prefix) + 1 :] not in keys:
-                keys.append(metric[len(prefix) + 1 :])
+        keys.extend(k for k in results.policies[label].group(prefix) if k not in keys)
     rows = []
     for key in keys:
         cells = [f"<th>{html.escape(key)}</th>"]
@@ -350,24 +350,23 @@ def grouped_table(results: dict[str, Any], prefix: str, fmt: str, key_title: str
     return html_table([key_title, *labels], rows)
 
 
-def tenant_table(results: dict[str, Any]) -> str:
+def tenant_table(results: Results) -> str:
     """Rows: tenants (the top ones and ``other``); per policy, the tenant's cost and the idle
     share of it (capacity its load did not need, warm pool, cold starts, draining)."""
-    labels = list(results["policies"])
-    prefix = "cost_per_tenant_usd/"
+    labels = list(results.policies)
+    by_policy = {label: results.policies[label].tenants for label in labels}
     tenants: list[str] = []
     for label in labels:
-        for metric in results["policies"][label]:
-            if metric.startswith(prefix) and metric[len(prefix) :] not in tenants:
-                tenants.append(metric[len(prefix) :])
+        tenants.extend(t for t in by_policy[label].cost_usd if t not in tenants)
     rows = []
     for tenant in tenants:
         cells = [f"<th>{html.escape(tenant)}</th>"]
         for label in labels:
-            cost = _mean(results, label, prefix + tenant)
-            idle = _mean(results, label, f"idle_cost_per_tenant_usd/{tenant}")
-            share = idle / cost if cost and math.isfinite(idle) else math.nan
-            cells.append(_cell(results, label, prefix + tenant, "{:.3f}"))
+            own = by_policy[label]
+            cost = own.cost_usd.get(tenant, NO_VALUE)
+            idle = own.idle_cost_usd.get(tenant, NO_VALUE).value
+            share = idle / cost.value if cost.value and math.isfinite(idle) else math.nan
+            cells.append(_ci_cell(cost, "{:.3f}"))
             cells.append(f"<td>{html.escape(format_number(share, 'pct'))}</td>")
         rows.append(cells)
     header = ["Tenant"]
@@ -376,7 +375,7 @@ def tenant_table(results: dict[str, Any]) -> str:
     return html_table(header, rows)
 
 
-def gap_table(results: dict[str, Any]) -> str:
+def gap_table(results: Results) -> str:
     """The gap table as HTML, or a paragraph saying why there is none."""
     rows, best, note = gap_rows(results)
     if not rows:
@@ -425,38 +424,38 @@ def gap_table(results: dict[str, Any]) -> str:
 def render_report(ev: Evaluation) -> str:
     """The whole report as one HTML string (no external assets)."""
     res = ev.results
-    trace = res["trace"]
-    held = res["held_out"]
+    trace = res.trace
+    held = res.held_out
     esc = html.escape
     facts = {
-        "Scenario": res["scenario"],
-        "Workload": f"{trace['format']}: {trace['path'] or '(synthetic)'} (from {trace['source']})",
-        "Policies": ", ".join(res["policies"]),
-        "Seeds": ", ".join(str(s) for s in res["seeds"]),
+        "Scenario": res.scenario,
+        "Workload": f"{trace.format}: {trace.path or '(synthetic)'} (from {trace.source})",
+        "Policies": ", ".join(res.policies),
+        "Seeds": ", ".join(str(s) for s in res.seeds),
         "Held-out windows": (
-            f"{len(held['test_starts'])} of {held['episode_hours']:.2f} h, starting at steps "
-            f"{', '.join(str(s) for s in held['test_starts'])} (training and tuning use steps "
-            f"before {held['boundary_step']} of {held['total_steps']})"
+            f"{len(held.test_starts)} of {held.episode_hours:.2f} h, starting at steps "
+            f"{', '.join(str(s) for s in held.test_starts)} (training and tuning use steps "
+            f"before {held.boundary_step} of {held.total_steps})"
         ),
         "Grid": (
             "every seed runs every held-out window"
-            if res["windows"] == "all"
+            if res.windows == "all"
             else "seed s runs held-out window s mod W"
         ),
         "SLO": (
-            f"TTFT ≤ {res['slo']['ttft_s']:g} s and TPOT ≤ {res['slo']['tpot_s']:g} s for "
-            f"{100 * res['slo']['target_attainment']:g}% of requests"
+            f"TTFT ≤ {res.slo.ttft_s:g} s and TPOT ≤ {res.slo.tpot_s:g} s for "
+            f"{100 * res.slo.target_attainment:g}% of requests"
         ),
-        "Created": res.get("created_utc", ""),
+        "Created": res.created_utc or "",
     }
     facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in facts.items())
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>rlscale evaluation: {esc(res['scenario'])}</title>",
+        f"<title>rlscale evaluation: {esc(res.scenario)}</title>",
         f"<style>{REPORT_CSS}</style></head><body>",
-        f"<h1>Policy evaluation: {esc(res['scenario'])}</h1>",
+        f"<h1>Policy evaluation: {esc(res.scenario)}</h1>",
         f'<section id="setup"><dl>{facts_html}</dl></section>',
         html_figure(
             "load-capacity",
@@ -514,14 +513,14 @@ def write_report(ev: Evaluation, out_dir: Path) -> Path:
     return path
 
 
-def markdown_table(results: dict[str, Any]) -> str:
+def markdown_table(results: Results) -> str:
     """The headline of an evaluation as a Markdown table (for READMEs and pull requests)."""
 
     def ci(label: str, metric: str, fmt: str) -> str:
-        agg = results["policies"][label][metric]
-        lo, hi = agg["ci95"]
-        half = f" ± {fmt.format((hi - lo) / 2)}" if lo is not None and hi is not None else ""
-        return fmt.format(agg["mean"]) + half
+        agg = results.policies[label].get(metric)
+        span = agg.interval
+        half = f" ± {fmt.format((span[1] - span[0]) / 2)}" if span is not None else ""
+        return fmt.format(agg.value) + half
 
     rows, best, _ = gap_rows(results)
     closed = {r["policy"]: r for r in rows}
@@ -530,10 +529,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| over oracle | best baseline's gap closed |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for label in results["policies"]:
+    for label in results.policies:
         gap = closed.get(label)
         over = f"{gap['over_oracle_pct']:+.0f}%" if gap else "n/a"
-        if not gap or label == results.get("oracle"):
+        if not gap or label == results.oracle:
             shut = "" if gap else "n/a"
         elif not gap["meets_slo"]:
             shut = "misses SLO"
@@ -545,10 +544,10 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {ci(label, 'slo_attainment', '{:.2%}')} | {ci(label, 'ttft_p95_s', '{:.3f}')} "
             f"| {ci(label, 'scale_events', '{:.1f}')} | {over} | {shut} |"
         )
-    timing = results.get("oracle_cpu_s")
-    if timing and timing["mean"] is not None:
+    timing = results.oracle_cpu_s
+    if timing is not None and timing.mean is not None:
         lines.append(
-            f"\n{results['oracle']}: {timing['mean']:.1f} s of CPU per episode window "
+            f"\n{results.oracle}: {timing.mean:.1f} s of CPU per episode window "
             "(solve, tuning replays and its episode)"
         )
     return "\n".join(lines)
@@ -557,12 +556,17 @@ def markdown_table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m rlscale.experiments.report results.json``: print the Markdown table."""
     import argparse
-    import json
+
+    from rlscale.experiments.results import ResultsError
 
     parser = argparse.ArgumentParser(description=markdown_table.__doc__)
     parser.add_argument("results", type=Path, help="a results.json written by rlscale evaluate")
     args = parser.parse_args(argv)
-    print(markdown_table(json.loads(args.results.read_text())))
+    try:
+        results = load_results(args.results)
+    except ResultsError as err:
+        parser.exit(2, f"rlscale: {err}\n")
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -4,26 +4,36 @@
 :class:`~rlscale.agents.observe.EpisodeResult`, in any order) into an :class:`Evaluation`:
 per policy and metric the mean over a seed's windows, then the mean and 95% interval over
 seeds. The episodes are put in the grid's order first, so the numbers do not depend on the
-order in which a backend finished them. The report (``experiments/report.py``), the promotion
-gate and MLflow logging read an :class:`Evaluation`; nothing here runs a simulator.
+order in which a backend finished them. Nothing here runs a simulator.
+
+What ``results.json`` holds is a :class:`Results`: per policy a :class:`PolicySummary`
+(``metric -> MeanCI``, with its :class:`TenantCosts`), each recorded :class:`CostTimeline`,
+the :class:`HeldOut` windows and split, the oracle's CPU time. :meth:`Results.to_json` writes
+the file and :func:`load_results` reads it back (a file of :data:`RESULTS_VERSION` or of the
+unversioned layout before it; anything else is a :class:`ResultsError` naming the field). The
+report (``experiments/report.py``), the promotion gate, the cost report and MLflow logging
+read these typed fields, not the JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
+from rlscale.envs.scenario import SLOConfig
 
 if TYPE_CHECKING:
     import numpy as np
 
     from rlscale.agents.observe import EpisodeResult
+    from rlscale.common.tracking import TrackedRun
     from rlscale.envs.scenario import Scenario
     from rlscale.envs.splits import Split
     from rlscale.experiments.grid import EpisodeTask, PolicySpec
@@ -138,7 +148,7 @@ def top_and_other(by_tenant: dict[str, Any], tenants: Sequence[str]) -> dict[str
 
 def aggregate(
     flat_by_seed: dict[int, list[dict[str, float]]],
-) -> dict[str, dict[str, Any]]:
+) -> PolicySummary:
     """Per metric: mean over a seed's windows, then mean and 95% CI over seeds."""
     import numpy as np
 
@@ -147,23 +157,468 @@ def aggregate(
     for rows in flat_by_seed.values():
         for row in rows:
             keys.extend(k for k in row if k not in keys)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, MeanCI] = {}
     for key in keys:
         per_seed = [
             float(np.mean([row.get(key, 0.0) for row in flat_by_seed[s]]))
             for s in seeds
             if flat_by_seed[s]
         ]
-        out[key] = mean_ci95(per_seed)
-    return out
+        out[key] = MeanCI.of(per_seed)
+    return PolicySummary(out)
+
+
+# --- the typed results -------------------------------------------------------------------------
+
+RESULTS_VERSION = 1
+"""The layout of ``results.json`` this code writes and reads, in its ``version`` field. A file
+without one was written before the field existed (main up to d0578ef), in the same layout."""
+
+
+class ResultsError(ValueError):
+    """A ``results.json`` that is not an evaluation's results of :data:`RESULTS_VERSION`: the
+    message names the field (``policies.static.cost_usd.mean``) and what was wrong."""
+
+
+def _get(data: dict[str, Any], key: str, where: str) -> Any:
+    if key not in data:
+        raise ResultsError(f"{_join(where, key)}: missing")
+    return data[key]
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ResultsError(f"{where}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ResultsError(f"{where}: expected a list, got {_kind(value)}")
+    return value
+
+
+def _str(value: Any, where: str, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ResultsError(f"{where}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _num(value: Any, where: str, *, optional: bool = False) -> Any:
+    """A JSON number as a float (None stays None where ``optional``: NaN is written as null)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ResultsError(f"{where}: expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ResultsError(f"{where}: expected an integer, got {_kind(value)}")
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+
+
+def _series(value: Any, where: str) -> dict[str, list[float]]:
+    return {
+        str(k): [_num(x, f"{where}.{k}[{i}]") for i, x in enumerate(_list(v, f"{where}.{k}"))]
+        for k, v in _obj(value, where).items()
+    }
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A metric over seeds: the mean and the two-sided 95% t-interval of the mean.
+
+    ``mean`` is None when there was no value (or it was not finite); ``ci95`` is
+    ``(None, None)`` when no spread can be estimated (one seed)."""
+
+    mean: float | None
+    ci95: tuple[float | None, float | None] = (None, None)
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> MeanCI:
+        """:func:`mean_ci95` of ``values``; a value that is not finite is None, as
+        ``results.json`` writes it, so a :class:`Results` reads back equal to itself."""
+        agg = mean_ci95(values)
+        lo, hi = (_finite(x) for x in agg["ci95"])
+        return cls(_finite(agg["mean"]), (lo, hi))
+
+    @property
+    def value(self) -> float:
+        """The mean, NaN when there is none (for arithmetic and plots)."""
+        return math.nan if self.mean is None else float(self.mean)
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """``(low, high)``, or None when the interval is undefined."""
+        lo, hi = self.ci95
+        return None if lo is None or hi is None else (float(lo), float(hi))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "ci95": list(self.ci95)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> MeanCI:
+        data = _obj(data, where)
+        ci = _list(_get(data, "ci95", where), _join(where, "ci95"))
+        if len(ci) != 2:
+            raise ResultsError(f"{_join(where, 'ci95')}: expected [low, high], got {ci!r:.60}")
+        lo, hi = (_num(x, f"{where}.ci95[{i}]", optional=True) for i, x in enumerate(ci))
+        return cls(_num(_get(data, "mean", where), _join(where, "mean"), optional=True), (lo, hi))
+
+
+NO_VALUE = MeanCI(None)
+"""What a metric a policy has no value of reads as."""
+
+
+@dataclass(frozen=True)
+class TenantCosts:
+    """A policy's per-tenant numbers: the top tenants by name and the rest as ``other``
+    (:func:`other_key`), each a :class:`MeanCI` over seeds."""
+
+    cost_usd: dict[str, MeanCI]
+    """A tenant's share of the bill (see ``TENANT_NOTE`` in the report)."""
+    idle_cost_usd: dict[str, MeanCI]
+    """The part of it no tokens kept busy."""
+    busy_gpu_hours: dict[str, MeanCI]
+    """GPU-hours its tokens needed."""
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    """One policy's metrics, ``metric -> MeanCI``; nested ones are keyed ``group/key``
+    (``cost_by_pool_usd/h100``, ``cost_per_tenant_usd/alpha``), as in ``results.json``."""
+
+    metrics: dict[str, MeanCI]
+
+    def __getitem__(self, metric: str) -> MeanCI:
+        return self.metrics[metric]
+
+    def __contains__(self, metric: object) -> bool:
+        return metric in self.metrics
+
+    def get(self, metric: str) -> MeanCI:
+        """The metric, or :data:`NO_VALUE` when this policy has none."""
+        return self.metrics.get(metric, NO_VALUE)
+
+    def mean(self, metric: str) -> float:
+        """The metric's mean over seeds; NaN when it has none."""
+        return self.get(metric).value
+
+    def group(self, prefix: str) -> dict[str, MeanCI]:
+        """The metrics keyed ``prefix/KEY``, as ``KEY -> MeanCI`` (pools, tenants)."""
+        cut = len(prefix) + 1
+        return {k[cut:]: v for k, v in self.metrics.items() if k.startswith(prefix + "/")}
+
+    @property
+    def tenants(self) -> TenantCosts:
+        prefix = dict(zip(("cost", "idle", "busy"), TENANT_GROUPS, strict=True))
+        return TenantCosts(
+            self.group(prefix["cost"]), self.group(prefix["idle"]), self.group(prefix["busy"])
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.to_json() for k, v in self.metrics.items()}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> PolicySummary:
+        data = _obj(data, where)
+        return cls({str(k): MeanCI.from_json(v, _join(where, k)) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class CostTimeline:
+    """One recorded episode's bill over time (seed, start step), in spans of ``span_s``; each
+    split (pools, purchase options, tenants) sums to ``bill_usd``."""
+
+    seed: int
+    start_step: int
+    start_s: float
+    span_s: float
+    bill_usd: float
+    by_pool_usd: dict[str, list[float]]
+    by_purchase_usd: dict[str, list[float]]
+    by_tenant_usd: dict[str, list[float]]
+    idle_by_tenant_usd: dict[str, list[float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> CostTimeline:
+        data = _obj(data, where)
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            value, at = _get(data, f.name, where), _join(where, f.name)
+            if f.name in ("seed", "start_step"):
+                kw[f.name] = _int(value, at)
+            elif f.name.endswith("_usd") and f.name != "bill_usd":
+                kw[f.name] = _series(value, at)
+            else:
+                kw[f.name] = _num(value, at)
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The windows an evaluation ran and the split they came from."""
+
+    test_starts: list[int]
+    """The held-out windows' start steps, in the grid's order."""
+    boundary_step: int
+    """Tuning and training use steps before this one."""
+    total_steps: int
+    episode_steps: int
+    episode_hours: float
+    control_interval_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "held_out") -> HeldOut:
+        data = _obj(data, where)
+        starts = _list(_get(data, "test_starts", where), f"{where}.test_starts")
+        return cls(
+            test_starts=[_int(s, f"{where}.test_starts[{i}]") for i, s in enumerate(starts)],
+            boundary_step=_int(_get(data, "boundary_step", where), f"{where}.boundary_step"),
+            total_steps=_int(_get(data, "total_steps", where), f"{where}.total_steps"),
+            episode_steps=_int(_get(data, "episode_steps", where), f"{where}.episode_steps"),
+            episode_hours=_num(_get(data, "episode_hours", where), f"{where}.episode_hours"),
+            control_interval_s=_num(
+                _get(data, "control_interval_s", where), f"{where}.control_interval_s"
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """The workload replayed: its format, file (None: synthetic), and whether ``--trace``
+    replaced the scenario's own."""
+
+    format: str
+    path: str | None
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.path, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "trace") -> TraceInfo:
+        data = _obj(data, where)
+        return cls(
+            _str(_get(data, "format", where), f"{where}.format"),
+            _str(_get(data, "path", where), f"{where}.path", optional=True),
+            _str(_get(data, "source", where), f"{where}.source"),
+        )
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool as the evaluation billed it."""
+
+    purchase: str
+    price_usd_h: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"purchase": self.purchase, "price_usd_h": self.price_usd_h}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> PoolInfo:
+        data = _obj(data, where)
+        return cls(
+            _str(_get(data, "purchase", where), f"{where}.purchase"),
+            _num(_get(data, "price_usd_h", where), f"{where}.price_usd_h"),
+        )
+
+
+@dataclass(frozen=True)
+class Results:
+    """What ``results.json`` holds, typed: :meth:`to_json` writes it, :meth:`from_json` (and
+    :func:`load_results`) reads it back, a file of today's layout or of the unversioned one
+    before it. Readers (the report, the promotion gate, the cost report, MLflow logging)
+    read these fields, never the JSON."""
+
+    scenario: str
+    trace: TraceInfo
+    seeds: list[int]
+    windows: str
+    """``all`` (every seed runs every held-out window) or ``cycle``."""
+    held_out: HeldOut
+    slo: SLOConfig
+    pools: dict[str, PoolInfo]
+    oracle: str | None
+    """The oracle's label, when it ran."""
+    oracle_cpu_s: MeanCI | None
+    """CPU seconds of the oracle per episode window (its solve, tuning replays and episode)."""
+    baselines: list[str]
+    policies: dict[str, PolicySummary]
+    """Per policy label, in the grid's order."""
+    cost_timelines: dict[str, CostTimeline] | None
+    """Per policy label, its recorded episode's bill over time; None in a file written before
+    timelines were recorded."""
+    top_tenants: list[str] | None
+    """The tenants reported by name; the rest are summed as :func:`other_key` of them."""
+    created_utc: str | None
+    version: int = RESULTS_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``results.json`` (NaN left as is: :func:`json_safe` nulls it)."""
+        return {
+            "version": self.version,
+            "scenario": self.scenario,
+            "trace": self.trace.to_json(),
+            "seeds": list(self.seeds),
+            "windows": self.windows,
+            "held_out": self.held_out.to_json(),
+            "slo": self.slo.model_dump(mode="json"),
+            "pools": {k: v.to_json() for k, v in self.pools.items()},
+            "oracle": self.oracle,
+            "oracle_cpu_s": None if self.oracle_cpu_s is None else self.oracle_cpu_s.to_json(),
+            "baselines": list(self.baselines),
+            "policies": {k: v.to_json() for k, v in self.policies.items()},
+            "cost_timelines": None
+            if self.cost_timelines is None
+            else {k: v.to_json() for k, v in self.cost_timelines.items()},
+            "top_tenants": self.top_tenants,
+            "created_utc": self.created_utc,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Results:
+        """Read a ``results.json`` object.
+
+        :raises ResultsError: another version, or a field missing or of the wrong type (the
+            message names it).
+        """
+        from pydantic import ValidationError
+
+        data = _obj(data, "results")
+        version = data.get("version", RESULTS_VERSION)
+        if version != RESULTS_VERSION:
+            raise ResultsError(
+                f"version: this rlscale reads results.json version {RESULTS_VERSION}, the file "
+                f"is version {version!r}; rerun rlscale evaluate with this version"
+            )
+        try:
+            slo = SLOConfig.model_validate(_obj(_get(data, "slo", ""), "slo"))
+        except ValidationError as err:
+            first = err.errors()[0]
+            at = ".".join(str(x) for x in ("slo", *first["loc"]))
+            raise ResultsError(f"{at}: {first['msg']}") from None
+        timelines = data.get("cost_timelines")
+        tenants = data.get("top_tenants")
+        cpu = data.get("oracle_cpu_s")
+        seeds = _list(_get(data, "seeds", ""), "seeds")
+        return cls(
+            scenario=_str(_get(data, "scenario", ""), "scenario"),
+            trace=TraceInfo.from_json(_get(data, "trace", "")),
+            seeds=[_int(s, f"seeds[{i}]") for i, s in enumerate(seeds)],
+            windows=_str(_get(data, "windows", ""), "windows"),
+            held_out=HeldOut.from_json(_get(data, "held_out", "")),
+            slo=slo,
+            pools={
+                str(k): PoolInfo.from_json(v, f"pools.{k}")
+                for k, v in _obj(_get(data, "pools", ""), "pools").items()
+            },
+            oracle=_str(data.get("oracle"), "oracle", optional=True),
+            oracle_cpu_s=None if cpu is None else MeanCI.from_json(cpu, "oracle_cpu_s"),
+            baselines=[
+                _str(b, f"baselines[{i}]")
+                for i, b in enumerate(_list(data.get("baselines", []), "baselines"))
+            ],
+            policies={
+                str(k): PolicySummary.from_json(v, f"policies.{k}")
+                for k, v in _obj(_get(data, "policies", ""), "policies").items()
+            },
+            cost_timelines=None
+            if timelines is None
+            else {
+                str(k): CostTimeline.from_json(v, f"cost_timelines.{k}")
+                for k, v in _obj(timelines, "cost_timelines").items()
+            },
+            top_tenants=None
+            if tenants is None
+            else [
+                _str(t, f"top_tenants[{i}]") for i, t in enumerate(_list(tenants, "top_tenants"))
+            ],
+            created_utc=_str(data.get("created_utc"), "created_utc", optional=True),
+        )
+
+    def mean(self, policy: str, metric: str) -> float:
+        """``policies[policy]``'s mean of ``metric``; NaN when it has none."""
+        return self.policies[policy].mean(metric)
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Every policy's means as namespaced MLflow metrics (``hpa/cost_usd``); a metric
+        without a mean is left out."""
+        from rlscale.common.tracking import metric_key
+
+        return {
+            metric_key(policy, metric): float(agg.mean)
+            for policy, summary in self.policies.items()
+            for metric, agg in summary.metrics.items()
+            if agg.mean is not None
+        }
+
+    def mlflow_params(self) -> dict[str, str]:
+        """What the evaluation was: scenario, trace, seeds, grid, policies, held-out windows."""
+        params = {
+            "scenario": self.scenario,
+            "trace_format": self.trace.format,
+            "trace_path": self.trace.path,
+            "trace_source": self.trace.source,
+            "seeds": json.dumps(self.seeds),
+            "n_seeds": len(self.seeds),
+            "windows": self.windows,
+            "test_starts": json.dumps(self.held_out.test_starts),
+            "episode_hours": self.held_out.episode_hours,
+            "policies": json.dumps(list(self.policies)),
+            "oracle": self.oracle,
+        }
+        return {k: str(v) for k, v in params.items()}
+
+
+def load_results(path: str | Path) -> Results:
+    """The :class:`Results` of a ``results.json`` file.
+
+    :raises ResultsError: no such file, not JSON, or not an evaluation's results (the message
+        names the file and the field).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path} is not a JSON file: {err}") from None
+    try:
+        return Results.from_json(data)
+    except ResultsError as err:
+        raise ResultsError(f"{path}: {err}") from None
 
 
 @dataclass
 class Evaluation:
     """What an evaluation produced: the JSON results and what the report plots besides."""
 
-    results: dict[str, Any]
-    """Exactly what ``results.json`` holds."""
+    results: Results
+    """What ``results.json`` holds (:meth:`Results.to_json`)."""
     timelines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """Per policy label, the per-step timeline of its first episode (seed 0, first window)."""
     pool_capacity_rps: dict[str, float] = field(default_factory=dict)
@@ -213,7 +668,7 @@ def summarize(
     by_policy: dict[str, dict[int, list[dict[str, float]]]] = {s.display: {} for s in specs}
     rows: list[dict[str, Any]] = []
     timelines: dict[str, dict[str, np.ndarray]] = {}
-    cost_timelines: dict[str, dict[str, Any]] = {}
+    cost_timelines: dict[str, CostTimeline] = {}
     for task, result in raw:
         flat = flatten_summary(result.summary, pool_purchase, tenants)
         by_policy[task.spec.display].setdefault(task.seed, []).append(flat)
@@ -229,24 +684,22 @@ def summarize(
     oracle = next((k for k, v in kinds.items() if v is PolicyKind.ORACLE), None)
     # per oracle episode window: its solve, its tuning replays and its episode, in its worker
     oracle_cpu_s = [r.cpu_s for t, r in raw if t.spec.display == oracle and r.cpu_s is not None]
-    results = {
-        "scenario": scenario.name,
-        "trace": trace_info(scenario, replaced=trace_replaced),
-        "seeds": [int(s) for s in seeds],
-        "windows": windows,
-        "held_out": held_out_info(scenario, split, test_starts),
-        "slo": scenario.slo.model_dump(mode="json"),
-        "pools": {
-            p.name: {"purchase": p.purchase, "price_usd_h": p.price_usd_h} for p in scenario.pools
-        },
-        "oracle": oracle,
-        "oracle_cpu_s": mean_ci95(oracle_cpu_s) if oracle_cpu_s else None,
-        "baselines": [k for k, v in kinds.items() if v is PolicyKind.BASELINE],
-        "policies": {label: aggregate(by_seed) for label, by_seed in by_policy.items()},
-        "cost_timelines": cost_timelines,
-        "top_tenants": tenants,
-        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    results = Results(
+        scenario=scenario.name,
+        trace=trace_info(scenario, replaced=trace_replaced),
+        seeds=[int(s) for s in seeds],
+        windows=windows,
+        held_out=held_out_info(scenario, split, test_starts),
+        slo=scenario.slo.model_copy(),
+        pools={p.name: PoolInfo(p.purchase, float(p.price_usd_h)) for p in scenario.pools},
+        oracle=oracle,
+        oracle_cpu_s=MeanCI.of(oracle_cpu_s) if oracle_cpu_s else None,
+        baselines=[k for k, v in kinds.items() if v is PolicyKind.BASELINE],
+        policies={label: aggregate(by_seed) for label, by_seed in by_policy.items()},
+        cost_timelines=cost_timelines,
+        top_tenants=tenants,
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
     task_cpu_s = [
         {"policy": t.spec.display, "seed": t.seed, "start_step": t.start_step, "cpu_s": r.cpu_s}
         for t, r in raw
@@ -266,7 +719,7 @@ def cost_timeline(
     scenario: Scenario,
     pool_purchase: dict[str, str],
     tenants: Sequence[str],
-) -> dict[str, Any]:
+) -> CostTimeline:
     """A recorded episode's bill over time, in at most :data:`MAX_TIMELINE_POINTS` spans:
     by pool, by purchase option, and by tenant (``tenants`` by name, the rest as ``other``)
     with the idle part of each tenant's cost. Each split sums to ``bill_usd``."""
@@ -295,46 +748,74 @@ def cost_timeline(
     def listed(d: dict[str, Any]) -> dict[str, list[float]]:
         return {k: np.asarray(v, dtype=float).tolist() for k, v in d.items()}
 
-    return {
-        "seed": task.seed,
-        "start_step": task.start_step,
-        "start_s": task.start_step * interval_s,
-        "span_s": per_span * interval_s,
-        "bill_usd": float(result.summary["cost_usd"]),
-        "by_pool_usd": listed(by_pool),
-        "by_purchase_usd": listed(by_purchase),
-        "by_tenant_usd": listed(top_and_other(dict(zip(names, tenant_cost, strict=True)), tenants)),
-        "idle_by_tenant_usd": listed(
+    return CostTimeline(
+        seed=int(task.seed),
+        start_step=int(task.start_step),
+        start_s=float(task.start_step * interval_s),
+        span_s=float(per_span * interval_s),
+        bill_usd=float(result.summary["cost_usd"]),
+        by_pool_usd=listed(by_pool),
+        by_purchase_usd=listed(by_purchase),
+        by_tenant_usd=listed(top_and_other(dict(zip(names, tenant_cost, strict=True)), tenants)),
+        idle_by_tenant_usd=listed(
             top_and_other(dict(zip(names, tenant_idle, strict=True)), tenants)
         ),
-    }
+    )
 
 
-def trace_info(sc: Scenario, *, replaced: bool) -> dict[str, Any]:
+def trace_info(sc: Scenario, *, replaced: bool) -> TraceInfo:
     wl = sc.workload
-    return {
-        "format": wl.kind,
-        "path": wl.path,
-        "source": "--trace" if replaced else "scenario",
-    }
+    return TraceInfo(wl.kind, wl.path, "--trace" if replaced else "scenario")
 
 
-def held_out_info(sc: Scenario, split: Split, test_starts: Sequence[int]) -> dict[str, Any]:
-    return {
-        "test_starts": [int(s) for s in test_starts],
-        "boundary_step": split.boundary_step,
-        "total_steps": split.total_steps,
-        "episode_steps": split.episode_steps,
-        "episode_hours": sc.episode_hours,
-        "control_interval_s": sc.control_interval_s,
-    }
+def held_out_info(sc: Scenario, split: Split, test_starts: Sequence[int]) -> HeldOut:
+    return HeldOut(
+        test_starts=[int(s) for s in test_starts],
+        boundary_step=int(split.boundary_step),
+        total_steps=int(split.total_steps),
+        episode_steps=int(split.episode_steps),
+        episode_hours=float(sc.episode_hours),
+        control_interval_s=float(sc.control_interval_s),
+    )
+
+
+def log_evaluation(
+    results: Results,
+    artifacts: Sequence[Path],
+    *,
+    uri: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+) -> TrackedRun:
+    """Log one evaluation as an MLflow run: params, namespaced metrics, and ``artifacts``.
+
+    :param artifacts: files to attach (``results.json``, ``report.html``).
+    :param uri: tracking URI (default: see :func:`~rlscale.common.tracking.tracking_uri`).
+    :param experiment: experiment name, created when missing (default ``rlscale-evaluate``).
+    :param run_name: default ``{scenario}__evaluate__{seeds}__{unix time}``.
+    :raises TrackingError: MLflow missing, or the store refused the run.
+    """
+    from rlscale.common.tracking import EXPERIMENT_NAME, log_run
+
+    name = run_name or f"{results.scenario}__evaluate__{len(results.seeds)}__{int(time.time())}"
+    return log_run(
+        experiment=experiment or EXPERIMENT_NAME,
+        run_name=name,
+        command="evaluate",
+        params=results.mlflow_params(),
+        metrics=results.mlflow_metrics(),
+        artifacts=artifacts,
+        uri=uri,
+    )
 
 
 def write_results(evaluation: Evaluation, out_dir: Path) -> Path:
     """Write ``results.json`` (strict JSON: NaN and infinities become null)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    path.write_text(json.dumps(json_safe(evaluation.results), indent=2, allow_nan=False) + "\n")
+    path.write_text(
+        json.dumps(json_safe(evaluation.results.to_json()), indent=2, allow_nan=False) + "\n"
+    )
     return path
 
 

@@ -18,6 +18,7 @@ from rlscale.training.export import POLICY_EXPERIMENT
 
 if TYPE_CHECKING:
     from rlscale.envs.scenario import Scenario
+    from rlscale.experiments.results import Results
     from rlscale.training.promote import Candidate, Decision
 
 RULE = (
@@ -47,7 +48,7 @@ def format_interval(agg: dict[str, Any], fmt: Any) -> str:
 def build_report(
     name: str,
     sc: Scenario,
-    results: dict[str, Any],
+    results: Results,
     decision: Decision,
     challenger: Candidate,
     champion: Candidate | None,
@@ -85,8 +86,8 @@ def build_report(
             "reasons": decision.reasons,
             "scenario": sc.name,
             "target_attainment": decision.target_attainment,
-            "seeds": results["seeds"],
-            "held_out_windows": results["held_out"]["test_starts"],
+            "seeds": results.seeds,
+            "held_out_windows": results.held_out.test_starts,
             "challenger": candidate(challenger),
             "champion": candidate(champion),
             "challenger_attainment": decision.attainment,
@@ -94,8 +95,8 @@ def build_report(
             "best_baseline": best_baseline,
             "comparisons": [asdict(c) for c in decision.comparisons],
             "policies": {
-                label: {k: m[k] for k in ("cost_usd", "slo_attainment") if k in m}
-                for label, m in results["policies"].items()
+                label: {k: m[k].to_json() for k in ("cost_usd", "slo_attainment") if k in m}
+                for label, m in results.policies.items()
             },
             "rule": RULE,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

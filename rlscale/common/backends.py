@@ -201,21 +201,34 @@ def _run_processes(
     return results
 
 
+_JOINED: dict[str, str] = {}
+"""The address :func:`ray_init` last joined, and the GCS address of the cluster it found there
+(``{"asked": ..., "gcs": ...}``): asking for the same address again reuses the connection."""
+
+
 def ray_init(backend: Backend, *, join: bool = True) -> Any:
-    """The ``ray`` module, connected: to a cluster already joined, to ``backend.address`` or
-    ``$RAY_ADDRESS``, else to a local cluster of ``backend.n_workers`` CPUs started here.
+    """The ``ray`` module, connected: to ``backend.address`` or ``$RAY_ADDRESS``, else to a
+    local cluster of ``backend.n_workers`` CPUs started here.
+
+    A process holds one Ray connection. When it is already connected (a cluster joined or
+    started earlier, by this function or by the caller's own ``ray.init``), that connection
+    is used if no address is asked for, or the address asked for is the cluster's (its GCS
+    ``host:port``, or the very address this function joined it by); an address of another
+    cluster is an error, never a silent run on the wrong cluster.
 
     :param join: False: always a local cluster started here, even when ``$RAY_ADDRESS`` is
         set (``rlscale sweep --backend local``: Tune runs on Ray either way).
-    :raises BackendError: Ray not installed, or the cluster cannot be reached.
+    :raises BackendError: Ray not installed, the cluster cannot be reached, or this process
+        is connected to another cluster than the one asked for.
     """
     try:
         import ray
     except ImportError:
         raise BackendError(f"--backend {backend.name} needs Ray: {RAY_INSTALL_HINT}") from None
-    if ray.is_initialized():
-        return ray
     address = (backend.address or os.environ.get(RAY_ADDRESS_ENV) or None) if join else None
+    if ray.is_initialized():
+        _check_same_cluster(ray, address, "--address" if backend.address else RAY_ADDRESS_ENV)
+        return ray
     runtime_env = {"env_vars": _worker_env()}
     try:
         if address:
@@ -231,7 +244,49 @@ def ray_init(backend: Backend, *, join: bool = True) -> Any:
             )
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise BackendError(f"cannot start or join Ray ({address or 'local'}): {err}") from None
+    _JOINED.clear()
+    if address:
+        _JOINED.update(asked=address, gcs=_gcs_address(ray) or "")
     return ray
+
+
+def _gcs_address(ray: Any) -> str | None:
+    """``host:port`` of the GCS of the cluster this process is connected to, if Ray says."""
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # a Ray client connection, or a Ray that does not tell
+        return None
+
+
+def _host_port(address: str) -> tuple[str, str] | None:
+    """``address`` (``host:port``, ``ray://host:port``) as (IP, port), or None."""
+    import socket
+
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host:
+        return None
+    try:
+        return socket.gethostbyname(host), port
+    except OSError:
+        return host, port
+
+
+def _check_same_cluster(ray: Any, address: str | None, source: str) -> None:
+    """Raise unless the connection this process holds is to the cluster ``address`` names."""
+    if address is None or address == "auto":
+        return  # any cluster will do: the one this process is connected to
+    current = _gcs_address(ray)
+    if _JOINED.get("asked") == address and _JOINED.get("gcs", "") == (current or ""):
+        return  # the connection this function made to that very address
+    if current is not None and _host_port(current) == _host_port(address):
+        return
+    where = source if source == "--address" else f"${source}"
+    raise BackendError(
+        f"this process is already connected to the Ray cluster at {current or 'an unknown address'}"
+        f", and {where} asks for {address}: Ray joins one cluster per process. Run the command "
+        "in a new process, or leave out the address to use the cluster already joined"
+    )
 
 
 def _run_ray(

@@ -11,13 +11,15 @@ A run is named ``{scenario}__evaluate__{seeds}__{unix time}`` in the experiment
 (``hpa/cost_usd``, ``oracle/gpu_hours/h100``); the 95% intervals are in ``results.json``, which
 is logged as an artifact beside ``report.html``.
 
+:func:`rlscale.experiments.results.log_evaluation` logs an evaluation's run with
+:func:`log_run`; the promotion gate and sweeps log theirs through the same pieces.
+
 MLflow is an optional dependency (``pip install 'rlscale[eval]'``); it is imported only here,
 and only when a run is logged.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -103,37 +105,6 @@ def metric_key(policy: str, metric: str) -> str:
     return key.strip("/ ") or "_"
 
 
-def run_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """The means of ``results["policies"]`` as namespaced MLflow metrics (undefined: left out)."""
-    out: dict[str, float] = {}
-    for policy, metrics in results["policies"].items():
-        for metric, agg in metrics.items():
-            mean = agg.get("mean")
-            if mean is not None:
-                out[metric_key(policy, metric)] = float(mean)
-    return out
-
-
-def run_params(results: dict[str, Any]) -> dict[str, str]:
-    """What the evaluation was: scenario, trace, seeds, grid, policies, held-out windows."""
-    held = results.get("held_out", {})
-    trace = results.get("trace", {})
-    params = {
-        "scenario": results["scenario"],
-        "trace_format": trace.get("format"),
-        "trace_path": trace.get("path"),
-        "trace_source": trace.get("source"),
-        "seeds": json.dumps(results["seeds"]),
-        "n_seeds": len(results["seeds"]),
-        "windows": results.get("windows"),
-        "test_starts": json.dumps(held.get("test_starts")),
-        "episode_hours": held.get("episode_hours"),
-        "policies": json.dumps(list(results["policies"])),
-        "oracle": results.get("oracle"),
-    }
-    return {k: str(v)[:_PARAM_MAX_CHARS] for k, v in params.items()}
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -194,34 +165,3 @@ def log_run(
             client.set_terminated(run_id, status="FAILED")
         raise TrackingError(f"could not log the {command} run to MLflow at {uri}: {err}") from None
     return TrackedRun(run_id, exp_id, uri, run_name)
-
-
-def log_evaluation(
-    results: dict[str, Any],
-    artifacts: Sequence[Path],
-    *,
-    uri: str | None = None,
-    experiment: str = EXPERIMENT_NAME,
-    run_name: str | None = None,
-) -> TrackedRun:
-    """Log one evaluation as an MLflow run: params, namespaced metrics, and ``artifacts``.
-
-    :param results: what ``results.json`` holds.
-    :param artifacts: files to attach (``results.json``, ``report.html``).
-    :param uri: tracking URI (default: see :func:`tracking_uri`).
-    :param experiment: experiment name, created when missing.
-    :param run_name: default ``{scenario}__evaluate__{seeds}__{unix time}``.
-    :raises TrackingError: MLflow missing, or the store refused the run.
-    """
-    name = run_name or (
-        f"{results['scenario']}__evaluate__{len(results['seeds'])}__{int(time.time())}"
-    )
-    return log_run(
-        experiment=experiment,
-        run_name=name,
-        command="evaluate",
-        params=run_params(results),
-        metrics=run_metrics(results),
-        artifacts=artifacts,
-        uri=uri,
-    )

@@ -260,9 +260,9 @@ def test_an_exported_policy_is_evaluated_beside_the_baselines(exported_policy):
         include_oracle=False,
         progress=False,
     )
-    summary = result.results["policies"][spec.display]
-    assert summary["cost_usd"]["mean"] > 0
-    assert 0.0 <= summary["slo_attainment"]["mean"] <= 1.0
+    summary = result.results.policies[spec.display]
+    assert summary.mean("cost_usd") > 0
+    assert 0.0 <= summary.mean("slo_attainment") <= 1.0
 
 
 def test_evaluate_names_a_missing_export():

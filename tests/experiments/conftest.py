@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,15 @@ import pytest
 from rlscale.agents import registry
 from rlscale.agents.static import StaticPolicy
 from rlscale.envs.scenario import Scenario, scenario_from_dict
+
+
+@pytest.fixture(scope="session")
+def results_d0578ef() -> Path:
+    """A results.json written by main at d0578ef, before results.json had a version: static,
+    hpa and the oracle on the quick scenario replaying a three-tenant CSV trace, seeds 0 and 1,
+    one held-out window, two tenants by name (written by fixtures/make_results_d0578ef.py).
+    Readers of today must load it."""
+    return Path(__file__).parent / "fixtures" / "results-d0578ef.json"
 
 
 @pytest.fixture(scope="session")

@@ -38,35 +38,33 @@ def evaluation(scenario, tmp_path_factory, tenant_csv_trace):
 def test_results_carry_idle_shares_and_a_timeline_that_sums_to_the_bill(evaluation):
     ev, _ = evaluation
     res = ev.results
-    for label, metrics in res["policies"].items():
-        cost = metrics["cost_usd"]["mean"]
-        tenants = {k: v["mean"] for k, v in metrics.items() if k.startswith("cost_per_tenant_usd/")}
-        assert set(tenants) == {f"cost_per_tenant_usd/{t}" for t in ("alpha", "beta", "other")}
+    for label, summary in res.policies.items():
+        cost = summary.mean("cost_usd")
+        own = summary.tenants
+        tenants = {t: agg.value for t, agg in own.cost_usd.items()}
+        assert set(tenants) == {"alpha", "beta", "other"}
+        assert set(own.idle_cost_usd) == set(own.busy_gpu_hours) == set(tenants)
         assert sum(tenants.values()) == pytest.approx(cost, rel=1e-9)
-        idle = metrics["idle_cost_usd"]["mean"]
+        idle = summary.mean("idle_cost_usd")
         assert 0.0 < idle < cost
         for t in ("alpha", "beta", "other"):
-            assert (
-                0
-                <= metrics[f"idle_cost_per_tenant_usd/{t}"]["mean"]
-                <= tenants[f"cost_per_tenant_usd/{t}"]
-            )
-        tl = res["cost_timelines"][label]
-        assert tl["seed"] == 0 and tl["start_step"] == res["held_out"]["test_starts"][0]
-        steps = res["held_out"]["episode_steps"]
-        assert len(tl["by_pool_usd"]["h100"]) == math.ceil(steps / math.ceil(steps / 96))
-        for key in ("by_pool_usd", "by_purchase_usd", "by_tenant_usd"):
-            assert sum(map(sum, tl[key].values())) == pytest.approx(tl["bill_usd"], rel=1e-9)
+            assert 0 <= own.idle_cost_usd[t].value <= tenants[t]
+        tl = res.cost_timelines[label]
+        assert tl.seed == 0 and tl.start_step == res.held_out.test_starts[0]
+        steps = res.held_out.episode_steps
+        assert len(tl.by_pool_usd["h100"]) == math.ceil(steps / math.ceil(steps / 96))
+        for split in (tl.by_pool_usd, tl.by_purchase_usd, tl.by_tenant_usd):
+            assert sum(map(sum, split.values())) == pytest.approx(tl.bill_usd, rel=1e-9)
         # the recorded episode is one of the grid's: its bill is that episode's cost
         first = next(
             e
             for e in ev.episodes
-            if e["policy"] == label and e["seed"] == 0 and e["start_step"] == tl["start_step"]
+            if e["policy"] == label and e["seed"] == 0 and e["start_step"] == tl.start_step
         )
-        assert tl["bill_usd"] == pytest.approx(first["cost_usd"], rel=1e-12)
+        assert tl.bill_usd == pytest.approx(first["cost_usd"], rel=1e-12)
     # alpha sends half of the held-out window's tokens, beta a quarter
-    static = res["policies"]["static"]
-    ratio = static["cost_per_tenant_usd/alpha"]["mean"] / static["cost_per_tenant_usd/beta"]["mean"]
+    static = res.policies["static"].tenants
+    ratio = static.cost_usd["alpha"].value / static.cost_usd["beta"].value
     assert ratio == pytest.approx(0.6 / 0.25, rel=0.2)
 
 
@@ -76,11 +74,8 @@ def test_evaluation_report_shows_the_idle_share_per_tenant(evaluation, parse_htm
     table = next(t for t in page.tables if t[0][:3] == ["Tenant", "static: USD", "static: idle"])
     rows = {r[0]: r[1:] for r in table[1:]}
     assert set(rows) == {"alpha", "beta", "other"}
-    static = ev.results["policies"]["static"]
-    share = (
-        static["idle_cost_per_tenant_usd/alpha"]["mean"]
-        / static["cost_per_tenant_usd/alpha"]["mean"]
-    )
+    static = ev.results.policies["static"].tenants
+    share = static.idle_cost_usd["alpha"].value / static.cost_usd["alpha"].value
     assert rows["alpha"][1] == f"{100 * share:.2f}%"
 
 
@@ -93,8 +88,7 @@ def test_cost_report_from_results_sums_to_the_bill(evaluation, tmp_path, parse_h
     assert check_sums(report) == []
     assert list(report["entries"]) == ["static", "hpa"] == list(line["bill_usd"])
     for label, entry in report["entries"].items():
-        metrics = ev.results["policies"][label]
-        assert entry["bill_usd"] == pytest.approx(metrics["cost_usd"]["mean"])
+        assert entry["bill_usd"] == pytest.approx(ev.results.mean(label, "cost_usd"))
         assert set(entry["tenants"]) == {"alpha", "beta", "other"}  # as evaluated: top 2
         assert entry["other_tenants"] == "other"
         assert sum(entry["by_pool_usd"].values()) == pytest.approx(entry["bill_usd"], rel=1e-9)

@@ -15,19 +15,14 @@ import numpy as np
 import pytest
 
 from rlscale.agents.observe import EpisodeResult
-from rlscale.common.tracking import (
-    TrackingError,
-    log_evaluation,
-    metric_key,
-    require_mlflow,
-)
+from rlscale.common.tracking import TrackingError, metric_key, require_mlflow
 from rlscale.envs.scenario import ScenarioError
 from rlscale.experiments import evaluate as ev
 from rlscale.experiments import grid, results
 from rlscale.experiments.evaluate import evaluate
 from rlscale.experiments.grid import PolicySpec
 from rlscale.experiments.report import gap_rows, render_report, write_report
-from rlscale.experiments.results import mean_ci95
+from rlscale.experiments.results import log_evaluation, mean_ci95
 
 HEADLINE_METRICS = (
     "cost_usd",
@@ -170,14 +165,14 @@ def test_evaluation_is_deterministic(two_policy_eval, scenario):
         include_oracle=False,
         progress=False,
     )
-    assert again.results["policies"]["static-1"] == two_policy_eval.results["policies"]["static-1"]
+    assert again.results.policies["static-1"] == two_policy_eval.results.policies["static-1"]
 
 
 def test_oracle_is_built_per_episode_with_its_window_and_seed(scenario, fake_oracle):
     out = evaluate(scenario, ["static"], seeds=2, max_windows=2, progress=False)
-    starts = out.results["held_out"]["test_starts"]
-    assert out.results["oracle"] == "oracle"
-    assert list(out.results["policies"]) == ["static", "oracle"]
+    starts = out.results.held_out.test_starts
+    assert out.results.oracle == "oracle"
+    assert list(out.results.policies) == ["static", "oracle"]
     assert sorted((c["seed"], c["start_step"]) for c in fake_oracle) == sorted(
         (s, w) for s in (0, 1) for w in starts
     )
@@ -207,15 +202,15 @@ def test_oracle_time_per_window_is_reported(scenario, monkeypatch):
         registry._ENTRIES, "oracle", dataclasses.replace(real, factory=slow_factory)
     )
     out = evaluate(scenario, ["static"], seeds=2, max_windows=1, progress=False)
-    timing = out.results["oracle_cpu_s"]
-    assert 0.2 <= timing["mean"] < 5.0
-    assert timing["ci95"][0] is not None  # two episodes, an interval
+    timing = out.results.oracle_cpu_s
+    assert 0.2 <= timing.mean < 5.0
+    assert timing.interval is not None  # two episodes, an interval
     assert "oracle: " in markdown_table(out.results).splitlines()[-1]
     assert "s of CPU per episode window" in markdown_table(out.results)
     without = evaluate(
         scenario, ["static"], seeds=1, max_windows=1, include_oracle=False, progress=False
     )
-    assert without.results["oracle_cpu_s"] is None
+    assert without.results.oracle_cpu_s is None
     assert "CPU" not in markdown_table(without.results)
 
 
@@ -244,18 +239,13 @@ def test_trace_replaces_the_workload_and_is_named(scenario, tmp_path, tenant_csv
         progress=False,
     )
     res = out.results
-    assert res["trace"] == {"format": "csv", "path": str(trace.resolve()), "source": "--trace"}
+    assert res.trace == results.TraceInfo("csv", str(trace.resolve()), "--trace")
     # ~2 h of trace, 0.5 h episodes: the last quarter (one window) is held out
-    held = res["held_out"]
-    assert held["total_steps"] in (239, 240)
-    assert held["test_starts"] == [held["boundary_step"]] == [int(0.75 * held["total_steps"])]
-    tenants = {k for k in res["policies"]["static"] if k.startswith("cost_per_tenant_usd/")}
-    assert tenants == {
-        "cost_per_tenant_usd/alpha",
-        "cost_per_tenant_usd/beta",
-        "cost_per_tenant_usd/other",
-    }
-    assert res["policies"]["static"]["completed"]["mean"] > 0.2 * 3 * 1800
+    held = res.held_out
+    assert held.total_steps in (239, 240)
+    assert held.test_starts == [held.boundary_step] == [int(0.75 * held.total_steps)]
+    assert set(res.policies["static"].tenants.cost_usd) == {"alpha", "beta", "other"}
+    assert res.policies["static"].mean("completed") > 0.2 * 3 * 1800
 
 
 def test_trace_mean_rps_rescales_the_replayed_trace(scenario, tmp_path):
@@ -364,9 +354,7 @@ def test_mlflow_run_has_metrics_params_and_artifacts(two_policy_eval, tmp_path):
     assert got.info.status == "FINISHED" and got.info.run_name == run.run_name
     assert client.get_experiment(run.experiment_id).name == "rlscale-evaluate"
     res = two_policy_eval.results
-    assert got.data.metrics["static/cost_usd"] == pytest.approx(
-        res["policies"]["static"]["cost_usd"]["mean"]
-    )
+    assert got.data.metrics["static/cost_usd"] == pytest.approx(res.mean("static", "cost_usd"))
     assert "static-1/gpu_hours/h100" in got.data.metrics
     assert got.data.params["scenario"] == "quick" and got.data.params["n_seeds"] == "3"
     names = {a.path for a in client.list_artifacts(run.run_id)}
@@ -474,7 +462,7 @@ def test_building_the_cli_parser_does_not_load_the_simulator():
     assert out.stdout.strip() == "[]"
 
 
-def test_markdown_table_marks_the_best_baseline_and_the_gap_closed():
+def test_markdown_table_marks_the_best_baseline_and_the_gap_closed(results_d0578ef):
     from rlscale.experiments.report import markdown_table
 
     def agg(mean, half=0.0):
@@ -488,18 +476,21 @@ def test_markdown_table_marks_the_best_baseline_and_the_gap_closed():
             "scale_events": agg(3.0),
         }
 
-    results = {
-        "slo": {"target_attainment": 0.99},
-        "oracle": "oracle",
-        "baselines": ["static", "hpa", "cheap"],
-        "policies": {
-            "static": policy(20.0, 1.0),
-            "hpa": policy(15.0, 0.995),
-            "cheap": policy(5.0, 0.90),  # cheapest, but misses the SLO: no bar
-            "oracle": policy(10.0, 0.999),
-        },
+    policies = {
+        "static": policy(20.0, 1.0),
+        "hpa": policy(15.0, 0.995),
+        "cheap": policy(5.0, 0.90),  # cheapest, but misses the SLO: no bar
+        "oracle": policy(10.0, 0.999),
     }
-    lines = markdown_table(results).splitlines()
+    base = results.load_results(results_d0578ef)  # target attainment 0.99
+    made = dataclasses.replace(
+        base,
+        oracle="oracle",
+        oracle_cpu_s=None,
+        baselines=["static", "hpa", "cheap"],
+        policies={k: results.PolicySummary.from_json(v, k) for k, v in policies.items()},
+    )
+    lines = markdown_table(made).splitlines()
     assert lines[0].startswith("| policy | cost (USD)")
     by_name = {line.split("|")[1].strip(): line for line in lines[2:]}
     assert "**hpa**" in by_name and "| 0% |" in by_name["**hpa**"]
@@ -515,3 +506,11 @@ def test_evaluation_runs_held_out_windows_only(two_policy_eval, scenario):
     starts = {e["start_step"] for e in two_policy_eval.episodes}
     assert starts and min(starts) >= split.boundary_step
     assert max(starts) + split.episode_steps <= split.total_steps
+
+
+def test_results_json_reads_back_equal_to_what_was_written(two_policy_eval, tmp_path):
+    path = results.write_results(two_policy_eval, tmp_path)
+    data = json.loads(path.read_text())
+    assert data["version"] == results.RESULTS_VERSION
+    assert results.load_results(path) == two_policy_eval.results
+    assert results.json_safe(results.load_results(path).to_json()) == data

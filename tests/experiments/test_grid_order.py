@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from rlscale.common.backends import run_tasks
@@ -24,7 +25,7 @@ def _evaluation(scenario, specs, tasks, results, seeds, starts):
         n_top_tenants=3,
         pool_capacity_rps={},
     )
-    ev.results.pop("created_utc")
+    ev.results = dataclasses.replace(ev.results, created_utc=None)  # when it ran
     return ev
 
 
@@ -47,7 +48,7 @@ def test_same_numbers_from_the_task_list_run_in_any_order(scenario):
     assert a.results == b.results
     assert a.episodes == b.episodes
     # the policies differ, so equal numbers are not an accident of a constant grid
-    costs = {p: m["cost_usd"]["mean"] for p, m in a.results["policies"].items()}
+    costs = {p: m.mean("cost_usd") for p, m in a.results.policies.items()}
     assert len(set(costs.values())) == 3
     hpa = [e["cost_usd"] for e in a.episodes if e["policy"] == "hpa"]
     assert len(set(hpa)) > 1  # seeds and windows matter

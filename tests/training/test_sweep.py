@@ -1,15 +1,14 @@
-"""``rlscale sweep``: Ray Tune trials as MLflow child runs, the best registered as challenger.
+"""``rlscale sweep``: the pieces that decide (the objective, the search space, the trial
+selection, a stopped trial's run) and the error exits.
 
-One end-to-end sweep (two trials of a few hundred env steps on a local Ray cluster the command
-starts itself, a real SQLite store) plus the pieces that decide: the objective, the search
-space, the error exits.
+The end-to-end sweep (two trials of a few hundred env steps, MLflow parent and child runs in a
+real SQLite store, the best trial registered as challenger) runs on the one Ray cluster of
+``tests/common/test_backends.py``, beside the evaluation grid on it.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -23,11 +22,8 @@ pytest.importorskip("onnxruntime")
 from rlscale.cli import main
 from rlscale.envs.scenario import scenario_from_dict
 from rlscale.training.config import TrainConfig
-from rlscale.training.model_registry import CHALLENGER_ALIAS, DEFAULT_MODEL_NAME
 from rlscale.training.sweep import (
-    OBJECTIVE,
     OUTCOME_TAG,
-    PARENT_TAG,
     SEARCH_SPACE,
     TrialSelection,
     _close_trial_run,
@@ -37,13 +33,6 @@ from rlscale.training.sweep import (
     searched_fields,
 )
 from rlscale.training.validate import ValidationResult
-
-# 4 envs x 64 steps = 256 env steps per PPO update; validations at 256 and 512
-TINY = [
-    "--total-timesteps", "512", "--eval-every", "256", "--n-envs", "4", "--n-steps", "64",
-    "--batch-size", "128", "--n-epochs", "1", "--net-arch", "16", "16", "--eval-windows", "1",
-    "--checkpoint-every", "0",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -66,81 +55,6 @@ def _validation(cost: float, attainment: float, target: float = 0.99) -> Validat
         meets_target=float(attainment >= target),
         target=target,
     )
-
-
-def test_two_trial_sweep_logs_children_and_registers_the_best(store, capsys):
-    pytest.importorskip("ray.tune")
-    pytest.importorskip("optuna")
-    import ray
-    from mlflow import MlflowClient
-
-    ray_before = ray.is_initialized()
-    argv = [
-        "sweep", "--scenario", store["scenario"], "--trials", "2", "--workers", "2",
-        "--out", str(store["out"]), "--reduction-factor", "2", *TINY,
-    ]  # fmt: skip
-    rc = main(argv)
-    out, err = capsys.readouterr()
-    assert rc == 0, (out + err)[-3000:]
-    assert ray.is_initialized() == ray_before  # a cluster it started is shut down again
-    assert "Trial status:" in out + err  # Tune's own live view of the trials
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["trials"] == 2 and summary["error"] == 0
-    assert summary["finished"] >= 1 and summary["finished"] + summary["stopped"] == 2
-
-    client = MlflowClient(tracking_uri=store["uri"])
-    parent = client.get_run(summary["parent_run_id"])
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["rlscale.command"] == "sweep"
-    assert parent.data.params["trials"] == "2" and parent.data.params["search"] == "optuna-tpe"
-    # flags fix a setting: n_steps and batch_size were given, so they were not searched
-    searched = set(json.loads(parent.data.params["search_space"]))
-    assert searched == set(SEARCH_SPACE) - {"n_steps", "batch_size"}
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
-        "trials.json",
-        "trials.csv",
-    }
-
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
-    )
-    assert len(children) == 2
-    for child in children:
-        # each trial is a full training run: its config, its validations, its outcome
-        assert child.data.params["total_timesteps"] == "512"
-        assert child.data.params["scenario"].endswith("quick-sweep.yaml")
-        assert "eval/cost_usd" in child.data.metrics
-        outcome = child.data.tags[OUTCOME_TAG]
-        assert child.info.status == {"finished": "FINISHED", "stopped": "KILLED"}[outcome]
-    # the trials drew different settings (TPE's first draws are seeded random samples)
-    lrs = {child.data.params["learning_rate"] for child in children}
-    assert len(lrs) == 2
-
-    # only the best trial becomes a registry version, with the alias challenger
-    mv = client.get_model_version_by_alias(DEFAULT_MODEL_NAME, CHALLENGER_ALIAS)
-    assert int(mv.version) == summary["model_version"] == 1
-    assert mv.run_id == summary["best_run_id"] == parent.data.tags["rlscale.sweep.best_run_id"]
-    assert len(client.search_model_versions(f"name = '{DEFAULT_MODEL_NAME}'")) == 1
-    best = client.get_run(mv.run_id)
-    assert best.data.tags[OUTCOME_TAG] == "finished"
-    assert best.data.tags[PARENT_TAG] == parent.info.run_id
-
-    # the final table: printed, and saved as JSON and CSV, best first
-    rows = json.loads((store["out"] / "trials.json").read_text())
-    assert len(rows) == 2 and rows[0]["mlflow_run_id"] == mv.run_id
-    finished = [r for r in rows if r["outcome"] == "finished"]
-    assert rows[0][OBJECTIVE] == min(r[OBJECTIVE] for r in finished)
-    assert rows[0][OBJECTIVE] == pytest.approx(summary["best_objective_usd"])
-    # what was ranked is what was registered: the export of the validation the table names
-    manifest = client.download_artifacts(mv.run_id, "policy/manifest.json", str(store["out"]))
-    training = json.loads(Path(manifest).read_text())["training"]
-    assert training["selected_timesteps"] == rows[0]["selected_timesteps"]
-    with (store["out"] / "trials.csv").open() as f:
-        table = list(csv.DictReader(f))
-    assert [r["mlflow_run_id"] for r in table] == [r["mlflow_run_id"] for r in rows]
-    assert "learning_rate" in table[0] and "n_steps" not in table[0]
-    assert f"registered as {DEFAULT_MODEL_NAME} version 1, alias {CHALLENGER_ALIAS}" in out
-    assert any(line.startswith("* ") and rows[0]["trial"] in line for line in out.splitlines())
 
 
 def test_objective_is_the_cost_at_the_target_else_above_any_cost_that_meets_it(quick_raw):
