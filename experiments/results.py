@@ -17,14 +17,27 @@ read these typed fields, not the JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass as typed
 
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
 from rlscale.envs.scenario import SLOConfig
@@ -180,75 +193,23 @@ class ResultsError(ValueError):
     message names the field (``policies.static.cost_usd.mean``) and what was wrong."""
 
 
-def _get(data: dict[str, Any], key: str, where: str) -> Any:
-    if key not in data:
-        raise ResultsError(f"{_join(where, key)}: missing")
-    return data[key]
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ResultsError(f"{where}: expected an object, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ResultsError(f"{where}: expected a list, got {_kind(value)}")
-    return value
-
-
-def _str(value: Any, where: str, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise ResultsError(f"{where}: expected a string, got {_kind(value)}")
-    return value
-
-
-def _num(value: Any, where: str, *, optional: bool = False) -> Any:
-    """A JSON number as a float (None stays None where ``optional``: NaN is written as null)."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ResultsError(f"{where}: expected a number, got {_kind(value)}")
-    return float(value)
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ResultsError(f"{where}: expected an integer, got {_kind(value)}")
-    return value
+Number = StrictFloat
+"""A JSON number (an integer is taken as a float; a string or a boolean is refused)."""
 
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r:.40}"
-
-
-def _series(value: Any, where: str) -> dict[str, list[float]]:
-    return {
-        str(k): [_num(x, f"{where}.{k}[{i}]") for i, x in enumerate(_list(v, f"{where}.{k}"))]
-        for k, v in _obj(value, where).items()
-    }
-
-
-@dataclass(frozen=True)
+@typed(frozen=True)
 class MeanCI:
     """A metric over seeds: the mean and the two-sided 95% t-interval of the mean.
 
     ``mean`` is None when there was no value (or it was not finite); ``ci95`` is
     ``(None, None)`` when no spread can be estimated (one seed)."""
 
-    mean: float | None
-    ci95: tuple[float | None, float | None] = (None, None)
+    mean: Number | None
+    ci95: tuple[Number | None, Number | None] = (None, None)
 
     @classmethod
     def of(cls, values: Sequence[float]) -> MeanCI:
@@ -270,23 +231,14 @@ class MeanCI:
         return None if lo is None or hi is None else (float(lo), float(hi))
 
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "ci95": list(self.ci95)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "") -> MeanCI:
-        data = _obj(data, where)
-        ci = _list(_get(data, "ci95", where), _join(where, "ci95"))
-        if len(ci) != 2:
-            raise ResultsError(f"{_join(where, 'ci95')}: expected [low, high], got {ci!r:.60}")
-        lo, hi = (_num(x, f"{where}.ci95[{i}]", optional=True) for i, x in enumerate(ci))
-        return cls(_num(_get(data, "mean", where), _join(where, "mean"), optional=True), (lo, hi))
+        return _dump(MeanCI, self)
 
 
 NO_VALUE = MeanCI(None)
 """What a metric a policy has no value of reads as."""
 
 
-@dataclass(frozen=True)
+@typed(frozen=True)
 class TenantCosts:
     """A policy's per-tenant numbers: the top tenants by name and the rest as ``other``
     (:func:`other_key`), each a :class:`MeanCI` over seeds."""
@@ -299,22 +251,25 @@ class TenantCosts:
     """GPU-hours its tokens needed."""
 
 
-@dataclass(frozen=True)
-class PolicySummary:
+class PolicySummary(RootModel[dict[str, MeanCI]]):
     """One policy's metrics, ``metric -> MeanCI``; nested ones are keyed ``group/key``
     (``cost_by_pool_usd/h100``, ``cost_per_tenant_usd/alpha``), as in ``results.json``."""
 
-    metrics: dict[str, MeanCI]
+    model_config = ConfigDict(frozen=True)
+
+    @property
+    def metrics(self) -> dict[str, MeanCI]:
+        return self.root
 
     def __getitem__(self, metric: str) -> MeanCI:
-        return self.metrics[metric]
+        return self.root[metric]
 
     def __contains__(self, metric: object) -> bool:
-        return metric in self.metrics
+        return metric in self.root
 
     def get(self, metric: str) -> MeanCI:
         """The metric, or :data:`NO_VALUE` when this policy has none."""
-        return self.metrics.get(metric, NO_VALUE)
+        return self.root.get(metric, NO_VALUE)
 
     def mean(self, metric: str) -> float:
         """The metric's mean over seeds; NaN when it has none."""
@@ -323,7 +278,7 @@ class PolicySummary:
     def group(self, prefix: str) -> dict[str, MeanCI]:
         """The metrics keyed ``prefix/KEY``, as ``KEY -> MeanCI`` (pools, tenants)."""
         cut = len(prefix) + 1
-        return {k[cut:]: v for k, v in self.metrics.items() if k.startswith(prefix + "/")}
+        return {k[cut:]: v for k, v in self.root.items() if k.startswith(prefix + "/")}
 
     @property
     def tenants(self) -> TenantCosts:
@@ -333,171 +288,93 @@ class PolicySummary:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v.to_json() for k, v in self.metrics.items()}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> PolicySummary:
-        data = _obj(data, where)
-        return cls({str(k): MeanCI.from_json(v, _join(where, k)) for k, v in data.items()})
+        return self.model_dump(mode="json")
 
 
-@dataclass(frozen=True)
+@typed(frozen=True)
 class CostTimeline:
     """One recorded episode's bill over time (seed, start step), in spans of ``span_s``; each
     split (pools, purchase options, tenants) sums to ``bill_usd``."""
 
-    seed: int
-    start_step: int
-    start_s: float
-    span_s: float
-    bill_usd: float
-    by_pool_usd: dict[str, list[float]]
-    by_purchase_usd: dict[str, list[float]]
-    by_tenant_usd: dict[str, list[float]]
-    idle_by_tenant_usd: dict[str, list[float]]
+    seed: StrictInt
+    start_step: StrictInt
+    start_s: Number
+    span_s: Number
+    bill_usd: Number
+    by_pool_usd: dict[str, list[Number]]
+    by_purchase_usd: dict[str, list[Number]]
+    by_tenant_usd: dict[str, list[Number]]
+    idle_by_tenant_usd: dict[str, list[Number]]
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> CostTimeline:
-        data = _obj(data, where)
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            value, at = _get(data, f.name, where), _join(where, f.name)
-            if f.name in ("seed", "start_step"):
-                kw[f.name] = _int(value, at)
-            elif f.name.endswith("_usd") and f.name != "bill_usd":
-                kw[f.name] = _series(value, at)
-            else:
-                kw[f.name] = _num(value, at)
-        return cls(**kw)
+        return _dump(CostTimeline, self)
 
 
-@dataclass(frozen=True)
+@typed(frozen=True)
 class HeldOut:
     """The windows an evaluation ran and the split they came from."""
 
-    test_starts: list[int]
+    test_starts: list[StrictInt]
     """The held-out windows' start steps, in the grid's order."""
-    boundary_step: int
+    boundary_step: StrictInt
     """Tuning and training use steps before this one."""
-    total_steps: int
-    episode_steps: int
-    episode_hours: float
-    control_interval_s: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "held_out") -> HeldOut:
-        data = _obj(data, where)
-        starts = _list(_get(data, "test_starts", where), f"{where}.test_starts")
-        return cls(
-            test_starts=[_int(s, f"{where}.test_starts[{i}]") for i, s in enumerate(starts)],
-            boundary_step=_int(_get(data, "boundary_step", where), f"{where}.boundary_step"),
-            total_steps=_int(_get(data, "total_steps", where), f"{where}.total_steps"),
-            episode_steps=_int(_get(data, "episode_steps", where), f"{where}.episode_steps"),
-            episode_hours=_num(_get(data, "episode_hours", where), f"{where}.episode_hours"),
-            control_interval_s=_num(
-                _get(data, "control_interval_s", where), f"{where}.control_interval_s"
-            ),
-        )
+    total_steps: StrictInt
+    episode_steps: StrictInt
+    episode_hours: Number
+    control_interval_s: Number
 
 
-@dataclass(frozen=True)
+@typed(frozen=True)
 class TraceInfo:
     """The workload replayed: its format, file (None: synthetic), and whether ``--trace``
     replaced the scenario's own."""
 
-    format: str
-    path: str | None
-    source: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": self.format, "path": self.path, "source": self.source}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "trace") -> TraceInfo:
-        data = _obj(data, where)
-        return cls(
-            _str(_get(data, "format", where), f"{where}.format"),
-            _str(_get(data, "path", where), f"{where}.path", optional=True),
-            _str(_get(data, "source", where), f"{where}.source"),
-        )
+    format: StrictStr
+    path: StrictStr | None
+    source: StrictStr
 
 
-@dataclass(frozen=True)
+@typed(frozen=True)
 class PoolInfo:
     """A pool as the evaluation billed it."""
 
-    purchase: str
-    price_usd_h: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"purchase": self.purchase, "price_usd_h": self.price_usd_h}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> PoolInfo:
-        data = _obj(data, where)
-        return cls(
-            _str(_get(data, "purchase", where), f"{where}.purchase"),
-            _num(_get(data, "price_usd_h", where), f"{where}.price_usd_h"),
-        )
+    purchase: StrictStr
+    price_usd_h: Number
 
 
-@dataclass(frozen=True)
+@typed(frozen=True, kw_only=True)
 class Results:
-    """What ``results.json`` holds, typed: :meth:`to_json` writes it, :meth:`from_json` (and
-    :func:`load_results`) reads it back, a file of today's layout or of the unversioned one
-    before it. Readers (the report, the promotion gate, the cost report, MLflow logging)
-    read these fields, never the JSON."""
+    """What ``results.json`` holds, typed and validated (pydantic): :meth:`to_json` writes it,
+    :meth:`from_json` (and :func:`load_results`) reads it back, a file of today's layout or
+    of the unversioned one before it. Readers (the report, the promotion gate, the cost
+    report, MLflow logging) read these fields, never the JSON."""
 
-    scenario: str
+    version: StrictInt = RESULTS_VERSION
+    scenario: StrictStr
     trace: TraceInfo
-    seeds: list[int]
-    windows: str
+    seeds: list[StrictInt]
+    windows: StrictStr
     """``all`` (every seed runs every held-out window) or ``cycle``."""
     held_out: HeldOut
     slo: SLOConfig
     pools: dict[str, PoolInfo]
-    oracle: str | None
+    oracle: StrictStr | None = None
     """The oracle's label, when it ran."""
-    oracle_cpu_s: MeanCI | None
+    oracle_cpu_s: MeanCI | None = None
     """CPU seconds of the oracle per episode window (its solve, tuning replays and episode)."""
-    baselines: list[str]
+    baselines: list[StrictStr] = Field(default_factory=list)
     policies: dict[str, PolicySummary]
     """Per policy label, in the grid's order."""
-    cost_timelines: dict[str, CostTimeline] | None
+    cost_timelines: dict[str, CostTimeline] | None = None
     """Per policy label, its recorded episode's bill over time; None in a file written before
     timelines were recorded."""
-    top_tenants: list[str] | None
+    top_tenants: list[StrictStr] | None = None
     """The tenants reported by name; the rest are summed as :func:`other_key` of them."""
-    created_utc: str | None
-    version: int = RESULTS_VERSION
+    created_utc: StrictStr | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``results.json`` (NaN left as is: :func:`json_safe` nulls it)."""
-        return {
-            "version": self.version,
-            "scenario": self.scenario,
-            "trace": self.trace.to_json(),
-            "seeds": list(self.seeds),
-            "windows": self.windows,
-            "held_out": self.held_out.to_json(),
-            "slo": self.slo.model_dump(mode="json"),
-            "pools": {k: v.to_json() for k, v in self.pools.items()},
-            "oracle": self.oracle,
-            "oracle_cpu_s": None if self.oracle_cpu_s is None else self.oracle_cpu_s.to_json(),
-            "baselines": list(self.baselines),
-            "policies": {k: v.to_json() for k, v in self.policies.items()},
-            "cost_timelines": None
-            if self.cost_timelines is None
-            else {k: v.to_json() for k, v in self.cost_timelines.items()},
-            "top_tenants": self.top_tenants,
-            "created_utc": self.created_utc,
-        }
+        return _dump(Results, self)
 
     @classmethod
     def from_json(cls, data: Any) -> Results:
@@ -506,9 +383,8 @@ class Results:
         :raises ResultsError: another version, or a field missing or of the wrong type (the
             message names it).
         """
-        from pydantic import ValidationError
-
-        data = _obj(data, "results")
+        if not isinstance(data, dict):
+            raise ResultsError(f"results: expected an object, got {_kind(data)}")
         version = data.get("version", RESULTS_VERSION)
         if version != RESULTS_VERSION:
             raise ResultsError(
@@ -516,49 +392,9 @@ class Results:
                 f"is version {version!r}; rerun rlscale evaluate with this version"
             )
         try:
-            slo = SLOConfig.model_validate(_obj(_get(data, "slo", ""), "slo"))
+            return _adapter(Results).validate_python({**data, "version": version})
         except ValidationError as err:
-            first = err.errors()[0]
-            at = ".".join(str(x) for x in ("slo", *first["loc"]))
-            raise ResultsError(f"{at}: {first['msg']}") from None
-        timelines = data.get("cost_timelines")
-        tenants = data.get("top_tenants")
-        cpu = data.get("oracle_cpu_s")
-        seeds = _list(_get(data, "seeds", ""), "seeds")
-        return cls(
-            scenario=_str(_get(data, "scenario", ""), "scenario"),
-            trace=TraceInfo.from_json(_get(data, "trace", "")),
-            seeds=[_int(s, f"seeds[{i}]") for i, s in enumerate(seeds)],
-            windows=_str(_get(data, "windows", ""), "windows"),
-            held_out=HeldOut.from_json(_get(data, "held_out", "")),
-            slo=slo,
-            pools={
-                str(k): PoolInfo.from_json(v, f"pools.{k}")
-                for k, v in _obj(_get(data, "pools", ""), "pools").items()
-            },
-            oracle=_str(data.get("oracle"), "oracle", optional=True),
-            oracle_cpu_s=None if cpu is None else MeanCI.from_json(cpu, "oracle_cpu_s"),
-            baselines=[
-                _str(b, f"baselines[{i}]")
-                for i, b in enumerate(_list(data.get("baselines", []), "baselines"))
-            ],
-            policies={
-                str(k): PolicySummary.from_json(v, f"policies.{k}")
-                for k, v in _obj(_get(data, "policies", ""), "policies").items()
-            },
-            cost_timelines=None
-            if timelines is None
-            else {
-                str(k): CostTimeline.from_json(v, f"cost_timelines.{k}")
-                for k, v in _obj(timelines, "cost_timelines").items()
-            },
-            top_tenants=None
-            if tenants is None
-            else [
-                _str(t, f"top_tenants[{i}]") for i, t in enumerate(_list(tenants, "top_tenants"))
-            ],
-            created_utc=_str(data.get("created_utc"), "created_utc", optional=True),
-        )
+            raise ResultsError(_first_error(err)) from None
 
     def mean(self, policy: str, metric: str) -> float:
         """``policies[policy]``'s mean of ``metric``; NaN when it has none."""
@@ -592,6 +428,30 @@ class Results:
             "oracle": self.oracle,
         }
         return {k: str(v) for k, v in params.items()}
+
+
+@functools.cache
+def _adapter(kind: type) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def _dump(kind: type, value: Any) -> dict[str, Any]:
+    return _adapter(kind).dump_python(value, mode="json")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+
+
+def _first_error(err: ValidationError) -> str:
+    """The first problem as ``field.path[3]: what``, the way a user finds it in the file."""
+    first = err.errors(include_url=False)[0]
+    at = ""
+    for part in first["loc"]:
+        at += f"[{part}]" if isinstance(part, int) else (f".{part}" if at else str(part))
+    if first["type"] == "missing":
+        return f"{at}: missing"
+    return f"{at}: {first['msg']}, got {_kind(first['input'])}"
 
 
 def load_results(path: str | Path) -> Results:

@@ -488,7 +488,7 @@ def test_markdown_table_marks_the_best_baseline_and_the_gap_closed(results_d0578
         oracle="oracle",
         oracle_cpu_s=None,
         baselines=["static", "hpa", "cheap"],
-        policies={k: results.PolicySummary.from_json(v, k) for k, v in policies.items()},
+        policies={k: results.PolicySummary.model_validate(v) for k, v in policies.items()},
     )
     lines = markdown_table(made).splitlines()
     assert lines[0].startswith("| policy | cost (USD)")

@@ -90,19 +90,22 @@ def _broken(old, change):
         (lambda d: d["held_out"].pop("episode_steps"), r"^held_out\.episode_steps: missing$"),
         (
             lambda d: d["policies"]["static"]["cost_usd"].update(mean="expensive"),
-            r"^policies\.static\.cost_usd\.mean: expected a number, got str 'expensive'$",
+            r"^policies\.static\.cost_usd\.mean: Input should be a valid number, got str 'expensive'$",
         ),
         (
             lambda d: d["policies"]["hpa"]["slo_attainment"].update(ci95=[0.9]),
-            r"^policies\.hpa\.slo_attainment\.ci95: expected \[low, high\]",
+            r"^policies\.hpa\.slo_attainment\.ci95\[1\]: missing$",
         ),
         (
             lambda d: d["cost_timelines"]["static"]["by_tenant_usd"]["alpha"].append("x"),
-            r"^cost_timelines\.static\.by_tenant_usd\.alpha\[60\]: expected a number",
+            r"^cost_timelines\.static\.by_tenant_usd\.alpha\[60\]: Input should be a valid number",
         ),
-        (lambda d: d["seeds"].append(1.5), r"^seeds\[2\]: expected an integer, got float 1\.5$"),
+        (
+            lambda d: d["seeds"].append(1.5),
+            r"^seeds\[2\]: Input should be a valid integer, got float 1\.5$",
+        ),
         (lambda d: d["slo"].update(target_attainment=2.0), r"^slo\.target_attainment: "),
-        (lambda d: d.update(pools=[]), r"^pools: expected an object, got list"),
+        (lambda d: d.update(pools=[]), r"^pools: Input should be a valid dictionary, got list"),
         (lambda d: d.update(version=2), r"^version: this rlscale reads results\.json version 1"),
     ],
 )
