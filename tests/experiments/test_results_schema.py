@@ -90,7 +90,8 @@ def _broken(old, change):
         (lambda d: d["held_out"].pop("episode_steps"), r"^held_out\.episode_steps: missing$"),
         (
             lambda d: d["policies"]["static"]["cost_usd"].update(mean="expensive"),
-            r"^policies\.static\.cost_usd\.mean: Input should be a valid number, got str 'expensive'$",
+            r"^policies\.static\.cost_usd\.mean: Input should be a valid number, "
+            r"got str 'expensive'$",
         ),
         (
             lambda d: d["policies"]["hpa"]["slo_attainment"].update(ci95=[0.9]),
