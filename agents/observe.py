@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rlscale.agents.base import ClusterState, Policy, PoolState, decision_to_action
+from rlscale.agents.base import BudgetState, ClusterState, Policy, PoolState, decision_to_action
 from rlscale.envs.simulator import ClusterSimulator
 
 
@@ -58,7 +58,15 @@ def observe(sim: ClusterSimulator, i: int = 0) -> ClusterState:
         ttft_target_s=sc.slo.ttft_s,
         tpot_target_s=sc.slo.tpot_s,
         pools=pools,
+        budget=_observed_budget(sim, i),
     )
+
+
+def _observed_budget(sim: ClusterSimulator, i: int) -> BudgetState | None:
+    """Cluster ``i``'s observed budget, as the service's spend meter reports one."""
+    ledger = sim.budget_ledger
+    state = ledger.state(i) if ledger is not None else None
+    return BudgetState(**state) if state is not None else None
 
 
 @dataclass

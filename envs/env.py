@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
@@ -165,7 +164,7 @@ class InferenceClusterEnv(gym.Env):
         )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
-        self.observation_names = observation_names(self.sim.pool_names)
+        self.observation_names = self.sim.observation_names
         self._ready = False
 
     def noop_action(self) -> np.ndarray:

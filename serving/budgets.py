@@ -27,41 +27,26 @@ limit. Nothing here feeds back into a decision.
 
 from __future__ import annotations
 
-import calendar
-import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlscale.agents.base import ClusterState
+from rlscale.common.budgets import BudgetConfig, period_bounds
 from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
 from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED, OTHER_TENANT
-from rlscale.serving.schemas import BudgetStatus, Period
-
-PERIODS: tuple[str, ...] = get_args(Period)
+from rlscale.serving.schemas import BudgetStatus
 
 
 class BudgetError(ValueError):
     """A budgets file that cannot be read or does not validate."""
-
-
-class BudgetConfig(BaseModel):
-    """One spend limit."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-    period: Period = Field(description="hour, day or calendar month (UTC)")
-    limit_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    tenant: str | None = Field(None, max_length=128, description="one tenant's spend; None: all")
-    cluster: str | None = Field(None, max_length=128, description="one cluster; None: all")
 
 
 class BudgetsFile(BaseModel):
@@ -95,20 +80,6 @@ def load_budgets(path: str | Path) -> list[BudgetConfig]:
         return BudgetsFile.model_validate(raw).budgets
     except ValidationError as err:
         raise BudgetError(f"budgets file {path}: {err}") from None
-
-
-def period_bounds(time_s: float, period: Period) -> tuple[float, float]:
-    """The UTC period holding ``time_s``: its start and end (unix s)."""
-    t = dt.datetime.fromtimestamp(time_s, dt.UTC)
-    if period == "hour":
-        start = t.replace(minute=0, second=0, microsecond=0)
-        return start.timestamp(), start.timestamp() + 3600.0
-    if period == "day":
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.timestamp(), start.timestamp() + 86400.0
-    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    days = calendar.monthrange(t.year, t.month)[1]
-    return start.timestamp(), start.timestamp() + days * 86400.0
 
 
 def pool_cost_rates_usd_h(
