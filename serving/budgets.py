@@ -37,7 +37,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlscale.agents.base import ClusterState
+from rlscale.agents.base import BudgetState, ClusterState
 from rlscale.common.budgets import BudgetConfig, period_bounds
 from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
@@ -80,6 +80,38 @@ def load_budgets(path: str | Path) -> list[BudgetConfig]:
         return BudgetsFile.model_validate(raw).budgets
     except ValidationError as err:
         raise BudgetError(f"budgets file {path}: {err}") from None
+
+
+def observed_budget_of(policy: object) -> BudgetConfig | None:
+    """The budget an exported policy observes (its manifest's), or None."""
+    manifest = getattr(policy, "manifest", None)
+    observation = getattr(manifest, "observation", None)
+    return getattr(observation, "budget", None)
+
+
+def check_observed_budget(observed: BudgetConfig | None, budgets: list[BudgetConfig]) -> None:
+    """A policy that observes a budget is served only with that budget configured: one of
+    the same name and period, global (no tenant). Its limit is the service's (the share the
+    policy sees is of the live limit).
+
+    :raises BudgetError: no such budget, or one that counts something else; the message
+        names what the policy was trained on and what is configured.
+    """
+    if observed is None:
+        return
+    match = next((b for b in budgets if b.name == observed.name), None)
+    trained = f"budget '{observed.name}' ({observed.period}, {observed.limit_usd:g} USD, global)"
+    configured = [f"{b.name} ({b.period}, tenant {b.tenant})" for b in budgets] or "none"
+    if match is None:
+        raise BudgetError(
+            f"the policy observes {trained}; the service's --budgets has {configured}: add a "
+            f"budget named '{observed.name}' with period {observed.period}"
+        )
+    if match.period != observed.period or match.tenant is not None:
+        raise BudgetError(
+            f"the policy observes {trained}; the service's budget '{match.name}' is "
+            f"{match.period}, tenant {match.tenant}: it must be {observed.period} and global"
+        )
 
 
 def pool_cost_rates_usd_h(
@@ -241,6 +273,8 @@ class _Ledger:
     spend_usd: float = 0.0
     unallocated_usd: float = 0.0
     """A tenant budget: spend of this period no tenant shares were known for."""
+    metered_since_s: float = math.inf
+    """When this meter first counted spend for the budget (spend before it is unknown)."""
 
     def roll_to(self, time_s: float) -> None:
         """Start the period holding ``time_s`` when it is past the current one."""
@@ -334,6 +368,27 @@ class SpendMeter:
             out.append(status)
         return out
 
+    def observed_budget(self, cluster: str, name: str, as_of_s: float) -> BudgetState | None:
+        """The budget ``name`` as a policy observes it (:class:`~rlscale.agents.base.
+        BudgetState`), or None when its spend is not known whole: no such budget for this
+        cluster, a cluster it counts not heard from within the staleness bound, per-tenant
+        shares missing, or a period that began before this meter started counting (after a
+        restart the period's earlier spend is unknown). The caller falls back; nothing is
+        guessed."""
+        ledger = next((g for g in self._ledgers if g.config.name == name), None)
+        if ledger is None or ledger.config.cluster not in (None, cluster):
+            return None
+        status = self._status(ledger, as_of_s)
+        if not status.known or status.notes or ledger.metered_since_s > ledger.period_start_s:
+            return None
+        return BudgetState(
+            name=status.name,
+            spend_usd=status.spend_usd,
+            limit_usd=status.limit_usd,
+            time_left_s=max(ledger.period_end_s - as_of_s, 0.0),
+            period_s=ledger.period_end_s - ledger.period_start_s,
+        )
+
     def _bounded(self, shares: dict[str, float] | None) -> dict[str, float] | None:
         """Tenants beyond the tracked number are pooled as :data:`OTHER_TENANT`."""
         if shares is None:
@@ -360,6 +415,7 @@ class SpendMeter:
             cfg = ledger.config
             if cfg.cluster not in (None, cluster):
                 continue
+            ledger.metered_since_s = min(ledger.metered_since_s, seg.time_s)
             t = seg.time_s
             while t < end_s:  # split at period boundaries
                 ledger.roll_to(t)
