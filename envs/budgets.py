@@ -130,9 +130,10 @@ class BudgetLedger:
         self.write_observation(i)
 
     def _roll_one(self, i: int) -> None:
-        now = np.full(self.sim.num_clusters, -math.inf)
-        now[i] = self.now_unix_s()[i]
-        self._roll(now)
+        now = float(self.now_unix_s()[i])
+        for k, b in enumerate(self.budgets):
+            self.period_start_s[i, k], self.period_end_s[i, k] = period_bounds(now, b.period)
+            self.spend_usd[i, k] = 0.0
 
     def before_step(self, actions: np.ndarray) -> np.ndarray:
         """Roll periods to the decision's time, and cap ``actions`` (returns the kernel's

@@ -1,0 +1,159 @@
+"""A policy that observes a spend budget, served: the service feeds it from its spend meter,
+refuses it at load without a matching budget, and falls back (never scaling down) when the
+budget's spend is not known whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import pytest
+
+from rlscale.common.budgets import BudgetConfig
+from rlscale.envs.scenario import load_scenario
+from rlscale.serving.budgets import BudgetError
+from rlscale.serving.schemas import RecommendationRequest
+from rlscale.serving.service import DecisionService, load_policy
+
+SCENARIO = "synthetic-4day-budget"
+T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC).timestamp()
+MIDNIGHT = dt.datetime(2026, 3, 11, 0, 0, tzinfo=dt.UTC).timestamp()
+DAILY = BudgetConfig(name="daily", period="day", limit_usd=150.0)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Spy:
+    """The served policy, recording the states it decided on."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.manifest = inner.manifest
+        self.states = []
+
+    def initial_memory(self):
+        return self.inner.initial_memory()
+
+    def decide(self, state, memory):
+        self.states.append(state)
+        return self.inner.decide(state, memory)
+
+
+@pytest.fixture(scope="module")
+def policy_folder(exported_policy):
+    return exported_policy(0, SCENARIO)
+
+
+def _service(policy_folder, budgets, staleness_s: float = 60.0):
+    scenario = load_scenario(SCENARIO)
+    loaded = load_policy(str(policy_folder), scenario)
+    spy = Spy(loaded.policy)
+    clock = Clock(T0)
+    service = DecisionService(
+        scenario,
+        replace(loaded, policy=spy),
+        load_policy("hpa", scenario),
+        max_staleness_s=staleness_s,
+        budgets=budgets,
+        clock=clock,
+    )
+    return service, clock, spy
+
+
+def _decide(service, clock, t, *, h100=4, rate=1.0, cluster="c1"):
+    clock.t = t
+    body = {
+        "cluster_id": cluster,
+        "timestamp": t,
+        "arrival_rate_rps": rate,
+        "pools": [
+            {"name": "h100", "replicas": {"ready": h100}},
+            {"name": "a100", "replicas": {"ready": 0}},
+        ],
+    }
+    return service.decide(RecommendationRequest.model_validate(body))
+
+
+def test_the_export_names_the_observed_budget(policy_folder):
+    from rlscale.agents.onnx_policy import read_manifest
+
+    budget = read_manifest(policy_folder).observation.budget
+    assert budget == DAILY  # the scenario's budget, in the service's schema
+
+
+@pytest.mark.parametrize(
+    ("budgets", "match"),
+    [
+        ([], r"observes budget 'daily' \(day, 150 USD, global\).*has none"),
+        ([BudgetConfig(name="other", period="day", limit_usd=1.0)], "add a budget named 'daily'"),
+        ([BudgetConfig(name="daily", period="hour", limit_usd=150.0)], "must be day and global"),
+        (
+            [BudgetConfig(name="daily", period="day", limit_usd=150.0, tenant="acme")],
+            "must be day and global",
+        ),
+    ],
+)
+def test_a_policy_whose_budget_is_not_configured_is_refused_at_load(policy_folder, budgets, match):
+    with pytest.raises(BudgetError, match=match):
+        _service(policy_folder, budgets)
+
+
+def test_the_swap_to_such_a_policy_is_refused_and_the_old_one_keeps_serving(policy_folder):
+    scenario = load_scenario(SCENARIO)
+    service = DecisionService(scenario, load_policy("hpa", scenario), load_policy("hpa", scenario))
+    with pytest.raises(BudgetError, match="add a budget named 'daily'"):
+        service.swap_policy(load_policy(str(policy_folder), scenario))
+    assert service.policy_version.startswith("hpa")
+
+
+def test_a_period_not_metered_whole_falls_back_without_scaling_down(policy_folder):
+    """Started at noon, the service has not seen the morning's spend: it does not guess."""
+    service, clock, spy = _service(policy_folder, [DAILY])
+    out = _decide(service, clock, T0, h100=4, rate=0.1)  # the HPA would scale far down
+    assert out.source == "fallback"
+    assert "budget_unknown" in out.causes
+    assert out.replicas["h100"] >= 4
+    assert spy.states == []
+
+
+def test_the_policy_is_fed_the_meters_spend_once_a_period_is_metered_whole(policy_folder):
+    service, clock, spy = _service(policy_folder, [DAILY])
+    t = MIDNIGHT - 120.0
+    outs = []
+    while t <= MIDNIGHT + 300.0:  # metering before midnight covers the next day whole
+        outs.append((t, _decide(service, clock, t, h100=4, rate=6.0)))
+        t += 30.0
+    before = [o for s, o in outs if s < MIDNIGHT]
+    after = [o for s, o in outs if s >= MIDNIGHT]
+    assert all("budget_unknown" in o.causes for o in before)
+    assert all(o.source == "policy" and "budget_unknown" not in o.causes for o in after)
+    state = spy.states[-1]
+    status = next(b for b in after[-1].budgets if b.name == "daily")
+    assert state.budget.spend_usd == pytest.approx(status.spend_usd)
+    assert status.spend_usd == pytest.approx(4 * 4.0 * 300.0 / 3600.0)  # 4 H100 since 00:00
+    assert state.budget.limit_usd == 150.0
+    assert state.budget.time_left_s == pytest.approx(86400.0 - 300.0)
+    assert state.budget.period_s == 86400.0
+
+
+def test_a_silent_cluster_makes_the_global_budget_unknown(policy_folder):
+    """Another cluster counted by the budget not heard from within the staleness bound: its
+    spend since is unmetered, so the budget's spend is a lower bound and is not fed."""
+    service, clock, _ = _service(policy_folder, [DAILY], staleness_s=60.0)
+    t = MIDNIGHT - 60.0
+    _decide(service, clock, t, cluster="c2")
+    for k in range(4):
+        _decide(service, clock, t + 30.0 * k)
+    out = _decide(service, clock, MIDNIGHT + 30.0)
+    assert out.source == "fallback" and "budget_unknown" in out.causes
+    assert out.replicas["h100"] >= 4
+    _decide(service, clock, MIDNIGHT + 45.0, cluster="c2")  # heard from again
+    out = _decide(service, clock, MIDNIGHT + 60.0)
+    assert out.source == "policy"
