@@ -18,7 +18,9 @@ from rlscale.serving.service import DecisionService, load_policy
 SCENARIO = "synthetic-4day-budget"
 T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC).timestamp()
 MIDNIGHT = dt.datetime(2026, 3, 11, 0, 0, tzinfo=dt.UTC).timestamp()
-DAILY = BudgetConfig(name="daily", period="day", limit_usd=150.0)
+_SHIPPED = load_scenario(SCENARIO).budgets[0]
+DAILY = BudgetConfig(name=_SHIPPED.name, period=_SHIPPED.period, limit_usd=_SHIPPED.limit_usd)
+"""The scenario's observed budget, as the service's --budgets file writes it."""
 
 
 class Clock:
@@ -91,11 +93,14 @@ def test_the_export_names_the_observed_budget(policy_folder):
 @pytest.mark.parametrize(
     ("budgets", "match"),
     [
-        ([], r"observes budget 'daily' \(day, 150 USD, global\).*has none"),
+        ([], rf"observes budget 'daily' \(day, {DAILY.limit_usd:g} USD, global\).*has none"),
         ([BudgetConfig(name="other", period="day", limit_usd=1.0)], "add a budget named 'daily'"),
-        ([BudgetConfig(name="daily", period="hour", limit_usd=150.0)], "must be day and global"),
         (
-            [BudgetConfig(name="daily", period="day", limit_usd=150.0, tenant="acme")],
+            [BudgetConfig(name="daily", period="hour", limit_usd=DAILY.limit_usd)],
+            "must be day and global",
+        ),
+        (
+            [BudgetConfig(name="daily", period="day", limit_usd=DAILY.limit_usd, tenant="acme")],
             "must be day and global",
         ),
     ],
@@ -138,7 +143,7 @@ def test_the_policy_is_fed_the_meters_spend_once_a_period_is_metered_whole(polic
     status = next(b for b in after[-1].budgets if b.name == "daily")
     assert state.budget.spend_usd == pytest.approx(status.spend_usd)
     assert status.spend_usd == pytest.approx(4 * 4.0 * 300.0 / 3600.0)  # 4 H100 since 00:00
-    assert state.budget.limit_usd == 150.0
+    assert state.budget.limit_usd == DAILY.limit_usd
     assert state.budget.time_left_s == pytest.approx(86400.0 - 300.0)
     assert state.budget.period_s == 86400.0
 
