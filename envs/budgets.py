@@ -127,7 +127,7 @@ class BudgetLedger:
         self.cap_cut_replicas[i] = 0.0
         self._tenant_before[i] = 0.0
         self._roll_one(i)
-        self.write_observation(i)
+        self._write_observations(np.array([i]))
 
     def _roll_one(self, i: int) -> None:
         now = float(self.now_unix_s()[i])
@@ -163,42 +163,44 @@ class BudgetLedger:
             sim.rewards -= self.penalty_usd / sim.scenario.reward.scale
         # the periods roll at the next decision (before_step): until then the info shows the
         # period this step was billed to; the observation already sees the next one
-        for i in range(sim.num_clusters):
-            self.write_observation(i)
+        self._write_observations()
 
-    def write_observation(self, i: int) -> None:
-        """The observed budget's entries of cluster ``i``'s observation (none without one)."""
+    def _write_observations(self, rows: np.ndarray | None = None) -> None:
+        """The observed budget's entries of the clusters ``rows`` (all: None)."""
         if self.observed is None:
             return
-        spend, left_s, period_s = self._observed_now(i)
-        write_budget_features(
-            self.sim.obs[i], spend, self.limit_usd[self.observed], left_s, period_s
-        )
+        rows = np.arange(self.sim.num_clusters) if rows is None else rows
+        spend, left_s, period_s = self._observed_now(rows)
+        block = self.sim.obs[rows]
+        write_budget_features(block, spend, self.limit_usd[self.observed], left_s, period_s)
+        self.sim.obs[rows] = block
 
-    def _observed_now(self, i: int) -> tuple[float, float, float]:
-        """The observed budget of cluster ``i`` at its current time: the period's spend, the
-        time left in it and its length (a period just ended reads as the next one, unspent)."""
+    def _observed_now(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The observed budget of clusters ``rows`` at their current time: each period's
+        spend, the time left in it and its length (a period just ended reads as the next one,
+        unspent)."""
         k = self.observed
         assert k is not None
-        now = float(self.now_unix_s()[i])
-        spend, start, end = self.spend_usd[i, k], self.period_start_s[i, k], self.period_end_s[i, k]
-        if now >= end:
-            start, end = period_bounds(now, self.budgets[k].period)
-            spend = 0.0
-        return float(spend), end - now, end - start
+        now = self.now_unix_s()[rows]
+        spend = self.spend_usd[rows, k].copy()
+        start, end = self.period_start_s[rows, k].copy(), self.period_end_s[rows, k].copy()
+        for j in np.flatnonzero(now >= end):
+            start[j], end[j] = period_bounds(float(now[j]), self.budgets[k].period)
+            spend[j] = 0.0
+        return spend, end - now, end - start
 
     def state(self, i: int) -> dict[str, float] | None:
         """The observed budget of cluster ``i`` as :class:`~rlscale.agents.base.BudgetState`'s
         fields, or None without one."""
         if self.observed is None:
             return None
-        spend, left_s, period_s = self._observed_now(i)
+        spend, left_s, period_s = self._observed_now(np.array([i]))
         return {
             "name": self.budgets[self.observed].name,
-            "spend_usd": spend,
+            "spend_usd": float(spend[0]),
             "limit_usd": float(self.limit_usd[self.observed]),
-            "time_left_s": left_s,
-            "period_s": period_s,
+            "time_left_s": float(left_s[0]),
+            "period_s": float(period_s[0]),
         }
 
     def info(self, i: int) -> dict[str, float]:
@@ -272,35 +274,32 @@ class BudgetLedger:
                 worst[p] = sim.spot_series[0, p].max() * max(scale, 1.0)
         return worst
 
-    def _price_bounds_usd_h(self, i: int) -> np.ndarray:
-        """[pools] the highest price cluster ``i`` pays over the next interval and a drain."""
+    def _price_bounds_usd_h(self) -> np.ndarray:
+        """[N, pools] the highest price each cluster pays over the next interval and a drain."""
         sim = self.sim
-        sp, pp = sim.sim_params, sim.pool_params
-        cs = sim.cluster_state[i]
+        sp, pp, cs = sim.sim_params, sim.pool_params, sim.cluster_state
         K, nspot = int(sp[dyn.SP_K]), int(sp[dyn.SP_NSPOT])
-        step0 = (int(cs[dyn.CS_OFF]) + int(cs[dyn.CS_SUB])) // K
-        ahead = (step0 + np.arange(self._steps_ahead)) % nspot
-        price_scale = cs[dyn.CS_SCALES + dyn.SC_SPOT_PRICE]
-        prices = pp[:, dyn.PP_PRICE].copy()
-        for p in range(pp.shape[0]):
-            if pp[p, dyn.PP_SPOT] > 0.0:
-                prices[p] = sim.spot_series[0, p, ahead].max() * price_scale
+        step0 = (cs[:, dyn.CS_OFF].astype(np.int64) + cs[:, dyn.CS_SUB].astype(np.int64)) // K
+        ahead = (step0[:, None] + np.arange(self._steps_ahead)) % nspot  # [N, steps]
+        prices = np.tile(pp[:, dyn.PP_PRICE], (sim.num_clusters, 1))
+        price_scale = cs[:, dyn.CS_SCALES + dyn.SC_SPOT_PRICE]
+        for p in np.flatnonzero(pp[:, dyn.PP_SPOT] > 0.0):
+            prices[:, p] = sim.spot_series[0, p][ahead].max(axis=1) * price_scale
         return prices
 
-    def _draining_usd(self, i: int, prices: np.ndarray) -> float:
-        """What cluster ``i``'s draining replicas may still be billed: each until its grace
+    def _draining_usd(self, prices: np.ndarray) -> np.ndarray:
+        """[N] what each cluster's draining replicas may still be billed: each until its grace
         or notice slot in the kernel's drain rings comes due."""
         sim = self.sim
         dt_s = sim.sim_params[dyn.SP_DT]
-        rings = sim.drain_rings[i]  # [pools, (grace, notice), G]
+        rings = sim.drain_rings.sum(axis=2)  # [N, pools, G]: grace and notice slots
         G = rings.shape[-1]
-        now = int(sim.cluster_state[i, dyn.CS_SUB])
-        left_s = (((np.arange(G) - now) % G) + 1.0) * dt_s
-        counted = rings.sum(axis=(1, 2))
-        usd_s = rings.sum(axis=1) @ left_s  # [pools] replica-seconds still to bill at most
-        unringed = np.maximum(sim.pool_state[i, :, dyn.PS_DRAIN] - counted, 0.0)
-        usd_s = usd_s + unringed * self._drain_s
-        return float(prices @ usd_s) / 3600.0
+        now = sim.cluster_state[:, dyn.CS_SUB].astype(np.int64)
+        left_s = (((np.arange(G)[None, :] - now[:, None]) % G) + 1.0) * dt_s  # [N, G]
+        replica_s = np.einsum("npg,ng->np", rings, left_s)
+        unringed = np.maximum(sim.pool_state[:, :, dyn.PS_DRAIN] - rings.sum(axis=2), 0.0)
+        replica_s += unringed * self._drain_s
+        return (prices * replica_s).sum(axis=1) / 3600.0
 
     def _cap(self, actions: np.ndarray) -> np.ndarray:
         sim = self.sim
@@ -309,31 +308,26 @@ class BudgetLedger:
         ps = sim.pool_state
         interval_h = self._interval_s / 3600.0
         drain_h = self._drain_s / 3600.0
-        for i in range(sim.num_clusters):
-            prices = self._price_bounds_usd_h(i)
-            running = ps[i, :, dyn.PS_PROV] + ps[i, :, dyn.PS_LOAD] + ps[i, :, dyn.PS_READY]
-            # what stopping everything now would still cost, on top of what is spent
-            committed = self._draining_usd(i, prices) + float(running @ prices) * drain_h
-            left = min(
-                self.limit_usd[k] * (1.0 - _ROOM_TOLERANCE) - self.spend_usd[i, k]
-                for k in self._caps
-            )
-            room = left - committed
-            delta = out[i, :P] - self._policy_max_step
-            kept = running + np.minimum(delta, 0)
-            kept = np.maximum(kept, 0.0)
-            ups = np.maximum(delta, 0).astype(np.float64)
-            keep_usd = prices * interval_h  # a kept replica pays one more interval
-            new_usd = prices * (interval_h + drain_h)  # a new one, that and its drain
-            wanted = kept + ups
-            if float(kept @ keep_usd + ups @ new_usd) > room:
-                kept, ups = _fit(kept, ups, keep_usd, new_usd, room)
-            target = kept + ups
-            cut = float(np.maximum(wanted - target, 0.0).sum())
-            self.cap_bound[i] = cut > 0.0
-            self.cap_cut_replicas[i] = cut
-            change = np.rint(target - running).astype(np.int64)
-            out[i, :P] = change + self._kernel_max_step
+        prices = self._price_bounds_usd_h()  # [N, P]
+        running = ps[:, :, dyn.PS_PROV] + ps[:, :, dyn.PS_LOAD] + ps[:, :, dyn.PS_READY]
+        # what stopping everything now would still cost, on top of what is spent
+        committed = self._draining_usd(prices) + (running * prices).sum(axis=1) * drain_h
+        caps = self._caps
+        left = (self.limit_usd[caps] * (1.0 - _ROOM_TOLERANCE) - self.spend_usd[:, caps]).min(1)
+        room = left - committed
+        delta = out[:, :P] - self._policy_max_step
+        kept = np.maximum(running + np.minimum(delta, 0), 0.0)
+        ups = np.maximum(delta, 0).astype(np.float64)
+        keep_usd = prices * interval_h  # a kept replica pays one more interval
+        new_usd = prices * (interval_h + drain_h)  # a new one, that and its drain
+        wanted = kept + ups
+        over = (kept * keep_usd + ups * new_usd).sum(axis=1) > room
+        for i in np.flatnonzero(over):
+            kept[i], ups[i] = _fit(kept[i], ups[i], keep_usd[i], new_usd[i], float(room[i]))
+        target = kept + ups
+        self.cap_cut_replicas[:] = np.maximum(wanted - target, 0.0).sum(axis=1)
+        self.cap_bound[:] = self.cap_cut_replicas > 0.0
+        out[:, :P] = np.rint(target - running).astype(np.int64) + self._kernel_max_step
         return out
 
 

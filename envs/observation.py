@@ -25,8 +25,6 @@ as 0 (:func:`clip_observation`).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from rlscale.envs.dynamics import (
@@ -128,13 +126,19 @@ def observation_bounds(n_pools: int, budgeted: bool = False) -> tuple[np.ndarray
 
 
 def write_budget_features(
-    o: np.ndarray, spend_usd: float, limit_usd: float, time_left_s: float, period_s: float
+    o: np.ndarray,
+    spend_usd: float | np.ndarray,
+    limit_usd: float | np.ndarray,
+    time_left_s: float | np.ndarray,
+    period_s: float | np.ndarray,
 ) -> None:
-    """Write the observed budget's entries (:data:`BUDGET_FEATURES`) into the end of ``o``,
-    clipped to their bounds: the period's spend over its limit, and the share of the period
-    still to run."""
-    spent = spend_usd / limit_usd if limit_usd > 0.0 else 0.0
-    left = time_left_s / period_s if period_s > 0.0 else 0.0
+    """Write the observed budget's entries (:data:`BUDGET_FEATURES`) into the end of ``o``
+    (one observation, or ``[N, entries]`` with an array per argument), clipped to their
+    bounds, a non-finite one taken as 0: the period's spend over its limit, and the share of
+    the period still to run."""
     n = len(BUDGET_FEATURES)
-    for k, (value, (_, lo, hi, _)) in enumerate(zip((spent, left), BUDGET_FEATURES, strict=True)):
-        o[o.shape[0] - n + k] = min(max(value, lo), hi) if math.isfinite(value) else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (np.divide(spend_usd, limit_usd), np.divide(time_left_s, period_s))
+    for k, (value, (_, lo, hi, _)) in enumerate(zip(values, BUDGET_FEATURES, strict=True)):
+        finite = np.where(np.isfinite(value), value, 0.0)
+        o[..., o.shape[-1] - n + k] = np.clip(finite, lo, hi)
