@@ -162,3 +162,17 @@ def test_a_silent_cluster_makes_the_global_budget_unknown(policy_folder):
     _decide(service, clock, MIDNIGHT + 45.0, cluster="c2")  # heard from again
     out = _decide(service, clock, MIDNIGHT + 60.0)
     assert out.source == "policy"
+
+
+def test_the_hot_reload_refuses_such_a_policy_and_keeps_serving(policy_folder):
+    """A reload to a policy whose budget is not configured is refused (not retried as a
+    transient error), and the policy already serving stays."""
+    from rlscale.serving.reload import PolicyReloader
+
+    scenario = load_scenario(SCENARIO)
+    service = DecisionService(scenario, load_policy("hpa", scenario), load_policy("hpa", scenario))
+    before = service.policy_version
+    event = PolicyReloader(service, str(policy_folder), scenario).check()
+    assert event.result == "refused"
+    assert "BudgetError" in event.error and "add a budget named 'daily'" in event.error
+    assert service.policy_version == before
