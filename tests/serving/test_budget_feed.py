@@ -176,3 +176,52 @@ def test_the_hot_reload_refuses_such_a_policy_and_keeps_serving(policy_folder):
     assert event.result == "refused"
     assert "BudgetError" in event.error and "add a budget named 'daily'" in event.error
     assert service.policy_version == before
+
+
+def test_the_meter_fed_the_simulators_states_sees_the_budget_the_simulator_observes():
+    """The same cluster, simulated and reported to the service step by step: the service's
+    spend meter (replicas held between reports) meters the day's spend the kernel bills (per
+    sub-step) to within a percent, and the budget entries it would feed a policy are the
+    simulator's own: the time left exactly, the spent share to within 0.01."""
+    import numpy as np
+
+    from rlscale.agents.observe import observe
+    from rlscale.envs.budgets import SIM_EPOCH_UNIX_S
+    from rlscale.envs.observation import write_budget_features
+    from rlscale.envs.simulator import ClusterSimulator
+
+    sim = ClusterSimulator(SCENARIO, 1)
+    start = 2880 - 20  # 23:50 on the workload's first day: the meter starts before midnight
+    sim.reset_cluster(0, np.random.default_rng(0), start_step=start)
+    assert sim.budget_ledger.now_unix_s()[0] == SIM_EPOCH_UNIX_S + start * 30.0
+    clock = Clock(0.0)
+    scenario = sim.scenario
+    service = DecisionService(
+        scenario, None, load_policy("hpa", scenario), budgets=[DAILY], clock=clock
+    )
+    rng = np.random.default_rng(1)
+    P = len(sim.pools)
+    checked = 0
+    for step in range(20 + 240):  # to 02:00
+        t = float(sim.budget_ledger.now_unix_s()[0])
+        clock.t = t
+        service.decide(RecommendationRequest.from_state(observe(sim, 0), timestamp=t))
+        fed = service.spend.observed_budget("default", DAILY.name, t)
+        if step >= 20:  # a whole day metered
+            assert fed is not None
+            mine = observe(sim, 0).budget
+            assert fed.time_left_s == mine.time_left_s and fed.period_s == mine.period_s
+            o_service, o_sim = np.zeros(2), np.zeros(2)
+            write_budget_features(o_service, fed.spend_usd, fed.limit_usd, fed.time_left_s, 86400)
+            write_budget_features(o_sim, mine.spend_usd, mine.limit_usd, mine.time_left_s, 86400)
+            np.testing.assert_allclose(o_service, sim.obs[0, -2:], atol=0.01)
+            np.testing.assert_allclose(o_sim, sim.obs[0, -2:], rtol=1e-6)
+            checked += 1
+        action = sim.noop_action()
+        if rng.random() < 0.2:
+            action[:P] = rng.integers(0, 2 * scenario.max_step + 1, P)
+        sim.step(action[None, :])
+    assert checked == 240
+    billed = sim.step_info(0)[f"budget/{DAILY.name}/spend_usd"]
+    assert billed > 20.0  # replicas ran
+    assert fed.spend_usd == pytest.approx(billed, rel=0.01)
