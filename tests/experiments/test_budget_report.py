@@ -3,7 +3,7 @@ say about where the cap bound."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from rlscale.experiments.budget_report import (
 )
 from rlscale.experiments.evaluate import evaluate
 from rlscale.experiments.report import render_report
-from rlscale.experiments.results import Evaluation
+from rlscale.experiments.results import Evaluation, PolicySummary, Results
 
 pytestmark = pytest.mark.needs_data
 
@@ -35,17 +35,17 @@ def test_results_say_where_the_cap_bound_and_what_it_spent(evaluation):
     (budget,) = load_scenario(SCENARIO).budgets
     res = evaluation.results
     assert budget_names(res) == [budget.name]
-    steps = res["held_out"]["episode_hours"] * 3600 / res["held_out"]["control_interval_s"]
-    for label, m in res["policies"].items():
-        peak = m[f"budget_peak_spend_usd/{budget.name}"]["mean"]
-        assert m[f"budget_limit_usd/{budget.name}"]["mean"] == budget.limit_usd
+    steps = res.held_out.episode_steps
+    for label, m in res.policies.items():
+        peak = m.mean(f"budget_peak_spend_usd/{budget.name}")
+        assert m.mean(f"budget_limit_usd/{budget.name}") == budget.limit_usd
         assert peak <= budget.limit_usd * (1 + 1e-9)
-        assert m[f"budget_breaches/{budget.name}"]["mean"] == 0.0
+        assert m.mean(f"budget_breaches/{budget.name}") == 0.0
         # the episode is the budget's day: its bill is the day's spend
-        assert m["cost_usd"]["mean"] == pytest.approx(peak, rel=1e-9)
-        bound = m["cap_bound_steps"]["mean"]
+        assert m.mean("cost_usd") == pytest.approx(peak, rel=1e-9)
+        bound = m.mean("cap_bound_steps")
         assert 0 < bound < steps, label  # both baselines outspend the cap on the held-out day
-        assert 0 <= m["cap_bound_met"]["mean"] <= m["cap_bound_requests"]["mean"]
+        assert 0 <= m.mean("cap_bound_met") <= m.mean("cap_bound_requests")
         tl = evaluation.timelines[label]
         capped = np.asarray(tl["cap_bound"]) > 0
         assert capped.sum() == bound
@@ -58,10 +58,10 @@ def test_results_say_where_the_cap_bound_and_what_it_spent(evaluation):
         assert np.asarray(tl["cost_usd"])[-120:].max() == 0.0
         assert capped[-120:].mean() > 0.5
     rows = {r["policy"]: r for r in budget_rows(res)}
-    hpa = res["policies"]["hpa"]
-    assert rows["hpa"]["capped_share"] == pytest.approx(hpa["cap_bound_steps"]["mean"] / steps)
+    hpa = res.policies["hpa"]
+    assert rows["hpa"]["capped_share"] == pytest.approx(hpa.mean("cap_bound_steps") / steps)
     assert rows["hpa"]["capped_attainment"] == pytest.approx(
-        hpa["cap_bound_met"]["mean"] / hpa["cap_bound_requests"]["mean"]
+        hpa.mean("cap_bound_met") / hpa.mean("cap_bound_requests")
     )
 
 
@@ -74,16 +74,20 @@ def test_the_report_plots_spend_against_the_limit_and_tables_the_cap(evaluation)
     assert f"{100 * share:.2f}%" in page
 
 
+def _without(results: Results, prefixes: tuple[str, ...]) -> Results:
+    """``results`` with every policy's metrics starting with one of ``prefixes`` removed."""
+    policies = {
+        label: PolicySummary({k: v for k, v in m.metrics.items() if not k.startswith(prefixes)})
+        for label, m in results.policies.items()
+    }
+    return dataclasses.replace(results, policies=policies)
+
+
 def test_no_budget_section_without_budgets_and_no_cap_columns_without_a_cap(evaluation):
-    res = copy.deepcopy(evaluation.results)
-    for m in res["policies"].values():
-        for key in ("cap_bound_steps", "cap_bound_requests", "cap_bound_met"):
-            del m[key]
+    res = _without(evaluation.results, ("cap_bound_",))
     table = budget_table(res)
     assert "peak spend" in table and "while capped" not in table
-    for m in res["policies"].values():
-        for key in [k for k in m if k.startswith("budget_")]:
-            del m[key]
+    res = _without(res, ("budget_",))
     assert budget_names(res) == []
     assert budget_sections(Evaluation(results=res)) == []
     assert '<section id="budgets">' not in render_report(
