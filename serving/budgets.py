@@ -22,7 +22,9 @@ figure is incomplete), so tenant spend plus unallocated spend always sums to the
 A budget (hour, day or calendar month, UTC; global or one tenant's; all clusters or one) is
 *reported*, never enforced: :func:`budget_statuses` gives its spend in the current period, the
 burn rate, the spend projected at the period's end at that rate, and whether that breaks the
-limit. Nothing here feeds back into a decision.
+limit. Nothing here overrides a decision. A policy trained to observe a budget
+(:mod:`rlscale.envs.budgets`) is fed it by :meth:`SpendMeter.observed_budget`, only while its
+period's spend is known whole, and refused at load without it (:func:`check_observed_budget`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ through. ``decide(request)`` never raises for a request that parsed (unless the 
 is full): whatever is wrong with the metrics, it answers with the best decision it can still
 make safely, in this order:
 
-1. the policy, when the metrics are fresh, complete and in range and the policy does not fail;
+1. the policy, when the metrics are fresh, complete and in range, the budget it observes (if
+   any) has a spend known whole, and the policy does not fail;
 2. else the fallback (the Kubernetes HPA by default) when the arrival rate is usable;
 3. else hold every pool at its current size.
 
@@ -15,7 +16,8 @@ It fails safe (the README's fail-safe table; each row is a test):
 
 - a pool whose current replicas are missing or null is taken to run its last known-good count
   for that cluster; with no such count it gets no recommendation (never 0);
-- on missing, stale or invalid input no pool is scaled down: ignorance is not idleness;
+- on missing, stale or invalid input (an observed budget's unknown spend included) no pool is
+  scaled down: ignorance is not idleness;
 - no answer is more than one step below the cluster's last answer for the pool, whatever
   count is reported (a report can lag what the scaler already applied);
 - guardrails (``serving/guardrails.py``) apply to every answer.
