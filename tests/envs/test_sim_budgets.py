@@ -399,3 +399,19 @@ def test_the_shipped_budget_scenario_caps_its_daily_spend():
     (budget,) = sim.scenario.budgets
     assert budget.mode == "cap" and budget.observed and budget.period == "day"
     assert math.isclose(sim.obs.shape[1] - len(observation_names(sim.pool_names)), 2)
+
+
+def test_a_cap_holds_on_spot_pools_priced_from_a_trace():
+    """spot-traces: an on-demand pool and a spot pool priced and preempted from traces (a
+    notice of 120 s): the cap bounds the spot price ahead from the trace."""
+    from rlscale.envs.scenario import ScenarioBudget, load_scenario
+
+    base = load_scenario("spot-traces")
+    assert any(p.spot is not None and p.spot.price == "trace" for p in base.pools)
+    cap = ScenarioBudget(name="h", period="hour", limit_usd=6.0, mode="cap")
+    sim = ClusterSimulator(base.model_copy(update={"episode_hours": 3.0, "budgets": [cap]}))
+    actions = _random_actions(sim, sim.episode_steps, 0)
+    greedy = np.random.default_rng(0).random(len(actions)) < 0.5
+    actions[greedy, : len(sim.pools)] = 2 * sim.scenario.max_step
+    bound, peak = _check_cap(sim, actions, 0)
+    assert bound > 0 and peak > 0.9
