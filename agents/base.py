@@ -60,6 +60,21 @@ class PoolState:
 
 
 @dataclass(frozen=True)
+class BudgetState:
+    """The observed spend budget's current period: what a budget-aware policy sees of it
+    (the simulator's ledger or the decision service's spend meter fills it)."""
+
+    name: str
+    spend_usd: float
+    """Spend counted in the current period so far."""
+    limit_usd: float
+    time_left_s: float
+    """Time left in the current period."""
+    period_s: float
+    """Length of the current period."""
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """What a policy sees at a decision: load, latency, replicas per pool, prices, time."""
 
@@ -81,6 +96,8 @@ class ClusterState:
     ttft_target_s: float
     tpot_target_s: float
     pools: tuple[PoolState, ...] = field(default_factory=tuple)
+    budget: BudgetState | None = None
+    """The observed budget, for a policy trained with one; None: none observed or known."""
 
     def pool(self, name: str) -> PoolState:
         """The pool of that name."""
@@ -102,7 +119,9 @@ class ClusterState:
     def from_dict(cls, raw: dict[str, Any]) -> ClusterState:
         """Inverse of :meth:`to_dict`."""
         pools = tuple(PoolState(**p) for p in raw.get("pools", ()))
-        return cls(**{**raw, "pools": pools})
+        budget = raw.get("budget")
+        budget = BudgetState(**budget) if isinstance(budget, dict) else budget
+        return cls(**{**raw, "pools": pools, "budget": budget})
 
 
 @dataclass(frozen=True)

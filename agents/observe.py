@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rlscale.agents.base import ClusterState, Policy, PoolState, decision_to_action
+from rlscale.agents.base import BudgetState, ClusterState, Policy, PoolState, decision_to_action
 from rlscale.envs.simulator import ClusterSimulator
 
 
@@ -58,7 +58,15 @@ def observe(sim: ClusterSimulator, i: int = 0) -> ClusterState:
         ttft_target_s=sc.slo.ttft_s,
         tpot_target_s=sc.slo.tpot_s,
         pools=pools,
+        budget=_observed_budget(sim, i),
     )
+
+
+def _observed_budget(sim: ClusterSimulator, i: int) -> BudgetState | None:
+    """Cluster ``i``'s observed budget, as the service's spend meter reports one."""
+    ledger = sim.budget_ledger
+    state = ledger.state(i) if ledger is not None else None
+    return BudgetState(**state) if state is not None else None
 
 
 @dataclass
@@ -68,7 +76,8 @@ class EpisodeResult:
     A recorded episode's ``timeline`` holds per step: ``arrival_rps``, ``capacity_rps``,
     ``cost_usd``, ``attainment``, ``ready/{pool}`` and ``cost_usd/{pool}``, and the tenants'
     allocations ``tenant_cost_usd`` and ``tenant_idle_usd`` ([steps, tenants], tenants in the
-    order of ``summary["cost_by_tenant_usd"]``).
+    order of ``summary["cost_by_tenant_usd"]``); with budgets, ``budget_spend_usd/{budget}``
+    (the period's spend) and ``cap_bound`` (1 where a cap cut the policy's action).
     """
 
     policy: str
@@ -79,6 +88,50 @@ class EpisodeResult:
     cpu_s: float | None = None
     """CPU seconds the worker spent on this episode, its policy's planning included (set by
     the evaluation grid's runner; None where nobody timed it)."""
+
+
+class _BudgetRecord:
+    """An episode's budgets (:mod:`rlscale.envs.budgets`): each budget's highest period spend
+    and breaches, and where a cap bound: its steps, and the requests in them that met the SLO
+    or not. Recorded, per step: each budget's period spend (``budget_spend_usd/NAME``) and
+    whether a cap bound (``cap_bound``)."""
+
+    def __init__(self, sim: ClusterSimulator, record: bool) -> None:
+        self.sim = sim
+        self.record = record
+        self.names = [b.name for b in sim.scenario.budgets]
+        self.capped = any(b.mode == "cap" for b in sim.scenario.budgets)
+        self.bound_steps = self.bound_met = self.bound_requests = 0.0
+        self.timeline: dict[str, list[float]] = {}
+        if record:
+            self.timeline = {f"budget_spend_usd/{n}": [] for n in self.names}
+            self.timeline["cap_bound"] = []
+
+    def step(self) -> None:
+        info = self.sim.budget_ledger.info(0)
+        bound = info.get("budget/cap_bound", 0.0)
+        if bound:
+            met, counted = self.sim.step_requests()
+            self.bound_steps += 1.0
+            self.bound_met += float(met[0])
+            self.bound_requests += float(counted[0])
+        if self.record:
+            for n in self.names:
+                self.timeline[f"budget_spend_usd/{n}"].append(info[f"budget/{n}/spend_usd"])
+            self.timeline["cap_bound"].append(bound)
+
+    def summary(self) -> dict[str, Any]:
+        info = self.sim.budget_ledger.info(0)
+        out: dict[str, Any] = {
+            "budget_limit_usd": {n: info[f"budget/{n}/limit_usd"] for n in self.names},
+            "budget_peak_spend_usd": {n: info[f"budget/{n}/peak_spend_usd"] for n in self.names},
+            "budget_breaches": {n: info[f"budget/{n}/breaches"] for n in self.names},
+        }
+        if self.capped:
+            out["cap_bound_steps"] = self.bound_steps
+            out["cap_bound_requests"] = self.bound_requests
+            out["cap_bound_met"] = self.bound_met
+        return out
 
 
 def run_episode(
@@ -111,11 +164,14 @@ def run_episode(
     cost_pool = np.zeros(len(names))
     totals = {"scale_events": 0.0, "cold_starts": 0.0, "preemptions": 0.0, "tokens": 0.0}
     view = sim.cluster(0)
+    budgets = _BudgetRecord(sim, record) if sim.budget_ledger is not None else None
     for _ in range(steps):
         state = observe(sim, 0)
         decision, memory = policy.decide(state, memory)
         action = decision_to_action(decision, state, names, sim.scenario.max_step)
         sim.step(action[None, :])
+        if budgets is not None:
+            budgets.step()
         gpu_s += view.replica_s_by_pool * gpus
         cost_pool += view.cost_by_pool_usd
         totals["scale_events"] += view.scale_events
@@ -154,5 +210,8 @@ def run_episode(
         "idle_cost_by_tenant_usd": sim.tenant_idle_costs(0),
         "busy_gpu_hours_by_tenant": sim.tenant_busy_gpu_hours(0),
     }
+    if budgets is not None:
+        summary.update(budgets.summary())
+        rec.update(budgets.timeline)
     timeline = {k: np.asarray(v) for k, v in rec.items()} if record else {}
     return EpisodeResult(policy.name, seed, int(sim.start_steps[0]), summary, timeline)

@@ -38,9 +38,11 @@ from pydantic import (
 
 from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.agents.registry import PolicyKind, register
+from rlscale.common.budgets import BudgetConfig
 from rlscale.envs.observation import (
     observation_names,
     observation_size,
+    write_budget_features,
     write_cluster_features,
     write_pool_features,
 )
@@ -100,6 +102,14 @@ class ObservationLayout(_Strict):
     ttft_target_s: float = Field(gt=0)
     tpot_target_s: float = Field(gt=0)
     cache_hit_ratio: float = Field(ge=0, lt=1)
+    budget: BudgetConfig | None = Field(
+        default=None,
+        description=(
+            "the spend budget the policy observes (its spent share and the time left in its "
+            "period, the layout's last entries); the service feeds them from its spend meter's "
+            "budget of this name"
+        ),
+    )
     _low: np.ndarray = PrivateAttr()
     _high: np.ndarray = PrivateAttr()
 
@@ -160,7 +170,7 @@ class PolicyManifest(_Strict):
         if len(set(pool_names)) != len(pool_names):
             raise ValueError(f"pool names repeat: {pool_names}")
         obs = self.observation
-        expected = observation_names(pool_names)
+        expected = observation_names(pool_names, obs.budget is not None)
         if obs.names != expected:
             diff = next(
                 (i for i, (a, b) in enumerate(zip(obs.names, expected, strict=False)) if a != b),
@@ -208,9 +218,12 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
     Written by the simulator's own code (:mod:`rlscale.envs.observation`, run here as plain
     Python), with the scaling constants of the manifest: entry for entry what the kernel
     observes for a cluster in the same state.
+
+    :raises ValueError: the policy observes a budget and ``state.budget`` is not that budget
+        (the service then falls back rather than guess a spend).
     """
     lay = manifest.observation
-    x = np.empty(observation_size(len(manifest.pools)), dtype=np.float64)
+    x = np.empty(observation_size(len(manifest.pools), lay.budget is not None), dtype=np.float64)
     _CLUSTER(
         x,
         state.arrival_rate_rps,
@@ -251,6 +264,14 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
             layout.on_demand_price_usd_h,
             float(layout.max_num_seqs),
         )
+    if lay.budget is not None:
+        b = state.budget
+        if b is None or b.name != lay.budget.name:
+            raise ValueError(
+                f"the policy observes budget '{lay.budget.name}' and the state carries "
+                f"{'none' if b is None else repr(b.name)}"
+            )
+        write_budget_features(x, b.spend_usd, b.limit_usd, b.time_left_s, b.period_s)
     # observation.clip_observation's rule, vectorized: its loop in Python costs more than the
     # model (a decision's budget is 100 us)
     x[~np.isfinite(x)] = 0.0

@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
@@ -73,13 +72,19 @@ class InferenceClusterEnv(gym.Env):
     | 17+9p+6 | price_ratio | [0, 5] | current hourly price / on-demand price |
     | 17+9p+7 | spot_capacity | [0, 1] | share of quota the market can supply |
     | 17+9p+8 | batch_fill | [0, 1] | sequences per ready replica / max_num_seqs |
+    | last-1 | budget/spent_share | [0, 2] | observed budget: period's spend / limit |
+    | last | budget/time_left_share | [0, 1] | observed budget: share of its period left |
 
+    The two budget entries exist only when the scenario marks a budget ``observed``
+    (:mod:`rlscale.envs.budgets`); otherwise the layout ends with the last pool's.
     ``env.observation_names`` names every entry (``POOL/feature`` for a pool's).
 
     ## Rewards
     ``-(cost_usd + slo_violation_usd * violations + churn_usd * replicas_changed) / scale``
     per step, with the weights of the scenario's ``reward`` section. A violation is a request
-    dropped at the timeout or served outside the TTFT or TPOT target. Cost and SLO attainment
+    dropped at the timeout or served outside the TTFT or TPOT target. A budget in ``penalty``
+    mode also charges ``penalty_usd_per_usd`` per USD its period's spend goes over the limit;
+    one in ``cap`` mode cuts the action so that the spend never does. Cost and SLO attainment
     are always reported separately in ``info``.
 
     ## Starting State
@@ -101,7 +106,9 @@ class InferenceClusterEnv(gym.Env):
     ``slo/attainment``, ``slo/attainment_episode``, ``latency/ttft_p95_s`` (p50/p95/p99 of TTFT
     and TPOT), ``replicas`` (pool -> state -> count), ``scale/cold_starts``,
     ``spot/preemptions``, request counters, ``cost/budget_spent`` (cost so far / ``budget_usd``)
-    when the scenario sets a budget, and at the episode's end ``cost/by_tenant_usd``. With
+    when the scenario sets a budget, per budget of its ``budgets`` section ``budget/NAME/...``
+    (spend, limit, breaches; ``budget/cap_bound`` under a cap), and at the episode's end
+    ``cost/by_tenant_usd``. With
     ``randomize=True``, the reset's info and the episode's last carry the episode's multipliers:
     ``randomization/rate_scale``, ``randomization/spot_price_scale``,
     ``randomization/preemption_scale``, ``randomization/cold_start_scale``.
@@ -165,7 +172,7 @@ class InferenceClusterEnv(gym.Env):
         )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
-        self.observation_names = observation_names(self.sim.pool_names)
+        self.observation_names = self.sim.observation_names
         self._ready = False
 
     def noop_action(self) -> np.ndarray:

@@ -4,7 +4,9 @@ Every entry is a number a live cluster reports (rates, queue, latencies, replica
 prices, the clock), scaled by constants of the scenario the policy was trained on (the
 reference rate, the SLO targets, quotas, on-demand prices). Nothing without a live
 counterpart is an input: no episode progress (a live cluster has no episode), no episode
-budget spent (the service is never told one).
+budget spent. A scenario with an *observed* budget (a spend limit per hour, day or month,
+which the decision service meters too) appends :data:`BUDGET_FEATURES`; without one the layout
+is as before, entry for entry.
 
 The simulator's kernel and the decision service
 (:func:`rlscale.agents.onnx_policy.observation_from_state`) both write the observation with
@@ -13,9 +15,12 @@ exactly what it was trained on. The writers are defined in the kernel's module
 (:mod:`rlscale.envs.dynamics`) and exported here: numba caches the compiled kernel by its own
 file, so a formula kept in another file could change without the cached kernel noticing.
 
-Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order;
-entries named by :func:`observation_names`, bounded by :func:`observation_bounds`. Each entry
-is clipped to its bounds, a non-finite one taken as 0 (:func:`clip_observation`).
+Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order,
+then :data:`BUDGET_FEATURES` when a budget is observed (written by
+:func:`write_budget_features`, outside the kernel: the simulator's budget ledger and the
+service's spend meter both call it); entries named by :func:`observation_names`, bounded
+by :func:`observation_bounds`. Each entry is clipped to its bounds, a non-finite one taken
+as 0 (:func:`clip_observation`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from rlscale.envs.dynamics import (
 )
 
 __all__ = [
+    "BUDGET_FEATURES",
     "CLUSTER_FEATURES",
     "POOL_FEATURES",
     "SECONDS_PER_DAY",
@@ -41,6 +47,7 @@ __all__ = [
     "observation_bounds",
     "observation_names",
     "observation_size",
+    "write_budget_features",
     "write_cluster_features",
     "write_pool_features",
 ]
@@ -79,28 +86,59 @@ POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
 )
 """(name, low, high, meaning) of each pool's entries, in order."""
 
+BUDGET_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("budget/spent_share", 0.0, 2.0, "spend in the observed budget's period / its limit"),
+    ("budget/time_left_share", 0.0, 1.0, "time left in the budget's period / the period"),
+)
+"""(name, low, high, meaning) of the observed budget's entries, last in the observation."""
+
 N_CLUSTER_FEATURES = len(CLUSTER_FEATURES)
 N_POOL_FEATURES = len(POOL_FEATURES)
 # the writers' own count of what they write (they are compiled with the kernel, see above)
 assert (N_CLUSTER_FEATURES, N_POOL_FEATURES) == (OBS_CLUSTER_ENTRIES, OBS_POOL_ENTRIES)
 
 
-def observation_size(n_pools: int) -> int:
-    """Entries of the observation of a cluster of ``n_pools`` pools."""
-    return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools
+def observation_size(n_pools: int, budgeted: bool = False) -> int:
+    """Entries of the observation of a cluster of ``n_pools`` pools (and an observed budget
+    when ``budgeted``)."""
+    extra = len(BUDGET_FEATURES) if budgeted else 0
+    return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools + extra
 
 
-def observation_names(pool_names: list[str]) -> list[str]:
+def observation_names(pool_names: list[str], budgeted: bool = False) -> list[str]:
     """Names of the observation vector's entries, in order (``POOL/feature`` per pool)."""
     names = [f[0] for f in CLUSTER_FEATURES]
     for pool in pool_names:
         names += [f"{pool}/{f[0]}" for f in POOL_FEATURES]
+    if budgeted:
+        names += [f[0] for f in BUDGET_FEATURES]
     return names
 
 
-def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
+def observation_bounds(n_pools: int, budgeted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds of every observation entry (float64)."""
     feats = list(CLUSTER_FEATURES) + list(POOL_FEATURES) * n_pools
+    if budgeted:
+        feats += list(BUDGET_FEATURES)
     lo = np.array([f[1] for f in feats], dtype=np.float64)
     hi = np.array([f[2] for f in feats], dtype=np.float64)
     return lo, hi
+
+
+def write_budget_features(
+    o: np.ndarray,
+    spend_usd: float | np.ndarray,
+    limit_usd: float | np.ndarray,
+    time_left_s: float | np.ndarray,
+    period_s: float | np.ndarray,
+) -> None:
+    """Write the observed budget's entries (:data:`BUDGET_FEATURES`) into the end of ``o``
+    (one observation, or ``[N, entries]`` with an array per argument), clipped to their
+    bounds, a non-finite one taken as 0: the period's spend over its limit, and the share of
+    the period still to run."""
+    n = len(BUDGET_FEATURES)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (np.divide(spend_usd, limit_usd), np.divide(time_left_s, period_s))
+    for k, (value, (_, lo, hi, _)) in enumerate(zip(values, BUDGET_FEATURES, strict=True)):
+        finite = np.where(np.isfinite(value), value, 0.0)
+        o[..., o.shape[-1] - n + k] = np.clip(finite, lo, hi)

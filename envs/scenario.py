@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from rlscale.common.budgets import BudgetConfig
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
 SCENARIO_DIR = _REPO_DIR / "experiments" / "scenarios"
@@ -236,6 +238,62 @@ class RewardConfig(_Strict):
     scale: PositiveFloat = 1.0
 
 
+BudgetMode = Literal["report", "penalty", "cap"]
+"""What a scenario does with a budget: report its spend, charge a penalty on spend over it,
+or cap spend at it (:mod:`rlscale.envs.budgets`)."""
+
+
+class ScenarioBudget(BudgetConfig):
+    """A spend limit per period, as the decision service's ``--budgets`` file writes it
+    (:class:`~rlscale.common.budgets.BudgetConfig`), plus what the simulator does with it.
+
+    Periods are UTC hours, days and calendar months of the simulated clock, which starts on
+    Monday 2024-01-01 00:00 UTC (:data:`rlscale.envs.budgets.SIM_EPOCH_UNIX_S`); an episode's
+    first period starts with nothing spent.
+    """
+
+    mode: BudgetMode = Field(
+        default="report",
+        description=(
+            "report: metered and reported; penalty: the reward pays penalty_usd_per_usd for "
+            "every USD spent over the limit in a period; cap: the period's spend never exceeds "
+            "the limit (scale-ups are cut and replicas stopped, most expensive first)"
+        ),
+    )
+    penalty_usd_per_usd: NonNegFloat = Field(
+        default=0.0, description="mode penalty: reward USD charged per USD over the limit"
+    )
+    observed: bool = Field(
+        default=False,
+        description=(
+            "the policy observes this budget: its spent share and the time left in its period "
+            "(two entries appended to the observation; a served policy is fed them from the "
+            "service's spend meter)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScenarioBudget:
+        if self.cluster is not None:
+            raise ValueError(
+                f"budget '{self.name}': cluster is for the service's budgets file; a scenario "
+                "simulates one cluster"
+            )
+        if self.tenant is not None and (self.mode != "report" or self.observed):
+            raise ValueError(
+                f"budget '{self.name}': a tenant's budget is metered and reported; mode "
+                f"penalty or cap, and observed, are for a global budget (no tenant)"
+            )
+        if self.mode == "penalty" and self.penalty_usd_per_usd <= 0.0:
+            raise ValueError(f"budget '{self.name}': mode penalty needs penalty_usd_per_usd > 0")
+        if self.mode != "penalty" and self.penalty_usd_per_usd > 0.0:
+            raise ValueError(
+                f"budget '{self.name}': penalty_usd_per_usd is for mode penalty (mode is "
+                f"{self.mode})"
+            )
+        return self
+
+
 ScaleRange = tuple[float, float]
 """``[lo, hi]``: an episode's multiplier is drawn between them (``[x, x]`` fixes it at x)."""
 
@@ -334,6 +392,13 @@ class Scenario(_Strict):
             "in every step's info; not a policy input (a live cluster has no episode budget)"
         ),
     )
+    budgets: list[ScenarioBudget] = Field(
+        default_factory=list,
+        description=(
+            "spend limits per hour, day or month, global or per tenant: reported, charged as "
+            "a penalty, or capped (rlscale.envs.budgets); at most one observed"
+        ),
+    )
     routing: Literal["least_loaded", "random", "round_robin"] = Field(
         default="least_loaded",
         description=(
@@ -362,6 +427,13 @@ class Scenario(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique; repeated: {dupes}")
+        budget_names = [b.name for b in self.budgets]
+        twice = sorted({n for n in budget_names if budget_names.count(n) > 1})
+        if twice:
+            raise ValueError(f"budget names must be unique; repeated: {twice}")
+        observed = [b.name for b in self.budgets if b.observed]
+        if len(observed) > 1:
+            raise ValueError(f"at most one budget can be observed; observed: {observed}")
         r = self.randomization
         if r is not None and not any(p.purchase == "spot" for p in self.pools):
             for name in ("spot_price_scale", "preemption_scale"):

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from rlscale.envs import dynamics as dyn
+from rlscale.envs.budgets import BudgetLedger
 from rlscale.envs.capacity import RequestMix, pool_capacities_rps
 from rlscale.envs.cluster_view import ClusterView, ColdStartLevels, SpotMarketSeries
 from rlscale.envs.coldstart import COLD_START_LEVELS, build_cold_start
 from rlscale.envs.metering import meter_clusters
 from rlscale.envs.names import EPISODE_LATENCY_KEYS
-from rlscale.envs.observation import observation_bounds
+from rlscale.envs.observation import observation_bounds, observation_names
 from rlscale.envs.profiles import ThroughputProfile, load_profile
 from rlscale.envs.randomization import (
     NOMINAL,
@@ -332,7 +333,8 @@ class ClusterSimulator:
         self.workload_arrays = kernel_workload_arrays(wl)
         self.prompt_quantiles = _prefill_table(wl)
 
-        self.obs_low, self.obs_high = observation_bounds(P)
+        self.observes_budget = any(b.observed for b in sc.budgets)
+        self.obs_low, self.obs_high = observation_bounds(P, self.observes_budget)
         obs_dim = self.obs_low.shape[0]
         self.action_nvec = np.array(
             [2 * sc.max_step + 1] * P + [p.warm_pool_max + 1 for p in sc.pools], dtype=np.int64
@@ -393,6 +395,8 @@ class ClusterSimulator:
         self.randomize = False
         self._randomization: RandomizationConfig | None = None
         self.set_randomize(randomize)
+        # the scenario's spend budgets (rlscale.envs.budgets); None keeps every step as before
+        self.budget_ledger: BudgetLedger | None = BudgetLedger(self) if sc.budgets else None
 
     # --- domain randomization ----------------------------------------------------------------
     def set_randomize(self, on: bool) -> None:
@@ -429,6 +433,11 @@ class ClusterSimulator:
     def pool_names(self) -> list[str]:
         """Pool names in action / observation order."""
         return [p.name for p in self.pools]
+
+    @property
+    def observation_names(self) -> list[str]:
+        """Names of the observation's entries (the observed budget's last, when there is one)."""
+        return observation_names(self.pool_names, self.observes_budget)
 
     def spaces(self) -> tuple[Any, Any]:
         """Observation and action space of one cluster: a ``Box`` and a ``MultiDiscrete``."""
@@ -480,6 +489,8 @@ class ClusterSimulator:
         dyn.reset_cluster(
             i, start * self.substeps_per_step, seed, scales, self._params, self._state, self._out
         )
+        if self.budget_ledger is not None:
+            self.budget_ledger.reset(i)
 
     def step(self, actions: np.ndarray) -> None:
         """Advance every cluster by one decision interval under ``actions`` [N, 2 * pools]."""
@@ -492,9 +503,12 @@ class ClusterSimulator:
                 f"action entry {tuple(int(x) for x in bad)} = {a[tuple(bad)]} is outside "
                 f"[0, {self.action_nvec[bad[-1]] - 1}]"
             )
-        self._actions[:] = a
+        ledger = self.budget_ledger
+        self._actions[:] = a if ledger is None else ledger.before_step(a)
         dyn.step_clusters(self._actions, self._params, self._state, self._out)
         self._meter_tenants()
+        if ledger is not None:
+            ledger.after_step()
         self.steps += 1
 
     def _meter_tenants(self) -> None:
@@ -625,6 +639,8 @@ class ClusterSimulator:
         }
         if self.scenario.budget_usd:  # reported, not observed: a live cluster has no episode
             info["cost/budget_spent"] = info["cost/total_usd"] / self.scenario.budget_usd
+        if self.budget_ledger is not None:
+            info.update(self.budget_ledger.info(i))
         return info
 
     def episode_latency(self, i: int) -> dict[str, float]:

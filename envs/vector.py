@@ -21,7 +21,6 @@ from gymnasium.vector.utils import batch_space
 
 from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import DEFAULT_SCENARIO
-from rlscale.envs.observation import observation_names
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
@@ -53,7 +52,7 @@ class BatchedEnvBase:
             randomize=randomize,
         )
         self.single_observation_space, self.single_action_space = self.sim.spaces()
-        self.observation_names = observation_names(self.sim.pool_names)
+        self.observation_names = self.sim.observation_names
         self._rngs: list[np.random.Generator] = [
             seeding.np_random(None)[0] for _ in range(num_envs)
         ]

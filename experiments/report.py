@@ -6,9 +6,11 @@ opened offline; it loads nothing from anywhere. Every piece of text that comes f
 (policy labels, pool and tenant names, paths) is HTML-escaped.
 
 Sections: what was run; the load against ready capacity of each policy over one held-out
-window; cost by pool and by purchase option; cost against SLO attainment with the oracle
-marked; the gap table (each policy's cost over the oracle's, and the share of the best
-baseline's gap to the oracle it closes); the metric table with 95% intervals; GPU-hours by
+window; with budgets, spend against each budget and where a cap bound
+(:mod:`rlscale.experiments.budget_report`); cost by pool and by purchase option; cost
+against SLO attainment with the oracle marked; the gap table (each policy's cost over the
+oracle's, and the share of the best baseline's gap to the oracle it closes); the metric
+table with 95% intervals; GPU-hours by
 pool; cost per tenant; and how the numbers were made.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
+from rlscale.experiments.budget_report import budget_sections
 from rlscale.experiments.results import NO_VALUE, Evaluation, MeanCI, Results, load_results
 
 PURCHASE_LABELS = {"on_demand": "on demand", "spot": "spot"}
@@ -467,6 +470,7 @@ def render_report(ev: Evaluation) -> str:
             "so arrivals near the top of the band already mean queueing, and a band far above "
             "them means paying for idle GPUs.",
         ),
+        *budget_sections(ev),
         html_figure(
             "cost-breakdown",
             "Cost by pool and purchase option",

@@ -74,6 +74,14 @@ TENANT_GROUPS = {
 """Flat metric prefix -> the episode summary's per-tenant dict it comes from
 (:mod:`rlscale.envs.metering`: a tenant's cost, the idle part of it, its busy GPU-hours)."""
 
+BUDGET_GROUPS = ("budget_limit_usd", "budget_peak_spend_usd", "budget_breaches")
+"""Per-budget dicts of an episode summary with budgets (keyed ``group/budget`` when flat): the
+limit, the most a period of the episode spent, and the periods that went over."""
+
+CAP_COUNTS = ("cap_bound_steps", "cap_bound_requests", "cap_bound_met")
+"""An episode under a cap: steps where it cut the policy's action, and the requests of those
+steps that counted for the SLO and that met it."""
+
 MAX_TIMELINE_POINTS = 96
 """A recorded episode's cost timeline in ``results.json`` is summed into at most this many
 spans, so the file stays small for long episodes and hundreds of tenants."""
@@ -134,6 +142,10 @@ def flatten_summary(
         if key in summary:
             for tenant, value in top_and_other(summary[key], tenants).items():
                 flat[f"{prefix}/{tenant}"] = value
+    for group in BUDGET_GROUPS:
+        for budget, value in summary.get(group, {}).items():
+            flat[f"{group}/{budget}"] = float(value)
+    flat.update({k: float(summary[k]) for k in CAP_COUNTS if k in summary})
     return flat
 
 

@@ -22,46 +22,33 @@ figure is incomplete), so tenant spend plus unallocated spend always sums to the
 A budget (hour, day or calendar month, UTC; global or one tenant's; all clusters or one) is
 *reported*, never enforced: :func:`budget_statuses` gives its spend in the current period, the
 burn rate, the spend projected at the period's end at that rate, and whether that breaks the
-limit. Nothing here feeds back into a decision.
+limit. Nothing here overrides a decision. A policy trained to observe a budget
+(:mod:`rlscale.envs.budgets`) is fed it by :meth:`SpendMeter.observed_budget`, only while its
+period's spend is known whole, and refused at load without it (:func:`check_observed_budget`).
 """
 
 from __future__ import annotations
 
-import calendar
-import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlscale.agents.base import ClusterState
+from rlscale.agents.base import BudgetState, ClusterState
+from rlscale.common.budgets import BudgetConfig, period_bounds
 from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
 from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED, OTHER_TENANT
-from rlscale.serving.schemas import BudgetStatus, Period
-
-PERIODS: tuple[str, ...] = get_args(Period)
+from rlscale.serving.schemas import BudgetStatus
 
 
 class BudgetError(ValueError):
     """A budgets file that cannot be read or does not validate."""
-
-
-class BudgetConfig(BaseModel):
-    """One spend limit."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-    period: Period = Field(description="hour, day or calendar month (UTC)")
-    limit_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    tenant: str | None = Field(None, max_length=128, description="one tenant's spend; None: all")
-    cluster: str | None = Field(None, max_length=128, description="one cluster; None: all")
 
 
 class BudgetsFile(BaseModel):
@@ -97,18 +84,36 @@ def load_budgets(path: str | Path) -> list[BudgetConfig]:
         raise BudgetError(f"budgets file {path}: {err}") from None
 
 
-def period_bounds(time_s: float, period: Period) -> tuple[float, float]:
-    """The UTC period holding ``time_s``: its start and end (unix s)."""
-    t = dt.datetime.fromtimestamp(time_s, dt.UTC)
-    if period == "hour":
-        start = t.replace(minute=0, second=0, microsecond=0)
-        return start.timestamp(), start.timestamp() + 3600.0
-    if period == "day":
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.timestamp(), start.timestamp() + 86400.0
-    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    days = calendar.monthrange(t.year, t.month)[1]
-    return start.timestamp(), start.timestamp() + days * 86400.0
+def observed_budget_of(policy: object) -> BudgetConfig | None:
+    """The budget an exported policy observes (its manifest's), or None."""
+    manifest = getattr(policy, "manifest", None)
+    observation = getattr(manifest, "observation", None)
+    return getattr(observation, "budget", None)
+
+
+def check_observed_budget(observed: BudgetConfig | None, budgets: list[BudgetConfig]) -> None:
+    """A policy that observes a budget is served only with that budget configured: one of
+    the same name and period, global (no tenant). Its limit is the service's (the share the
+    policy sees is of the live limit).
+
+    :raises BudgetError: no such budget, or one that counts something else; the message
+        names what the policy was trained on and what is configured.
+    """
+    if observed is None:
+        return
+    match = next((b for b in budgets if b.name == observed.name), None)
+    trained = f"budget '{observed.name}' ({observed.period}, {observed.limit_usd:g} USD, global)"
+    configured = [f"{b.name} ({b.period}, tenant {b.tenant})" for b in budgets] or "none"
+    if match is None:
+        raise BudgetError(
+            f"the policy observes {trained}; the service's --budgets has {configured}: add a "
+            f"budget named '{observed.name}' with period {observed.period}"
+        )
+    if match.period != observed.period or match.tenant is not None:
+        raise BudgetError(
+            f"the policy observes {trained}; the service's budget '{match.name}' is "
+            f"{match.period}, tenant {match.tenant}: it must be {observed.period} and global"
+        )
 
 
 def pool_cost_rates_usd_h(
@@ -270,6 +275,8 @@ class _Ledger:
     spend_usd: float = 0.0
     unallocated_usd: float = 0.0
     """A tenant budget: spend of this period no tenant shares were known for."""
+    metered_since_s: float = math.inf
+    """When this meter first counted spend for the budget (spend before it is unknown)."""
 
     def roll_to(self, time_s: float) -> None:
         """Start the period holding ``time_s`` when it is past the current one."""
@@ -363,6 +370,27 @@ class SpendMeter:
             out.append(status)
         return out
 
+    def observed_budget(self, cluster: str, name: str, as_of_s: float) -> BudgetState | None:
+        """The budget ``name`` as a policy observes it (:class:`~rlscale.agents.base.
+        BudgetState`), or None when its spend is not known whole: no such budget for this
+        cluster, a cluster it counts not heard from within the staleness bound, per-tenant
+        shares missing, or a period that began before this meter started counting (after a
+        restart the period's earlier spend is unknown). The caller falls back; nothing is
+        guessed."""
+        ledger = next((g for g in self._ledgers if g.config.name == name), None)
+        if ledger is None or ledger.config.cluster not in (None, cluster):
+            return None
+        status = self._status(ledger, as_of_s)
+        if not status.known or status.notes or ledger.metered_since_s > ledger.period_start_s:
+            return None
+        return BudgetState(
+            name=status.name,
+            spend_usd=status.spend_usd,
+            limit_usd=status.limit_usd,
+            time_left_s=max(ledger.period_end_s - as_of_s, 0.0),
+            period_s=ledger.period_end_s - ledger.period_start_s,
+        )
+
     def _bounded(self, shares: dict[str, float] | None) -> dict[str, float] | None:
         """Tenants beyond the tracked number are pooled as :data:`OTHER_TENANT`."""
         if shares is None:
@@ -389,6 +417,7 @@ class SpendMeter:
             cfg = ledger.config
             if cfg.cluster not in (None, cluster):
                 continue
+            ledger.metered_since_s = min(ledger.metered_since_s, seg.time_s)
             t = seg.time_s
             while t < end_s:  # split at period boundaries
                 ledger.roll_to(t)

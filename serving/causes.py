@@ -30,6 +30,7 @@ class Cause(StrEnum):
     MISSING_INPUT = "missing_input", "missing input"
     NO_POLICY = "no_policy", "no policy loaded"
     POLICY_FAILED = "policy_failed", "policy failed"
+    BUDGET_UNKNOWN = "budget_unknown", "the observed budget's spend is not known whole"
     FALLBACK_FAILED = "fallback_failed", "fallback failed"
     FALLBACK_DECIDED = "fallback_decided", "fallback decided"
     HOLD = "hold", "hold"
@@ -51,6 +52,7 @@ FALLBACK_CAUSES = frozenset(
         Cause.MISSING_INPUT,
         Cause.NO_POLICY,
         Cause.POLICY_FAILED,
+        Cause.BUDGET_UNKNOWN,
     }
 )
 """Why the policy did not decide (``rlscale_fallback_causes_total{cause=...}``)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from rlscale.agents.onnx_policy import ArtifactError
 from rlscale.envs.scenario import Scenario, ScenarioError
+from rlscale.serving.budgets import BudgetError
 from rlscale.serving.loaders import (
     ARTIFACT_KINDS,
     LoadedPolicy,
@@ -105,8 +106,9 @@ class PolicyReloader:
                 return None
             try:
                 new: LoadedPolicy = load_policy(self.spec, self.scenario)
+                self.service.check_policy(new)
             except Exception as err:
-                bad = isinstance(err, ArtifactError | ScenarioError)
+                bad = isinstance(err, ArtifactError | ScenarioError | BudgetError)
                 event = ReloadEvent(
                     "refused" if bad else "error",
                     self.spec,

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from rlscale.agents.base import ClusterState
+from rlscale.common.budgets import Period
 from rlscale.serving.causes import Cause
 from rlscale.serving.limits import MAX_POOLS_PER_REQUEST, MAX_TENANTS_PER_REQUEST, OTHER_TENANT
 
@@ -233,9 +234,6 @@ class RecommendationRequest(_Body):
 
 
 Source = Literal["policy", "fallback"]
-
-Period = Literal["hour", "day", "month"]
-"""A budget's period (UTC; a month is the calendar month)."""
 
 
 class BudgetStatus(BaseModel):

@@ -7,7 +7,8 @@ through. ``decide(request)`` never raises for a request that parsed (unless the 
 is full): whatever is wrong with the metrics, it answers with the best decision it can still
 make safely, in this order:
 
-1. the policy, when the metrics are fresh, complete and in range and the policy does not fail;
+1. the policy, when the metrics are fresh, complete and in range, the budget it observes (if
+   any) has a spend known whole, and the policy does not fail;
 2. else the fallback (the Kubernetes HPA by default) when the arrival rate is usable;
 3. else hold every pool at its current size.
 
@@ -15,7 +16,8 @@ It fails safe (the README's fail-safe table; each row is a test):
 
 - a pool whose current replicas are missing or null is taken to run its last known-good count
   for that cluster; with no such count it gets no recommendation (never 0);
-- on missing, stale or invalid input no pool is scaled down: ignorance is not idleness;
+- on missing, stale or invalid input (an observed budget's unknown spend included) no pool is
+  scaled down: ignorance is not idleness;
 - no answer is more than one step below the cluster's last answer for the pool, whatever
   count is reported (a report can lag what the scaler already applied);
 - guardrails (``serving/guardrails.py``) apply to every answer.
@@ -36,13 +38,19 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.envs.capacity import scenario_capacities_rps
 from rlscale.envs.scenario import Scenario
 from rlscale.serving.base import NoRecommendationError, PoolRecommendation
-from rlscale.serving.budgets import BudgetConfig, SpendMeter, SpendMetrics
+from rlscale.serving.budgets import (
+    BudgetConfig,
+    SpendMeter,
+    SpendMetrics,
+    check_observed_budget,
+    observed_budget_of,
+)
 from rlscale.serving.causes import Cause, Reason, codes, texts
 from rlscale.serving.guardrails import Guardrails, PoolLimits, guard
 from rlscale.serving.inputs import RANGES, ReadRequest, read_request
@@ -155,6 +163,9 @@ class DecisionService:
             scenario, budgets or [], max_staleness_s, SpendMetrics(metrics.registry)
         )
         """Each cluster's metered spend and the budgets (reported, never enforced)."""
+        self.budgets = list(budgets or [])
+        if policy is not None:
+            self.check_policy(policy)
         metrics.slo_target.set(scenario.slo.target_attainment)
 
     @property
@@ -163,13 +174,25 @@ class DecisionService:
         policy = self.policy
         return policy.version if policy is not None else "none"
 
+    def check_policy(self, policy: LoadedPolicy) -> None:
+        """Refuse a policy this service cannot feed: one that observes a spend budget the
+        ``--budgets`` file does not configure (:func:`~rlscale.serving.budgets.
+        check_observed_budget`).
+
+        :raises BudgetError: the message names the budget and the fix.
+        """
+        check_observed_budget(observed_budget_of(policy.policy), self.budgets)
+
     def swap_policy(self, new: LoadedPolicy) -> bool:
         """Serve ``new`` from the next decision on; every cluster's policy memory restarts.
 
         Atomic: a decision runs wholly on the old policy or wholly on the new one. A policy of
         the version already serving is not swapped (its memories are kept); returns whether
         it was.
+
+        :raises BudgetError: ``new`` observes a budget this service does not configure.
         """
+        self.check_policy(new)
         with self._lock:
             if self.policy is not None and self.policy.version == new.version:
                 return False
@@ -251,6 +274,9 @@ class DecisionService:
                 last_known_good={p: n for p, (n, _) in memory.last_known_good.items()},
                 max_staleness_s=self.max_staleness_s,
             )
+            # metered first: a policy that observes a budget sees the spend up to these metrics
+            budgets = self._meter(request, read)
+            read = self._with_budget(read, request)
             decision, source, reasons = self._decide_locked(read, memory)
             current, unknown = self._current_replicas(read, memory, reasons)
             wanted = dict(decision.replicas)
@@ -290,7 +316,6 @@ class DecisionService:
                         pool,
                     )
                 )
-            budgets = self._meter(request, read)
             response = RecommendationResponse(
                 decision_id=uuid.uuid4().hex,
                 cluster_id=request.cluster_id,
@@ -323,6 +348,27 @@ class DecisionService:
         except Exception:
             log.exception("metering cluster '%s' failed", request.cluster_id[:64])
             return []
+
+    def _with_budget(self, read: ReadRequest, request: RecommendationRequest) -> ReadRequest:
+        """``read`` with the budget the serving policy observes in its state, from the spend
+        meter; a problem (``budget_unknown``: the fallback decides, nothing scales down) when
+        its spend is not known whole. Unchanged for a policy that observes none."""
+        policy = self.policy
+        observed = observed_budget_of(policy.policy) if policy is not None else None
+        if observed is None or read.problems:
+            return read
+        budget = None
+        if not request.shadow_only:
+            try:
+                budget = self.spend.observed_budget(
+                    request.cluster_id, observed.name, read.metrics_time_s
+                )
+            except Exception:
+                log.exception("reading budget '%s' failed", observed.name)
+        if budget is None:
+            why = f"('{observed.name}': unmetered period, stale cluster, or shadow-only push)"
+            return replace(read, problems=[*read.problems, Reason(Cause.BUDGET_UNKNOWN, why)])
+        return replace(read, state=replace(read.state, budget=budget))
 
     def _current_replicas(
         self, read: ReadRequest, memory: _ClusterMemory, reasons: list[Reason]

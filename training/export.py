@@ -35,7 +35,7 @@ from rlscale.agents.onnx_policy import (
     read_manifest,
     sha256_file,
 )
-from rlscale.envs.observation import observation_names
+from rlscale.common.budgets import BudgetConfig
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.training.model_registry import (
     CHAMPION_ALIAS,
@@ -55,7 +55,6 @@ def manifest_for(
 ) -> PolicyManifest:
     """The manifest of a policy trained on ``sim``'s scenario and workload."""
     sc = sim.scenario
-    names = sim.pool_names
     return PolicyManifest(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -72,7 +71,7 @@ def manifest_for(
             for p in sim.pools
         ],
         observation={
-            "names": observation_names(names),
+            "names": sim.observation_names,
             "low": [float(x) for x in sim.obs_low],
             "high": [float(x) for x in sim.obs_high],
             "reference_rps": float(sim.reference_rps),
@@ -80,6 +79,14 @@ def manifest_for(
             "ttft_target_s": sc.slo.ttft_s,
             "tpot_target_s": sc.slo.tpot_s,
             "cache_hit_ratio": sc.workload.cache_hit_ratio,
+            "budget": next(
+                (
+                    BudgetConfig(**b.model_dump(include=set(BudgetConfig.model_fields)))
+                    for b in sc.budgets
+                    if b.observed
+                ),
+                None,
+            ),
         },
         action={"max_step": sc.max_step, "nvec": [int(n) for n in sim.action_nvec]},
         training={"scenario": sc.name, **(training or {})},

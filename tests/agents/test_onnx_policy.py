@@ -59,7 +59,8 @@ def _mismatches(names: list[str], got: np.ndarray, want: np.ndarray) -> list[str
 
 
 @pytest.mark.parametrize(
-    "scenario", ["azure-conv", "spot-traces", "synthetic-2week", "servegen-m-large"]
+    "scenario",
+    ["azure-conv", "spot-traces", "synthetic-2week", "servegen-m-large", "synthetic-4day-budget"],
 )
 def test_observation_from_state_is_the_simulators_observation(scenario):
     """Raw metrics (what a live cluster reports) give the kernel's observation, every entry."""
@@ -67,15 +68,37 @@ def test_observation_from_state_is_the_simulators_observation(scenario):
 
     sim = ClusterSimulator(scenario, 1)
     sim.reset_cluster(0, np.random.default_rng(3))
-    names = observation_names(sim.pool_names)
+    names = sim.observation_names
     rng = np.random.default_rng(4)
     manifest = manifest_for(sim, name="x", sha256="0" * 64)
+    if sim.observes_budget:  # the budget's entries come from the state's budget, as served
+        assert manifest.observation.budget.name == sim.scenario.budgets[0].name
+        assert names[-1] == "budget/time_left_share"
     if scenario == "servegen-m-large":
         assert manifest.observation.cache_hit_ratio > 0  # the cache factor is exercised
     for step in range(60):
         sim.step(rng.integers(0, sim.action_nvec)[None, :])
         got = observation_from_state(observe(sim, 0), manifest)
         assert _mismatches(names, got, sim.obs[0]) == [], f"step {step}"
+
+
+def test_a_budget_observing_policy_needs_the_budget_in_the_state():
+    """The service never guesses a spend: without the observed budget the observation fails
+    (and the service falls back)."""
+    from dataclasses import replace
+
+    from rlscale.training.export import manifest_for
+
+    sim = ClusterSimulator("synthetic-4day-budget", 1)
+    sim.reset_cluster(0, np.random.default_rng(0))
+    manifest = manifest_for(sim, name="x", sha256="0" * 64)
+    state = observe(sim, 0)
+    assert state.budget is not None and state.budget.name == "daily"
+    with pytest.raises(ValueError, match=r"observes budget 'daily'.*carries none"):
+        observation_from_state(replace(state, budget=None), manifest)
+    other = replace(state.budget, name="monthly")
+    with pytest.raises(ValueError, match="carries 'monthly'"):
+        observation_from_state(replace(state, budget=other), manifest)
 
 
 def test_the_observation_has_no_entry_without_a_live_counterpart():
