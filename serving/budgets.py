@@ -25,11 +25,22 @@ burn rate, the spend projected at the period's end at that rate, and whether tha
 limit. Nothing here overrides a decision. A policy trained to observe a budget
 (:mod:`rlscale.envs.budgets`) is fed it by :meth:`SpendMeter.observed_budget`, only while its
 period's spend is known whole, and refused at load without it (:func:`check_observed_budget`).
+
+A restart loses nothing shorter than the staleness bound when the meter keeps its state in a
+SQLite file (:class:`SpendStore`, ``rlscale serve --budget-state FILE``): each period's spend
+and each cluster's last observation are written after every metered observation and read back
+at start, so the first observation after the restart meters the gap as if the service had not
+stopped. Without the file, a period that began before the start is not metered whole, and a
+policy that observes its budget is served by the fallback until the next period.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
+import sqlite3
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +287,7 @@ class _Ledger:
     unallocated_usd: float = 0.0
     """A tenant budget: spend of this period no tenant shares were known for."""
     metered_since_s: float = math.inf
-    """When this meter first counted spend for the budget (spend before it is unknown)."""
+    """Since when this meter counts the budget's spend (spend before it is unknown)."""
 
     def roll_to(self, time_s: float) -> None:
         """Start the period holding ``time_s`` when it is past the current one."""
@@ -300,6 +311,8 @@ class SpendMeter:
     holding_usd_h: dict[str, float]
     max_gap_s: float
     metrics: SpendMetrics | None = None
+    store: SpendStore | None = None
+    """Where the meter's state is kept across restarts; None: memory only."""
     _clusters: dict[str, _Cluster] = field(default_factory=dict)
     _ledgers: list[_Ledger] = field(default_factory=list)
     _tenants: set[str] = field(default_factory=set)
@@ -309,6 +322,11 @@ class SpendMeter:
         # a budget's own tenant is always tracked by name: pooled into _other behind other
         # names, its spend would read 0 and look complete
         self._tenants.update(b.tenant for b in self.budgets if b.tenant is not None)
+        if self.store is not None:
+            self.store.restore(self._ledgers, self._clusters)
+            self._tenants.update(
+                t for c in self._clusters.values() for t in (c.shares or {}) if t != OTHER_TENANT
+            )
 
     def forget(self, cluster: str) -> None:
         """Stop tracking a cluster the service has forgotten: it leaves the budgets' burn
@@ -317,6 +335,8 @@ class SpendMeter:
         self._clusters.pop(cluster, None)
         if self.metrics is not None:
             self.metrics.forget(cluster)
+        if self.store is not None:
+            self.store.forget(cluster)
 
     @classmethod
     def for_scenario(
@@ -325,10 +345,11 @@ class SpendMeter:
         budgets: list[BudgetConfig],
         max_gap_s: float,
         metrics: SpendMetrics | None = None,
+        store: SpendStore | None = None,
     ) -> SpendMeter:
         """A meter for the scenario's pools."""
         holding = {p.name: p.warm_holding_usd_h for p in scenario.pools}
-        return cls(list(budgets), holding, max_gap_s, metrics)
+        return cls(list(budgets), holding, max_gap_s, metrics, store)
 
     def observe(
         self,
@@ -350,12 +371,17 @@ class SpendMeter:
             self._accrue(cluster, last, last.time_s + metered_s)
             if self.metrics is not None and gap_s > metered_s:
                 self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+        for ledger in self._ledgers:  # counted from the first observation on
+            if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
+                ledger.metered_since_s = time_s
         shares = self._bounded(tenant_shares(tenant_rates_rps))
         now = _Cluster(time_s, cost_rate_usd_h(state, self.holding_usd_h), shares)
         self._clusters[cluster] = now
         if self.metrics is not None:
             self.metrics.rate.labels(cluster).set(now.rate_usd_h)
             self.metrics.tenant_rates_known.labels(cluster).set(float(shares is not None))
+        if self.store is not None:
+            self.store.save(self._ledgers, cluster, now)
         return self.statuses(cluster, time_s)
 
     def statuses(self, cluster: str, as_of_s: float) -> list[BudgetStatus]:
@@ -382,7 +408,7 @@ class SpendMeter:
             return None
         status = self._status(ledger, as_of_s)
         if not status.known or status.notes or ledger.metered_since_s > ledger.period_start_s:
-            return None
+            return None  # the notes say why (a silent cluster, a period not metered whole)
         return BudgetState(
             name=status.name,
             spend_usd=status.spend_usd,
@@ -417,7 +443,6 @@ class SpendMeter:
             cfg = ledger.config
             if cfg.cluster not in (None, cluster):
                 continue
-            ledger.metered_since_s = min(ledger.metered_since_s, seg.time_s)
             t = seg.time_s
             while t < end_s:  # split at period boundaries
                 ledger.roll_to(t)
@@ -454,6 +479,12 @@ class SpendMeter:
             notes.append(
                 f"{ledger.unallocated_usd:.4f} USD of this period's spend had no tenant shares"
             )
+        since = ledger.metered_since_s
+        if ledger.period_start_s < since < math.inf:
+            notes.append(
+                f"spend before {_utc(since)} is not metered (the service started after the "
+                "period began, without --budget-state)"
+            )
         left_h = max(ledger.period_end_s - as_of_s, 0.0) / 3600.0
         projected = ledger.spend_usd + burn * left_h
         return BudgetStatus(
@@ -469,5 +500,102 @@ class SpendMeter:
             as_of_s=as_of_s,
             projected_breach=projected > cfg.limit_usd,
             known=cfg.tenant is None or not missing_shares,
+            metered_since_s=max(since, ledger.period_start_s) if since < math.inf else None,
             notes=notes,
         )
+
+
+def _utc(time_s: float) -> str:
+    return dt.datetime.fromtimestamp(time_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_ledgers (
+    name TEXT PRIMARY KEY, counts TEXT NOT NULL, period_start_s REAL, period_end_s REAL,
+    spend_usd REAL NOT NULL, unallocated_usd REAL NOT NULL, metered_since_s REAL
+);
+CREATE TABLE IF NOT EXISTS metered_clusters (
+    cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, rate_usd_h REAL NOT NULL, shares TEXT
+);
+"""
+
+
+def _counts(cfg: BudgetConfig) -> str:
+    """What a budget's ledger counts: its period, tenant and cluster (the limit may change
+    across a restart; a budget renamed or counting something else starts afresh)."""
+    return json.dumps([cfg.period, cfg.tenant, cfg.cluster])
+
+
+class SpendStore:
+    """A :class:`SpendMeter`'s state in a SQLite file: each budget's current period (spend,
+    unallocated spend, since when it is metered whole) and each cluster's last observation
+    (time, cost rate, tenant shares). Written after every metered observation, read back at
+    start.
+
+    :raises BudgetError: the file cannot be opened as such a store.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.executescript(_STORE_SCHEMA)
+        except sqlite3.Error as err:
+            raise BudgetError(f"budget state {self.path}: {err}") from None
+
+    def restore(self, ledgers: list[_Ledger], clusters: dict[str, _Cluster]) -> None:
+        """Load the stored periods of ``ledgers`` that count what they counted before, and
+        the clusters' last observations."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM budget_ledgers").fetchall()
+            kept = {r[0]: r for r in rows}
+            for ledger in ledgers:
+                row = kept.get(ledger.config.name)
+                if row is None or row[1] != _counts(ledger.config):
+                    continue
+                (ledger.period_start_s, ledger.period_end_s, ledger.spend_usd) = row[2:5]
+                ledger.unallocated_usd = row[5]
+                ledger.metered_since_s = math.inf if row[6] is None else row[6]
+            for name, time_s, rate, shares in self._db.execute(
+                "SELECT cluster, time_s, rate_usd_h, shares FROM metered_clusters"
+            ):
+                clusters[name] = _Cluster(
+                    time_s, rate, None if shares is None else json.loads(shares)
+                )
+
+    def save(self, ledgers: list[_Ledger], cluster: str, last: _Cluster) -> None:
+        """Write every ledger and ``cluster``'s last observation, in one transaction."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO budget_ledgers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        g.config.name,
+                        _counts(g.config),
+                        g.period_start_s,
+                        g.period_end_s,
+                        g.spend_usd,
+                        g.unallocated_usd,
+                        None if g.metered_since_s == math.inf else g.metered_since_s,
+                    )
+                    for g in ledgers
+                ],
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO metered_clusters VALUES (?, ?, ?, ?)",
+                (
+                    cluster,
+                    last.time_s,
+                    last.rate_usd_h,
+                    None if last.shares is None else json.dumps(last.shares),
+                ),
+            )
+
+    def forget(self, cluster: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM metered_clusters WHERE cluster = ?", (cluster,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -192,6 +192,17 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--budget-state",
+        type=Path,
+        default=None,
+        metavar="SQLITE",
+        help=(
+            "keep the spend meter's periods in this SQLite file, so a restart shorter than "
+            "the staleness bound loses no spend (without it a period that began before the "
+            "start is not metered whole)"
+        ),
+    )
+    p.add_argument(
         "--deployment",
         action="append",
         default=[],
@@ -223,7 +234,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from rlscale.envs.scenario import ScenarioError, load_scenario
     from rlscale.serving.app import NoTokenError, create_app
-    from rlscale.serving.budgets import load_budgets
+    from rlscale.serving.budgets import SpendStore, load_budgets
     from rlscale.serving.reload import start_policy
     from rlscale.serving.service import DecisionService, default_guardrails, load_policy
     from rlscale.serving.shadow import ShadowLog, ShadowLogError
@@ -249,6 +260,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         fallback = load_policy(args.fallback, scenario)
         budgets = load_budgets(args.budgets) if args.budgets is not None else []
+        budget_state = SpendStore(args.budget_state) if args.budget_state is not None else None
         shadow = (
             ShadowLog(
                 args.shadow_db,
@@ -268,6 +280,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 max_clusters=args.max_clusters,
                 shadow=shadow,
                 budgets=budgets,
+                budget_state=budget_state,
             ),
             args.policy,
             scenario,
@@ -367,6 +380,8 @@ def run_serve(args: argparse.Namespace) -> int:
             grpc_server.stop(grace=2.0).wait(5.0)
         if shadow is not None:
             shadow.close()
+        if budget_state is not None:
+            budget_state.close()
     return 0
 
 

@@ -258,6 +258,14 @@ class BudgetStatus(BaseModel):
             "per-tenant request rates (its spend is then a lower bound)"
         )
     )
+    metered_since_s: float | None = Field(
+        None,
+        description=(
+            "since when this period's spend is metered (unix time, s): the period's start "
+            "when it is metered whole, later when the service started after the period "
+            "began (spend before it is not counted); null: nothing metered yet"
+        ),
+    )
     notes: list[str] = Field(default_factory=list, description="why a figure is incomplete")
 
 

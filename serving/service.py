@@ -48,6 +48,7 @@ from rlscale.serving.budgets import (
     BudgetConfig,
     SpendMeter,
     SpendMetrics,
+    SpendStore,
     check_observed_budget,
     observed_budget_of,
 )
@@ -125,6 +126,7 @@ class DecisionService:
         forget_after_s: float = CLUSTER_FORGET_AFTER_S,
         shadow: ShadowLog | None = None,
         budgets: list[BudgetConfig] | None = None,
+        budget_state: SpendStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_staleness_s is None:
@@ -160,7 +162,7 @@ class DecisionService:
         self.recorder = Recorder(metrics, shadow)
         """Where every decision and KEDA answer is recorded (shadow log, metrics)."""
         self.spend = SpendMeter.for_scenario(
-            scenario, budgets or [], max_staleness_s, SpendMetrics(metrics.registry)
+            scenario, budgets or [], max_staleness_s, SpendMetrics(metrics.registry), budget_state
         )
         """Each cluster's metered spend and the budgets (reported, never enforced)."""
         self.budgets = list(budgets or [])

@@ -11,7 +11,7 @@ import pytest
 
 from rlscale.common.budgets import BudgetConfig
 from rlscale.envs.scenario import load_scenario
-from rlscale.serving.budgets import BudgetError
+from rlscale.serving.budgets import BudgetError, SpendStore
 from rlscale.serving.schemas import RecommendationRequest
 from rlscale.serving.service import DecisionService, load_policy
 
@@ -53,7 +53,7 @@ def policy_folder(exported_policy):
     return exported_policy(0, SCENARIO)
 
 
-def _service(policy_folder, budgets, staleness_s: float = 60.0):
+def _service(policy_folder, budgets, staleness_s: float = 60.0, state=None):
     scenario = load_scenario(SCENARIO)
     loaded = load_policy(str(policy_folder), scenario)
     spy = Spy(loaded.policy)
@@ -64,6 +64,7 @@ def _service(policy_folder, budgets, staleness_s: float = 60.0):
         load_policy("hpa", scenario),
         max_staleness_s=staleness_s,
         budgets=budgets,
+        budget_state=None if state is None else SpendStore(state),
         clock=clock,
     )
     return service, clock, spy
@@ -225,3 +226,65 @@ def test_the_meter_fed_the_simulators_states_sees_the_budget_the_simulator_obser
     billed = sim.step_info(0)[f"budget/{DAILY.name}/spend_usd"]
     assert billed > 20.0  # replicas ran
     assert fed.spend_usd == pytest.approx(billed, rel=0.01)
+
+
+def _run(service, clock, start, end, step=30.0, **kw):
+    outs, t = [], start
+    while t <= end:
+        outs.append(_decide(service, clock, t, **kw))
+        t += step
+    return outs
+
+
+@pytest.mark.parametrize("downtime_s", [45.0, 600.0])
+def test_a_restart_with_the_budget_state_resumes_the_period(policy_folder, tmp_path, downtime_s):
+    """Metered whole since before midnight, the service restarts at 01:00 with its state file:
+    the first observation after it meters the stop as if the service had not stopped (at the
+    last rate, for at most the staleness bound, 60 s), so a short stop loses nothing and the
+    policy keeps deciding on the same spend as a service that never stopped."""
+    state = tmp_path / "spend.sqlite"
+    first, clock, _ = _service(policy_folder, [DAILY], state=state)
+    _run(first, clock, MIDNIGHT - 60.0, MIDNIGHT + 3600.0, h100=4, rate=6.0)
+    first.spend.store.close()
+    again, clock2, spy = _service(policy_folder, [DAILY], state=state)
+    never, clock3, _ = _service(policy_folder, [DAILY])
+    _run(never, clock3, MIDNIGHT - 60.0, MIDNIGHT + 3600.0, h100=4, rate=6.0)
+    back = MIDNIGHT + 3600.0 + downtime_s
+    out = _decide(again, clock2, back, h100=4, rate=6.0)
+    reference = next(b for b in _decide(never, clock3, back).budgets if b.name == "daily")
+    status = next(b for b in out.budgets if b.name == "daily")
+    assert status.spend_usd == pytest.approx(4 * 4.0 * (3600.0 + min(downtime_s, 60.0)) / 3600)
+    assert status.spend_usd == pytest.approx(reference.spend_usd, rel=1e-12)
+    assert status.metered_since_s == MIDNIGHT and status.notes == []
+    assert out.source == "policy" and spy.states[-1].budget.spend_usd == status.spend_usd
+
+
+def test_without_the_state_a_restart_falls_back_for_the_period(policy_folder, tmp_path):
+    first, clock, _ = _service(policy_folder, [DAILY], state=tmp_path / "spend.sqlite")
+    _run(first, clock, MIDNIGHT - 60.0, MIDNIGHT + 600.0, h100=4, rate=6.0)
+    again, clock2, spy = _service(policy_folder, [DAILY])
+    out = _decide(again, clock2, MIDNIGHT + 630.0, h100=4, rate=0.1)
+    status = next(b for b in out.budgets if b.name == "daily")
+    assert status.metered_since_s == MIDNIGHT + 630.0 and "is not metered" in status.notes[-1]
+    assert out.source == "fallback" and "budget_unknown" in out.causes
+    assert out.replicas["h100"] >= 4 and spy.states == []
+
+
+def test_a_budget_that_counts_something_else_starts_afresh(policy_folder, tmp_path):
+    state = tmp_path / "spend.sqlite"
+    first, clock, _ = _service(policy_folder, [DAILY], state=state)
+    _run(first, clock, MIDNIGHT - 60.0, MIDNIGHT + 600.0, h100=4, rate=6.0)
+    first.spend.store.close()
+    hourly = BudgetConfig(name=DAILY.name, period="hour", limit_usd=5.0)
+    meter = SpendStore(state)
+    from rlscale.serving.budgets import SpendMeter
+
+    fresh = SpendMeter([hourly], {"h100": 0.0, "a100": 0.0}, 60.0, store=meter)
+    assert all(not s.spend_usd for s in fresh.statuses("c1", MIDNIGHT + 630.0))
+
+
+def test_a_budget_state_that_is_not_sqlite_is_a_clear_error(tmp_path):
+    bad = tmp_path / "spend.sqlite"
+    bad.write_text("not a database, " * 100)
+    with pytest.raises(BudgetError, match=r"budget state .*spend\.sqlite"):
+        SpendStore(bad)
