@@ -274,6 +274,8 @@ class _Cluster:
     time_s: float
     rate_usd_h: float
     shares: dict[str, float] | None
+    held: tuple[str, ...] = ()
+    """Pools whose replicas were not reported: metered at the count the service holds them at."""
 
 
 @dataclass
@@ -357,9 +359,15 @@ class SpendMeter:
         state: ClusterState,
         time_s: float,
         tenant_rates_rps: Mapping[str, float] | None,
+        held: tuple[str, ...] = (),
     ) -> list[BudgetStatus]:
         """Meter ``cluster`` up to ``time_s`` (when its metrics were measured), take ``state``
-        as what it runs from then on, and return the statuses of the budgets covering it."""
+        as what it runs from then on, and return the statuses of the budgets covering it.
+
+        :param held: pools whose replicas the cluster did not report (``state`` has them at
+            their last known-good count): their spend is an estimate, so the budgets covering
+            the cluster say ``known: false`` until it reports them again.
+        """
         last = self._clusters.get(cluster)
         if not math.isfinite(time_s) or (last is not None and time_s <= last.time_s):
             # nothing new: a stale, repeated or undated snapshot meters nothing
@@ -375,7 +383,7 @@ class SpendMeter:
             if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
                 ledger.metered_since_s = time_s
         shares = self._bounded(tenant_shares(tenant_rates_rps))
-        now = _Cluster(time_s, cost_rate_usd_h(state, self.holding_usd_h), shares)
+        now = _Cluster(time_s, cost_rate_usd_h(state, self.holding_usd_h), shares, tuple(held))
         self._clusters[cluster] = now
         if self.metrics is not None:
             self.metrics.rate.labels(cluster).set(now.rate_usd_h)
@@ -462,12 +470,19 @@ class SpendMeter:
         burn = 0.0
         notes = []
         missing_shares = ledger.unallocated_usd > 0
+        estimated = False
         for name, c in self._clusters.items():
             if cfg.cluster not in (None, name):
                 continue
             if as_of_s - c.time_s > self.max_gap_s:
                 notes.append(f"cluster '{name}' not heard from for {as_of_s - c.time_s:.0f} s")
                 continue
+            if c.held:
+                estimated = True
+                notes.append(
+                    f"cluster '{name}' did not report the replicas of {', '.join(c.held)}: "
+                    "metered at the count the service holds them at"
+                )
             if cfg.tenant is None:
                 burn += c.rate_usd_h
             elif c.shares is None:
@@ -499,7 +514,7 @@ class SpendMeter:
             period_end_s=ledger.period_end_s,
             as_of_s=as_of_s,
             projected_breach=projected > cfg.limit_usd,
-            known=cfg.tenant is None or not missing_shares,
+            known=not estimated and (cfg.tenant is None or not missing_shares),
             metered_since_s=max(since, ledger.period_start_s) if since < math.inf else None,
             notes=notes,
         )

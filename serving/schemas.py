@@ -255,7 +255,9 @@ class BudgetStatus(BaseModel):
     known: bool = Field(
         description=(
             "the figures are complete; false for a tenant budget while the cluster reports no "
-            "per-tenant request rates (its spend is then a lower bound)"
+            "per-tenant request rates (its spend is then a lower bound), and for any budget "
+            "while a cluster it counts leaves a pool's replicas unreported (metered at the "
+            "count the service holds the pool at)"
         )
     )
     metered_since_s: float | None = Field(

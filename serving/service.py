@@ -344,8 +344,13 @@ class DecisionService:
         if attainment is not None and RANGES["slo_attainment"].holds(attainment):
             self.recorder.metrics.slo_attainment.labels(request.cluster_id).set(attainment)
         try:
+            held = tuple(p for p, n in read.current.items() if n is None)
             return self.spend.observe(
-                request.cluster_id, read.state, read.metrics_time_s, request.tenant_rates_rps
+                request.cluster_id,
+                read.state,
+                read.metrics_time_s,
+                request.tenant_rates_rps,
+                held,
             )
         except Exception:
             log.exception("metering cluster '%s' failed", request.cluster_id[:64])

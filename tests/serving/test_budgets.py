@@ -131,6 +131,25 @@ def test_spend_is_the_reported_replicas_at_their_prices():
     assert _sample(service, "rlscale_tenant_rates_available", cluster="c1") == 0.0
 
 
+def test_a_pool_whose_count_is_missing_is_metered_at_its_held_count_and_said_so():
+    """The service holds a pool of unreported replicas at its last known-good count; its spend
+    is metered at that count (an estimate), so the budgets say known: false until the cluster
+    reports the pool again."""
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily])
+    _decide(service, clock, T0, h100=3)
+    body = _body(T0 + 30).model_dump()
+    body["pools"][0]["replicas"] = {}  # the h100 count is missing
+    clock.t = T0 + 30
+    held = service.decide(RecommendationRequest.model_validate(body))
+    status = held.budgets[0]
+    assert not status.known and any("replicas of h100" in n for n in status.notes)
+    assert status.burn_rate_usd_h == pytest.approx(3 * H100_USD_H)  # held at 3
+    again = _decide(service, clock, T0 + 60, h100=3).budgets[0]
+    assert again.known and not any("replicas of" in n for n in again.notes)
+    assert again.spend_usd == pytest.approx(3 * H100_USD_H * 60 / 3600)
+
+
 def test_a_budget_the_burn_rate_would_break_is_reported_in_the_answer_and_metrics():
     budgets = [
         BudgetConfig(name="hourly", period="hour", limit_usd=5.0),
