@@ -439,3 +439,14 @@ def test_tenant_rates_from_prometheus_and_a_failing_tenant_query(
     later = source.poll_once()
     assert not later.budgets[0].known
     assert _sample(service, "rlscale_unallocated_spend_usd_total", cluster="default") > 0
+
+
+@pytest.mark.parametrize("before_s", [1e-7, 4e-7, 6e-7, 1e-3])
+@pytest.mark.parametrize("period", ["hour", "day", "month"])
+def test_a_time_just_before_a_boundary_is_in_the_period_that_holds_it(period, before_s):
+    """The period of a time a fraction of a microsecond before midnight ends at midnight:
+    datetime rounds a float timestamp to the microsecond (to midnight here), and a period
+    taken from the rounded time starts after the time it holds."""
+    t = dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() - before_s
+    start, end = period_bounds(t, period)
+    assert start <= t < end
