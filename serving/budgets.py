@@ -10,7 +10,8 @@ integrates it between one observation of a cluster and the next, in the metrics'
   ``warm_holding_usd_h``;
 - a gap between two observations longer than ``max_gap_s`` (the staleness bound) is metered
   only for its first ``max_gap_s`` at the last known rate; the rest is counted as unmetered
-  seconds in ``/metrics``, never guessed;
+  seconds in ``/metrics``, never guessed, and the budgets covering the cluster are metered
+  whole again only from their next period;
 - an observation no newer than the cluster's last one (a stale or repeated snapshot) adds
   nothing.
 
@@ -377,8 +378,14 @@ class SpendMeter:
             gap_s = time_s - last.time_s
             metered_s = min(gap_s, self.max_gap_s)
             self._accrue(cluster, last, last.time_s + metered_s)
-            if self.metrics is not None and gap_s > metered_s:
-                self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+            if gap_s > metered_s:
+                if self.metrics is not None:
+                    self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+                # the gap's rest is not metered: what the budgets covering the cluster count
+                # is metered whole only from now on, as after a restart without the state
+                for ledger in self._ledgers:
+                    if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
+                        ledger.metered_since_s = time_s
         for ledger in self._ledgers:  # counted from the first observation on
             if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
                 ledger.metered_since_s = time_s
@@ -498,7 +505,8 @@ class SpendMeter:
         if ledger.period_start_s < since < math.inf:
             notes.append(
                 f"spend before {_utc(since)} is not metered (the service started after the "
-                "period began, without --budget-state)"
+                "period began, without --budget-state, or a cluster it counts was silent past "
+                "the staleness bound)"
             )
         left_h = max(ledger.period_end_s - as_of_s, 0.0) / 3600.0
         projected = ledger.spend_usd + burn * left_h

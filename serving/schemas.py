@@ -265,7 +265,8 @@ class BudgetStatus(BaseModel):
         description=(
             "since when this period's spend is metered (unix time, s): the period's start "
             "when it is metered whole, later when the service started after the period "
-            "began (spend before it is not counted); null: nothing metered yet"
+            "began or a cluster it counts was silent past the staleness bound (spend before "
+            "it is not all counted); null: nothing metered yet"
         ),
     )
     notes: list[str] = Field(default_factory=list, description="why a figure is incomplete")

@@ -450,3 +450,28 @@ def test_a_time_just_before_a_boundary_is_in_the_period_that_holds_it(period, be
     t = dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() - before_s
     start, end = period_bounds(t, period)
     assert start <= t < end
+
+
+def test_a_period_with_an_unmetered_gap_is_not_metered_whole():
+    """A cluster silent past the staleness bound: the gap beyond the bound is not metered,
+    so once it reports again the period's spend lacks that time. The budget must not read
+    as metered whole (a budget-observing policy would be fed a spend short of the truth)."""
+    from rlscale.serving.budgets import SpendMeter
+
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    service, clock = _service([daily], staleness_s=60.0)
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+    for k in range(5):  # metered since before midnight: the day is whole
+        _decide(service, clock, midnight - 60.0 + 30.0 * k, h100=2)
+    meter: SpendMeter = service.spend
+    assert meter.observed_budget("c1", "daily", midnight + 60.0) is not None
+    out = _decide(service, clock, midnight + 60.0 + 600.0, h100=2)  # silent for 600 s
+    status = next(b for b in out.budgets if b.name == "daily")
+    assert status.spend_usd == pytest.approx(8.0 * 120.0 / 3600.0)  # 540 s not metered
+    assert status.metered_since_s > status.period_end_s - 86400.0
+    assert status.notes, "a period with an unmetered gap says so"
+    assert meter.observed_budget("c1", "daily", midnight + 660.0) is None
+    # the next period is metered whole again
+    _decide(service, clock, midnight + 86400.0 - 30.0, h100=2)
+    _decide(service, clock, midnight + 86400.0 + 30.0, h100=2)
+    assert meter.observed_budget("c1", "daily", midnight + 86400.0 + 30.0) is not None
