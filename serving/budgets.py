@@ -573,6 +573,7 @@ class SpendStore:
         with self._lock:
             rows = self._db.execute("SELECT * FROM budget_ledgers").fetchall()
             kept = {r[0]: r for r in rows}
+            restored = []
             for ledger in ledgers:
                 row = kept.get(ledger.config.name)
                 if row is None or row[1] != _counts(ledger.config):
@@ -580,6 +581,15 @@ class SpendStore:
                 (ledger.period_start_s, ledger.period_end_s, ledger.spend_usd) = row[2:5]
                 ledger.unallocated_usd = row[5]
                 ledger.metered_since_s = math.inf if row[6] is None else row[6]
+                restored.append(ledger.config.name)
+            # a row not restored stops here (this run meters other budgets): kept, it would be
+            # restored by a later run that configures the budget again, as a period metered
+            # whole that missed everything spent in between
+            with self._db:
+                self._db.executemany(
+                    "DELETE FROM budget_ledgers WHERE name = ?",
+                    [(name,) for name in kept if name not in restored],
+                )
             for name, time_s, rate, shares in self._db.execute(
                 "SELECT cluster, time_s, rate_usd_h, shares FROM metered_clusters"
             ):

@@ -475,3 +475,34 @@ def test_a_period_with_an_unmetered_gap_is_not_metered_whole():
     _decide(service, clock, midnight + 86400.0 - 30.0, h100=2)
     _decide(service, clock, midnight + 86400.0 + 30.0, h100=2)
     assert meter.observed_budget("c1", "daily", midnight + 86400.0 + 30.0) is not None
+
+
+def test_a_budget_dropped_from_the_file_and_added_back_does_not_restore_a_stale_period(tmp_path):
+    """The state file keeps a budget's period while the budget is configured. One dropped
+    (renamed, removed) for a while and configured again must start afresh: its old row
+    stopped at the rename, and the spend metered meanwhile went to other budgets, so
+    restoring it would read a period metered whole with the spend before the restart
+    missing."""
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+
+    def run(budget: BudgetConfig, start: float, end: float):
+        service, clock = _service([budget], staleness_s=900.0, budget_state=SpendStore(state))
+        t = start
+        while t <= end:
+            _decide(service, clock, t, h100=2)
+            t += 600.0
+        service.spend.store.close()
+        return service.spend
+
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    renamed = BudgetConfig(name="daily-2", period="day", limit_usd=100.0)
+    first = run(daily, midnight - 600.0, midnight + 600.0)  # day 1, metered whole
+    assert first.observed_budget("c1", "daily", midnight + 600.0) is not None
+    run(renamed, midnight + 1200.0, midnight + 86400.0 + 43200.0)  # on to noon of day 2
+    back = run(daily, midnight + 86400.0 + 43800.0, midnight + 86400.0 + 43800.0)
+    fed = back.observed_budget("c1", "daily", midnight + 86400.0 + 43800.0)
+    # the morning of day 2 was metered under the other name: this one's day is not whole
+    assert fed is None
