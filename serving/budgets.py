@@ -538,7 +538,8 @@ CREATE TABLE IF NOT EXISTS budget_ledgers (
     spend_usd REAL NOT NULL, unallocated_usd REAL NOT NULL, metered_since_s REAL
 );
 CREATE TABLE IF NOT EXISTS metered_clusters (
-    cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, rate_usd_h REAL NOT NULL, shares TEXT
+    cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, rate_usd_h REAL NOT NULL, shares TEXT,
+    held TEXT
 );
 """
 
@@ -552,8 +553,8 @@ def _counts(cfg: BudgetConfig) -> str:
 class SpendStore:
     """A :class:`SpendMeter`'s state in a SQLite file: each budget's current period (spend,
     unallocated spend, since when it is metered whole) and each cluster's last observation
-    (time, cost rate, tenant shares). Written after every metered observation, read back at
-    start.
+    (time, cost rate, tenant shares, pools held at their known-good count). Written after
+    every metered observation, read back at start.
 
     :raises BudgetError: the file cannot be opened as such a store.
     """
@@ -564,6 +565,10 @@ class SpendStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.executescript(_STORE_SCHEMA)
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(metered_clusters)")]
+            if "held" not in columns:  # a file written before held pools were kept
+                self._db.execute("ALTER TABLE metered_clusters ADD COLUMN held TEXT")
+                self._db.commit()
         except sqlite3.Error as err:
             raise BudgetError(f"budget state {self.path}: {err}") from None
 
@@ -590,11 +595,14 @@ class SpendStore:
                     "DELETE FROM budget_ledgers WHERE name = ?",
                     [(name,) for name in kept if name not in restored],
                 )
-            for name, time_s, rate, shares in self._db.execute(
-                "SELECT cluster, time_s, rate_usd_h, shares FROM metered_clusters"
+            for name, time_s, rate, shares, held in self._db.execute(
+                "SELECT cluster, time_s, rate_usd_h, shares, held FROM metered_clusters"
             ):
                 clusters[name] = _Cluster(
-                    time_s, rate, None if shares is None else json.loads(shares)
+                    time_s,
+                    rate,
+                    None if shares is None else json.loads(shares),
+                    () if held is None else tuple(json.loads(held)),
                 )
 
     def save(self, ledgers: list[_Ledger], cluster: str, last: _Cluster) -> None:
@@ -616,12 +624,13 @@ class SpendStore:
                 ],
             )
             self._db.execute(
-                "INSERT OR REPLACE INTO metered_clusters VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO metered_clusters VALUES (?, ?, ?, ?, ?)",
                 (
                     cluster,
                     last.time_s,
                     last.rate_usd_h,
                     None if last.shares is None else json.dumps(last.shares),
+                    json.dumps(list(last.held)) if last.held else None,
                 ),
             )
 

@@ -506,3 +506,46 @@ def test_a_budget_dropped_from_the_file_and_added_back_does_not_restore_a_stale_
     fed = back.observed_budget("c1", "daily", midnight + 86400.0 + 43800.0)
     # the morning of day 2 was metered under the other name: this one's day is not whole
     assert fed is None
+
+
+def test_a_held_pool_stays_said_so_across_a_restart_with_the_budget_state(tmp_path):
+    """A cluster last seen with a pool held at its known-good count: its spend rate is an
+    estimate. After a restart with the state file, the budgets covering it still say
+    known: false (with the note) until the cluster reports the pool again."""
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily], budget_state=SpendStore(state))
+    _decide(service, clock, T0, h100=3)
+    body = _body(T0 + 30).model_dump()
+    body["pools"][0]["replicas"] = {}  # the h100 count is missing
+    clock.t = T0 + 30
+    assert not service.decide(RecommendationRequest.model_validate(body)).budgets[0].known
+    service.spend.store.close()
+    again, _ = _service([daily], budget_state=SpendStore(state))
+    status = again.spend.statuses("c1", T0 + 45)[0]
+    assert not status.known and any("replicas of h100" in n for n in status.notes)
+    assert again.spend.observed_budget("c1", "daily", T0 + 45) is None
+    again.spend.store.close()
+
+
+def test_a_budget_state_written_before_held_pools_were_kept_still_opens(tmp_path):
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    old = sqlite3.connect(state)
+    old.executescript(
+        "CREATE TABLE metered_clusters (cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, "
+        "rate_usd_h REAL NOT NULL, shares TEXT);"
+        "INSERT INTO metered_clusters VALUES ('c1', 1.0, 8.0, NULL);"
+    )
+    old.commit()
+    old.close()
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily], budget_state=SpendStore(state))
+    _decide(service, clock, T0, h100=3)
+    assert service.spend.statuses("c1", T0)[0].burn_rate_usd_h == pytest.approx(12.0)
+    service.spend.store.close()
