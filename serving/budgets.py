@@ -415,8 +415,9 @@ class SpendMeter:
         """The budget ``name`` as a policy observes it (:class:`~rlscale.agents.base.
         BudgetState`), or None when its spend is not known whole: no such budget for this
         cluster, a cluster it counts not heard from within the staleness bound, per-tenant
-        shares missing, or a period that began before this meter started counting (after a
-        restart the period's earlier spend is unknown). The caller falls back; nothing is
+        shares missing, a period that began before this meter started counting (after a
+        restart the period's earlier spend is unknown), or ``as_of_s`` before the period the
+        meter counts (an older snapshot arriving late). The caller falls back; nothing is
         guessed."""
         ledger = next((g for g in self._ledgers if g.config.name == name), None)
         if ledger is None or ledger.config.cluster not in (None, cluster):
@@ -424,6 +425,8 @@ class SpendMeter:
         status = self._status(ledger, as_of_s)
         if not status.known or status.notes or ledger.metered_since_s > ledger.period_start_s:
             return None  # the notes say why (a silent cluster, a period not metered whole)
+        if as_of_s < ledger.period_start_s:
+            return None  # a snapshot from before the period the meter counts: not known now
         return BudgetState(
             name=status.name,
             spend_usd=status.spend_usd,

@@ -549,3 +549,19 @@ def test_a_budget_state_written_before_held_pools_were_kept_still_opens(tmp_path
     _decide(service, clock, T0, h100=3)
     assert service.spend.statuses("c1", T0)[0].burn_rate_usd_h == pytest.approx(12.0)
     service.spend.store.close()
+
+
+def test_a_snapshot_older_than_the_meters_period_is_not_fed_a_budget():
+    """Metrics measured before midnight, arriving after an observation past it (fresh by the
+    service's clock, older than the cluster's last): the meter's day is the new one, and
+    that spend at the old time read as a time left longer than the period (the simulator
+    never observes that). The period the snapshot is in is no longer known: nothing is fed."""
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    service, clock = _service([daily], staleness_s=60.0)
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+    for k in range(4):
+        _decide(service, clock, midnight - 90.0 + 30.0 * k, h100=2)
+    _decide(service, clock, midnight + 10.0, h100=2)
+    assert service.spend.observed_budget("c1", "daily", midnight + 10.0) is not None
+    fed = service.spend.observed_budget("c1", "daily", midnight - 5.0)
+    assert fed is None or fed.time_left_s <= fed.period_s
