@@ -276,7 +276,8 @@ class _Cluster:
     rate_usd_h: float
     shares: dict[str, float] | None
     held: tuple[str, ...] = ()
-    """Pools whose replicas were not reported: metered at the count the service holds them at."""
+    """Pools whose replicas or spot price were not reported validly: metered at the count the
+    service holds them at, at the list price."""
 
 
 @dataclass
@@ -365,9 +366,10 @@ class SpendMeter:
         """Meter ``cluster`` up to ``time_s`` (when its metrics were measured), take ``state``
         as what it runs from then on, and return the statuses of the budgets covering it.
 
-        :param held: pools whose replicas the cluster did not report (``state`` has them at
-            their last known-good count): their spend is an estimate, so the budgets covering
-            the cluster say ``known: false`` until it reports them again.
+        :param held: pools whose replicas or spot price the cluster did not report validly
+            (``state`` has them at their last known-good count, at the list price): their
+            spend is an estimate, so the budgets covering the cluster say ``known: false``
+            until it reports them again.
         """
         last = self._clusters.get(cluster)
         if not math.isfinite(time_s) or (last is not None and time_s <= last.time_s):
@@ -490,8 +492,9 @@ class SpendMeter:
             if c.held:
                 estimated = True
                 notes.append(
-                    f"cluster '{name}' did not report the replicas of {', '.join(c.held)}: "
-                    "metered at the count the service holds them at"
+                    f"cluster '{name}' did not report valid replicas or prices of "
+                    f"{', '.join(c.held)}: metered at the count the service holds them at, "
+                    "at the list price"
                 )
             if cfg.tenant is None:
                 burn += c.rate_usd_h

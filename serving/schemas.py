@@ -256,8 +256,8 @@ class BudgetStatus(BaseModel):
         description=(
             "the figures are complete; false for a tenant budget while the cluster reports no "
             "per-tenant request rates (its spend is then a lower bound), and for any budget "
-            "while a cluster it counts leaves a pool's replicas unreported (metered at the "
-            "count the service holds the pool at)"
+            "while a cluster it counts leaves a pool's replicas unreported or its spot price "
+            "invalid (metered at the count the service holds the pool at, at the list price)"
         )
     )
     metered_since_s: float | None = Field(

@@ -143,10 +143,10 @@ def test_a_pool_whose_count_is_missing_is_metered_at_its_held_count_and_said_so(
     clock.t = T0 + 30
     held = service.decide(RecommendationRequest.model_validate(body))
     status = held.budgets[0]
-    assert not status.known and any("replicas of h100" in n for n in status.notes)
+    assert not status.known and any("prices of h100" in n for n in status.notes)
     assert status.burn_rate_usd_h == pytest.approx(3 * H100_USD_H)  # held at 3
     again = _decide(service, clock, T0 + 60, h100=3).budgets[0]
-    assert again.known and not any("replicas of" in n for n in again.notes)
+    assert again.known and not any("prices of" in n for n in again.notes)
     assert again.spend_usd == pytest.approx(3 * H100_USD_H * 60 / 3600)
 
 
@@ -525,7 +525,7 @@ def test_a_held_pool_stays_said_so_across_a_restart_with_the_budget_state(tmp_pa
     service.spend.store.close()
     again, _ = _service([daily], budget_state=SpendStore(state))
     status = again.spend.statuses("c1", T0 + 45)[0]
-    assert not status.known and any("replicas of h100" in n for n in status.notes)
+    assert not status.known and any("prices of h100" in n for n in status.notes)
     assert again.spend.observed_budget("c1", "daily", T0 + 45) is None
     again.spend.store.close()
 
@@ -565,3 +565,26 @@ def test_a_snapshot_older_than_the_meters_period_is_not_fed_a_budget():
     assert service.spend.observed_budget("c1", "daily", midnight + 10.0) is not None
     fed = service.spend.observed_budget("c1", "daily", midnight - 5.0)
     assert fed is None or fed.time_left_s <= fed.period_s
+
+
+@pytest.mark.parametrize("price", [5e4, -3.0, math.inf])
+def test_an_invalid_spot_price_is_not_metered_as_known_spend(price):
+    """A spot price out of range (or not finite) makes the decision hold, and must not turn
+    into spend counted as known: metered at the pool's list price (as a missing one is), and
+    the budgets say known: false until the pool's price is valid again. Clipped to 1e4 USD/h
+    and counted as known, one bad report inflated the period's spend for the rest of it, and
+    a budget-observing policy would decide on that at the next valid report."""
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily])
+    _decide(service, clock, T0, h100=0, spot=4)
+    body = _body(T0 + 30, h100=0, spot=4).model_dump()
+    body["pools"][2]["spot_price_usd_h"] = price
+    clock.t = T0 + 30
+    bad = service.decide(RecommendationRequest.model_validate(body)).budgets[0]
+    assert not bad.known and any("h100-spot" in n for n in bad.notes)
+    assert bad.burn_rate_usd_h == pytest.approx(4 * 4.0)  # the list price
+    assert service.spend.observed_budget("c1", "daily", T0 + 30) is None
+    after = _decide(service, clock, T0 + 60, h100=0, spot=4).budgets[0]
+    # 30 s at the spot price given, 30 s at the list price in place of the invalid one
+    assert after.spend_usd == pytest.approx(4 * (SPOT_USD_H + 4.0) * 30 / 3600)
+    assert after.known
