@@ -509,7 +509,10 @@ class DecisionService:
                     # its spend series and its reported attainment go with it: a silent
                     # cluster's last values would keep alerts firing, and its name every
                     # budget's notes
-                    self.spend.forget(oldest_id)
+                    try:  # the budget state failing is logged, never a failed decision
+                        self.spend.forget(oldest_id)
+                    except Exception:
+                        log.exception("forgetting cluster '%s''s spend failed", oldest_id[:64])
                     self.recorder.metrics.forget_cluster(oldest_id)
             mem = _ClusterMemory(
                 self.policy.policy.initial_memory() if self.policy is not None else {},

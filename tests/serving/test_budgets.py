@@ -588,3 +588,32 @@ def test_an_invalid_spot_price_is_not_metered_as_known_spend(price):
     # 30 s at the spot price given, 30 s at the list price in place of the invalid one
     assert after.spend_usd == pytest.approx(4 * (SPOT_USD_H + 4.0) * 30 / 3600)
     assert after.known
+
+
+def test_a_failing_budget_state_never_fails_a_decision(tmp_path):
+    """The state file failing (disk full, locked by another process, closed) is logged, never
+    a failed decision: not when a cluster is metered, nor when one is forgotten to make room
+    for another (decide never raises for a request that parsed, the table full aside)."""
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendStore
+
+    store = SpendStore(tmp_path / "spend.sqlite")
+    service, clock = _service(
+        [BudgetConfig(name="h", period="hour", limit_usd=100.0)],
+        max_clusters=1,
+        forget_after_s=120.0,
+        budget_state=store,
+    )
+    _decide(service, clock, T0, cluster="old")
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store.save = broken
+    store.forget = broken
+    out = _decide(service, clock, T0 + 30, cluster="old")  # metering fails: still an answer
+    assert out.replicas
+    out = _decide(service, clock, T0 + 300, cluster="new")  # "old" forgotten for "new"
+    assert out.replicas and out.cluster_id == "new"
+    assert 'cluster="old"' not in service.recorder.metrics.exposition().decode()
