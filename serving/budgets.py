@@ -580,7 +580,16 @@ class SpendStore:
 
     def restore(self, ledgers: list[_Ledger], clusters: dict[str, _Cluster]) -> None:
         """Load the stored periods of ``ledgers`` that count what they counted before, and
-        the clusters' last observations."""
+        the clusters' last observations.
+
+        :raises BudgetError: the file's tables are not such a store's (another layout).
+        """
+        try:
+            self._restore(ledgers, clusters)
+        except (sqlite3.Error, IndexError, TypeError, ValueError) as err:
+            raise BudgetError(f"budget state {self.path}: {err}") from None
+
+    def _restore(self, ledgers: list[_Ledger], clusters: dict[str, _Cluster]) -> None:
         with self._lock:
             rows = self._db.execute("SELECT * FROM budget_ledgers").fetchall()
             kept = {r[0]: r for r in rows}

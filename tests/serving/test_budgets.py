@@ -617,3 +617,23 @@ def test_a_failing_budget_state_never_fails_a_decision(tmp_path):
     out = _decide(service, clock, T0 + 300, cluster="new")  # "old" forgotten for "new"
     assert out.replicas and out.cluster_id == "new"
     assert 'cluster="old"' not in service.recorder.metrics.exposition().decode()
+
+
+def test_a_budget_state_of_another_layout_is_a_clear_error(tmp_path):
+    """A SQLite file whose tables have another layout is refused at start as a BudgetError
+    naming the file (what rlscale serve reports as a bad argument), not a traceback."""
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendMeter, SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    other = sqlite3.connect(state)
+    other.executescript(
+        "CREATE TABLE budget_ledgers (name TEXT PRIMARY KEY);"
+        "INSERT INTO budget_ledgers VALUES ('daily');"
+    )
+    other.commit()
+    other.close()
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    with pytest.raises(BudgetError, match=r"budget state .*spend\.sqlite"):
+        SpendMeter([daily], {}, 60.0, store=SpendStore(state))
