@@ -119,14 +119,19 @@ def plot_budget(ev: Evaluation) -> str:
                 t, 0, 1, where=bound, transform=ax.get_xaxis_transform(), color="#d62728",
                 alpha=0.15, step="pre", label="cap bound",
             )  # fmt: skip
+        top = 1.1
         for k, name in enumerate(names):
             limit = res.mean(label, f"budget_limit_usd/{name}")
             spend = np.asarray(tl[f"budget_spend_usd/{name}"], dtype=float)
             color = f"C{k}"
             ax.plot(t, spend / limit, color=color, lw=1.4, label=f"{name}: spend / limit")
+            share = spend / limit
+            share = share[np.isfinite(share)]
+            if share.size:  # a budget reported or charged, not capped, may go past its limit
+                top = max(top, 1.05 * float(share.max()))
         ax.axhline(1.0, color="black", ls="--", lw=0.8, label="limit")
         ax.plot(t, att, color="#7f7f7f", lw=0.7, label="SLO attainment (step)")
-        ax.set_ylim(0, 1.1)
+        ax.set_ylim(0, top)
         ax.set_title(label)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:

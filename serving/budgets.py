@@ -10,7 +10,8 @@ integrates it between one observation of a cluster and the next, in the metrics'
   ``warm_holding_usd_h``;
 - a gap between two observations longer than ``max_gap_s`` (the staleness bound) is metered
   only for its first ``max_gap_s`` at the last known rate; the rest is counted as unmetered
-  seconds in ``/metrics``, never guessed;
+  seconds in ``/metrics``, never guessed, and the budgets covering the cluster are metered
+  whole again only from their next period;
 - an observation no newer than the cluster's last one (a stale or repeated snapshot) adds
   nothing.
 
@@ -275,7 +276,8 @@ class _Cluster:
     rate_usd_h: float
     shares: dict[str, float] | None
     held: tuple[str, ...] = ()
-    """Pools whose replicas were not reported: metered at the count the service holds them at."""
+    """Pools whose replicas or spot price were not reported validly: metered at the count the
+    service holds them at, at the list price."""
 
 
 @dataclass
@@ -364,9 +366,10 @@ class SpendMeter:
         """Meter ``cluster`` up to ``time_s`` (when its metrics were measured), take ``state``
         as what it runs from then on, and return the statuses of the budgets covering it.
 
-        :param held: pools whose replicas the cluster did not report (``state`` has them at
-            their last known-good count): their spend is an estimate, so the budgets covering
-            the cluster say ``known: false`` until it reports them again.
+        :param held: pools whose replicas or spot price the cluster did not report validly
+            (``state`` has them at their last known-good count, at the list price): their
+            spend is an estimate, so the budgets covering the cluster say ``known: false``
+            until it reports them again.
         """
         last = self._clusters.get(cluster)
         if not math.isfinite(time_s) or (last is not None and time_s <= last.time_s):
@@ -377,8 +380,14 @@ class SpendMeter:
             gap_s = time_s - last.time_s
             metered_s = min(gap_s, self.max_gap_s)
             self._accrue(cluster, last, last.time_s + metered_s)
-            if self.metrics is not None and gap_s > metered_s:
-                self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+            if gap_s > metered_s:
+                if self.metrics is not None:
+                    self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
+                # the gap's rest is not metered: what the budgets covering the cluster count
+                # is metered whole only from now on, as after a restart without the state
+                for ledger in self._ledgers:
+                    if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
+                        ledger.metered_since_s = time_s
         for ledger in self._ledgers:  # counted from the first observation on
             if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
                 ledger.metered_since_s = time_s
@@ -408,8 +417,9 @@ class SpendMeter:
         """The budget ``name`` as a policy observes it (:class:`~rlscale.agents.base.
         BudgetState`), or None when its spend is not known whole: no such budget for this
         cluster, a cluster it counts not heard from within the staleness bound, per-tenant
-        shares missing, or a period that began before this meter started counting (after a
-        restart the period's earlier spend is unknown). The caller falls back; nothing is
+        shares missing, a period that began before this meter started counting (after a
+        restart the period's earlier spend is unknown), or ``as_of_s`` before the period the
+        meter counts (an older snapshot arriving late). The caller falls back; nothing is
         guessed."""
         ledger = next((g for g in self._ledgers if g.config.name == name), None)
         if ledger is None or ledger.config.cluster not in (None, cluster):
@@ -417,6 +427,8 @@ class SpendMeter:
         status = self._status(ledger, as_of_s)
         if not status.known or status.notes or ledger.metered_since_s > ledger.period_start_s:
             return None  # the notes say why (a silent cluster, a period not metered whole)
+        if as_of_s < ledger.period_start_s:
+            return None  # a snapshot from before the period the meter counts: not known now
         return BudgetState(
             name=status.name,
             spend_usd=status.spend_usd,
@@ -480,8 +492,9 @@ class SpendMeter:
             if c.held:
                 estimated = True
                 notes.append(
-                    f"cluster '{name}' did not report the replicas of {', '.join(c.held)}: "
-                    "metered at the count the service holds them at"
+                    f"cluster '{name}' did not report valid replicas or prices of "
+                    f"{', '.join(c.held)}: metered at the count the service holds them at, "
+                    "at the list price"
                 )
             if cfg.tenant is None:
                 burn += c.rate_usd_h
@@ -498,7 +511,8 @@ class SpendMeter:
         if ledger.period_start_s < since < math.inf:
             notes.append(
                 f"spend before {_utc(since)} is not metered (the service started after the "
-                "period began, without --budget-state)"
+                "period began, without --budget-state, or a cluster it counts was silent past "
+                "the staleness bound)"
             )
         left_h = max(ledger.period_end_s - as_of_s, 0.0) / 3600.0
         projected = ledger.spend_usd + burn * left_h
@@ -530,7 +544,8 @@ CREATE TABLE IF NOT EXISTS budget_ledgers (
     spend_usd REAL NOT NULL, unallocated_usd REAL NOT NULL, metered_since_s REAL
 );
 CREATE TABLE IF NOT EXISTS metered_clusters (
-    cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, rate_usd_h REAL NOT NULL, shares TEXT
+    cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, rate_usd_h REAL NOT NULL, shares TEXT,
+    held TEXT
 );
 """
 
@@ -544,8 +559,8 @@ def _counts(cfg: BudgetConfig) -> str:
 class SpendStore:
     """A :class:`SpendMeter`'s state in a SQLite file: each budget's current period (spend,
     unallocated spend, since when it is metered whole) and each cluster's last observation
-    (time, cost rate, tenant shares). Written after every metered observation, read back at
-    start.
+    (time, cost rate, tenant shares, pools held at their known-good count). Written after
+    every metered observation, read back at start.
 
     :raises BudgetError: the file cannot be opened as such a store.
     """
@@ -556,15 +571,29 @@ class SpendStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.executescript(_STORE_SCHEMA)
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(metered_clusters)")]
+            if "held" not in columns:  # a file written before held pools were kept
+                self._db.execute("ALTER TABLE metered_clusters ADD COLUMN held TEXT")
+                self._db.commit()
         except sqlite3.Error as err:
             raise BudgetError(f"budget state {self.path}: {err}") from None
 
     def restore(self, ledgers: list[_Ledger], clusters: dict[str, _Cluster]) -> None:
         """Load the stored periods of ``ledgers`` that count what they counted before, and
-        the clusters' last observations."""
+        the clusters' last observations.
+
+        :raises BudgetError: the file's tables are not such a store's (another layout).
+        """
+        try:
+            self._restore(ledgers, clusters)
+        except (sqlite3.Error, IndexError, TypeError, ValueError) as err:
+            raise BudgetError(f"budget state {self.path}: {err}") from None
+
+    def _restore(self, ledgers: list[_Ledger], clusters: dict[str, _Cluster]) -> None:
         with self._lock:
             rows = self._db.execute("SELECT * FROM budget_ledgers").fetchall()
             kept = {r[0]: r for r in rows}
+            restored = []
             for ledger in ledgers:
                 row = kept.get(ledger.config.name)
                 if row is None or row[1] != _counts(ledger.config):
@@ -572,11 +601,23 @@ class SpendStore:
                 (ledger.period_start_s, ledger.period_end_s, ledger.spend_usd) = row[2:5]
                 ledger.unallocated_usd = row[5]
                 ledger.metered_since_s = math.inf if row[6] is None else row[6]
-            for name, time_s, rate, shares in self._db.execute(
-                "SELECT cluster, time_s, rate_usd_h, shares FROM metered_clusters"
+                restored.append(ledger.config.name)
+            # a row not restored stops here (this run meters other budgets): kept, it would be
+            # restored by a later run that configures the budget again, as a period metered
+            # whole that missed everything spent in between
+            with self._db:
+                self._db.executemany(
+                    "DELETE FROM budget_ledgers WHERE name = ?",
+                    [(name,) for name in kept if name not in restored],
+                )
+            for name, time_s, rate, shares, held in self._db.execute(
+                "SELECT cluster, time_s, rate_usd_h, shares, held FROM metered_clusters"
             ):
                 clusters[name] = _Cluster(
-                    time_s, rate, None if shares is None else json.loads(shares)
+                    time_s,
+                    rate,
+                    None if shares is None else json.loads(shares),
+                    () if held is None else tuple(json.loads(held)),
                 )
 
     def save(self, ledgers: list[_Ledger], cluster: str, last: _Cluster) -> None:
@@ -598,12 +639,13 @@ class SpendStore:
                 ],
             )
             self._db.execute(
-                "INSERT OR REPLACE INTO metered_clusters VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO metered_clusters VALUES (?, ?, ?, ?, ?)",
                 (
                     cluster,
                     last.time_s,
                     last.rate_usd_h,
                     None if last.shares is None else json.dumps(last.shares),
+                    json.dumps(list(last.held)) if last.held else None,
                 ),
             )
 

@@ -256,8 +256,8 @@ class BudgetStatus(BaseModel):
         description=(
             "the figures are complete; false for a tenant budget while the cluster reports no "
             "per-tenant request rates (its spend is then a lower bound), and for any budget "
-            "while a cluster it counts leaves a pool's replicas unreported (metered at the "
-            "count the service holds the pool at)"
+            "while a cluster it counts leaves a pool's replicas unreported or its spot price "
+            "invalid (metered at the count the service holds the pool at, at the list price)"
         )
     )
     metered_since_s: float | None = Field(
@@ -265,7 +265,8 @@ class BudgetStatus(BaseModel):
         description=(
             "since when this period's spend is metered (unix time, s): the period's start "
             "when it is metered whole, later when the service started after the period "
-            "began (spend before it is not counted); null: nothing metered yet"
+            "began or a cluster it counts was silent past the staleness bound (spend before "
+            "it is not all counted); null: nothing metered yet"
         ),
     )
     notes: list[str] = Field(default_factory=list, description="why a figure is incomplete")

@@ -344,10 +344,26 @@ class DecisionService:
         if attainment is not None and RANGES["slo_attainment"].holds(attainment):
             self.recorder.metrics.slo_attainment.labels(request.cluster_id).set(attainment)
         try:
-            held = tuple(p for p, n in read.current.items() if n is None)
+            # a spot price out of range is not billed as given (clipped, it was counted as
+            # known spend for the rest of the period): the list price, as for a missing one,
+            # and the pool is an estimate like one whose count is held
+            bad_price = {
+                pm.name
+                for pm in request.pools
+                if pm.spot_price_usd_h is not None
+                and not RANGES["spot_price_usd_h"].holds(pm.spot_price_usd_h)
+            }
+            state = read.state
+            if bad_price:
+                pools = tuple(
+                    replace(p, price_usd_h=p.on_demand_price_usd_h) if p.name in bad_price else p
+                    for p in state.pools
+                )
+                state = replace(state, pools=pools)
+            held = tuple(p for p, n in read.current.items() if n is None or p in bad_price)
             return self.spend.observe(
                 request.cluster_id,
-                read.state,
+                state,
                 read.metrics_time_s,
                 request.tenant_rates_rps,
                 held,
@@ -493,7 +509,10 @@ class DecisionService:
                     # its spend series and its reported attainment go with it: a silent
                     # cluster's last values would keep alerts firing, and its name every
                     # budget's notes
-                    self.spend.forget(oldest_id)
+                    try:  # the budget state failing is logged, never a failed decision
+                        self.spend.forget(oldest_id)
+                    except Exception:
+                        log.exception("forgetting cluster '%s''s spend failed", oldest_id[:64])
                     self.recorder.metrics.forget_cluster(oldest_id)
             mem = _ClusterMemory(
                 self.policy.policy.initial_memory() if self.policy is not None else {},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import math
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +36,9 @@ class BudgetConfig(BaseModel):
 
 def period_bounds(time_s: float, period: Period) -> tuple[float, float]:
     """The UTC period holding ``time_s``: its start and end (unix s)."""
-    t = dt.datetime.fromtimestamp(time_s, dt.UTC)
+    # from the whole second: datetime rounds a float to the microsecond, which a time just
+    # before a boundary rounds up to it (a period starting after the time it holds)
+    t = dt.datetime.fromtimestamp(math.floor(time_s), dt.UTC)
     if period == "hour":
         start = t.replace(minute=0, second=0, microsecond=0)
         return start.timestamp(), start.timestamp() + 3600.0

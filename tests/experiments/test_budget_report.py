@@ -93,3 +93,25 @@ def test_no_budget_section_without_budgets_and_no_cap_columns_without_a_cap(eval
     assert '<section id="budgets">' not in render_report(
         Evaluation(results=res, timelines=evaluation.timelines)
     )
+
+
+def test_the_plot_shows_spend_over_the_limit(evaluation, monkeypatch):
+    """A budget in report or penalty mode may be spent past its limit: the plot's axis
+    reaches the highest share, not a fixed 110% that cuts the overspend off."""
+    import rlscale.experiments.budget_report as br
+
+    (budget,) = load_scenario(SCENARIO).budgets
+    key = f"budget_spend_usd/{budget.name}"
+    timelines = {
+        label: {**tl, key: np.asarray(tl[key]) * 2.5} for label, tl in evaluation.timelines.items()
+    }
+    figures = []
+    monkeypatch.setattr(br, "png_data_uri", lambda fig: figures.append(fig) or "")
+    br.plot_budget(dataclasses.replace(evaluation, timelines=timelines))
+    (fig,) = figures
+    for ax, label in zip(fig.axes, evaluation.results.policies, strict=False):
+        if label not in timelines:
+            continue
+        highest = float(np.max(timelines[label][key])) / budget.limit_usd
+        assert highest > 1.5
+        assert ax.get_ylim()[1] >= highest, label

@@ -162,6 +162,14 @@ def test_a_silent_cluster_makes_the_global_budget_unknown(policy_folder):
     assert out.replicas["h100"] >= 4
     _decide(service, clock, MIDNIGHT + 45.0, cluster="c2")  # heard from again
     out = _decide(service, clock, MIDNIGHT + 60.0)
+    # c2's spend from 00:00 to 00:00:45 was not metered: the day stays a lower bound
+    assert out.source == "fallback" and "budget_unknown" in out.causes
+    assert out.replicas["h100"] >= 4
+    t = MIDNIGHT + 86400.0 - 60.0
+    while t <= MIDNIGHT + 86400.0 + 30.0:  # both heard from through the next midnight
+        _decide(service, clock, t, cluster="c2")
+        out = _decide(service, clock, t)
+        t += 30.0
     assert out.source == "policy"
 
 
@@ -241,7 +249,8 @@ def test_a_restart_with_the_budget_state_resumes_the_period(policy_folder, tmp_p
     """Metered whole since before midnight, the service restarts at 01:00 with its state file:
     the first observation after it meters the stop as if the service had not stopped (at the
     last rate, for at most the staleness bound, 60 s), so a short stop loses nothing and the
-    policy keeps deciding on the same spend as a service that never stopped."""
+    policy keeps deciding on the same spend as a service that never stopped. A longer stop
+    leaves spend unmetered, as a cluster silent that long would: the fallback decides."""
     state = tmp_path / "spend.sqlite"
     first, clock, _ = _service(policy_folder, [DAILY], state=state)
     _run(first, clock, MIDNIGHT - 60.0, MIDNIGHT + 3600.0, h100=4, rate=6.0)
@@ -255,8 +264,13 @@ def test_a_restart_with_the_budget_state_resumes_the_period(policy_folder, tmp_p
     status = next(b for b in out.budgets if b.name == "daily")
     assert status.spend_usd == pytest.approx(4 * 4.0 * (3600.0 + min(downtime_s, 60.0)) / 3600)
     assert status.spend_usd == pytest.approx(reference.spend_usd, rel=1e-12)
-    assert status.metered_since_s == MIDNIGHT and status.notes == []
-    assert out.source == "policy" and spy.states[-1].budget.spend_usd == status.spend_usd
+    if downtime_s <= 60.0:
+        assert status.metered_since_s == MIDNIGHT and status.notes == []
+        assert out.source == "policy" and spy.states[-1].budget.spend_usd == status.spend_usd
+    else:  # a stop past the bound left spend unmetered: the day is not known whole
+        assert status.metered_since_s == back and "is not metered" in status.notes[-1]
+        assert reference.metered_since_s == back  # nor for a service that never stopped
+        assert out.source == "fallback" and "budget_unknown" in out.causes
 
 
 def test_without_the_state_a_restart_falls_back_for_the_period(policy_folder, tmp_path):

@@ -143,10 +143,10 @@ def test_a_pool_whose_count_is_missing_is_metered_at_its_held_count_and_said_so(
     clock.t = T0 + 30
     held = service.decide(RecommendationRequest.model_validate(body))
     status = held.budgets[0]
-    assert not status.known and any("replicas of h100" in n for n in status.notes)
+    assert not status.known and any("prices of h100" in n for n in status.notes)
     assert status.burn_rate_usd_h == pytest.approx(3 * H100_USD_H)  # held at 3
     again = _decide(service, clock, T0 + 60, h100=3).budgets[0]
-    assert again.known and not any("replicas of" in n for n in again.notes)
+    assert again.known and not any("prices of" in n for n in again.notes)
     assert again.spend_usd == pytest.approx(3 * H100_USD_H * 60 / 3600)
 
 
@@ -439,3 +439,201 @@ def test_tenant_rates_from_prometheus_and_a_failing_tenant_query(
     later = source.poll_once()
     assert not later.budgets[0].known
     assert _sample(service, "rlscale_unallocated_spend_usd_total", cluster="default") > 0
+
+
+@pytest.mark.parametrize("before_s", [1e-7, 4e-7, 6e-7, 1e-3])
+@pytest.mark.parametrize("period", ["hour", "day", "month"])
+def test_a_time_just_before_a_boundary_is_in_the_period_that_holds_it(period, before_s):
+    """The period of a time a fraction of a microsecond before midnight ends at midnight:
+    datetime rounds a float timestamp to the microsecond (to midnight here), and a period
+    taken from the rounded time starts after the time it holds."""
+    t = dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() - before_s
+    start, end = period_bounds(t, period)
+    assert start <= t < end
+
+
+def test_a_period_with_an_unmetered_gap_is_not_metered_whole():
+    """A cluster silent past the staleness bound: the gap beyond the bound is not metered,
+    so once it reports again the period's spend lacks that time. The budget must not read
+    as metered whole (a budget-observing policy would be fed a spend short of the truth)."""
+    from rlscale.serving.budgets import SpendMeter
+
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    service, clock = _service([daily], staleness_s=60.0)
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+    for k in range(5):  # metered since before midnight: the day is whole
+        _decide(service, clock, midnight - 60.0 + 30.0 * k, h100=2)
+    meter: SpendMeter = service.spend
+    assert meter.observed_budget("c1", "daily", midnight + 60.0) is not None
+    out = _decide(service, clock, midnight + 60.0 + 600.0, h100=2)  # silent for 600 s
+    status = next(b for b in out.budgets if b.name == "daily")
+    assert status.spend_usd == pytest.approx(8.0 * 120.0 / 3600.0)  # 540 s not metered
+    assert status.metered_since_s > status.period_end_s - 86400.0
+    assert status.notes, "a period with an unmetered gap says so"
+    assert meter.observed_budget("c1", "daily", midnight + 660.0) is None
+    # the next period is metered whole again
+    _decide(service, clock, midnight + 86400.0 - 30.0, h100=2)
+    _decide(service, clock, midnight + 86400.0 + 30.0, h100=2)
+    assert meter.observed_budget("c1", "daily", midnight + 86400.0 + 30.0) is not None
+
+
+def test_a_budget_dropped_from_the_file_and_added_back_does_not_restore_a_stale_period(tmp_path):
+    """The state file keeps a budget's period while the budget is configured. One dropped
+    (renamed, removed) for a while and configured again must start afresh: its old row
+    stopped at the rename, and the spend metered meanwhile went to other budgets, so
+    restoring it would read a period metered whole with the spend before the restart
+    missing."""
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+
+    def run(budget: BudgetConfig, start: float, end: float):
+        service, clock = _service([budget], staleness_s=900.0, budget_state=SpendStore(state))
+        t = start
+        while t <= end:
+            _decide(service, clock, t, h100=2)
+            t += 600.0
+        service.spend.store.close()
+        return service.spend
+
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    renamed = BudgetConfig(name="daily-2", period="day", limit_usd=100.0)
+    first = run(daily, midnight - 600.0, midnight + 600.0)  # day 1, metered whole
+    assert first.observed_budget("c1", "daily", midnight + 600.0) is not None
+    run(renamed, midnight + 1200.0, midnight + 86400.0 + 43200.0)  # on to noon of day 2
+    back = run(daily, midnight + 86400.0 + 43800.0, midnight + 86400.0 + 43800.0)
+    fed = back.observed_budget("c1", "daily", midnight + 86400.0 + 43800.0)
+    # the morning of day 2 was metered under the other name: this one's day is not whole
+    assert fed is None
+
+
+def test_a_held_pool_stays_said_so_across_a_restart_with_the_budget_state(tmp_path):
+    """A cluster last seen with a pool held at its known-good count: its spend rate is an
+    estimate. After a restart with the state file, the budgets covering it still say
+    known: false (with the note) until the cluster reports the pool again."""
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily], budget_state=SpendStore(state))
+    _decide(service, clock, T0, h100=3)
+    body = _body(T0 + 30).model_dump()
+    body["pools"][0]["replicas"] = {}  # the h100 count is missing
+    clock.t = T0 + 30
+    assert not service.decide(RecommendationRequest.model_validate(body)).budgets[0].known
+    service.spend.store.close()
+    again, _ = _service([daily], budget_state=SpendStore(state))
+    status = again.spend.statuses("c1", T0 + 45)[0]
+    assert not status.known and any("prices of h100" in n for n in status.notes)
+    assert again.spend.observed_budget("c1", "daily", T0 + 45) is None
+    again.spend.store.close()
+
+
+def test_a_budget_state_written_before_held_pools_were_kept_still_opens(tmp_path):
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    old = sqlite3.connect(state)
+    old.executescript(
+        "CREATE TABLE metered_clusters (cluster TEXT PRIMARY KEY, time_s REAL NOT NULL, "
+        "rate_usd_h REAL NOT NULL, shares TEXT);"
+        "INSERT INTO metered_clusters VALUES ('c1', 1.0, 8.0, NULL);"
+    )
+    old.commit()
+    old.close()
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily], budget_state=SpendStore(state))
+    _decide(service, clock, T0, h100=3)
+    assert service.spend.statuses("c1", T0)[0].burn_rate_usd_h == pytest.approx(12.0)
+    service.spend.store.close()
+
+
+def test_a_snapshot_older_than_the_meters_period_is_not_fed_a_budget():
+    """Metrics measured before midnight, arriving after an observation past it (fresh by the
+    service's clock, older than the cluster's last): the meter's day is the new one, and
+    that spend at the old time read as a time left longer than the period (the simulator
+    never observes that). The period the snapshot is in is no longer known: nothing is fed."""
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    service, clock = _service([daily], staleness_s=60.0)
+    midnight = dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp()
+    for k in range(4):
+        _decide(service, clock, midnight - 90.0 + 30.0 * k, h100=2)
+    _decide(service, clock, midnight + 10.0, h100=2)
+    assert service.spend.observed_budget("c1", "daily", midnight + 10.0) is not None
+    fed = service.spend.observed_budget("c1", "daily", midnight - 5.0)
+    assert fed is None or fed.time_left_s <= fed.period_s
+
+
+@pytest.mark.parametrize("price", [5e4, -3.0, math.inf])
+def test_an_invalid_spot_price_is_not_metered_as_known_spend(price):
+    """A spot price out of range (or not finite) makes the decision hold, and must not turn
+    into spend counted as known: metered at the pool's list price (as a missing one is), and
+    the budgets say known: false until the pool's price is valid again. Clipped to 1e4 USD/h
+    and counted as known, one bad report inflated the period's spend for the rest of it, and
+    a budget-observing policy would decide on that at the next valid report."""
+    daily = BudgetConfig(name="daily", period="day", limit_usd=1000.0)
+    service, clock = _service([daily])
+    _decide(service, clock, T0, h100=0, spot=4)
+    body = _body(T0 + 30, h100=0, spot=4).model_dump()
+    body["pools"][2]["spot_price_usd_h"] = price
+    clock.t = T0 + 30
+    bad = service.decide(RecommendationRequest.model_validate(body)).budgets[0]
+    assert not bad.known and any("h100-spot" in n for n in bad.notes)
+    assert bad.burn_rate_usd_h == pytest.approx(4 * 4.0)  # the list price
+    assert service.spend.observed_budget("c1", "daily", T0 + 30) is None
+    after = _decide(service, clock, T0 + 60, h100=0, spot=4).budgets[0]
+    # 30 s at the spot price given, 30 s at the list price in place of the invalid one
+    assert after.spend_usd == pytest.approx(4 * (SPOT_USD_H + 4.0) * 30 / 3600)
+    assert after.known
+
+
+def test_a_failing_budget_state_never_fails_a_decision(tmp_path):
+    """The state file failing (disk full, locked by another process, closed) is logged, never
+    a failed decision: not when a cluster is metered, nor when one is forgotten to make room
+    for another (decide never raises for a request that parsed, the table full aside)."""
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendStore
+
+    store = SpendStore(tmp_path / "spend.sqlite")
+    service, clock = _service(
+        [BudgetConfig(name="h", period="hour", limit_usd=100.0)],
+        max_clusters=1,
+        forget_after_s=120.0,
+        budget_state=store,
+    )
+    _decide(service, clock, T0, cluster="old")
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store.save = broken
+    store.forget = broken
+    out = _decide(service, clock, T0 + 30, cluster="old")  # metering fails: still an answer
+    assert out.replicas
+    out = _decide(service, clock, T0 + 300, cluster="new")  # "old" forgotten for "new"
+    assert out.replicas and out.cluster_id == "new"
+    assert 'cluster="old"' not in service.recorder.metrics.exposition().decode()
+
+
+def test_a_budget_state_of_another_layout_is_a_clear_error(tmp_path):
+    """A SQLite file whose tables have another layout is refused at start as a BudgetError
+    naming the file (what rlscale serve reports as a bad argument), not a traceback."""
+    import sqlite3
+
+    from rlscale.serving.budgets import SpendMeter, SpendStore
+
+    state = tmp_path / "spend.sqlite"
+    other = sqlite3.connect(state)
+    other.executescript(
+        "CREATE TABLE budget_ledgers (name TEXT PRIMARY KEY);"
+        "INSERT INTO budget_ledgers VALUES ('daily');"
+    )
+    other.commit()
+    other.close()
+    daily = BudgetConfig(name="daily", period="day", limit_usd=100.0)
+    with pytest.raises(BudgetError, match=r"budget state .*spend\.sqlite"):
+        SpendMeter([daily], {}, 60.0, store=SpendStore(state))
