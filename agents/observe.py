@@ -8,6 +8,14 @@ from typing import Any
 import numpy as np
 
 from rlscale.agents.base import BudgetState, ClusterState, Policy, PoolState, decision_to_action
+from rlscale.envs.names import (
+    BUDGET_BREACHES,
+    BUDGET_LIMIT_USD,
+    BUDGET_PEAK_SPEND_USD,
+    CAP_BOUND_MET,
+    CAP_BOUND_REQUESTS,
+    CAP_BOUND_STEPS,
+)
 from rlscale.envs.simulator import ClusterSimulator
 
 
@@ -123,14 +131,14 @@ class _BudgetRecord:
     def summary(self) -> dict[str, Any]:
         info = self.sim.budget_ledger.info(0)
         out: dict[str, Any] = {
-            "budget_limit_usd": {n: info[f"budget/{n}/limit_usd"] for n in self.names},
-            "budget_peak_spend_usd": {n: info[f"budget/{n}/peak_spend_usd"] for n in self.names},
-            "budget_breaches": {n: info[f"budget/{n}/breaches"] for n in self.names},
+            BUDGET_LIMIT_USD: {n: info[f"budget/{n}/limit_usd"] for n in self.names},
+            BUDGET_PEAK_SPEND_USD: {n: info[f"budget/{n}/peak_spend_usd"] for n in self.names},
+            BUDGET_BREACHES: {n: info[f"budget/{n}/breaches"] for n in self.names},
         }
         if self.capped:
-            out["cap_bound_steps"] = self.bound_steps
-            out["cap_bound_requests"] = self.bound_requests
-            out["cap_bound_met"] = self.bound_met
+            out[CAP_BOUND_STEPS] = self.bound_steps
+            out[CAP_BOUND_REQUESTS] = self.bound_requests
+            out[CAP_BOUND_MET] = self.bound_met
         return out
 
 

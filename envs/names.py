@@ -22,3 +22,17 @@ BILLED_STATES = ("provisioning", "loading", "ready", "draining", "refilling")
 """The replica states billed at the pool's replica price (the kernel's billing step in
 ``envs/dynamics.py``); a standby replica costs the pool's warm-pool holding price instead.
 Names as in ``rlscale.envs.simulator.POOL_STATES``."""
+
+BUDGET_LIMIT_USD = "budget_limit_usd"
+BUDGET_PEAK_SPEND_USD = "budget_peak_spend_usd"
+BUDGET_BREACHES = "budget_breaches"
+BUDGET_GROUPS = (BUDGET_LIMIT_USD, BUDGET_PEAK_SPEND_USD, BUDGET_BREACHES)
+"""An episode summary's per-budget dicts (``{budget name: value}``; keyed ``group/name`` when
+flat): the limit, the most one period of the episode spent, and the periods that went over."""
+
+CAP_BOUND_STEPS = "cap_bound_steps"
+CAP_BOUND_REQUESTS = "cap_bound_requests"
+CAP_BOUND_MET = "cap_bound_met"
+CAP_COUNTS = (CAP_BOUND_STEPS, CAP_BOUND_REQUESTS, CAP_BOUND_MET)
+"""An episode under a budget cap: the steps where the cap cut the policy's action, and the
+requests of those steps that counted for the SLO and that met it."""

@@ -19,6 +19,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rlscale.common.html import format_number, html_figure, html_table, png_data_uri
+from rlscale.envs.names import (
+    BUDGET_BREACHES,
+    BUDGET_LIMIT_USD,
+    BUDGET_PEAK_SPEND_USD,
+    CAP_BOUND_MET,
+    CAP_BOUND_REQUESTS,
+    CAP_BOUND_STEPS,
+)
 from rlscale.experiments.results import Evaluation, Results
 
 BUDGET_NOTE = (
@@ -35,12 +43,12 @@ def budget_names(results: Results) -> list[str]:
     """The scenario's budgets, as the evaluated metrics name them (none: no budgets)."""
     names: list[str] = []
     for summary in results.policies.values():
-        names += list(summary.group("budget_limit_usd"))
+        names += list(summary.group(BUDGET_LIMIT_USD))
     return list(dict.fromkeys(names))
 
 
 def _capped(results: Results) -> bool:
-    return any("cap_bound_steps" in summary for summary in results.policies.values())
+    return any(CAP_BOUND_STEPS in summary for summary in results.policies.values())
 
 
 def budget_rows(results: Results) -> list[dict[str, Any]]:
@@ -52,17 +60,17 @@ def budget_rows(results: Results) -> list[dict[str, Any]]:
     for label, summary in results.policies.items():
         row: dict[str, Any] = {"policy": label}
         for name in budget_names(results):
-            peak = summary.mean(f"budget_peak_spend_usd/{name}")
+            peak = summary.mean(f"{BUDGET_PEAK_SPEND_USD}/{name}")
             row[name] = {
                 "peak_spend_usd": peak,
-                "peak_share": peak / summary.mean(f"budget_limit_usd/{name}"),
-                "breaches": summary.mean(f"budget_breaches/{name}"),
+                "peak_share": peak / summary.mean(f"{BUDGET_LIMIT_USD}/{name}"),
+                "breaches": summary.mean(f"{BUDGET_BREACHES}/{name}"),
             }
-        if "cap_bound_steps" in summary:
-            requests = summary.mean("cap_bound_requests")
-            row["capped_share"] = summary.mean("cap_bound_steps") / steps
+        if CAP_BOUND_STEPS in summary:
+            requests = summary.mean(CAP_BOUND_REQUESTS)
+            row["capped_share"] = summary.mean(CAP_BOUND_STEPS) / steps
             row["capped_attainment"] = (
-                summary.mean("cap_bound_met") / requests if requests > 0 else None
+                summary.mean(CAP_BOUND_MET) / requests if requests > 0 else None
             )
         rows.append(row)
     return rows
@@ -121,7 +129,7 @@ def plot_budget(ev: Evaluation) -> str:
             )  # fmt: skip
         top = 1.1
         for k, name in enumerate(names):
-            limit = res.mean(label, f"budget_limit_usd/{name}")
+            limit = res.mean(label, f"{BUDGET_LIMIT_USD}/{name}")
             spend = np.asarray(tl[f"budget_spend_usd/{name}"], dtype=float)
             color = f"C{k}"
             ax.plot(t, spend / limit, color=color, lw=1.4, label=f"{name}: spend / limit")

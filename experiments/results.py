@@ -39,7 +39,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as typed
 
-from rlscale.envs.names import EPISODE_LATENCY_KEYS
+from rlscale.envs.names import BUDGET_GROUPS, CAP_COUNTS, EPISODE_LATENCY_KEYS
 from rlscale.envs.scenario import SLOConfig
 
 if TYPE_CHECKING:
@@ -73,14 +73,6 @@ TENANT_GROUPS = {
 }
 """Flat metric prefix -> the episode summary's per-tenant dict it comes from
 (:mod:`rlscale.envs.metering`: a tenant's cost, the idle part of it, its busy GPU-hours)."""
-
-BUDGET_GROUPS = ("budget_limit_usd", "budget_peak_spend_usd", "budget_breaches")
-"""Per-budget dicts of an episode summary with budgets (keyed ``group/budget`` when flat): the
-limit, the most a period of the episode spent, and the periods that went over."""
-
-CAP_COUNTS = ("cap_bound_steps", "cap_bound_requests", "cap_bound_met")
-"""An episode under a cap: steps where it cut the policy's action, and the requests of those
-steps that counted for the SLO and that met it."""
 
 MAX_TIMELINE_POINTS = 96
 """A recorded episode's cost timeline in ``results.json`` is summed into at most this many
