@@ -55,7 +55,12 @@ from rlscale.agents.base import BudgetState, ClusterState
 from rlscale.common.budgets import BudgetConfig, period_bounds
 from rlscale.envs.names import BILLED_STATES
 from rlscale.envs.scenario import Scenario
-from rlscale.serving.limits import MAX_BUDGETS, MAX_TENANTS_TRACKED, OTHER_TENANT
+from rlscale.serving.limits import (
+    CLUSTER_FORGET_AFTER_S,
+    MAX_BUDGETS,
+    MAX_TENANTS_TRACKED,
+    OTHER_TENANT,
+)
 from rlscale.serving.schemas import BudgetStatus
 
 
@@ -317,6 +322,9 @@ class SpendMeter:
     metrics: SpendMetrics | None = None
     store: SpendStore | None = None
     """Where the meter's state is kept across restarts; None: memory only."""
+    forget_after_s: float = CLUSTER_FORGET_AFTER_S
+    """A cluster silent this long (in the metrics time of the others) is dropped: its burn rate
+    and notes leave the budgets, whose current period is then not metered whole."""
     _clusters: dict[str, _Cluster] = field(default_factory=dict)
     _ledgers: list[_Ledger] = field(default_factory=list)
     _tenants: set[str] = field(default_factory=set)
@@ -342,6 +350,15 @@ class SpendMeter:
         if self.store is not None:
             self.store.forget(cluster)
 
+    def _drop_silent(self, cluster: str, time_s: float) -> None:
+        """Drop a cluster silent past ``forget_after_s`` (decommissioned, or restored from the
+        state file and never heard from again): it would keep the budgets unknown for good.
+        Its spend since it fell silent was not metered, so their period is not whole."""
+        self.forget(cluster)
+        for ledger in self._ledgers:
+            if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
+                ledger.metered_since_s = time_s
+
     @classmethod
     def for_scenario(
         cls,
@@ -350,10 +367,11 @@ class SpendMeter:
         max_gap_s: float,
         metrics: SpendMetrics | None = None,
         store: SpendStore | None = None,
+        forget_after_s: float = CLUSTER_FORGET_AFTER_S,
     ) -> SpendMeter:
         """A meter for the scenario's pools."""
         holding = {p.name: p.warm_holding_usd_h for p in scenario.pools}
-        return cls(list(budgets), holding, max_gap_s, metrics, store)
+        return cls(list(budgets), holding, max_gap_s, metrics, store, forget_after_s)
 
     def observe(
         self,
@@ -388,6 +406,9 @@ class SpendMeter:
                 for ledger in self._ledgers:
                     if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
                         ledger.metered_since_s = time_s
+        for other, seen in list(self._clusters.items()):
+            if other != cluster and time_s - seen.time_s > self.forget_after_s:
+                self._drop_silent(other, time_s)
         for ledger in self._ledgers:  # counted from the first observation on
             if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
                 ledger.metered_since_s = time_s

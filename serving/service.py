@@ -162,7 +162,12 @@ class DecisionService:
         self.recorder = Recorder(metrics, shadow)
         """Where every decision and KEDA answer is recorded (shadow log, metrics)."""
         self.spend = SpendMeter.for_scenario(
-            scenario, budgets or [], max_staleness_s, SpendMetrics(metrics.registry), budget_state
+            scenario,
+            budgets or [],
+            max_staleness_s,
+            SpendMetrics(metrics.registry),
+            budget_state,
+            forget_after_s,
         )
         """Each cluster's metered spend and the budgets (reported, never enforced)."""
         self.budgets = list(budgets or [])

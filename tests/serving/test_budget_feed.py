@@ -53,7 +53,7 @@ def policy_folder(exported_policy):
     return exported_policy(0, SCENARIO)
 
 
-def _service(policy_folder, budgets, staleness_s: float = 60.0, state=None):
+def _service(policy_folder, budgets, staleness_s: float = 60.0, state=None, **kw):
     scenario = load_scenario(SCENARIO)
     loaded = load_policy(str(policy_folder), scenario)
     spy = Spy(loaded.policy)
@@ -66,6 +66,7 @@ def _service(policy_folder, budgets, staleness_s: float = 60.0, state=None):
         budgets=budgets,
         budget_state=None if state is None else SpendStore(state),
         clock=clock,
+        **kw,
     )
     return service, clock, spy
 
@@ -302,3 +303,29 @@ def test_a_budget_state_that_is_not_sqlite_is_a_clear_error(tmp_path):
     bad.write_text("not a database, " * 100)
     with pytest.raises(BudgetError, match=r"budget state .*spend\.sqlite"):
         SpendStore(bad)
+
+
+def test_a_restored_cluster_never_heard_from_again_stops_blocking_the_budget(
+    policy_folder, tmp_path
+):
+    """c2 was metered before the restart and is gone after it: while it may still report it
+    keeps the budget unknown; once silent past forget_after_s it is dropped, its silence
+    leaves that day not metered whole (fallback), and the next day is fed to the policy."""
+    state = tmp_path / "spend.sqlite"
+    first, clock, _ = _service(policy_folder, [DAILY], state=state)
+    for t in (MIDNIGHT - 90.0, MIDNIGHT - 60.0):
+        _decide(first, clock, t, cluster="c2")
+        _decide(first, clock, t, cluster="c1", h100=4, rate=6.0)
+    first.spend.store.close()
+    again, clock, spy = _service(policy_folder, [DAILY], state=state, forget_after_s=600.0)
+    assert _decide(again, clock, MIDNIGHT - 30.0, h100=4, rate=6.0).source == "fallback"
+    out = _decide(again, clock, MIDNIGHT + 300.0, h100=4, rate=6.0)
+    assert "budget_unknown" in out.causes  # c2 silent, not yet dropped
+    out = _decide(again, clock, MIDNIGHT + 660.0, h100=4, rate=6.0)
+    status = next(b for b in out.budgets if b.name == "daily")
+    assert not any("c2" in n for n in status.notes)  # dropped
+    assert status.metered_since_s == MIDNIGHT + 660.0 and out.source == "fallback"
+    nxt = MIDNIGHT + 86400.0
+    for t in (nxt - 60.0, nxt - 30.0, nxt, nxt + 30.0):
+        out = _decide(again, clock, t, h100=4, rate=6.0)
+    assert out.source == "policy" and spy.states[-1].budget is not None
