@@ -111,6 +111,14 @@ def flatten_summary(
         if key in summary:
             for tenant, value in top_and_other(summary[key], tenants).items():
                 flat[f"{prefix}/{tenant}"] = value
+    # request classes (only with batch work): per-class cost, the batch requests' accounting
+    # and the share of them completed within their deadline
+    for cls, cost in summary.get("cost_by_class_usd", {}).items():
+        flat[f"cost_by_class_usd/{cls}"] = float(cost)
+    for key, value in summary.get("batch", {}).items():
+        flat[f"batch/{key}"] = float(value)
+    if "batch_attainment" in summary:
+        flat["batch_attainment"] = float(summary["batch_attainment"])
     return flat
 
 
