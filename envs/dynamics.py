@@ -2006,6 +2006,7 @@ SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 IN_FLIGHT_SCALE_S = 60.0  # in-flight sequences are scaled by a minute of the reference rate
 OBS_CLUSTER_ENTRIES = 17
 OBS_POOL_ENTRIES = 9
+OBS_BATCH_ENTRIES = 2
 
 
 @njit(cache=True, error_model="numpy")
@@ -2092,6 +2093,14 @@ def write_pool_features(
 
 
 @njit(cache=True, error_model="numpy")
+def write_batch_features(o, j, batch_queue, batch_arrival_rate_rps, reference_rps, deadline_s):
+    """Write the request-class entries (observation.BATCH_FEATURES) at ``o[j:]``: the batch
+    queue and arrival rate (req/s)."""
+    o[j + 0] = batch_queue / (reference_rps * deadline_s)
+    o[j + 1] = batch_arrival_rate_rps / reference_rps
+
+
+@njit(cache=True, error_model="numpy")
 def clip_observation(o, low, high):
     """Every entry into its bounds; a non-finite entry (a 0/0 of an empty pool) becomes 0."""
     for j in range(o.shape[0]):
@@ -2151,6 +2160,15 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
             pp[p, PP_QUOTA],
             pp[p, PP_PRICE],
             pp[p, PP_MAXSEQ],
+        )
+    if sp[SP_BATCH] > 0.0:
+        write_batch_features(
+            o,
+            OBS_CLUSTER_ENTRIES + OBS_POOL_ENTRIES * P,
+            c[CS_BQN],
+            m[M_B_ARRIVED] / (K * dt),
+            sp[SP_REF_RPS],
+            sp[SP_BATCH_STEPS] * K * dt,
         )
     clip_observation(o, obs_lo, obs_hi)
 

@@ -165,7 +165,7 @@ class InferenceClusterEnv(gym.Env):
         )
         self.scenario = self.sim.scenario
         self.observation_space, self.action_space = self.sim.spaces()
-        self.observation_names = observation_names(self.sim.pool_names)
+        self.observation_names = observation_names(self.sim.pool_names, batch=self.sim.has_batch)
         self._ready = False
 
     def noop_action(self) -> np.ndarray:

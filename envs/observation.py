@@ -13,9 +13,12 @@ exactly what it was trained on. The writers are defined in the kernel's module
 (:mod:`rlscale.envs.dynamics`) and exported here: numba caches the compiled kernel by its own
 file, so a formula kept in another file could change without the cached kernel noticing.
 
-Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order;
-entries named by :func:`observation_names`, bounded by :func:`observation_bounds`. Each entry
-is clipped to its bounds, a non-finite one taken as 0 (:func:`clip_observation`).
+Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order,
+then :data:`BATCH_FEATURES` only when the scenario has batch work (``batch=True``; every other
+scenario keeps its layout); entries named by :func:`observation_names`, bounded by
+:func:`observation_bounds`. Each entry is clipped to its bounds, a non-finite one taken as 0
+(:func:`clip_observation`). The batch entries are not wired live: the decision service has no
+metric for the batch queue, so a policy trained with them cannot be exported yet.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ from __future__ import annotations
 import numpy as np
 
 from rlscale.envs.dynamics import (
+    OBS_BATCH_ENTRIES,
     OBS_CLUSTER_ENTRIES,
     OBS_POOL_ENTRIES,
     SECONDS_PER_DAY,
     SECONDS_PER_WEEK,
     clip_observation,
+    write_batch_features,
     write_cluster_features,
     write_pool_features,
 )
 
 __all__ = [
+    "BATCH_FEATURES",
     "CLUSTER_FEATURES",
     "POOL_FEATURES",
     "SECONDS_PER_DAY",
@@ -41,6 +47,7 @@ __all__ = [
     "observation_bounds",
     "observation_names",
     "observation_size",
+    "write_batch_features",
     "write_cluster_features",
     "write_pool_features",
 ]
@@ -79,28 +86,42 @@ POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
 )
 """(name, low, high, meaning) of each pool's entries, in order."""
 
+BATCH_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("batch_queue", 0.0, 50.0, "batch requests queued / (reference rate x completion window)"),
+    ("batch_arrival_rate", 0.0, 50.0, "batch arrival rate over the last interval / reference rate"),
+)
+"""(name, low, high, meaning) of the request-class entries, last, only with batch work."""
+
 N_CLUSTER_FEATURES = len(CLUSTER_FEATURES)
 N_POOL_FEATURES = len(POOL_FEATURES)
 # the writers' own count of what they write (they are compiled with the kernel, see above)
-assert (N_CLUSTER_FEATURES, N_POOL_FEATURES) == (OBS_CLUSTER_ENTRIES, OBS_POOL_ENTRIES)
+assert (N_CLUSTER_FEATURES, N_POOL_FEATURES, len(BATCH_FEATURES)) == (
+    OBS_CLUSTER_ENTRIES,
+    OBS_POOL_ENTRIES,
+    OBS_BATCH_ENTRIES,
+)
 
 
-def observation_size(n_pools: int) -> int:
-    """Entries of the observation of a cluster of ``n_pools`` pools."""
-    return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools
+def observation_size(n_pools: int, *, batch: bool = False) -> int:
+    """Entries of the observation of a cluster of ``n_pools`` pools (and batch work)."""
+    return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools + (len(BATCH_FEATURES) if batch else 0)
 
 
-def observation_names(pool_names: list[str]) -> list[str]:
+def observation_names(pool_names: list[str], *, batch: bool = False) -> list[str]:
     """Names of the observation vector's entries, in order (``POOL/feature`` per pool)."""
     names = [f[0] for f in CLUSTER_FEATURES]
     for pool in pool_names:
         names += [f"{pool}/{f[0]}" for f in POOL_FEATURES]
+    if batch:
+        names += [f[0] for f in BATCH_FEATURES]
     return names
 
 
-def observation_bounds(n_pools: int) -> tuple[np.ndarray, np.ndarray]:
+def observation_bounds(n_pools: int, *, batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds of every observation entry (float64)."""
     feats = list(CLUSTER_FEATURES) + list(POOL_FEATURES) * n_pools
+    if batch:
+        feats += list(BATCH_FEATURES)
     lo = np.array([f[1] for f in feats], dtype=np.float64)
     hi = np.array([f[2] for f in feats], dtype=np.float64)
     return lo, hi

@@ -359,7 +359,7 @@ class ClusterSimulator:
         )
         self.prompt_quantiles = _prefill_table(wl)
 
-        self.obs_low, self.obs_high = observation_bounds(P)
+        self.obs_low, self.obs_high = observation_bounds(P, batch=self.has_batch)
         obs_dim = self.obs_low.shape[0]
         self.action_nvec = np.array(
             [2 * sc.max_step + 1] * P + [p.warm_pool_max + 1 for p in sc.pools], dtype=np.int64

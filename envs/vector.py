@@ -53,7 +53,7 @@ class BatchedEnvBase:
             randomize=randomize,
         )
         self.single_observation_space, self.single_action_space = self.sim.spaces()
-        self.observation_names = observation_names(self.sim.pool_names)
+        self.observation_names = observation_names(self.sim.pool_names, batch=self.sim.has_batch)
         self._rngs: list[np.random.Generator] = [
             seeding.np_random(None)[0] for _ in range(num_envs)
         ]

@@ -302,3 +302,34 @@ def test_batch_share_splits_the_arrivals(tmp_path):
     total = plain.arrivals.sum()
     assert wl.arrivals.sum() + wl.batch_bins[0].sum() == total
     assert wl.batch_bins[0].sum() / total == pytest.approx(0.25, abs=0.03)
+
+
+def test_the_observation_shows_the_batch_backlog_only_with_batch_work(tmp_path):
+    from rlscale.envs.env import InferenceClusterEnv
+    from rlscale.envs.observation import BATCH_FEATURES, observation_names
+
+    pools = [{"name": "od", **H100, "quota": 2, "initial_replicas": 1, "serves": "interactive"}]
+    path = _trace(tmp_path, "obs", rps=1.0, batch_rps=2.0)
+    env = InferenceClusterEnv(scenario=_scenario(path, pools, deadline_h=0.1))
+    names = [f[0] for f in BATCH_FEATURES]
+    assert env.observation_names[-2:] == names
+    assert env.observation_names[:-2] == observation_names(["od"])
+    env.reset(seed=0)
+    noop = env.sim.noop_action()
+    for _ in range(5):
+        obs, *_ = env.step(noop)
+    assert env.observation_space.contains(obs)
+    sim = env.sim
+    queued = sim.batch_counters(0)["queued"]
+    assert queued > 0
+    deadline_s = 0.1 * 3600.0
+    assert obs[-2] == pytest.approx(queued / (sim.reference_rps * deadline_s), rel=1e-5)
+    assert obs[-1] > 0.0
+    plain = InferenceClusterEnv(
+        scenario=_scenario(
+            _trace(tmp_path, "obs-i", rps=1.0, batch_rps=0.0, with_class=False),
+            pools,
+            batch=False,
+        )
+    )
+    assert plain.observation_names == observation_names(["od"])
