@@ -67,7 +67,7 @@ import math
 import os
 
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 # OpenMP threads spin at the end of each parallel loop by default; with another busy process
 # on a 2-core machine a step then waits for a descheduled thread (measured: 8.7k env-steps/s at
@@ -790,20 +790,20 @@ def _weighted_quantile(values, weights, n, level):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _to_drain(ps_row, n, share_flag_ring, drow, slot):
+def _to_drain(ps_row, n, share_flag_ring, drow, slot, nb):
     """Move n ready replicas (and their share of in-flight work) into the draining group."""
     ready = ps_row[PS_READY]
     if n <= 0.0 or ready <= 0.0:
         return
     n = min(n, ready)
     f = n / ready
-    for k in range(N_BUCKETS):
+    for k in range(nb):
         j = PS_CLASS + N_CF * k
         for fld in range(3):
             moved = ps_row[j + CF_IR + fld] * f
             ps_row[j + CF_IR + fld] -= moved
             ps_row[j + CF_ID + fld] += moved
-    _sync_totals(ps_row)
+    _sync_totals(ps_row, nb)
     ps_row[PS_READY] = ready - n
     ps_row[PS_DRAIN] += n
     drow[share_flag_ring, slot] += n
@@ -829,11 +829,13 @@ def _cancel_starting(ring, n, now, H, horizon):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _sync_totals(ps_row):
-    """PS_IR .. PS_CD from the class buckets: the totals every reader outside them uses."""
+def _sync_totals(ps_row, nb):
+    """PS_IR .. PS_CD from the first ``nb`` buckets: the totals every reader outside them
+    uses. ``nb`` is N_BUCKETS with batch work, else OUTPUT_CLASSES (the batch bucket is then
+    empty); the kernel passes a compile-time constant, so the loops keep constant bounds."""
     for f in range(N_CF):
         total = 0.0
-        for k in range(N_BUCKETS):
+        for k in range(nb):
             total += ps_row[PS_CLASS + N_CF * k + f]
         ps_row[PS_IR + f] = total
 
@@ -869,7 +871,7 @@ def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _decode_classes(ps_row, bucket, n_iter, sp):
+def _decode_classes(ps_row, bucket, n_iter, sp, nb):
     """Decode ``n_iter`` iterations on one bucket (CF_IR: ready, CF_ID: draining) of every
     class; returns (decoded tokens, completed sequences), all classes and of them the batch
     requests'.
@@ -886,7 +888,7 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
     done_b = 0.0
     if n_iter <= 0.0:
         return 0.0, 0.0, 0.0, 0.0
-    for k in range(N_BUCKETS):
+    for k in range(nb):
         j = PS_CLASS + N_CF * k + bucket
         seqs = ps_row[j]
         if seqs <= 0.0:
@@ -923,7 +925,7 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
+def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio, nb):
     """Requests a pool's ready replicas can admit in this sub-step.
 
     Continuous batching admits at every iteration, so the slots and KV room that this
@@ -969,7 +971,7 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
         return cap, max(0.0, free_slots), free_kv, 0.0, free_kv, tok
     g = 0.0
     g_freed = 0.0
-    for k in range(N_BUCKETS):
+    for k in range(nb):
         j = PS_CLASS + N_CF * k + CF_IR
         sk = ps_row[j]
         if sk <= 0.0:
@@ -1046,7 +1048,7 @@ def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
+def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1, nb):
     """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
     requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
     sequence holds its slot for its prefill iteration (the first token) and one iteration per
@@ -1060,7 +1062,7 @@ def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
         ps_row[j] += n
         ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
         ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
-    _sync_totals(ps_row)
+    _sync_totals(ps_row, nb)
 
 
 # --- batch requests (request class "batch"; see the module docstring) ----------------------
@@ -1088,7 +1090,7 @@ def _batch_expire(c, m, bring_i, step, LB):
         c[CS_BQO] = 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _batch_requeue(c, m, bring_i, step, LB, n, prompt, output):
     """Return ``n`` batch sequences (``prompt`` context and ``output`` tokens still to
     generate) to the batch queue, into its oldest waiting cohort (this step's when none
@@ -1109,7 +1111,7 @@ def _batch_requeue(c, m, bring_i, step, LB, n, prompt, output):
     m[M_B_REQUEUED] += n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _batch_admit(c, bring_i, step, LB, pp, ps_i, dt, maxtok, sp, x_int, p_int, o_int, adm, shared):
     """Admit batch requests, oldest cohort first, into the room the interactive admissions of
     this sub-step left: per pool, the slots, KV and prefill budget of :func:`_admission_cap`
@@ -1130,7 +1132,7 @@ def _batch_admit(c, bring_i, step, LB, pp, ps_i, dt, maxtok, sp, x_int, p_int, o
         if ps_i[p, PS_READY] <= 0.0:
             continue
         _, slot_cap, kva, kvc, kva2, tok = _admission_cap(
-            pp[p], ps_i[p], dt, maxtok, sp, pb, ob, sp[SP_PROMPT_M2]
+            pp[p], ps_i[p], dt, maxtok, sp, pb, ob, sp[SP_PROMPT_M2], N_BUCKETS
         )
         x = x_int[p]
         used = x * (p_int + o_int)
@@ -1191,7 +1193,8 @@ def _batch_admit(c, bring_i, step, LB, pp, ps_i, dt, maxtok, sp, x_int, p_int, o
 
 
 @njit(cache=True, error_model="numpy")
-def _step_cluster(i, actions, params, state, out):
+def _step_cluster(i, actions, params, state, out, batch):
+    literally(batch)
     sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi, bwl = params
     cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid, bring = state
     obs, rew, met, pmet = out
@@ -1219,6 +1222,12 @@ def _step_cluster(i, actions, params, state, out):
 
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
+    # request classes: ``batch`` is a compile-time constant (step_clusters compiles the kernel
+    # once per value), so without batch work none of their code is in it
+    has_batch = batch
+    nbk = N_BUCKETS if has_batch else OUTPUT_CLASSES
+    LB = int(sp[SP_BATCH_STEPS])
+    bstep = int(c[CS_STEP])
     dstep = ((off + s0) // K) % nspot
     # the episode's multipliers (exactly 1 for the nominal scenario, which x * 1 leaves as is)
     rate_scale = c[CS_SCALES + SC_RATE]
@@ -1244,7 +1253,7 @@ def _step_cluster(i, actions, params, state, out):
             n_pre = _binomial(rng, i, row[PS_READY], spot[1, p, dstep] * preempt_scale)
             if n_pre > 0.0:
                 nb = int(pp[p, PP_NOTICE_BINS])
-                _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G)
+                _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G, nbk)
                 row[PS_NOTICED] += n_pre
                 pmet[i, p, PM_PREEMPT] += n_pre
                 m[M_PREEMPTIONS] += n_pre
@@ -1252,9 +1261,6 @@ def _step_cluster(i, actions, params, state, out):
             row[PS_PRICE] = pp[p, PP_PRICE]
 
     # --- batch queue: cohorts past the deadline expire; this step's arrivals join a new one ---
-    has_batch = sp[SP_BATCH] > 0.0
-    LB = int(sp[SP_BATCH_STEPS])
-    bstep = int(c[CS_STEP])
     if has_batch:
         _batch_expire(c, m, bring[i], bstep, LB)
 
@@ -1334,7 +1340,7 @@ def _step_cluster(i, actions, params, state, out):
             if rest > 0.0:
                 n_drain = min(rest, row[PS_READY])
                 gb = int(sp[SP_GRACE_BINS])
-                _to_drain(row, n_drain, RING_GRACE, drings[i, p], (s0 + gb) % G)
+                _to_drain(row, n_drain, RING_GRACE, drings[i, p], (s0 + gb) % G, nbk)
                 got += n_drain
             changed = got
         if changed > 0.0:
@@ -1476,11 +1482,11 @@ def _step_cluster(i, actions, params, state, out):
                             if c[CS_QHEAD] > s:
                                 c[CS_QHEAD] = s
                         keep = 1.0 - fg - fn
-                        for kc in range(N_BUCKETS):
+                        for kc in range(nbk):
                             jc = PS_CLASS + N_CF * kc + CF_ID
                             for fld in range(3):
                                 row[jc + fld] *= keep
-                        _sync_totals(row)
+                        _sync_totals(row, nbk)
                         row[PS_DRAIN] = D - min(xg + xn, D)
                         row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
 
@@ -1566,7 +1572,7 @@ def _step_cluster(i, actions, params, state, out):
         if qn > 1e-12:
             for p in range(P):
                 cp, cs_p, kv_a[p], kv_c[p], kv_a2[p], tok_p[p] = _admission_cap(
-                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2
+                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2, nbk
                 )
                 if cp > 0.0 and pp[p, PP_SERVES] != SERVES_BATCH:
                     caps[p] = cp
@@ -1756,7 +1762,7 @@ def _step_cluster(i, actions, params, state, out):
                     adm_n[p] += x
                     adm_q[p] += q_tok
                     adm_td[p] += x * t_dec
-            dec, done, dec_b, done_b = _decode_classes(row, CF_IR, n_it, sp)
+            dec, done, dec_b, done_b = _decode_classes(row, CF_IR, n_it, sp, nbk)
             tokens = dec
             # from here on dec and done are the interactive requests' (TPOT and attainment)
             dec -= dec_b
@@ -1771,8 +1777,8 @@ def _step_cluster(i, actions, params, state, out):
                     tok_ok += dec
             D = row[PS_DRAIN]
             n_d = _iterations(a, cc, kk, pt_s, D, row[PS_ID], row[PS_CD], dt, 0.0)
-            dec_d, done_d, dec_db, done_db = _decode_classes(row, CF_ID, n_d, sp)
-            _sync_totals(row)
+            dec_d, done_d, dec_db, done_db = _decode_classes(row, CF_ID, n_d, sp, nbk)
+            _sync_totals(row, nbk)
             tokens_b = dec_b + dec_db
             done_bp = done_b + done_db
             dec_d -= dec_db
@@ -1792,11 +1798,11 @@ def _step_cluster(i, actions, params, state, out):
                 rest_b = row[PS_CLASS + N_CF * BATCH_BUCKET + CF_ID]
                 completed += row[PS_ID] - rest_b
                 done_bp += rest_b
-                for kc in range(N_BUCKETS):
+                for kc in range(nbk):
                     jc = PS_CLASS + N_CF * kc + CF_ID
                     for fld in range(3):
                         row[jc + fld] = 0.0
-                _sync_totals(row)
+                _sync_totals(row, nbk)
                 row[PS_DRAIN] = 0.0
                 row[PS_NOTICED] = 0.0
                 for gslot in range(G):
@@ -1813,13 +1819,14 @@ def _step_cluster(i, actions, params, state, out):
                     (got_n - got_n0) * f_p,
                     (got_p - got_p0) * f_p,
                     (got_o - got_o0) * f_p,
+                    nbk,
                 )
             if xb > 0.0:
                 jb = PS_CLASS + N_CF * BATCH_BUCKET + CF_IR
                 row[jb] += xb
                 row[jb + 1] += xb * ob_adm
                 row[jb + 2] += xb * pb_adm
-                _sync_totals(row)
+                _sync_totals(row, nbk)
             if has_batch:
                 c[CS_B_COMPLETED] += done_bp
                 m[M_B_COMPLETED] += done_bp
@@ -2176,13 +2183,27 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _step_parallel(actions, params, state, out):
     for i in prange(actions.shape[0]):
-        _step_cluster(i, actions, params, state, out)
+        _step_cluster(i, actions, params, state, out, False)
 
 
 @njit(cache=True, error_model="numpy")
 def _step_serial(actions, params, state, out):
     for i in range(actions.shape[0]):
-        _step_cluster(i, actions, params, state, out)
+        _step_cluster(i, actions, params, state, out, False)
+
+
+# the same with batch work: _step_cluster is compiled once per value of its last argument, so
+# without batch work the kernel holds none of the batch code (it cost ~5% CPU when present)
+@njit(parallel=True, cache=True, error_model="numpy")
+def _step_parallel_batch(actions, params, state, out):
+    for i in prange(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out, True)
+
+
+@njit(cache=True, error_model="numpy")
+def _step_serial_batch(actions, params, state, out):
+    for i in range(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out, True)
 
 
 PARALLEL_MIN_CLUSTERS = 16
@@ -2198,7 +2219,11 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
         grid, bring)``.
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
-    kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
+    parallel = actions.shape[0] >= PARALLEL_MIN_CLUSTERS
+    if params[0][SP_BATCH] > 0.0:
+        kernel = _step_parallel_batch if parallel else _step_serial_batch
+    else:
+        kernel = _step_parallel if parallel else _step_serial
     kernel(actions, params, state, out)
 
 
