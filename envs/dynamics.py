@@ -57,8 +57,9 @@ Batch requests (request class ``batch``; only when the workload has any, ``SP_BA
   notice or scale-down grace: a batch runner retries them), into its oldest waiting cohort.
 * Accounting per class: interactive as before (``CS_ARRIVED`` .. ``CS_REQUEUED``); batch
   arrived = completed + expired + queued + in flight (``CS_B_*``). The reward subtracts
-  ``SP_W_BATCH`` per expired batch request. Without batch work none of this runs and every
-  number is what it was (the extra bucket is empty and skipped).
+  ``SP_W_BATCH`` per expired batch request. The kernel is compiled once without and once with
+  batch work (:func:`step_clusters` picks; ``_step_cluster``'s ``batch`` is a compile-time
+  constant): without it none of this code is in the kernel and every number is what it was.
 """
 
 from __future__ import annotations
