@@ -36,6 +36,10 @@ def _check_accounting(sim: ClusterSimulator) -> None:
         sim.cluster(0).episode_cost_usd, rel=1e-9, abs=1e-9
     )
     assert min(by_class.values()) >= -1e-9
+    # per-tenant metering counts both classes' tokens and still allocates the whole bill
+    assert sum(sim.tenant_costs(0).values()) == pytest.approx(
+        sim.cluster(0).episode_cost_usd, rel=1e-9, abs=1e-9
+    )
 
 
 @settings(
@@ -53,7 +57,8 @@ def test_every_class_is_accounted_for_under_random_actions(scenario, seed, act):
     while not sim.truncated()[0]:
         sim.step(rng.integers(0, nvec)[None, :])
         _check_accounting(sim)
-    assert sim.batch_counters(0)["arrived"] > 0
+    # the workload has batch work (the draws may still bring none at a low rate)
+    assert sim.workload.batch_bins is not None and sim.workload.batch_bins[0].sum() > 0
 
 
 @settings(
