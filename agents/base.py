@@ -47,6 +47,8 @@ class PoolState:
     spot_capacity_share: float = 1.0
     batch_per_replica: float = 0.0
     max_num_seqs: int = 256
+    serves: str = "all"
+    """Request classes the pool admits: ``all``, ``interactive`` or ``batch``."""
 
     @property
     def starting(self) -> float:
@@ -98,6 +100,12 @@ class ClusterState:
     pools: tuple[PoolState, ...] = field(default_factory=tuple)
     budget: BudgetState | None = None
     """The observed budget, for a policy trained with one; None: none observed or known."""
+    batch_queue: float = 0.0
+    """Batch requests waiting (request class ``batch``); the interactive ``queue`` excludes
+    them."""
+    batch_arrival_rate_rps: float = 0.0
+    batch_deadline_s: float = 0.0
+    """The batch requests' completion window; 0 when the service has no batch work."""
 
     def pool(self, name: str) -> PoolState:
         """The pool of that name."""

@@ -9,12 +9,15 @@ import numpy as np
 
 from rlscale.agents.base import BudgetState, ClusterState, Policy, PoolState, decision_to_action
 from rlscale.envs.names import (
+    BATCH_ATTAINMENT,
+    BATCH_COUNTS,
     BUDGET_BREACHES,
     BUDGET_LIMIT_USD,
     BUDGET_PEAK_SPEND_USD,
     CAP_BOUND_MET,
     CAP_BOUND_REQUESTS,
     CAP_BOUND_STEPS,
+    COST_BY_CLASS_USD,
 )
 from rlscale.envs.simulator import ClusterSimulator
 
@@ -44,6 +47,7 @@ def observe(sim: ClusterSimulator, i: int = 0) -> ClusterState:
             spot_capacity_share=float(spot_share[j]),
             batch_per_replica=float(v.batch_per_replica[j]),
             max_num_seqs=p.profile.max_num_seqs,
+            serves=sc.pools[j].serves,
         )
         for j, p in enumerate(sim.pools)
     )
@@ -67,7 +71,36 @@ def observe(sim: ClusterSimulator, i: int = 0) -> ClusterState:
         tpot_target_s=sc.slo.tpot_s,
         pools=pools,
         budget=_observed_budget(sim, i),
+        **_batch_state(sim, v),
     )
+
+
+def _batch_state(sim: ClusterSimulator, v: Any) -> dict[str, float]:
+    """The batch fields of :class:`ClusterState`; none (their defaults) without batch work."""
+    batch = sim.scenario.workload.batch
+    if not sim.has_batch or batch is None:
+        return {}
+    return {
+        "batch_queue": v.batch_queue,
+        "batch_arrival_rate_rps": v.batch_arrival_rate_rps,
+        "batch_deadline_s": batch.deadline_h * 3600.0,
+    }
+
+
+def batch_summary(sim: ClusterSimulator, i: int = 0) -> dict[str, Any]:
+    """Per-class accounting of cluster ``i``'s episode for its summary; empty without batch
+    work. ``batch_attainment`` is the share of the batch requests whose fate is known that
+    completed within the deadline: completed / (completed + expired); those still queued or in
+    flight at the end are reported apart."""
+    if not sim.has_batch:
+        return {}
+    b = sim.batch_counters(i)
+    decided = b["completed"] + b["expired"]
+    return {
+        BATCH_COUNTS: b,
+        BATCH_ATTAINMENT: b["completed"] / decided if decided > 0 else 1.0,
+        COST_BY_CLASS_USD: sim.class_costs(i),
+    }
 
 
 def _observed_budget(sim: ClusterSimulator, i: int) -> BudgetState | None:
@@ -217,6 +250,7 @@ def run_episode(
         "cost_by_tenant_usd": sim.tenant_costs(0),
         "idle_cost_by_tenant_usd": sim.tenant_idle_costs(0),
         "busy_gpu_hours_by_tenant": sim.tenant_busy_gpu_hours(0),
+        **batch_summary(sim, 0),
     }
     if budgets is not None:
         summary.update(budgets.summary())

@@ -31,6 +31,15 @@ Formulation, per pool ``p`` and decision step ``t`` of the episode:
 * objective: ``sum price[p,t] * x[p,t] * interval/3600`` (billing) + per removal the price of
   the replica's expected drain time + a small churn cost per change (ties broken toward
   fewer scale events) + the shortfall penalty.
+* request classes (only with batch work; otherwise the program is as above): ``b[t]``, the
+  batch requests/s served during ``t``, and their running sum ``cb[t]``. Interactive demand is
+  served by the pools that admit it, batch by the pools that admit batch, both together by
+  all: ``sum_{p admits interactive} eff n + short >= demand``, ``sum_{p admits batch} eff n >=
+  b``, ``sum_p eff n + short >= demand + b`` (for two classes this is exactly when a split
+  exists). Batch is served no earlier than it arrives, ``cb[t] <= A[t]``, and by its deadline,
+  ``cb[t] + bshort[t] >= A[t - D]`` (``A`` the cumulative batch arrivals, ``D`` the window in
+  steps; ``bshort`` priced like the shortfall). Pools that admit only one class (``serves``)
+  count only for it, with or without batch work.
 
 The serving counts ``n`` are declared integer although the program would not need it (at an
 optimum ``n`` is the minimum of integer targets): with them integer HiGHS's cuts on the
@@ -71,6 +80,7 @@ from rlscale.agents.base import ClusterState, Decision, Memory
 from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import PolicyKind, register
 from rlscale.envs.capacity import RequestMix
+from rlscale.envs.names import BATCH_ATTAINMENT
 from rlscale.envs.profiles import slo_capacity_rps
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
@@ -110,6 +120,12 @@ class OracleInputs:
     drain_s: np.ndarray
     """[pools] seconds a removed replica stays billed while it finishes its work."""
     max_step: int
+    serves: tuple[str, ...] = ()
+    """Per pool the request classes it admits (a pool's ``serves``); empty: all admit all."""
+    batch_rps: np.ndarray | None = None
+    """[steps] mean batch arrival rate of each step; None without batch work."""
+    batch_deadline_steps: int = 0
+    """The batch completion window in decision steps (0 without batch work)."""
 
     @property
     def steps(self) -> int:
@@ -216,6 +232,13 @@ def episode_inputs(
     # a drained replica stays billed while it finishes its sequences: about one output's worth
     # of decoding at the TPOT target, at most the grace period
     drain = np.full(len(sim.pools), min(sc.drain_grace_s, mix.output_tokens * sc.slo.tpot_s))
+    serves = [p.serves for p in sc.pools]
+    batch_rps = None
+    deadline = 0
+    if sim.has_batch and sc.workload.batch is not None:
+        assert sim.workload.batch_bins is not None
+        batch_rps = sim.workload.batch_bins[0][own].reshape(T, K).sum(axis=1) / (K * dt)
+        deadline = max(1, round(sc.workload.batch.deadline_h * 3600.0 / sc.control_interval_s))
     return OracleInputs(
         pool_names=tuple(sim.pool_names),
         interval_s=sc.control_interval_s,
@@ -230,6 +253,9 @@ def episode_inputs(
         initial_replicas=np.array([p.initial_replicas for p in sc.pools], dtype=np.int64),
         drain_s=drain,
         max_step=sc.max_step,
+        serves=tuple(serves),
+        batch_rps=batch_rps,
+        batch_deadline_steps=deadline,
     )
 
 
@@ -257,6 +283,8 @@ class OracleSchedule:
     """Largest relative gap HiGHS reported over the windows (0 = every window optimal)."""
     windows: int
     status: str
+    batch_served_rps: np.ndarray | None = None
+    """[steps] batch requests/s the program serves in each step; None without batch work."""
 
 
 def _shortfall_usd(inputs: OracleInputs, utilization: float) -> float:
@@ -345,6 +373,8 @@ class _Program:
     """[pools, steps] columns of the serving replicas ``n``."""
     i_short: np.ndarray
     """[steps] columns of the shortfall."""
+    i_batch: np.ndarray | None = None
+    """[steps] columns of the batch requests/s served; None without batch work."""
 
 
 def _window_program(
@@ -356,11 +386,13 @@ def _window_program(
     utilization: float,
     churn_usd: float,
     integral_serving: bool,
+    batch_served_before: float = 0.0,
 ) -> _Program:
     """The program over steps ``[t0, t1)`` with the targets before ``t0`` fixed.
 
     ``fixed[p, k]`` holds the targets already decided for ``k < t0``; before the episode
-    (``k < 0``) the desired replicas are the initial, ready ones.
+    (``k < 0``) the desired replicas are the initial, ready ones. ``batch_served_before``:
+    the batch requests/s x steps served before ``t0``.
     """
     P = inputs.price_usd_h.shape[0]
     W = t1 - t0
@@ -376,6 +408,10 @@ def _window_program(
     i_n, i_up, i_dn = ix + P * W, ix + 2 * P * W, ix + 3 * P * W
     i_short = 4 * P * W + np.arange(W)
     n_var = 4 * P * W + W
+    has_batch = inputs.batch_rps is not None and inputs.batch_deadline_steps > 0
+    if has_batch:  # batch served b, its running sum cb, and the deadline's shortfall
+        i_b, i_cb, i_bs = (n_var + k * W + np.arange(W) for k in range(3))
+        n_var += 3 * W
     price = inputs.price_usd_h[:, t0:t1]
     eff = inputs.capacity_rps[:, None] * utilization * inputs.availability[:, t0:t1]
     cost = [
@@ -385,6 +421,8 @@ def _window_program(
         (churn_usd + price * inputs.drain_s[:, None] / 3600.0).ravel(),
         np.full(W, _shortfall_usd(inputs, utilization)),
     ]
+    if has_batch:
+        cost += [np.zeros(2 * W), np.full(W, _shortfall_usd(inputs, utilization))]
     lb = np.zeros(n_var)
     ub = np.full(n_var, np.inf)
     ub[ix.ravel()] = np.repeat(inputs.quota, W)
@@ -429,9 +467,13 @@ def _window_program(
             rows.add(p, tail, L + 3, terms, 0.0)
         on = steps[some]  # x <= cap + quota (1 - z)
         rows.add(p, on, L + 4, [(x[on], 1.0), (z[on], quota)], cap[on] + quota)
-    # capacity: sum_p eff[p,t] * n[p,t] + short[t] >= demand[t]
-    terms = [*[(i_n[p], eff[p]) for p in range(P)], (i_short, 1.0)]
+    # capacity: sum_p eff[p,t] * n[p,t] + short[t] >= demand[t] (the pools that admit it)
+    inter = [p for p in range(P) if _admits(inputs, p, "interactive")]
+    terms = [*[(i_n[p], eff[p]) for p in inter], (i_short, 1.0)]
     rows.add(P, steps, 0, terms, np.inf, inputs.demand_rps[t0:t1])
+    if has_batch:
+        cols = (i_b, i_cb, i_bs)
+        _batch_rows(rows, inputs, t0, t1, i_n, eff, i_short, cols, batch_served_before)
 
     n_all = n_var + n_bin
     c = np.concatenate([*cost, np.zeros(n_bin)])
@@ -444,7 +486,59 @@ def _window_program(
     if integral_serving:
         integrality[i_n.ravel()] = 1
     integrality[n_var:] = 1
-    return _Program(c, integrality, Bounds(lb, ub), rows.constraint(n_all), ix, i_n, i_short)
+    return _Program(
+        c,
+        integrality,
+        Bounds(lb, ub),
+        rows.constraint(n_all),
+        ix,
+        i_n,
+        i_short,
+        i_b if has_batch else None,
+    )
+
+
+def _batch_rows(
+    rows: _Rows,
+    inputs: OracleInputs,
+    t0: int,
+    t1: int,
+    i_n: np.ndarray,
+    eff: np.ndarray,
+    i_short: np.ndarray,
+    cols: tuple[np.ndarray, np.ndarray, np.ndarray],
+    before: float,
+) -> None:
+    """The request-class rows of one window (module docstring): batch capacity, both
+    classes' capacity, the running sum of batch served, and its bounds (arrived, deadline)."""
+    i_b, i_cb, i_bs = cols
+    P = i_n.shape[0]
+    W = t1 - t0
+    steps = np.arange(W)
+    assert inputs.batch_rps is not None
+    batch_pools = [p for p in range(P) if _admits(inputs, p, "batch")]
+    # sum_{p admits batch} eff n - b >= 0
+    terms = [*[(i_n[p], eff[p]) for p in batch_pools], (i_b, -1.0)]
+    rows.add(P, steps, 1, terms, np.inf, 0.0)
+    # sum_p eff n + short - b >= demand
+    terms = [*[(i_n[p], eff[p]) for p in range(P)], (i_short, 1.0), (i_b, -1.0)]
+    rows.add(P, steps, 2, terms, np.inf, inputs.demand_rps[t0:t1])
+    # cb[t] - cb[t-1] - b[t] = 0, from what earlier windows served (``before``)
+    rows.add(P, steps[:1], 3, [(i_cb[:1], 1.0), (i_b[:1], -1.0)], before, before)
+    rows.add(P, steps[1:], 3, [(i_cb[1:], 1.0), (i_cb[:-1], -1.0), (i_b[1:], -1.0)], 0.0, 0.0)
+    arrived = np.cumsum(inputs.batch_rps)  # A[t]: requests/s x steps arrived by step t
+    t = t0 + steps
+    due = t - inputs.batch_deadline_steps
+    owed = np.where(due >= 0, arrived[np.maximum(due, 0)], 0.0)
+    rows.add(P, steps, 4, [(i_cb, 1.0)], arrived[t])
+    rows.add(P, steps, 5, [(i_cb, 1.0), (i_bs, 1.0)], np.inf, owed)
+
+
+def _admits(inputs: OracleInputs, p: int, request_class: str) -> bool:
+    """Whether pool ``p`` admits requests of ``request_class``."""
+    if not inputs.serves:
+        return True
+    return inputs.serves[p] in ("all", request_class)
 
 
 def _at(terms: list[tuple[np.ndarray, float]], where: np.ndarray) -> list[tuple[np.ndarray, float]]:
@@ -508,6 +602,7 @@ def solve_inputs(
     x = np.zeros((P, T), dtype=np.int64)
     n = np.zeros((P, T))
     short = np.zeros(T)
+    served_b = np.zeros(T)
     options = {"time_limit": float(time_limit_s), "mip_rel_gap": float(mip_rel_gap)}
     solve_s = 0.0
     gap = 0.0
@@ -526,6 +621,7 @@ def solve_inputs(
             utilization=utilization,
             churn_usd=churn_usd,
             integral_serving=integral_serving,
+            batch_served_before=float(served_b[:t0].sum()),
         )
         res = _solve_window(program, options)
         ix, i_n, i_short = program.ix, program.i_n, program.i_short
@@ -539,6 +635,8 @@ def solve_inputs(
         x[:, t0 : t0 + keep] = np.rint(res.x[ix[:, :keep]]).astype(np.int64)
         n[:, t0 : t0 + keep] = res.x[i_n[:, :keep]]
         short[t0 : t0 + keep] = res.x[i_short[:keep]]
+        if program.i_batch is not None:
+            served_b[t0 : t0 + keep] = res.x[program.i_batch[:keep]]
         gap = max(gap, float(getattr(res, "mip_gap", 0.0) or 0.0))
         statuses.append(str(res.message))
         t0 += keep
@@ -556,6 +654,7 @@ def solve_inputs(
         mip_gap=gap,
         windows=windows,
         status="; ".join(sorted(set(statuses))),
+        batch_served_rps=served_b if inputs.batch_rps is not None else None,
     )
 
 
@@ -707,8 +806,11 @@ def tune_oracle(
                 "cost_usd": float(np.mean([r.summary["cost_usd"] for r in runs])),
                 "slo_attainment": min(r.summary["slo_attainment"] for r in runs),
             }
+            if BATCH_ATTAINMENT in runs[0].summary:
+                # batch work must meet its deadlines as often as interactive work its SLO
+                replayed[key][BATCH_ATTAINMENT] = min(r.summary[BATCH_ATTAINMENT] for r in runs)
         tried[(q, u)] = (schedule, replayed[key])
-        return replayed[key]["slo_attainment"] >= target
+        return _meets(replayed[key], target)
 
     for q in lead_quantiles:
         inputs = episode_inputs(
@@ -727,7 +829,7 @@ def tune_oracle(
                 hi = mid
         if lo == low:
             trial(inputs, q, low)
-    ok = [k for k, (_, r) in tried.items() if r["slo_attainment"] >= target]
+    ok = [k for k, (_, r) in tried.items() if _meets(r, target)]
     if ok:  # the cheapest replay that meets the target
         best = min(ok, key=lambda k: (tried[k][1]["cost_usd"], k[0], -k[1]))
     else:  # the closest to it, the cheaper of equals
@@ -747,6 +849,12 @@ def tune_oracle(
     return OracleTuning(
         OraclePolicy.from_schedule(schedule, info), schedule, replay, bool(ok), trials
     )
+
+
+def _meets(replay: dict[str, float], target: float) -> bool:
+    """A replay meets the target: interactive SLO attainment, and the batch requests' share
+    completed within their deadline where there are any."""
+    return min(replay["slo_attainment"], replay.get(BATCH_ATTAINMENT, 1.0)) >= target
 
 
 def oracle_for_episode(

@@ -28,6 +28,14 @@ cloud has announced their end). Spot requests beyond what the market can supply 
 (``spot_capacity_share`` of the quota) are not made; dynamic fallback covers them on demand.
 If the on-demand pool's replicas are of a different size, counts convert by capacity_rps.
 Other pools go to 0 once the spot / on-demand pair has a ready replica and none starting.
+
+Request classes (not in SkyServe, which has one class). With batch work (``batch_deadline_s``
+> 0 in the state) the target above is the interactive requests' (their rate only), and spot
+is also sized for the batch backlog: ``ceil(batch_queue / (batch_drain_share * deadline) /
+(batch_utilization * capacity_rps))`` replicas, so that a backlog the spare on-demand room does
+not clear is worked off within a share of its window; batch needs no fallback (it can wait).
+When the spot pool serves batch only (``serves: batch``), the interactive target runs wholly on
+demand and spot holds just the batch replicas.
 """
 
 from __future__ import annotations
@@ -64,6 +72,10 @@ class SpotAwarePolicy:
     :param qps_window_s: window of the request-rate average (60 s).
     :param min_replicas: lowest total target (SkyServe ``min_replicas``).
     :param max_replicas: highest total target; None = the spot pool's quota.
+    :param batch_utilization: with batch work, the share of a spot replica's capacity_rps the
+        batch backlog is sized at (batch has no latency target, so near 1).
+    :param batch_drain_share: with batch work, the share of the completion window the backlog
+        is worked off in.
     """
 
     name: ClassVar[str] = "spot_aware"
@@ -77,6 +89,8 @@ class SpotAwarePolicy:
     qps_window_s: float = 60.0
     min_replicas: int = 1
     max_replicas: int | None = None
+    batch_utilization: float = 0.9
+    batch_drain_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = (
@@ -86,6 +100,8 @@ class SpotAwarePolicy:
             ("downscale_delay_s", self.downscale_delay_s >= 0, ">= 0"),
             ("qps_window_s", self.qps_window_s > 0, "> 0"),
             ("min_replicas", self.min_replicas >= 0, ">= 0"),
+            ("batch_utilization", 0 < self.batch_utilization <= 1.5, "in (0, 1.5]"),
+            ("batch_drain_share", 0 < self.batch_drain_share <= 1, "in (0, 1]"),
         )
         require_all(self, checks)
         require_max_at_least_min(self, "max_replicas", "min_replicas")
@@ -101,6 +117,13 @@ class SpotAwarePolicy:
             else state.pool(self.ondemand_pool)
         )
         return spot, od
+
+    def batch_replicas(self, state: ClusterState, spot: PoolState) -> int:
+        """Spot replicas for the batch backlog (see the module docstring); 0 without batch."""
+        if state.batch_deadline_s <= 0 or state.batch_queue <= 0 or spot.capacity_rps <= 0:
+            return 0
+        need_rps = state.batch_queue / (self.batch_drain_share * state.batch_deadline_s)
+        return math.ceil(need_rps / (self.batch_utilization * spot.capacity_rps) - 1e-9)
 
     def initial_memory(self) -> Memory:
         """No samples; the hysteresis target is set at the first decision."""
@@ -162,14 +185,21 @@ class SpotAwarePolicy:
             raw, int(target), memory.get("up_since"), memory.get("down_since"), now, dt
         )
 
-        spot_wanted = max(0, target - self.base_ondemand_fallback_replicas)
+        batch_n = self.batch_replicas(state, spot)
         spot_supply = math.floor(spot.quota * spot.spot_capacity_share + 1e-9)
-        spot_n = min(spot_wanted, spot_supply)
-        od_n = self.base_ondemand_fallback_replicas
         spot_ready = max(0, round(spot.ready - spot.preempt_notices))
-        if self.dynamic_ondemand_fallback:
-            od_n += math.ceil(max(0, spot_wanted - spot_ready) * od_per_spot - 1e-9)
-        od_n = min(od_n, math.ceil(target * od_per_spot - 1e-9), od.quota)
+        if spot.serves == "batch":
+            # interactive work all on demand; spot only for the batch backlog
+            spot_n = min(batch_n, spot_supply)
+            od_n = min(math.ceil(target * od_per_spot - 1e-9), od.quota)
+        else:
+            spot_wanted = max(0, target - self.base_ondemand_fallback_replicas)
+            spot_n = min(spot_wanted + batch_n, spot_supply)
+            od_n = self.base_ondemand_fallback_replicas
+            if self.dynamic_ondemand_fallback:
+                # the interactive replicas are covered; batch ones need no fallback
+                od_n += math.ceil(max(0, spot_wanted - spot_ready) * od_per_spot - 1e-9)
+            od_n = min(od_n, math.ceil(target * od_per_spot - 1e-9), od.quota)
 
         # pools outside the pair hold their replicas until the pair serves on its own
         filling = spot.ready + od.ready < 1 or spot.starting + od.starting > 0
@@ -179,6 +209,7 @@ class SpotAwarePolicy:
         reason = (
             f"spot_aware: qps {qps:.2f} target {target} (raw {raw}) -> spot {spot_n} "
             f"(ready {spot_ready}), on-demand {od_n}"
+            + (f", batch backlog {state.batch_queue:.0f} -> {batch_n} spot" if batch_n else "")
         )
         new_memory = {
             "samples": samples,

@@ -54,6 +54,7 @@ class ClusterView:
         "_c",
         "_cache_keep",
         "_forecast_rps",
+        "_interval_s",
         "_m",
         "_spot_share",
         "_start_s_of_week",
@@ -106,6 +107,7 @@ class ClusterView:
         self._substeps_per_step = sim.substeps_per_step
         self._start_s_of_week = wl.start_s_of_week
         self._cache_keep = 1.0 - sc.workload.cache_hit_ratio
+        self._interval_s = sc.control_interval_s
         self._forecast_rps = sim.workload_arrays[3]
         self._spot_share = _read_only(sim.spot_series[2])
         self._c = sim.cluster_state[i]
@@ -199,6 +201,17 @@ class ClusterView:
     def in_flight(self) -> float:
         """Sequences being decoded at the end of the last interval."""
         return float(self._m[dyn.M_INFLIGHT])
+
+    @property
+    def batch_queue(self) -> float:
+        """Batch requests waiting for room at the end of the last interval (0 without batch
+        work)."""
+        return float(self._m[dyn.M_B_QUEUE])
+
+    @property
+    def batch_arrival_rate_rps(self) -> float:
+        """Batch requests per second that arrived in the last interval."""
+        return float(self._m[dyn.M_B_ARRIVED]) / self._interval_s
 
     @property
     def compute_util(self) -> float:

@@ -31,6 +31,35 @@ Model, per cluster and sub-step (``dt`` seconds, default 1 s):
 
 Per-request latency percentiles come from the queue-age histogram of admitted requests
 combined with the prompt-length quantiles (prefill time), see :func:`_ttft_stats`.
+
+Batch requests (request class ``batch``; only when the workload has any, ``SP_BATCH``):
+
+* They wait in their own FIFO queue, a ring of arrival cohorts one decision step wide
+  (``bring``), and are never answered by the response cache. A cohort still queued when its
+  age reaches the completion window (``SP_BATCH_STEPS`` decision steps) expires: it is
+  dropped and counted as expired, as a batch API's unfinished requests are at the end of its
+  window. An admitted one always completes (it may finish after its deadline by its decode
+  time, seconds to minutes, which is not counted late).
+* Admission takes interactive requests first, then fills the room they leave with batch ones
+  (vLLM's priority scheduling): per pool the slots, KV and prefill budget of
+  :func:`_admission_cap` less what the interactive admissions of the sub-step took. A pool
+  that serves both classes takes batch only while no interactive request is left queued after
+  its admission; a pool marked ``serves: batch`` (``PP_SERVES``) takes only batch requests, one
+  marked ``interactive`` none. Batch sequences already running are not preempted for a burst
+  of interactive ones (vLLM would): the burst waits for their slots, which is part of what
+  co-batching costs.
+* Admitted batch sequences share the iterations (a third in-flight bucket, ``BATCH_BUCKET``,
+  beside the two output-length classes), so they lengthen every iteration and with it the
+  interactive TPOT and TTFT: the real cost of co-batching. Interactive TPOT, TTFT and SLO
+  attainment count interactive requests only; tokens, in-flight sequences and the bill count
+  both.
+* A draining replica's batch sequences go back to the batch queue at either deadline (spot
+  notice or scale-down grace: a batch runner retries them), into its oldest waiting cohort.
+* Accounting per class: interactive as before (``CS_ARRIVED`` .. ``CS_REQUEUED``); batch
+  arrived = completed + expired + queued + in flight (``CS_B_*``). The reward subtracts
+  ``SP_W_BATCH`` per expired batch request. The kernel is compiled once without and once with
+  batch work (:func:`step_clusters` picks; ``_step_cluster``'s ``batch`` is a compile-time
+  constant): without it none of this code is in the kernel and every number is what it was.
 """
 
 from __future__ import annotations
@@ -39,7 +68,7 @@ import math
 import os
 
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 # OpenMP threads spin at the end of each parallel loop by default; with another busy process
 # on a 2-core machine a step then waits for a descheduled thread (measured: 8.7k env-steps/s at
@@ -76,6 +105,11 @@ SP_CLASS = 20  # first of the output-length classes' parameters (CP_* below)
 # relative to the whole workload's, its residual ratio phi = E[o^2] / (2 E[o]^2), and the
 # shift of its in-flight prompts, E[p o] / E[o] - E[p], in tokens.
 OUTPUT_CLASSES = 2  # the queue and the workload carry class 0 apart (Q_N0, WL_N0)
+# The in-flight buckets: the interactive output-length classes, then one for batch requests
+# (request class "batch", see "Batch requests" in the module docstring). Every loop over the
+# buckets skips an empty one, so a workload without batch work computes what it did before.
+BATCH_BUCKET = OUTPUT_CLASSES
+N_BUCKETS = OUTPUT_CLASSES + 1
 CP_SHARE = 0
 CP_OUTPUT = 1
 CP_PROMPT = 2
@@ -83,7 +117,7 @@ CP_PHI = 3
 CP_PSHIFT = 4
 N_CP = 5
 # output-token quantiles at levels (k + 0.5) / N_OUTPUT_Q, for per-request TPOT
-SP_OUTPUT_Q = SP_CLASS + N_CP * OUTPUT_CLASSES
+SP_OUTPUT_Q = SP_CLASS + N_CP * N_BUCKETS  # the batch bucket's CP_* follow the classes'
 N_OUTPUT_Q = 8
 # E[p^2] / E[p]^2 of the prompts: whole (the KV a request needs) and capped at the iteration
 # token budget (the prefill an iteration carries: a longer prompt is chunked over several)
@@ -92,7 +126,13 @@ SP_PROMPT_M2_CHUNK = SP_PROMPT_M2 + 1
 # 1 when requests reach replicas through per-replica queues fed blindly (random or round
 # robin), 0 when every replica pulls from one queue (least loaded)
 SP_PER_REPLICA_QUEUES = SP_PROMPT_M2_CHUNK + 1
-N_SP = SP_PER_REPLICA_QUEUES + 1
+# batch requests: 1 when the workload has any; the batch queue's length in decision steps
+# (the completion deadline: a request still queued that long expires); USD of reward lost
+# per expired batch request
+SP_BATCH = SP_PER_REPLICA_QUEUES + 1
+SP_BATCH_STEPS = SP_BATCH + 1
+SP_W_BATCH = SP_BATCH + 2
+N_SP = SP_W_BATCH + 1
 
 # --- pool parameters: pp[pool, ...] ----------------------------------------------------------
 PP_A = 0
@@ -113,7 +153,11 @@ PP_OU_REV = 14
 PP_OU_VOL = 15
 PP_PRICE_TRACE = 16
 PP_INIT = 17
-N_PP = 18
+PP_SERVES = 18  # which request classes the pool admits: SERVES_* below
+N_PP = 19
+SERVES_ALL = 0.0  # interactive first, batch in the room left (the default)
+SERVES_INTERACTIVE = 1.0
+SERVES_BATCH = 2.0
 
 # --- cluster state: cs[i, ...] ---------------------------------------------------------------
 CS_STEP = 0
@@ -139,7 +183,19 @@ CS_EP_PRE_SUM = 19  # admitted x prefill seconds per prompt token
 CS_EP_BASE_W = 20  # admitted requests with a known base latency
 # the episode's domain-randomization multipliers (SC_* order), drawn at reset; 1 when nominal
 CS_SCALES = 21
-N_CS = CS_SCALES + 4
+# the batch queue (a ring of arrival cohorts, one per decision step: bring[i, BQ_*, step %
+# SP_BATCH_STEPS]) and the batch requests' accounting; their conservation identity is
+# arrived = completed + expired + queued + in flight (requeued ones are queued again)
+CS_BQHEAD = CS_SCALES + 4  # absolute decision step of the oldest cohort still held
+CS_BQN = CS_BQHEAD + 1  # batch requests queued, their prompt and output tokens
+CS_BQP = CS_BQHEAD + 2
+CS_BQO = CS_BQHEAD + 3
+CS_B_ARRIVED = CS_BQHEAD + 4
+CS_B_ADMITTED = CS_BQHEAD + 5
+CS_B_COMPLETED = CS_BQHEAD + 6
+CS_B_EXPIRED = CS_BQHEAD + 7
+CS_B_REQUEUED = CS_BQHEAD + 8
+N_CS = CS_B_REQUEUED + 1
 # offsets of the multipliers from CS_SCALES (rlscale.envs.randomization.SCALE_NAMES' order)
 SC_RATE = 0  # arrivals and their tokens, and the forecast
 SC_SPOT_PRICE = 1  # spot prices: a trace's path, or the mean-reverting process's mean and noise
@@ -166,8 +222,8 @@ PS_BATCH = 14
 # iteration seconds averaged over the decode lifetime of a request of each output quantile
 # (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes)
 PS_TPOT_LIFE = 15
-# PS_IR .. PS_CD hold the totals of the class buckets, which follow: ps[..., PS_CLASS +
-# N_CF * k + CF_*] for class k, fields in the order of the totals
+# PS_IR .. PS_CD hold the totals of the buckets (batch included), which follow: ps[...,
+# PS_CLASS + N_CF * k + CF_*] for bucket k, fields in the order of the totals
 PS_CLASS = PS_TPOT_LIFE + N_OUTPUT_Q
 CF_IR = 0
 CF_WR = 1
@@ -178,7 +234,7 @@ CF_CD = 5
 N_CF = 6
 # the latest sub-step (absolute) at which the provisioning and loading rings hold an entry:
 # cancelling scans back from there, not from a whole ring ahead
-PS_HORIZON_PROV = PS_CLASS + N_CF * OUTPUT_CLASSES
+PS_HORIZON_PROV = PS_CLASS + N_CF * N_BUCKETS
 PS_HORIZON_LOAD = PS_HORIZON_PROV + 1
 N_PS = PS_HORIZON_LOAD + 1
 
@@ -200,6 +256,12 @@ WL_N0 = 4  # arrivals in output class 0, their prompt and output tokens
 WL_PROMPT0 = 5
 WL_OUTPUT0 = 6
 N_WL = 7
+# batch arrivals bwl[row, T] (a [N_BQ, 1] array of zeros when the workload has none)
+# and the batch queue's cohorts bring[i, row, SP_BATCH_STEPS]: requests, prompt, output tokens
+BQ_N = 0
+BQ_PROMPT = 1
+BQ_OUTPUT = 2
+N_BQ = 3
 
 # per-step scratch rows scratch[i, row, pool]
 SCR_TPOT_TOK = 0
@@ -216,7 +278,8 @@ SCR_KV_A = 10  # KV admission budget per pool (tokens), see _admission_cap
 SCR_KV_C = 11
 SCR_KV_A2 = 12
 SCR_TOK = 13
-N_SCR = 14
+SCR_B_ADM = 14  # batch requests admitted per pool in the sub-step
+N_SCR = 15
 
 # lifecycle rings srings[i, pool, ring, H]
 RING_PROV_DONE = 0
@@ -263,7 +326,17 @@ M_COST_TOTAL = 27
 M_RATE_RPS = 28
 M_REWARD = 29
 M_ATTAIN_EP = 30
-N_M = 31
+# batch requests (zero without batch work); the interactive metrics above exclude them, except
+# M_TOKENS and M_INFLIGHT, which count every sequence the servers hold
+M_B_ARRIVED = 31
+M_B_ADMITTED = 32
+M_B_COMPLETED = 33
+M_B_EXPIRED = 34
+M_B_REQUEUED = 35
+M_B_QUEUE = 36
+M_B_INFLIGHT = 37
+M_B_TOKENS = 38
+N_M = 39
 
 # --- per-step pool metrics: pmet[i, pool, ...] -----------------------------------------------
 PM_COST = 0
@@ -281,7 +354,8 @@ PM_PREEMPT = 11
 PM_COLD = 12
 PM_WARM = 13
 PM_TPOT = 14
-N_PM = 15
+PM_B_TOKENS = 15  # of PM_TOKENS, those of batch requests
+N_PM = 16
 
 EWMA_HORIZON_S = 300.0
 # A drained replica leaves once it holds less than this many sequences on average: the last
@@ -717,20 +791,20 @@ def _weighted_quantile(values, weights, n, level):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _to_drain(ps_row, n, share_flag_ring, drow, slot):
+def _to_drain(ps_row, n, share_flag_ring, drow, slot, nb):
     """Move n ready replicas (and their share of in-flight work) into the draining group."""
     ready = ps_row[PS_READY]
     if n <= 0.0 or ready <= 0.0:
         return
     n = min(n, ready)
     f = n / ready
-    for k in range(OUTPUT_CLASSES):
+    for k in range(nb):
         j = PS_CLASS + N_CF * k
         for fld in range(3):
             moved = ps_row[j + CF_IR + fld] * f
             ps_row[j + CF_IR + fld] -= moved
             ps_row[j + CF_ID + fld] += moved
-    _sync_totals(ps_row)
+    _sync_totals(ps_row, nb)
     ps_row[PS_READY] = ready - n
     ps_row[PS_DRAIN] += n
     drow[share_flag_ring, slot] += n
@@ -756,11 +830,13 @@ def _cancel_starting(ring, n, now, H, horizon):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _sync_totals(ps_row):
-    """PS_IR .. PS_CD from the class buckets: the totals every reader outside them uses."""
+def _sync_totals(ps_row, nb):
+    """PS_IR .. PS_CD from the first ``nb`` buckets: the totals every reader outside them
+    uses. ``nb`` is N_BUCKETS with batch work, else OUTPUT_CLASSES (the batch bucket is then
+    empty); the kernel passes a compile-time constant, so the loops keep constant bounds."""
     for f in range(N_CF):
         total = 0.0
-        for k in range(OUTPUT_CLASSES):
+        for k in range(nb):
             total += ps_row[PS_CLASS + N_CF * k + f]
         ps_row[PS_IR + f] = total
 
@@ -796,9 +872,10 @@ def _freed_per_completion(seqs, remaining, ctx, phi, pshift):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _decode_classes(ps_row, bucket, n_iter, sp):
+def _decode_classes(ps_row, bucket, n_iter, sp, nb):
     """Decode ``n_iter`` iterations on one bucket (CF_IR: ready, CF_ID: draining) of every
-    class; returns (decoded tokens, completed sequences).
+    class; returns (decoded tokens, completed sequences), all classes and of them the batch
+    requests'.
 
     Every sequence of the batch gets a token per iteration. A class completes
     ``decoded * phi * seqs / remaining`` sequences: in steady state its remaining work per
@@ -808,9 +885,11 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
     """
     dec_all = 0.0
     done_all = 0.0
+    dec_b = 0.0
+    done_b = 0.0
     if n_iter <= 0.0:
-        return 0.0, 0.0
-    for k in range(OUTPUT_CLASSES):
+        return 0.0, 0.0, 0.0, 0.0
+    for k in range(nb):
         j = PS_CLASS + N_CF * k + bucket
         seqs = ps_row[j]
         if seqs <= 0.0:
@@ -840,11 +919,14 @@ def _decode_classes(ps_row, bucket, n_iter, sp):
             ps_row[j] = left
         dec_all += decoded
         done_all += done
-    return dec_all, done_all
+        if k == BATCH_BUCKET:
+            dec_b = decoded
+            done_b = done
+    return dec_all, done_all, dec_b, done_b
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
+def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio, nb):
     """Requests a pool's ready replicas can admit in this sub-step.
 
     Continuous batching admits at every iteration, so the slots and KV room that this
@@ -890,7 +972,7 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio):
         return cap, max(0.0, free_slots), free_kv, 0.0, free_kv, tok
     g = 0.0
     g_freed = 0.0
-    for k in range(OUTPUT_CLASSES):
+    for k in range(nb):
         j = PS_CLASS + N_CF * k + CF_IR
         sk = ps_row[j]
         if sk <= 0.0:
@@ -967,7 +1049,7 @@ def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
+def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1, nb):
     """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
     requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
     sequence holds its slot for its prefill iteration (the first token) and one iteration per
@@ -981,13 +1063,141 @@ def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1):
         ps_row[j] += n
         ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
         ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
-    _sync_totals(ps_row)
+    _sync_totals(ps_row, nb)
+
+
+# --- batch requests (request class "batch"; see the module docstring) ----------------------
+@njit(cache=True, error_model="numpy")
+def _batch_expire(c, m, bring_i, step, LB):
+    """Expire the batch cohorts that have waited the whole deadline (``LB`` decision steps)
+    by the start of decision step ``step``, oldest first."""
+    head = int(c[CS_BQHEAD])
+    while head <= step - LB:
+        slot = head % LB
+        n = bring_i[BQ_N, slot]
+        if n > 0.0:
+            c[CS_B_EXPIRED] += n
+            m[M_B_EXPIRED] += n
+            c[CS_BQN] -= n
+            c[CS_BQP] -= bring_i[BQ_PROMPT, slot]
+            c[CS_BQO] -= bring_i[BQ_OUTPUT, slot]
+        for r in range(N_BQ):
+            bring_i[r, slot] = 0.0
+        head += 1
+    c[CS_BQHEAD] = head
+    if c[CS_BQN] < 1e-9:  # rounding residue of an empty queue
+        c[CS_BQN] = 0.0
+        c[CS_BQP] = 0.0
+        c[CS_BQO] = 0.0
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _batch_requeue(c, m, bring_i, step, LB, n, prompt, output):
+    """Return ``n`` batch sequences (``prompt`` context and ``output`` tokens still to
+    generate) to the batch queue, into its oldest waiting cohort (this step's when none
+    waits): their own arrival time is not kept, and the oldest cohort expires first, so a
+    requeued request gains no deadline over the requests still waiting."""
+    head = int(c[CS_BQHEAD])
+    while head < step and bring_i[BQ_N, head % LB] <= 1e-12:
+        head += 1
+    c[CS_BQHEAD] = head
+    slot = head % LB
+    bring_i[BQ_N, slot] += n
+    bring_i[BQ_PROMPT, slot] += prompt
+    bring_i[BQ_OUTPUT, slot] += output
+    c[CS_BQN] += n
+    c[CS_BQP] += prompt
+    c[CS_BQO] += output
+    c[CS_B_REQUEUED] += n
+    m[M_B_REQUEUED] += n
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _batch_admit(c, bring_i, step, LB, pp, ps_i, dt, maxtok, sp, x_int, p_int, o_int, adm, shared):
+    """Admit batch requests, oldest cohort first, into the room the interactive admissions of
+    this sub-step left: per pool, the slots, KV and prefill budget of :func:`_admission_cap`
+    less what the ``x_int[p]`` interactive requests (``p_int``, ``o_int`` tokens each) take.
+    Pools that serve interactive requests too (``shared``: False while interactive requests
+    are still queued after this sub-step's admission) take none; batch-only pools always may.
+    Writes each pool's admitted requests into ``adm``; returns the requests admitted and
+    their prompt and output tokens."""
+    qn = c[CS_BQN]
+    pb = max(c[CS_BQP] / qn, 1.0)
+    ob = max(c[CS_BQO] / qn, 1.0)
+    total = 0.0
+    for p in range(pp.shape[0]):
+        adm[p] = 0.0
+        serves = pp[p, PP_SERVES]
+        if serves == SERVES_INTERACTIVE or (serves == SERVES_ALL and not shared):
+            continue
+        if ps_i[p, PS_READY] <= 0.0:
+            continue
+        _, slot_cap, kva, kvc, kva2, tok = _admission_cap(
+            pp[p], ps_i[p], dt, maxtok, sp, pb, ob, sp[SP_PROMPT_M2], N_BUCKETS
+        )
+        x = x_int[p]
+        used = x * (p_int + o_int)
+        room = min(
+            slot_cap - x,
+            (kva - used - kvc * x * p_int) / (pb + ob + kvc * pb),
+            (kva2 - used) / (pb + ob),
+            (tok - x * p_int) / pb,
+        )
+        if room > 0.0:
+            adm[p] = room
+            total += room
+    take = min(total, qn)
+    if take <= 1e-12:
+        for p in range(pp.shape[0]):
+            adm[p] = 0.0
+        return 0.0, 0.0, 0.0
+    for p in range(pp.shape[0]):
+        adm[p] *= take / total
+    got_n = 0.0
+    got_p = 0.0
+    got_o = 0.0
+    head = int(c[CS_BQHEAD])
+    need = take
+    while need > 1e-12 and head <= step:
+        slot = head % LB
+        have = bring_i[BQ_N, slot]
+        if have <= 1e-12:
+            for r in range(N_BQ):
+                bring_i[r, slot] = 0.0
+            head += 1
+            continue
+        t = min(have, need)
+        f = t / have
+        tp = bring_i[BQ_PROMPT, slot] * f
+        to = bring_i[BQ_OUTPUT, slot] * f
+        got_n += t
+        got_p += tp
+        got_o += to
+        need -= t
+        if t >= have - 1e-12:
+            for r in range(N_BQ):
+                bring_i[r, slot] = 0.0
+            head += 1
+        else:
+            bring_i[BQ_N, slot] = have - t
+            bring_i[BQ_PROMPT, slot] -= tp
+            bring_i[BQ_OUTPUT, slot] -= to
+    c[CS_BQHEAD] = min(head, step)
+    c[CS_BQN] = max(0.0, c[CS_BQN] - got_n)
+    c[CS_BQP] = max(0.0, c[CS_BQP] - got_p)
+    c[CS_BQO] = max(0.0, c[CS_BQO] - got_o)
+    if got_n < take:  # rounding: what the walk found is what the pools take
+        for p in range(pp.shape[0]):
+            adm[p] *= got_n / take
+    c[CS_B_ADMITTED] += got_n
+    return got_n, got_p, got_o
 
 
 @njit(cache=True, error_model="numpy")
-def _step_cluster(i, actions, params, state, out):
-    sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid = state
+def _step_cluster(i, actions, params, state, out, batch):
+    literally(batch)
+    sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi, bwl = params
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid, bring = state
     obs, rew, met, pmet = out
     P = pp.shape[0]
     dt = sp[SP_DT]
@@ -1013,6 +1223,12 @@ def _step_cluster(i, actions, params, state, out):
 
     s0 = int(c[CS_SUB])
     off = int(c[CS_OFF])
+    # request classes: ``batch`` is a compile-time constant (step_clusters compiles the kernel
+    # once per value), so without batch work none of their code is in it
+    has_batch = batch
+    nbk = N_BUCKETS if has_batch else OUTPUT_CLASSES
+    LB = int(sp[SP_BATCH_STEPS])
+    bstep = int(c[CS_STEP])
     dstep = ((off + s0) // K) % nspot
     # the episode's multipliers (exactly 1 for the nominal scenario, which x * 1 leaves as is)
     rate_scale = c[CS_SCALES + SC_RATE]
@@ -1038,12 +1254,16 @@ def _step_cluster(i, actions, params, state, out):
             n_pre = _binomial(rng, i, row[PS_READY], spot[1, p, dstep] * preempt_scale)
             if n_pre > 0.0:
                 nb = int(pp[p, PP_NOTICE_BINS])
-                _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G)
+                _to_drain(row, n_pre, RING_NOTICE, drings[i, p], (s0 + nb) % G, nbk)
                 row[PS_NOTICED] += n_pre
                 pmet[i, p, PM_PREEMPT] += n_pre
                 m[M_PREEMPTIONS] += n_pre
         else:
             row[PS_PRICE] = pp[p, PP_PRICE]
+
+    # --- batch queue: cohorts past the deadline expire; this step's arrivals join a new one ---
+    if has_batch:
+        _batch_expire(c, m, bring[i], bstep, LB)
 
     # --- actions: per pool a bounded replica change, then the warm-pool target ----------------
     maxstep = int(sp[SP_MAXSTEP])
@@ -1121,7 +1341,7 @@ def _step_cluster(i, actions, params, state, out):
             if rest > 0.0:
                 n_drain = min(rest, row[PS_READY])
                 gb = int(sp[SP_GRACE_BINS])
-                _to_drain(row, n_drain, RING_GRACE, drings[i, p], (s0 + gb) % G)
+                _to_drain(row, n_drain, RING_GRACE, drings[i, p], (s0 + gb) % G, nbk)
                 got += n_drain
             changed = got
         if changed > 0.0:
@@ -1223,9 +1443,25 @@ def _step_cluster(i, actions, params, state, out):
                     if D > 0.0:
                         fg = min(xg, D) / D
                         fn = min(xn, D - min(xg, D)) / D
-                        di = row[PS_ID]
-                        dw = row[PS_WD]
-                        dc = row[PS_CD]
+                        # batch sequences go back to the batch queue at either deadline (a
+                        # batch runner retries them); the interactive ones as before
+                        jb = PS_CLASS + N_CF * BATCH_BUCKET + CF_ID
+                        bi = row[jb]
+                        if bi > 0.0:
+                            fb = fg + fn
+                            _batch_requeue(
+                                c,
+                                m,
+                                bring[i],
+                                bstep,
+                                LB,
+                                bi * fb,
+                                row[jb + 2] * fb,
+                                row[jb + 1] * fb,
+                            )
+                        di = row[PS_ID] - bi
+                        dw = row[PS_WD] - row[jb + 1]
+                        dc = row[PS_CD] - row[jb + 2]
                         c[CS_DROPPED] += di * fg
                         m[M_DROPPED] += di * fg
                         rq = di * fn
@@ -1247,11 +1483,11 @@ def _step_cluster(i, actions, params, state, out):
                             if c[CS_QHEAD] > s:
                                 c[CS_QHEAD] = s
                         keep = 1.0 - fg - fn
-                        for kc in range(OUTPUT_CLASSES):
+                        for kc in range(nbk):
                             jc = PS_CLASS + N_CF * kc + CF_ID
                             for fld in range(3):
                                 row[jc + fld] *= keep
-                        _sync_totals(row)
+                        _sync_totals(row, nbk)
                         row[PS_DRAIN] = D - min(xg + xn, D)
                         row[PS_NOTICED] = max(0.0, row[PS_NOTICED] - xn)
 
@@ -1302,6 +1538,23 @@ def _step_cluster(i, actions, params, state, out):
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
+        if has_batch:
+            # batch arrivals (never answered by the response cache) join this step's cohort
+            mean_b = bwl[BQ_N, wb] * rate_scale
+            n_b = _poisson(rng, i, mean_b) if sp[SP_STOCH] > 0.0 else mean_b
+            if n_b > 0.0 and mean_b > 0.0:
+                ratio_b = n_b / bwl[BQ_N, wb]
+                bslot = bstep % LB
+                bp = bwl[BQ_PROMPT, wb] * ratio_b
+                bo = bwl[BQ_OUTPUT, wb] * ratio_b
+                bring[i, BQ_N, bslot] += n_b
+                bring[i, BQ_PROMPT, bslot] += bp
+                bring[i, BQ_OUTPUT, bslot] += bo
+                c[CS_BQN] += n_b
+                c[CS_BQP] += bp
+                c[CS_BQO] += bo
+                c[CS_B_ARRIVED] += n_b
+                m[M_B_ARRIVED] += n_b
 
         # admission capacity per pool, counting the slots and KV this sub-step's completions
         # free: slots in requests; KV and prefill in tokens of the cohorts actually taken
@@ -1320,9 +1573,9 @@ def _step_cluster(i, actions, params, state, out):
         if qn > 1e-12:
             for p in range(P):
                 cp, cs_p, kv_a[p], kv_c[p], kv_a2[p], tok_p[p] = _admission_cap(
-                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2
+                    pp[p], ps[i, p], dt, maxtok, sp, pbar, obar, prompt_m2, nbk
                 )
-                if cp > 0.0:
+                if cp > 0.0 and pp[p, PP_SERVES] != SERVES_BATCH:
                     caps[p] = cp
                     cap_total += cp
                     slot_total += cs_p
@@ -1431,6 +1684,42 @@ def _step_cluster(i, actions, params, state, out):
             got_o = 0.0
             pa = 0.0
 
+        # batch requests take the room the interactive ones left (never while interactive
+        # requests still wait, except on batch-only pools); their prefill shares the iterations
+        b_adm = scr[SCR_B_ADM]
+        got_bn = 0.0
+        pb_adm = 0.0
+        ob_adm = 0.0
+        if has_batch and c[CS_BQN] > 1e-12:
+            for p in range(P):
+                # scratch row reused: this sub-step's interactive admissions per pool
+                b_adm[p] = got_n * caps[p] / cap_total if got_n > 0.0 else 0.0
+            x_int = scr[SCR_TPOT_VALS]  # free until the step metrics
+            for p in range(P):
+                x_int[p] = b_adm[p]
+            got_bn, got_bp, got_bo = _batch_admit(
+                c,
+                bring[i],
+                bstep,
+                LB,
+                pp,
+                ps[i],
+                dt,
+                maxtok,
+                sp,
+                x_int,
+                pa,
+                got_o / got_n if got_n > 0.0 else 0.0,
+                b_adm,
+                c[CS_QN] <= 1e-9,
+            )
+            for p in range(P):
+                x_int[p] = 0.0
+            if got_bn > 0.0:
+                pb_adm = got_bp / got_bn
+                ob_adm = got_bo / got_bn
+                m[M_B_ADMITTED] += got_bn
+
         # decode on ready and draining replicas, then add the admitted requests
         for p in range(P):
             row = ps[i, p]
@@ -1441,6 +1730,9 @@ def _step_cluster(i, actions, params, state, out):
             x = got_n * caps[p] / cap_total if got_n > 0.0 else 0.0
             R = row[PS_READY]
             q_tok = x * pa
+            xb = b_adm[p] if got_bn > 0.0 else 0.0
+            if xb > 0.0:
+                q_tok += xb * pb_adm
             n_it = _iterations(a, cc, kk, pt_s, R, row[PS_IR], row[PS_CR], dt, q_tok)
             if R > 0.0:
                 b = row[PS_IR] / R
@@ -1471,8 +1763,11 @@ def _step_cluster(i, actions, params, state, out):
                     adm_n[p] += x
                     adm_q[p] += q_tok
                     adm_td[p] += x * t_dec
-            dec, done = _decode_classes(row, CF_IR, n_it, sp)
+            dec, done, dec_b, done_b = _decode_classes(row, CF_IR, n_it, sp, nbk)
             tokens = dec
+            # from here on dec and done are the interactive requests' (TPOT and attainment)
+            dec -= dec_b
+            done -= done_b
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
                 _tpot_lifetimes(row, tpot, dt, sp)
@@ -1483,8 +1778,12 @@ def _step_cluster(i, actions, params, state, out):
                     tok_ok += dec
             D = row[PS_DRAIN]
             n_d = _iterations(a, cc, kk, pt_s, D, row[PS_ID], row[PS_CD], dt, 0.0)
-            dec_d, done_d = _decode_classes(row, CF_ID, n_d, sp)
-            _sync_totals(row)
+            dec_d, done_d, dec_db, done_db = _decode_classes(row, CF_ID, n_d, sp, nbk)
+            _sync_totals(row, nbk)
+            tokens_b = dec_b + dec_db
+            done_bp = done_b + done_db
+            dec_d -= dec_db
+            done_d -= done_db
             if n_d > 0.0 and dec_d > 0.0:
                 tpot = dt / n_d
                 tpot_tok[p] += dec_d * tpot
@@ -1492,17 +1791,19 @@ def _step_cluster(i, actions, params, state, out):
                 tok_all += dec_d
                 if tpot <= sp[SP_TPOT]:
                     tok_ok += dec_d
-            tokens += dec_d
+            tokens += dec_d + dec_db
             completed = done + done_d
             done_pool[p] += completed
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
-                completed += row[PS_ID]
-                for kc in range(OUTPUT_CLASSES):
+                rest_b = row[PS_CLASS + N_CF * BATCH_BUCKET + CF_ID]
+                completed += row[PS_ID] - rest_b
+                done_bp += rest_b
+                for kc in range(nbk):
                     jc = PS_CLASS + N_CF * kc + CF_ID
                     for fld in range(3):
                         row[jc + fld] = 0.0
-                _sync_totals(row)
+                _sync_totals(row, nbk)
                 row[PS_DRAIN] = 0.0
                 row[PS_NOTICED] = 0.0
                 for gslot in range(G):
@@ -1519,7 +1820,19 @@ def _step_cluster(i, actions, params, state, out):
                     (got_n - got_n0) * f_p,
                     (got_p - got_p0) * f_p,
                     (got_o - got_o0) * f_p,
+                    nbk,
                 )
+            if xb > 0.0:
+                jb = PS_CLASS + N_CF * BATCH_BUCKET + CF_IR
+                row[jb] += xb
+                row[jb + 1] += xb * ob_adm
+                row[jb + 2] += xb * pb_adm
+                _sync_totals(row, nbk)
+            if has_batch:
+                c[CS_B_COMPLETED] += done_bp
+                m[M_B_COMPLETED] += done_bp
+                m[M_B_TOKENS] += tokens_b
+                pmet[i, p, PM_B_TOKENS] += tokens_b
             c[CS_COMPLETED] += completed
             m[M_COMPLETED] += completed
             m[M_TOKENS] += tokens
@@ -1666,6 +1979,11 @@ def _step_cluster(i, actions, params, state, out):
         inflight += ps[i, p, PS_IR] + ps[i, p, PS_ID]
     m[M_QUEUE] = c[CS_QN]
     m[M_INFLIGHT] = inflight
+    if has_batch:
+        m[M_B_QUEUE] = c[CS_BQN]
+        jb = PS_CLASS + N_CF * BATCH_BUCKET
+        for p in range(P):
+            m[M_B_INFLIGHT] += ps[i, p, jb + CF_IR] + ps[i, p, jb + CF_ID]
     m[M_UTIL] = util_acc / (K * P_total_ready) if P_total_ready > 0.0 else 0.0
     m[M_KV_UTIL] = kv_acc / (K * P_total_ready) if P_total_ready > 0.0 else 0.0
     c[CS_COST] += m[M_COST]
@@ -1679,6 +1997,8 @@ def _step_cluster(i, actions, params, state, out):
         -(m[M_COST] + sp[SP_W_SLO] * m[M_VIOL] + sp[SP_W_CHURN] * m[M_REPLICAS_CHANGED])
         / sp[SP_RSCALE]
     )
+    if has_batch:
+        reward -= sp[SP_W_BATCH] * m[M_B_EXPIRED] / sp[SP_RSCALE]
     m[M_REWARD] = reward
     rew[i] = reward
     _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot)
@@ -1694,6 +2014,7 @@ SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 IN_FLIGHT_SCALE_S = 60.0  # in-flight sequences are scaled by a minute of the reference rate
 OBS_CLUSTER_ENTRIES = 17
 OBS_POOL_ENTRIES = 9
+OBS_BATCH_ENTRIES = 2
 
 
 @njit(cache=True, error_model="numpy")
@@ -1780,6 +2101,14 @@ def write_pool_features(
 
 
 @njit(cache=True, error_model="numpy")
+def write_batch_features(o, j, batch_queue, batch_arrival_rate_rps, reference_rps, deadline_s):
+    """Write the request-class entries (observation.BATCH_FEATURES) at ``o[j:]``: the batch
+    queue and arrival rate (req/s)."""
+    o[j + 0] = batch_queue / (reference_rps * deadline_s)
+    o[j + 1] = batch_arrival_rate_rps / reference_rps
+
+
+@njit(cache=True, error_model="numpy")
 def clip_observation(o, low, high):
     """Every entry into its bounds; a non-finite entry (a 0/0 of an empty pool) becomes 0."""
     for j in range(o.shape[0]):
@@ -1840,19 +2169,42 @@ def _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot):
             pp[p, PP_PRICE],
             pp[p, PP_MAXSEQ],
         )
+    if sp[SP_BATCH] > 0.0:
+        write_batch_features(
+            o,
+            OBS_CLUSTER_ENTRIES + OBS_POOL_ENTRIES * P,
+            c[CS_BQN],
+            m[M_B_ARRIVED] / (K * dt),
+            sp[SP_REF_RPS],
+            sp[SP_BATCH_STEPS] * K * dt,
+        )
     clip_observation(o, obs_lo, obs_hi)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _step_parallel(actions, params, state, out):
     for i in prange(actions.shape[0]):
-        _step_cluster(i, actions, params, state, out)
+        _step_cluster(i, actions, params, state, out, False)
 
 
 @njit(cache=True, error_model="numpy")
 def _step_serial(actions, params, state, out):
     for i in range(actions.shape[0]):
-        _step_cluster(i, actions, params, state, out)
+        _step_cluster(i, actions, params, state, out, False)
+
+
+# the same with batch work: _step_cluster is compiled once per value of its last argument, so
+# without batch work the kernel holds none of the batch code (it cost ~5% CPU when present)
+@njit(parallel=True, cache=True, error_model="numpy")
+def _step_parallel_batch(actions, params, state, out):
+    for i in prange(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out, True)
+
+
+@njit(cache=True, error_model="numpy")
+def _step_serial_batch(actions, params, state, out):
+    for i in range(actions.shape[0]):
+        _step_cluster(i, actions, params, state, out, True)
 
 
 PARALLEL_MIN_CLUSTERS = 16
@@ -1863,12 +2215,16 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
     """Advance every cluster by one decision interval, in place (see the module docstring).
 
     :param actions: int64 [N, 2 * pools], the env's actions.
-    :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi)``, read only.
+    :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi, bwl)``, read only.
     :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch,
-        grid)``.
+        grid, bring)``.
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
-    kernel = _step_parallel if actions.shape[0] >= PARALLEL_MIN_CLUSTERS else _step_serial
+    parallel = actions.shape[0] >= PARALLEL_MIN_CLUSTERS
+    if params[0][SP_BATCH] > 0.0:
+        kernel = _step_parallel_batch if parallel else _step_serial_batch
+    else:
+        kernel = _step_parallel if parallel else _step_serial
     kernel(actions, params, state, out)
 
 
@@ -1943,8 +2299,8 @@ def reset_cluster(i, offset_bins, seed, scales, params, state, out) -> None:
     """Start cluster i afresh at workload bin ``offset_bins`` with its own random stream and
     the episode's multipliers ``scales`` ([N_SCALES], SC_* order; ones for the nominal
     scenario)."""
-    sp, pp, wl, _, spot, _, obs_lo, obs_hi = params
-    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _, _ = state
+    sp, pp, wl, _, spot, _, obs_lo, obs_hi, _ = params
+    cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, _, _, bring = state
     obs, _, met, pmet = out
     P = pp.shape[0]
     for j in range(cs.shape[1]):
@@ -1966,6 +2322,7 @@ def reset_cluster(i, offset_bins, seed, scales, params, state, out) -> None:
         else:
             ps[i, p, PS_PRICE] = pp[p, PP_PRICE]
     qring[i, :, :] = 0.0
+    bring[i, :, :] = 0.0
     whist[i, :, :] = 0.0
     srings[i, :, :, :] = 0.0
     drings[i, :, :, :] = 0.0

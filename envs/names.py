@@ -36,3 +36,12 @@ CAP_BOUND_MET = "cap_bound_met"
 CAP_COUNTS = (CAP_BOUND_STEPS, CAP_BOUND_REQUESTS, CAP_BOUND_MET)
 """An episode under a budget cap: the steps where the cap cut the policy's action, and the
 requests of those steps that counted for the SLO and that met it."""
+
+COST_BY_CLASS_USD = "cost_by_class_usd"
+"""An episode summary's cost per request class (``interactive``, ``batch``), summing to the
+bill (only with batch work)."""
+BATCH_COUNTS = "batch"
+"""An episode summary's batch-request accounting: arrived, admitted, completed, expired,
+requeued, queued and in flight (only with batch work)."""
+BATCH_ATTAINMENT = "batch_attainment"
+"""The share of batch requests whose fate is known that completed within their deadline."""

@@ -16,11 +16,14 @@ exactly what it was trained on. The writers are defined in the kernel's module
 file, so a formula kept in another file could change without the cached kernel noticing.
 
 Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order,
-then :data:`BUDGET_FEATURES` when a budget is observed (written by
-:func:`write_budget_features`, outside the kernel: the simulator's budget ledger and the
-service's spend meter both call it); entries named by :func:`observation_names`, bounded
-by :func:`observation_bounds`. Each entry is clipped to its bounds, a non-finite one taken
-as 0 (:func:`clip_observation`).
+then :data:`BATCH_FEATURES` only when the scenario has batch work (``batch=True``), then
+:data:`BUDGET_FEATURES` when a budget is observed (written by :func:`write_budget_features`,
+outside the kernel: the simulator's budget ledger and the service's spend meter both call
+it); every other scenario keeps its layout. Entries named by :func:`observation_names`,
+bounded by :func:`observation_bounds`. Each entry is clipped to its bounds, a non-finite one
+taken as 0 (:func:`clip_observation`). The batch entries are not wired live: the decision
+service has no metric for the batch queue, so a policy trained with them cannot be exported
+yet.
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ from __future__ import annotations
 import numpy as np
 
 from rlscale.envs.dynamics import (
+    OBS_BATCH_ENTRIES,
     OBS_CLUSTER_ENTRIES,
     OBS_POOL_ENTRIES,
     SECONDS_PER_DAY,
     SECONDS_PER_WEEK,
     clip_observation,
+    write_batch_features,
     write_cluster_features,
     write_pool_features,
 )
 
 __all__ = [
+    "BATCH_FEATURES",
     "BUDGET_FEATURES",
     "CLUSTER_FEATURES",
     "POOL_FEATURES",
@@ -47,6 +53,7 @@ __all__ = [
     "observation_bounds",
     "observation_names",
     "observation_size",
+    "write_batch_features",
     "write_budget_features",
     "write_cluster_features",
     "write_pool_features",
@@ -86,6 +93,12 @@ POOL_FEATURES: tuple[tuple[str, float, float, str], ...] = (
 )
 """(name, low, high, meaning) of each pool's entries, in order."""
 
+BATCH_FEATURES: tuple[tuple[str, float, float, str], ...] = (
+    ("batch_queue", 0.0, 50.0, "batch requests queued / (reference rate x completion window)"),
+    ("batch_arrival_rate", 0.0, 50.0, "batch arrival rate over the last interval / reference rate"),
+)
+"""(name, low, high, meaning) of the request-class entries, last, only with batch work."""
+
 BUDGET_FEATURES: tuple[tuple[str, float, float, str], ...] = (
     ("budget/spent_share", 0.0, 2.0, "spend in the observed budget's period / its limit"),
     ("budget/time_left_share", 0.0, 1.0, "time left in the budget's period / the period"),
@@ -95,29 +108,41 @@ BUDGET_FEATURES: tuple[tuple[str, float, float, str], ...] = (
 N_CLUSTER_FEATURES = len(CLUSTER_FEATURES)
 N_POOL_FEATURES = len(POOL_FEATURES)
 # the writers' own count of what they write (they are compiled with the kernel, see above)
-assert (N_CLUSTER_FEATURES, N_POOL_FEATURES) == (OBS_CLUSTER_ENTRIES, OBS_POOL_ENTRIES)
+assert (N_CLUSTER_FEATURES, N_POOL_FEATURES, len(BATCH_FEATURES)) == (
+    OBS_CLUSTER_ENTRIES,
+    OBS_POOL_ENTRIES,
+    OBS_BATCH_ENTRIES,
+)
 
 
-def observation_size(n_pools: int, budgeted: bool = False) -> int:
-    """Entries of the observation of a cluster of ``n_pools`` pools (and an observed budget
-    when ``budgeted``)."""
-    extra = len(BUDGET_FEATURES) if budgeted else 0
+def observation_size(n_pools: int, budgeted: bool = False, *, batch: bool = False) -> int:
+    """Entries of the observation of a cluster of ``n_pools`` pools (with batch work when
+    ``batch``, and an observed budget when ``budgeted``)."""
+    extra = (len(BATCH_FEATURES) if batch else 0) + (len(BUDGET_FEATURES) if budgeted else 0)
     return N_CLUSTER_FEATURES + N_POOL_FEATURES * n_pools + extra
 
 
-def observation_names(pool_names: list[str], budgeted: bool = False) -> list[str]:
+def observation_names(
+    pool_names: list[str], budgeted: bool = False, *, batch: bool = False
+) -> list[str]:
     """Names of the observation vector's entries, in order (``POOL/feature`` per pool)."""
     names = [f[0] for f in CLUSTER_FEATURES]
     for pool in pool_names:
         names += [f"{pool}/{f[0]}" for f in POOL_FEATURES]
+    if batch:
+        names += [f[0] for f in BATCH_FEATURES]
     if budgeted:
         names += [f[0] for f in BUDGET_FEATURES]
     return names
 
 
-def observation_bounds(n_pools: int, budgeted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def observation_bounds(
+    n_pools: int, budgeted: bool = False, *, batch: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds of every observation entry (float64)."""
     feats = list(CLUSTER_FEATURES) + list(POOL_FEATURES) * n_pools
+    if batch:
+        feats += list(BATCH_FEATURES)
     if budgeted:
         feats += list(BUDGET_FEATURES)
     lo = np.array([f[1] for f in feats], dtype=np.float64)

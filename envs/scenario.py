@@ -110,6 +110,32 @@ class SyntheticLoad(_Strict):
 TraceFormat = Literal["azure", "mooncake", "servegen", "csv"]
 
 
+REQUEST_CLASSES = ("interactive", "batch")
+"""Request classes: interactive requests have TTFT and TPOT targets (the SLO); batch requests
+a completion deadline (``workload.batch.deadline_h``), as batch APIs offer."""
+
+
+class BatchConfig(_Strict):
+    """Batch requests in the workload: a share of the arrivals, or a trace's ``class`` column.
+
+    Batch requests wait in their own queue and take the room interactive requests leave (or a
+    pool with ``serves: batch``); one still queued at its deadline expires, as a batch API's
+    unfinished requests do at the end of its completion window.
+    """
+
+    share: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0,
+        description="share of the arrivals that are batch requests (drawn per request for a "
+        "trace without a class column; a trace with one gives its own classes)",
+    )
+    deadline_h: PositiveFloat = Field(
+        default=24.0, description="completion window: a request still queued this long expires"
+    )
+    expired_usd: NonNegFloat = Field(
+        default=0.01, description="reward lost per expired batch request, USD"
+    )
+
+
 class WorkloadConfig(_Strict):
     """Where requests come from: a recorded trace replayed, or synthetic seasonal load."""
 
@@ -130,6 +156,9 @@ class WorkloadConfig(_Strict):
     synthetic: SyntheticLoad | None = None
     start_weekday: Annotated[int, Field(ge=0, le=6)] = 0
     start_hour: Annotated[float, Field(ge=0, lt=24)] = 0.0
+    batch: BatchConfig | None = Field(
+        default=None, description="batch requests (request class 'batch'); none when absent"
+    )
 
     @model_validator(mode="after")
     def _source(self) -> WorkloadConfig:
@@ -174,6 +203,11 @@ class PoolConfig(_Strict):
     warm_pool_max: Annotated[int, Field(ge=0)] = 0
     warm_holding_usd_h: NonNegFloat = 0.0
     spot: SpotConfig | None = None
+    serves: Literal["all", "interactive", "batch"] = Field(
+        default="all",
+        description="request classes the pool admits: 'all' admits batch requests into the "
+        "room interactive ones leave",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PoolConfig:

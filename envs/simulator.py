@@ -32,6 +32,7 @@ from rlscale.envs.randomization import (
     scales_dict,
 )
 from rlscale.envs.scenario import (
+    REQUEST_CLASSES,
     RandomizationConfig,
     Scenario,
     ScenarioError,
@@ -42,6 +43,11 @@ from rlscale.envs.splits import Split, check_part, split_of
 from rlscale.envs.spot import SpotMarket, build_spot_market
 from rlscale.envs.workload import WorkloadSeries, build_workload, output_classes
 
+_SERVES = {
+    "all": dyn.SERVES_ALL,
+    "interactive": dyn.SERVES_INTERACTIVE,
+    "batch": dyn.SERVES_BATCH,
+}
 POOL_STATES = ("provisioning", "loading", "ready", "draining", "standby", "refilling", "noticed")
 _POOL_STATE_METRICS = (
     dyn.PM_PROV,
@@ -247,6 +253,7 @@ class ClusterSimulator:
             pp[p, dyn.PP_WARMMAX] = pool.warm_pool_max
             pp[p, dyn.PP_HOLD] = pool.warm_holding_usd_h
             pp[p, dyn.PP_INIT] = pool.initial_replicas
+            pp[p, dyn.PP_SERVES] = _SERVES[pool.serves]
             cs_model = build_cold_start(sc.cold_start, prof)
             cold[p, dyn.CT_PROV] = cs_model.provisioning_s
             cold[p, dyn.CT_LOAD] = cs_model.loading_s
@@ -314,7 +321,22 @@ class ClusterSimulator:
         if classes is None:  # lengths unknown: memoryless classes, as one bucket would be
             classes = output_classes(np.ones(1), np.ones(1))
             classes[:, dyn.CP_PHI] = 1.0
-        sp[dyn.SP_CLASS : dyn.SP_OUTPUT_Q] = np.asarray(classes, dtype=np.float64).ravel()
+        n_cls = dyn.N_CP * dyn.OUTPUT_CLASSES
+        sp[dyn.SP_CLASS : dyn.SP_CLASS + n_cls] = np.asarray(classes, dtype=np.float64).ravel()
+        self.has_batch = wl.batch_bins is not None
+        batch = sc.workload.batch
+        if batch is None and self.has_batch:
+            raise ScenarioError(
+                f"the workload '{wl.name}' has batch requests (a class column) but the scenario "
+                "has no workload.batch section: add one to set their deadline"
+            )
+        bclass = wl.batch_class if wl.batch_class is not None else np.ones(dyn.N_CP)
+        sp[dyn.SP_CLASS + n_cls : dyn.SP_OUTPUT_Q] = bclass
+        sp[dyn.SP_BATCH] = 1.0 if self.has_batch else 0.0
+        # the batch queue holds a cohort per decision step, for the deadline
+        deadline_s = batch.deadline_h * 3600.0 if batch is not None else sc.control_interval_s
+        sp[dyn.SP_BATCH_STEPS] = max(1, round(deadline_s / (K * sc.substep_s)))
+        sp[dyn.SP_W_BATCH] = batch.expired_usd if batch is not None else 0.0
         mean_output = float(wl.output_tokens.sum() / max(wl.arrivals.sum(), 1e-9))
         quantiles = wl.output_quantiles
         if quantiles is None:  # lengths unknown: every request at the mean
@@ -331,10 +353,17 @@ class ClusterSimulator:
         sp[dyn.SP_PER_REPLICA_QUEUES] = 0.0 if sc.routing == "least_loaded" else 1.0
         self.sim_params = sp
         self.workload_arrays = kernel_workload_arrays(wl)
+        self.batch_arrays = (
+            np.ascontiguousarray(wl.batch_bins, dtype=np.float64)
+            if self.has_batch
+            else np.zeros((dyn.N_BQ, 1))
+        )
         self.prompt_quantiles = _prefill_table(wl)
 
         self.observes_budget = any(b.observed for b in sc.budgets)
-        self.obs_low, self.obs_high = observation_bounds(P, self.observes_budget)
+        self.obs_low, self.obs_high = observation_bounds(
+            P, self.observes_budget, batch=self.has_batch
+        )
         obs_dim = self.obs_low.shape[0]
         self.action_nvec = np.array(
             [2 * sc.max_step + 1] * P + [p.warm_pool_max + 1 for p in sc.pools], dtype=np.int64
@@ -343,6 +372,11 @@ class ClusterSimulator:
         self.cluster_state = np.zeros((n, dyn.N_CS))
         self.pool_state = np.zeros((n, P, dyn.N_PS))
         self.queue_ring = np.zeros((n, dyn.N_Q, L))
+        self.batch_ring = np.zeros(
+            (n, dyn.N_BQ, int(sp[dyn.SP_BATCH_STEPS]) if self.has_batch else 1)
+        )
+        # the episode's cost allocated to the request classes (REQUEST_CLASSES order)
+        self.class_cost_usd = np.zeros((n, len(REQUEST_CLASSES)))
         self.wait_hist = np.zeros((n, 3, L))
         self.lifecycle_rings = np.zeros((n, P, 3, H), dtype=np.float32)
         self.drain_rings = np.zeros((n, P, 2, G))
@@ -361,6 +395,10 @@ class ClusterSimulator:
             [p.profile.gpus_per_replica for p in self.pools], dtype=np.float64
         )
         self._interval_arrived = _interval_has_requests(wl, K)
+        # a pool's cost while it decodes nothing goes to the class it serves
+        self._idle_batch_share = np.array(
+            [1.0 if pool.serves == "batch" else 0.0 for pool in sc.pools]
+        )
         self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L))
         self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS))
         self.steps = np.zeros(n, dtype=np.int64)
@@ -376,6 +414,7 @@ class ClusterSimulator:
             self.cold_tables,
             self.obs_low,
             self.obs_high,
+            self.batch_arrays,
         )
         self._state = (
             self.cluster_state,
@@ -389,6 +428,7 @@ class ClusterSimulator:
             self.episode_tpot_hist,
             np.zeros((n, dyn.N_SCR, P)),
             np.zeros((n, dyn.N_GR, max(dyn.TTFT_GRID, self.prompt_quantiles.shape[1]))),
+            self.batch_ring,
         )
         self._out = (self.obs, self.rewards, self.metrics, self.pool_metrics)
         self._cluster_views: dict[int, ClusterView] = {}
@@ -437,7 +477,7 @@ class ClusterSimulator:
     @property
     def observation_names(self) -> list[str]:
         """Names of the observation's entries (the observed budget's last, when there is one)."""
-        return observation_names(self.pool_names, self.observes_budget)
+        return observation_names(self.pool_names, self.observes_budget, batch=self.has_batch)
 
     def spaces(self) -> tuple[Any, Any]:
         """Observation and action space of one cluster: a ``Box`` and a ``MultiDiscrete``."""
@@ -485,6 +525,7 @@ class ClusterSimulator:
         self.tenant_busy_usd[i] = 0.0
         self.tenant_idle_usd[i] = 0.0
         self.tenant_busy_gpu_s[i] = 0.0
+        self.class_cost_usd[i] = 0.0
         scales = NOMINAL if self._randomization is None else draw_scales(self._randomization, seed)
         dyn.reset_cluster(
             i, start * self.substeps_per_step, seed, scales, self._params, self._state, self._out
@@ -507,6 +548,8 @@ class ClusterSimulator:
         self._actions[:] = a if ledger is None else ledger.before_step(a)
         dyn.step_clusters(self._actions, self._params, self._state, self._out)
         self._meter_tenants()
+        if self.has_batch:
+            self._meter_classes()
         if ledger is not None:
             ledger.after_step()
         self.steps += 1
@@ -533,6 +576,22 @@ class ClusterSimulator:
             self.tenant_idle_usd,
             self.tenant_busy_gpu_s,
         )
+
+    def _meter_classes(self) -> None:
+        """Allocate every cluster's last interval to the request classes: each pool's cost by
+        the share of its tokens each class decoded; a pool that decoded none (idle, starting,
+        draining empty) charges the class it serves, interactive when it serves both."""
+        pm = self.pool_metrics
+        cost = pm[:, :, dyn.PM_COST]
+        tokens = pm[:, :, dyn.PM_TOKENS]
+        batch_share = np.where(
+            tokens > 0.0,
+            pm[:, :, dyn.PM_B_TOKENS] / np.maximum(tokens, 1e-300),
+            self._idle_batch_share,
+        )
+        batch_usd = (cost * batch_share).sum(axis=1)
+        self.class_cost_usd[:, 1] += batch_usd
+        self.class_cost_usd[:, 0] += cost.sum(axis=1) - batch_usd
 
     def set_violation_price(self, usd: float) -> None:
         """Price one SLO violation at ``usd`` in the reward from the next step on (training
@@ -567,10 +626,42 @@ class ClusterSimulator:
             "completed": float(c[dyn.CS_COMPLETED]),
             "dropped": float(c[dyn.CS_DROPPED]),
             "queued": float(self.queue_ring[i, 0].sum()),
-            "in_flight": float(ps[:, dyn.PS_IR].sum() + ps[:, dyn.PS_ID].sum()),
+            "in_flight": float(ps[:, dyn.PS_IR].sum() + ps[:, dyn.PS_ID].sum())
+            - self._batch_in_flight(i),
             "admitted": float(c[dyn.CS_ADMITTED]),
             "requeued": float(c[dyn.CS_REQUEUED]),
         }
+
+    def _batch_in_flight(self, i: int) -> float:
+        jb = dyn.PS_CLASS + dyn.N_CF * dyn.BATCH_BUCKET
+        ps = self.pool_state[i]
+        return float(ps[:, jb + dyn.CF_IR].sum() + ps[:, jb + dyn.CF_ID].sum())
+
+    def batch_counters(self, i: int) -> dict[str, float]:
+        """Cumulative accounting of cluster ``i``'s batch requests: arrived = completed +
+        expired + queued + in flight (``requeued`` ones were counted back into the queue;
+        ``admitted`` counts each admission, a requeued request's again). All zero without
+        batch work."""
+        c = self.cluster_state[i]
+        return {
+            "arrived": float(c[dyn.CS_B_ARRIVED]),
+            "completed": float(c[dyn.CS_B_COMPLETED]),
+            "expired": float(c[dyn.CS_B_EXPIRED]),
+            "queued": float(self.batch_ring[i, dyn.BQ_N].sum()),
+            "in_flight": self._batch_in_flight(i),
+            "admitted": float(c[dyn.CS_B_ADMITTED]),
+            "requeued": float(c[dyn.CS_B_REQUEUED]),
+        }
+
+    def class_costs(self, i: int) -> dict[str, float]:
+        """Cost of cluster ``i``'s episode so far by request class (USD); sums to the bill.
+        Without batch work everything is the interactive requests'."""
+        if not self.has_batch:
+            return {
+                REQUEST_CLASSES[0]: float(self.cluster_state[i, dyn.CS_COST]),
+                REQUEST_CLASSES[1]: 0.0,
+            }
+        return dict(zip(REQUEST_CLASSES, self.class_cost_usd[i].tolist(), strict=True))
 
     def randomization(self, i: int) -> dict[str, float]:
         """The multipliers cluster ``i``'s episode runs with (``rate_scale``,
@@ -637,6 +728,19 @@ class ClusterSimulator:
             },
             "replicas": self.replicas(i),
         }
+        if self.has_batch:
+            info.update(
+                {
+                    "batch/arrived": float(m[dyn.M_B_ARRIVED]),
+                    "batch/admitted": float(m[dyn.M_B_ADMITTED]),
+                    "batch/completed": float(m[dyn.M_B_COMPLETED]),
+                    "batch/expired": float(m[dyn.M_B_EXPIRED]),
+                    "batch/requeued": float(m[dyn.M_B_REQUEUED]),
+                    "batch/queue": float(m[dyn.M_B_QUEUE]),
+                    "batch/in_flight": float(m[dyn.M_B_INFLIGHT]),
+                    "batch/tokens": float(m[dyn.M_B_TOKENS]),
+                }
+            )
         if self.scenario.budget_usd:  # reported, not observed: a live cluster has no episode
             info["cost/budget_spent"] = info["cost/total_usd"] / self.scenario.budget_usd
         if self.budget_ledger is not None:

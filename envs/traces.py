@@ -6,7 +6,8 @@ earliest request):
 - ``azure``: CSV ``TIMESTAMP,ContextTokens,GeneratedTokens`` with wall-clock timestamps such as
   ``2023-11-16 18:15:46.6805900`` (any number of fractional digits).
 - ``mooncake``: JSON lines with ``timestamp`` (ms), ``input_length``, ``output_length``.
-- ``csv``: ``timestamp_s,prompt_tokens,output_tokens[,tenant]``.
+- ``csv``: ``timestamp_s,prompt_tokens,output_tokens[,tenant][,class]``, where ``class`` is
+  a request class (``interactive`` or ``batch``; empty = interactive).
 
 ServeGen publishes no requests, only per-client 10-minute windows of (rate, inter-arrival law);
 :func:`read_servegen` loads them as a :class:`ServeGenTrace` and
@@ -32,7 +33,13 @@ import numpy as np
 from scipy.special import gamma as gamma_fn
 
 from .datasets import fetch_hint
-from .scenario import DATA_ENV_VAR, ScenarioError, data_root, resolve_data_path
+from .scenario import (
+    DATA_ENV_VAR,
+    REQUEST_CLASSES,
+    ScenarioError,
+    data_root,
+    resolve_data_path,
+)
 
 BACKWARDS_TOLERANCE_S = 1.0
 """Largest step back in time (seconds) tolerated, and repaired by sorting, in a trace."""
@@ -57,6 +64,8 @@ class TraceRequests:
         output_tokens: float64 [N], generated tokens per request.
         tenant: int32 [N], index into ``tenant_names``.
         tenant_names: tenant ids; ``("default",)`` when the file has none.
+        batch: bool [N], the requests of class ``batch``; None when the file gives no class
+            (then every request is interactive unless the scenario draws a batch share).
     """
 
     source: str
@@ -65,6 +74,7 @@ class TraceRequests:
     output_tokens: np.ndarray
     tenant: np.ndarray
     tenant_names: tuple[str, ...]
+    batch: np.ndarray | None = None
 
     @property
     def n_requests(self) -> int:
@@ -191,6 +201,7 @@ def _requests(
     prompt: list[float],
     output: list[float],
     tenant: list[str] | None,
+    batch: list[bool] | None = None,
 ) -> TraceRequests:
     if not time_s:
         raise ScenarioError(f"{path}: the trace has no requests")
@@ -204,10 +215,12 @@ def _requests(
         uniq, inverse = np.unique(np.asarray(tenant, dtype=object).astype(str), return_inverse=True)
         names = tuple(str(u) for u in uniq)
         ten = inverse.astype(np.int32)
+    b = None if batch is None else np.asarray(batch, dtype=bool)
     perm = _order(t, np.asarray(lines), path, time_field)
     if perm is not None:
         t, p, o, ten = t[perm], p[perm], o[perm], ten[perm]
-    return TraceRequests(str(path), t - t.min(), p, o, ten, names)
+        b = None if b is None else b[perm]
+    return TraceRequests(str(path), t - t.min(), p, o, ten, names, b)
 
 
 # --- request-level formats ----------------------------------------------------------------------
@@ -307,20 +320,25 @@ def read_mooncake(path: Path) -> TraceRequests:
 
 
 def read_csv_trace(path: Path) -> TraceRequests:
-    """Plain CSV ``timestamp_s,prompt_tokens,output_tokens[,tenant]``; empty tenant = "default"."""
+    """Plain CSV ``timestamp_s,prompt_tokens,output_tokens[,tenant][,class]``; an empty tenant
+    is "default", an empty class "interactive"."""
     rows = _read_rows(path)
     header = tuple(c.strip() for c in rows[0][1]) if rows else ()
-    if header not in (_CSV_HEADER, (*_CSV_HEADER, "tenant")):
+    extra = header[len(_CSV_HEADER) :]
+    if header[: len(_CSV_HEADER)] != _CSV_HEADER or extra not in _CSV_OPTIONAL:
         raise ScenarioError(
-            f"{path}, line 1: expected the header {','.join(_CSV_HEADER)}[,tenant], got "
+            f"{path}, line 1: expected the header {','.join(_CSV_HEADER)}[,tenant][,class], got "
             f"{','.join(header) if header else 'an empty file'}"
         )
     n_fields = len(header)
+    col_tenant = header.index("tenant") if "tenant" in extra else -1
+    col_class = header.index("class") if "class" in extra else -1
     time_s: list[float] = []
     lines: list[int] = []
     prompt: list[float] = []
     output: list[float] = []
-    tenant: list[str] | None = [] if n_fields == 4 else None
+    tenant: list[str] | None = [] if col_tenant >= 0 else None
+    batch: list[bool] | None = [] if col_class >= 0 else None
     for line, row in rows[1:]:
         if len(row) != n_fields:
             raise _bad(path, line, "(row)", ",".join(row), f"row must have {n_fields} fields")
@@ -329,8 +347,22 @@ def read_csv_trace(path: Path) -> TraceRequests:
         prompt.append(_token_count(row[1], path, line, "prompt_tokens"))
         output.append(_token_count(row[2], path, line, "output_tokens"))
         if tenant is not None:
-            tenant.append(row[3].strip() or "default")
-    return _requests(path, "timestamp_s", time_s, lines, prompt, output, tenant)
+            tenant.append(row[col_tenant].strip() or "default")
+        if batch is not None:
+            batch.append(_request_class(row[col_class], path, line) == "batch")
+    return _requests(path, "timestamp_s", time_s, lines, prompt, output, tenant, batch)
+
+
+_CSV_OPTIONAL = ((), ("tenant",), ("class",), ("tenant", "class"), ("class", "tenant"))
+
+
+def _request_class(value: str, path: Path, line: int) -> str:
+    """A ``class`` field: one of :data:`~rlscale.envs.scenario.REQUEST_CLASSES`, empty =
+    interactive."""
+    v = value.strip() or REQUEST_CLASSES[0]
+    if v not in REQUEST_CLASSES:
+        raise _bad(path, line, "class", value, f"must be one of {', '.join(REQUEST_CLASSES)}")
+    return v
 
 
 def read_trace(kind: str, path: str | Path) -> TraceRequests:

@@ -111,6 +111,13 @@ class WorkloadSeries:
         output_class_bins: float64 [3, T], of each bin's arrivals those in output class 0
             (the shorter answers), their prompt and output tokens; None where the source has
             no per-request lengths (the classes then arrive in their overall proportions).
+        batch_bins: float64 [3, T], batch requests (request class ``batch``) arriving in each
+            bin, their prompt and output tokens; None when the workload has none. Every other
+            per-bin field (arrivals, tokens, forecast, output classes) is the interactive
+            requests'; the tenant shares count both classes' tokens (both are billed).
+        batch_class: float64 [N_CP], the batch requests' output-length parameters in the
+            kernel's ``CP_*`` order (one class: share 1, ratios 1, their own ``phi`` and prompt
+            shift); None without batch requests.
     """
 
     name: str
@@ -130,6 +137,8 @@ class WorkloadSeries:
     output_quantiles: np.ndarray | None = None
     output_class_bins: np.ndarray | None = None
     tenant_request_share: np.ndarray | None = None
+    batch_bins: np.ndarray | None = None
+    batch_class: np.ndarray | None = None
 
     @property
     def n_bins(self) -> int:
@@ -252,6 +261,37 @@ def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         table[k, CP_PHI] = (ok**2).mean() / (2.0 * ok.mean() ** 2)
         table[k, CP_PSHIFT] = (pk * ok).sum() / ok.sum() - pk.mean()
     return table
+
+
+def _neutral_class() -> np.ndarray:
+    """[N_CP] one class of all requests with memoryless output lengths."""
+    row = np.ones(N_CP)
+    row[CP_PSHIFT] = 0.0
+    return row
+
+
+def batch_class_params(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """[N_CP] the batch requests as one output-length class (see :class:`WorkloadSeries`)."""
+    p = np.asarray(prompt, dtype=np.float64)
+    o = np.asarray(output, dtype=np.float64)
+    row = _neutral_class()
+    if o.size and o.mean() > 0.0:
+        row[CP_PHI] = (o**2).mean() / (2.0 * o.mean() ** 2)
+        row[CP_PSHIFT] = (p * o).sum() / o.sum() - p.mean()
+    return row
+
+
+def mixture_class_params(classes: np.ndarray, mean_prompt: float) -> np.ndarray:
+    """[N_CP] :func:`batch_class_params` of requests drawn from the output-length classes
+    ``classes`` (a random share of the workload), mean prompt ``mean_prompt`` tokens."""
+    s, o, pr = classes[:, CP_SHARE], classes[:, CP_OUTPUT], classes[:, CP_PROMPT]
+    row = _neutral_class()
+    so = float((s * o).sum())
+    if so > 0.0:
+        row[CP_PHI] = float((s * classes[:, CP_PHI] * o**2).sum()) / so**2
+        shift = (s * o * (classes[:, CP_PSHIFT] + pr * mean_prompt)).sum() / so
+        row[CP_PSHIFT] = float(shift - mean_prompt * (s * pr).sum())
+    return row
 
 
 def distribution_output_classes(dist: LengthDistribution, levels: int = 4096) -> np.ndarray:
@@ -455,6 +495,8 @@ def _rescale_requests(
     thinning or superposition (see the module docstring)."""
     t = req.time_s[mask] - offset_s
     fields = (req.prompt_tokens[mask], req.output_tokens[mask], req.tenant[mask])
+    if req.batch is not None:
+        fields = (*fields, req.batch[mask])
     if scale == 1.0:
         return (t, *fields)
     parts: list[tuple[np.ndarray, ...]] = []
@@ -482,6 +524,8 @@ class _Built:
     output_classes: np.ndarray | None = None
     output_quantiles: np.ndarray | None = None
     output_class_bins: np.ndarray | None = None
+    batch_bins: np.ndarray | None = None
+    batch_class: np.ndarray | None = None
 
 
 def _build_recorded(
@@ -503,10 +547,34 @@ def _build_recorded(
             f"no request of {what} ({req.time_s[-1] / 3600:.4g} h long) falls in the window"
         )
     scale = _rate_scale(cfg, n_in, span_s, what)
-    t, prompt, output, tenant = _rescale_requests(req, mask, start_s, span_s, scale, rng)
+    t, prompt, output, tenant, *marked = _rescale_requests(req, mask, start_s, span_s, scale, rng)
     bins = _Bins.empty(n_bins, per_interval, len(req.tenant_names))
     bin_idx = np.minimum((t / substep_s).astype(np.int64), n_bins - 1)
+    # request classes: the trace's own, else a drawn share (drawn last: the rest is as without)
+    share = cfg.batch.share if cfg.batch is not None else 0.0
+    is_batch = marked[0] if marked else (rng.random(t.shape[0]) < share if share > 0 else None)
+    batch_bins = batch_class = None
+    if is_batch is not None and is_batch.any():
+        both = _Bins.empty(n_bins, per_interval, len(req.tenant_names))
+        both.add(bin_idx, None, prompt, output, tenant.astype(np.int64), per_interval)
+        bi, bp, bo = bin_idx[is_batch], prompt[is_batch], output[is_batch]
+        batch_bins = np.stack(
+            [
+                np.bincount(bi, minlength=n_bins).astype(np.float64),
+                np.bincount(bi, weights=bp, minlength=n_bins),
+                np.bincount(bi, weights=bo, minlength=n_bins),
+            ]
+        )
+        batch_class = batch_class_params(bp, bo)
+        keep = ~is_batch
+        t, prompt, output, tenant, bin_idx = (a[keep] for a in (t, prompt, output, tenant, bin_idx))
+        if t.size == 0:
+            raise ScenarioError(f"{what}: every request in the window is a batch request")
     bins.add(bin_idx, None, prompt, output, tenant.astype(np.int64), per_interval)
+    if batch_bins is not None:
+        # the tenants are billed for both classes' tokens
+        bins.tenant_tokens = both.tenant_tokens
+        bins.tenant_requests = both.tenant_requests
     short = shorter_answers(output)
     class_bins = np.stack(
         [
@@ -535,6 +603,8 @@ def _build_recorded(
         output_quantiles=(
             np.quantile(output, (np.arange(N_OUTPUT_Q) + 0.5) / N_OUTPUT_Q) if output.size else None
         ),
+        batch_bins=batch_bins,
+        batch_class=batch_class,
     )
 
 
@@ -864,6 +934,8 @@ def build_workload(
         built = _build_servegen(cfg, substep_s, per_interval, rng)
     else:
         built = _build_recorded(cfg, substep_s, per_interval, rng)
+    if cfg.batch is not None and cfg.batch.share > 0 and built.batch_bins is None:
+        _split_batch_share(built, cfg.batch.share)
     return WorkloadSeries(
         name=built.name,
         substep_s=float(substep_s),
@@ -884,4 +956,26 @@ def build_workload(
         tenant_request_share=(
             None if built.bins.tenant_requests is None else _shares(built.bins.tenant_requests)
         ),
+        batch_bins=built.batch_bins,
+        batch_class=built.batch_class,
     )
+
+
+def _split_batch_share(built: _Built, share: float) -> None:
+    """Make ``share`` of every bin's arrivals batch requests (a source without per-request
+    lengths: synthetic load, ServeGen); the interactive rest keeps the bin's mix."""
+    b = built.bins
+    built.batch_bins = np.stack([b.arrivals, b.prompt_tokens, b.output_tokens]) * share
+    keep = 1.0 - share
+    b.arrivals = b.arrivals * keep
+    b.prompt_tokens = b.prompt_tokens * keep
+    b.output_tokens = b.output_tokens * keep
+    built.forecast_rps = built.forecast_rps * keep
+    if built.output_class_bins is not None:
+        built.output_class_bins = built.output_class_bins * keep
+    n = max(float(built.batch_bins[0].sum()), 1e-12)
+    classes = built.output_classes
+    if classes is None:
+        built.batch_class = _neutral_class()
+    else:
+        built.batch_class = mixture_class_params(classes, float(built.batch_bins[1].sum()) / n)

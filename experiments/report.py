@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rlscale.common.html import REPORT_CSS, format_number, html_figure, html_table, png_data_uri
+from rlscale.envs.names import BATCH_ATTAINMENT, BATCH_COUNTS, COST_BY_CLASS_USD
 from rlscale.experiments.budget_report import budget_sections
 from rlscale.experiments.results import NO_VALUE, Evaluation, MeanCI, Results, load_results
 
@@ -353,6 +354,38 @@ def grouped_table(results: Results, prefix: str, fmt: str, key_title: str) -> st
     return html_table([key_title, *labels], rows)
 
 
+CLASS_NOTE = (
+    "Interactive requests have the TTFT/TPOT SLO; batch requests a completion deadline. SLO "
+    "attainment above counts interactive requests only. Batch within deadline = completed / "
+    "(completed + expired); requests still queued or in flight at the episode's end are "
+    "counted apart. Each pool's cost is split by the tokens each class decoded on it (a pool "
+    "that decoded nothing charges the class it serves); the classes' costs sum to the bill."
+)
+"""What the request-class tables say (rlscale.envs.dynamics, "Batch requests")."""
+
+
+def class_section(results: Results) -> list[str]:
+    """The request-class section (cost per class, batch accounting); none without batch."""
+    if not any(summary.group(COST_BY_CLASS_USD) for summary in results.policies.values()):
+        return []
+    return [
+        '<section id="classes"><h2>Request classes: cost (USD) and batch requests</h2>',
+        grouped_table(results, COST_BY_CLASS_USD, "{:.3f}", "Class"),
+        html_table(
+            ["Policy", "Batch within deadline"],
+            [
+                [
+                    f"<th>{html.escape(label)}</th>",
+                    _cell(results, label, BATCH_ATTAINMENT, "{:.4f}"),
+                ]
+                for label in results.policies
+            ],
+        ),
+        grouped_table(results, BATCH_COUNTS, "{:.1f}", "Batch requests"),
+        f'<p class="note">{html.escape(CLASS_NOTE)}</p></section>',
+    ]
+
+
 def tenant_table(results: Results) -> str:
     """Rows: tenants (the top ones and ``other``); per policy, the tenant's cost and the idle
     share of it (capacity its load did not need, warm pool, cold starts, draining)."""
@@ -497,6 +530,7 @@ def render_report(ev: Evaluation) -> str:
         '<section id="tenants"><h2>Cost per tenant (USD) and its idle share</h2>',
         tenant_table(res),
         f'<p class="note">{html.escape(TENANT_NOTE)}</p></section>',
+        *class_section(res),
         '<section id="method"><h2>How these numbers were made</h2><p class="note">',
         "Each metric is per held-out episode. A seed's value is its mean over the windows it "
         "ran; the table shows the mean over seeds and the half-width of the two-sided 95% "

@@ -39,7 +39,14 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as typed
 
-from rlscale.envs.names import BUDGET_GROUPS, CAP_COUNTS, EPISODE_LATENCY_KEYS
+from rlscale.envs.names import (
+    BATCH_ATTAINMENT,
+    BATCH_COUNTS,
+    BUDGET_GROUPS,
+    CAP_COUNTS,
+    COST_BY_CLASS_USD,
+    EPISODE_LATENCY_KEYS,
+)
 from rlscale.envs.scenario import SLOConfig
 
 if TYPE_CHECKING:
@@ -138,6 +145,14 @@ def flatten_summary(
         for budget, value in summary.get(group, {}).items():
             flat[f"{group}/{budget}"] = float(value)
     flat.update({k: float(summary[k]) for k in CAP_COUNTS if k in summary})
+    # request classes (only with batch work): per-class cost, the batch requests' accounting
+    # and the share of them completed within their deadline
+    for cls, cost in summary.get(COST_BY_CLASS_USD, {}).items():
+        flat[f"{COST_BY_CLASS_USD}/{cls}"] = float(cost)
+    for key, value in summary.get(BATCH_COUNTS, {}).items():
+        flat[f"{BATCH_COUNTS}/{key}"] = float(value)
+    if BATCH_ATTAINMENT in summary:
+        flat[BATCH_ATTAINMENT] = float(summary[BATCH_ATTAINMENT])
     return flat
 
 

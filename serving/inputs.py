@@ -229,6 +229,7 @@ def read_request(
                     "spot_capacity_share", pm.spot_capacity_share, pool=name
                 ),
                 batch_per_replica=read.number("batch_per_replica", pm.batch_per_replica, pool=name),
+                serves=cfg.serves,
                 **replicas,
             )
         )

@@ -587,3 +587,54 @@ def test_predictive_lead_defaults_to_the_median_cold_start(azure_conv):
     """provisioning 60 + image pull 40 + weight load (~4.6 s for 16 GB) + warm-up 20 s."""
     policy = make_policy("predictive", azure_conv["scenario"], {})
     assert 120.0 < policy.config()["lead_s"] < 130.0
+
+
+def test_spot_aware_sizes_a_batch_only_spot_pool_for_the_backlog():
+    """With batch work and a batch-only spot pool, interactive load runs wholly on demand and
+    spot gets ceil(backlog / (drain share x window) / (utilization x capacity)) replicas."""
+    from rlscale.agents.base import ClusterState, PoolState
+    from rlscale.agents.spot_aware import SpotAwarePolicy
+
+    def state(batch_queue: float, spot_serves: str) -> ClusterState:
+        pools = (
+            PoolState("od", "on_demand", 8, 0, 4.0, 4.0, 10.0, ready=3.0),
+            PoolState("spot", "spot", 8, 0, 4.0, 1.6, 10.0, serves=spot_serves),
+        )
+        return ClusterState(
+            time_s=0.0,
+            time_of_week_s=0.0,
+            interval_s=30.0,
+            arrival_rate_rps=17.0,
+            arrival_rate_ewma_rps=17.0,
+            forecast_rps=17.0,
+            queue=0.0,
+            in_flight=0.0,
+            gpu_util=0.5,
+            kv_util=0.3,
+            ttft_p50_s=0.1,
+            ttft_p95_s=0.2,
+            tpot_p95_s=0.03,
+            slo_attainment=1.0,
+            dropped=0.0,
+            ttft_target_s=2.0,
+            tpot_target_s=0.1,
+            pools=pools,
+            batch_queue=batch_queue,
+            batch_arrival_rate_rps=5.0,
+            batch_deadline_s=1800.0,
+        )
+
+    policy = SpotAwarePolicy(target_utilization=0.6, batch_utilization=0.9, batch_drain_share=0.5)
+    memory = policy.initial_memory()
+    # 17 req/s at 6 per replica: 3 replicas, all on demand; 8100 queued over 900 s = 9 req/s
+    decision, _ = policy.decide(state(8100.0, "batch"), memory)
+    assert decision.replicas["od"] == 3 and decision.replicas["spot"] == 1
+    decision, _ = policy.decide(state(8101.0, "batch"), memory)
+    assert decision.replicas["spot"] == 2
+    decision, _ = policy.decide(state(0.0, "batch"), memory)
+    assert decision.replicas == {"od": 3, "spot": 0}
+    # a spot pool that serves both: its interactive share as before, plus the batch replicas
+    shared, _ = policy.decide(state(8100.0, "all"), memory)
+    plain, _ = policy.decide(state(0.0, "all"), memory)
+    assert shared.replicas["spot"] == plain.replicas["spot"] + 1
+    assert shared.replicas["od"] == plain.replicas["od"]

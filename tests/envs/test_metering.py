@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from strategies import random_pools
 
 from rlscale.agents.observe import run_episode
 from rlscale.agents.registry import baselines, make_policy
@@ -58,28 +59,7 @@ def tenant_traces(draw) -> list[tuple[float, int, int, str]]:
 def scenarios(draw):
     rows = draw(tenant_traces())
     path = write_trace(rows, f"trace-{draw(st.integers(0, 10**9))}")
-    pools = []
-    for p in range(draw(st.integers(1, 3))):
-        quota = draw(st.integers(1, 6))
-        pool = {
-            "name": f"pool{p}",
-            "profile": draw(st.sampled_from(PROFILES)),
-            "price_usd_h": draw(st.floats(0.5, 20.0)),
-            "quota": quota,
-            "initial_replicas": draw(st.integers(0, quota)),
-        }
-        if p > 0 and draw(st.booleans()):  # baselines need an on-demand pool
-            pool["purchase"] = "spot"
-            pool["spot"] = {
-                "hazard_per_h": draw(st.floats(0.0, 20.0)),
-                "notice_s": draw(st.sampled_from([0.0, 30.0, 120.0])),
-                "fulfil_prob": draw(st.floats(0.2, 1.0)),
-                "volatility": draw(st.floats(0.0, 1.0)),
-            }
-        else:
-            pool["warm_pool_max"] = draw(st.integers(0, quota - pool["initial_replicas"]))
-            pool["warm_holding_usd_h"] = draw(st.floats(0.0, 1.0))
-        pools.append(pool)
+    pools = draw(random_pools(profiles=PROFILES, max_quota=6, min_fulfil=0.2, on_demand_first=True))
     raw = {
         "name": "random-tenants",
         "episode_hours": EPISODE_S / 3600.0,

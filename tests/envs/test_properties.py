@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import random_pools
 
 from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import InferenceClusterEnv
@@ -18,32 +19,8 @@ PROFILES = ["h100x1-llama3-8b", "a100x1-llama3-8b", "mi250x1-llama3-8b", "h100x4
 
 
 @st.composite
-def scenarios(draw):
-    n_pools = draw(st.integers(1, 3))
-    pools = []
-    for p in range(n_pools):
-        spot = draw(st.booleans())
-        quota = draw(st.integers(1, 8))
-        pool = {
-            "name": f"pool{p}",
-            "profile": draw(st.sampled_from(PROFILES)),
-            "price_usd_h": draw(st.floats(0.5, 20.0)),
-            "quota": quota,
-            "initial_replicas": draw(st.integers(0, quota)),
-        }
-        if spot:
-            pool["purchase"] = "spot"
-            pool["spot"] = {
-                "hazard_per_h": draw(st.floats(0.0, 20.0)),
-                "notice_s": draw(st.sampled_from([0.0, 30.0, 120.0])),
-                "fulfil_prob": draw(st.floats(0.0, 1.0)),
-                "volatility": draw(st.floats(0.0, 1.0)),
-            }
-        else:
-            warm = draw(st.integers(0, quota - pool["initial_replicas"]))
-            pool["warm_pool_max"] = warm
-            pool["warm_holding_usd_h"] = draw(st.floats(0.0, 1.0))
-        pools.append(pool)
+def scenarios(draw, batch: bool = False, on_demand_first: bool = False):
+    pools = draw(random_pools(profiles=PROFILES, serves=batch, on_demand_first=on_demand_first))
     raw = {
         "name": "random",
         "episode_hours": 0.25,
@@ -59,6 +36,16 @@ def scenarios(draw):
             },
             "prompt_tokens": {"median": 500, "p90": draw(st.sampled_from([500, 2000, 8000]))},
             "output_tokens": {"median": 100, "p90": draw(st.sampled_from([100, 400, 2000]))},
+            **(
+                {
+                    "batch": {
+                        "share": draw(st.floats(0.05, 0.9)),
+                        "deadline_h": draw(st.sampled_from([0.02, 0.1, 1.0])),
+                    }
+                }
+                if batch
+                else {}
+            ),
         },
         "slo": {"timeout_s": draw(st.sampled_from([3.0, 20.0, 90.0])), "ttft_s": 1.0},
         "pools": pools,

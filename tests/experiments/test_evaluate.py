@@ -514,3 +514,42 @@ def test_results_json_reads_back_equal_to_what_was_written(two_policy_eval, tmp_
     assert data["version"] == results.RESULTS_VERSION
     assert results.load_results(path) == two_policy_eval.results
     assert results.json_safe(results.load_results(path).to_json()) == data
+
+
+def test_request_classes_are_reported_per_class(quick_raw, tmp_path):
+    """A scenario with batch work: per-class cost summing to the bill, the batch accounting
+    and attainment in results.json, and the request-class section in the report."""
+    from rlscale.envs.scenario import scenario_from_dict
+
+    raw = quick_raw("quick-batch")
+    raw["workload"] = {**raw["workload"], "batch": {"share": 0.3, "deadline_h": 0.25}}
+    out = evaluate(
+        scenario_from_dict(raw),
+        ["static"],
+        seeds=2,
+        max_windows=1,
+        include_oracle=False,
+        progress=False,
+    )
+    metrics = out.results.policies["static"]
+    by_class = [metrics.mean(f"cost_by_class_usd/{c}") for c in ("interactive", "batch")]
+    assert sum(by_class) == pytest.approx(metrics.mean("cost_usd"), rel=1e-9)
+    assert by_class[1] > 0.0
+    arrived = metrics.mean("batch/arrived")
+    accounted = sum(
+        metrics.mean(f"batch/{k}") for k in ("completed", "expired", "queued", "in_flight")
+    )
+    assert arrived > 0 and accounted == pytest.approx(arrived, rel=1e-9)
+    assert 0.0 <= metrics.mean("batch_attainment") <= 1.0
+    html = write_report(out, tmp_path).read_text()
+    assert 'id="classes"' in html and "Batch within deadline" in html
+    # a scenario without batch work has no such section
+    plain = evaluate(
+        scenario_from_dict(quick_raw()),
+        ["static"],
+        seeds=1,
+        max_windows=1,
+        include_oracle=False,
+        progress=False,
+    )
+    assert 'id="classes"' not in render_report(plain)
