@@ -478,7 +478,7 @@ def _wait_rows(theta_tok):
     return r0, min(xr - r0, 1.0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q, num, span, kf):
     """cdf[g] += w * F_q((xs[g] - shift) * inv_p) for an increasing grid, in one walk.
 
