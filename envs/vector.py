@@ -78,7 +78,7 @@ class InferenceClusterVectorEnv(BatchedEnvBase, VectorEnv):
     Arguments as :class:`~rlscale.envs.env.InferenceClusterEnv`'s; episodes lie in the
     training part of the workload's split unless ``split`` says otherwise, and draw the
     scenario's domain randomization when ``randomize`` is set. ``self.sim.episode_latency``
-    works only with ``episode_latency_stats=True`` (off by default: it costs about 12% of the
+    works only with ``episode_latency_stats=True`` (off by default: it costs about 13% of the
     step time and changes nothing else, :class:`~rlscale.envs.simulator.ClusterSimulator`).
     """
 
