@@ -220,7 +220,8 @@ PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
 # iteration seconds averaged over the decode lifetime of a request of each output quantile
-# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes)
+# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes; kept with the episode's latency
+# histograms only, which alone read them)
 PS_TPOT_LIFE = 15
 # PS_IR .. PS_CD hold the totals of the buckets (batch included), which follow: ps[...,
 # PS_CLASS + N_CF * k + CF_*] for bucket k, fields in the order of the totals
@@ -551,7 +552,7 @@ def _wait_rows(theta_tok):
     return r0, min(xr - r0, 1.0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", cache=True, error_model="numpy")
 def _add_quantile_cdf(cdf, xs, shift, inv_p, w, q, num, span, kf):
     """cdf[g] += w * F_q((xs[g] - shift) * inv_p) for an increasing grid, in one walk.
 
@@ -1212,6 +1213,9 @@ def _step_cluster(i, actions, params, state, out, batch):
     prompt_m2 = sp[SP_PROMPT_M2]
     c = cs[i]
     m = met[i]
+    # the episode's latency histograms are kept only when the caller allocated them (no
+    # observation, reward or step metric reads them; ClusterSimulator.episode_latency does)
+    episode_stats = ep_tpot.shape[1] > 0
     for j in range(N_M):
         if j != M_COST_TOTAL and j != M_ATTAIN_EP:
             m[j] = 0.0
@@ -1770,7 +1774,8 @@ def _step_cluster(i, actions, params, state, out, batch):
             done -= done_b
             if n_it > 0.0 and dec > 0.0:
                 tpot = dt / n_it
-                _tpot_lifetimes(row, tpot, dt, sp)
+                if episode_stats:
+                    _tpot_lifetimes(row, tpot, dt, sp)
                 tpot_tok[p] += dec * tpot
                 tpot_w[p] += dec
                 tok_all += dec
@@ -1905,7 +1910,7 @@ def _step_cluster(i, actions, params, state, out, batch):
         rb, fb = _wait_rows(wait_b / mass_b / pre_tok_s if mass_b > 0.0 else 0.0)
         share_0 = 1.0 - share_a - share_b
         # the episode's histogram keeps each wait as a mix of its two table rows
-        for j in range(nb_used):
+        for j in range(nb_used if episode_stats else 0):
             for z in range(3):
                 w = whist[i, z, j]
                 if w > 0.0:
@@ -1950,7 +1955,7 @@ def _step_cluster(i, actions, params, state, out, batch):
     tpot_vals = scr[SCR_TPOT_VALS]
     for p in range(P):
         tpot_vals[p] = pmet[i, p, PM_TPOT]
-        if tpot_w[p] > 0.0 and done_pool[p] > 0.0:
+        if episode_stats and tpot_w[p] > 0.0 and done_pool[p] > 0.0:
             # the episode's TPOT is per request, as a client measures it
             share = 0.0
             var_it = 0.0
@@ -2217,7 +2222,8 @@ def step_clusters(actions, params: tuple, state: tuple, out: tuple) -> None:
     :param actions: int64 [N, 2 * pools], the env's actions.
     :param params: ``(sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi, bwl)``, read only.
     :param state: ``(cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch,
-        grid, bring)``.
+        grid, bring)``; ``ep_whist`` and ``ep_tpot`` empty (last axis 0) to keep no episode
+        latency histograms (what only :func:`episode_latency` reads).
     :param out: ``(obs, rew, met, pmet)``, written for this step.
     """
     parallel = actions.shape[0] >= PARALLEL_MIN_CLUSTERS

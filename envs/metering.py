@@ -26,8 +26,9 @@ request share, as the service meters them).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True)
@@ -103,7 +104,6 @@ def tenant_weights(
         _normalized(request_share, w_idle)
 
 
-@njit(cache=True)
 def meter_clusters(
     cost_usd: np.ndarray,
     pool_cost_usd: np.ndarray,
@@ -136,13 +136,102 @@ def meter_clusters(
     :param tenant_busy_usd: [n, tenants] accumulated busy USD (updated).
     :param tenant_idle_usd: [n, tenants] accumulated idle USD (updated).
     :param tenant_busy_gpu_s: [n, tenants] accumulated busy GPU-seconds (updated).
+
+    Clusters are metered apart, so many of them are split over threads (the same numbers).
     """
-    n, n_pools = pool_cost_usd.shape
+    args = (
+        cost_usd,
+        pool_cost_usd,
+        pool_replica_s,
+        pool_tokens,
+        pool_price_usd_h,
+        saturation_tokens_per_s,
+        gpus_per_replica,
+        rows,
+        requests_arrived,
+        token_share,
+        request_share,
+        tenant_busy_usd,
+        tenant_idle_usd,
+        tenant_busy_gpu_s,
+    )
+    n = pool_cost_usd.shape[0]
+    if n >= PARALLEL_MIN_CLUSTERS and numba.get_num_threads() > 1:
+        _meter_parallel(4 * numba.get_num_threads(), *args)
+    else:
+        _meter_range(0, n, *args)
+
+
+PARALLEL_MIN_CLUSTERS = 256
+"""From this many clusters on, metering is split over threads."""
+
+
+@njit(parallel=True, cache=True)
+def _meter_parallel(
+    chunks,
+    cost_usd,
+    pool_cost_usd,
+    pool_replica_s,
+    pool_tokens,
+    pool_price_usd_h,
+    saturation_tokens_per_s,
+    gpus_per_replica,
+    rows,
+    requests_arrived,
+    token_share,
+    request_share,
+    tenant_busy_usd,
+    tenant_idle_usd,
+    tenant_busy_gpu_s,
+):
+    n = pool_cost_usd.shape[0]
+    for c in prange(chunks):
+        _meter_range(
+            c * n // chunks,
+            (c + 1) * n // chunks,
+            cost_usd,
+            pool_cost_usd,
+            pool_replica_s,
+            pool_tokens,
+            pool_price_usd_h,
+            saturation_tokens_per_s,
+            gpus_per_replica,
+            rows,
+            requests_arrived,
+            token_share,
+            request_share,
+            tenant_busy_usd,
+            tenant_idle_usd,
+            tenant_busy_gpu_s,
+        )
+
+
+@njit(cache=True)
+def _meter_range(
+    lo,
+    hi,
+    cost_usd,
+    pool_cost_usd,
+    pool_replica_s,
+    pool_tokens,
+    pool_price_usd_h,
+    saturation_tokens_per_s,
+    gpus_per_replica,
+    rows,
+    requests_arrived,
+    token_share,
+    request_share,
+    tenant_busy_usd,
+    tenant_idle_usd,
+    tenant_busy_gpu_s,
+):
+    """:func:`meter_clusters` for clusters ``lo`` .. ``hi - 1``."""
+    n_pools = pool_cost_usd.shape[1]
     n_tenants = tenant_busy_usd.shape[1]
     busy_s = np.empty(n_pools)
     w_busy = np.empty(n_tenants)
     w_idle = np.empty(n_tenants)
-    for i in range(n):
+    for i in range(lo, hi):
         for p in range(n_pools):
             busy_s[p] = pool_tokens[i, p] / saturation_tokens_per_s[p]
         busy, _ = busy_usd(pool_cost_usd[i], pool_replica_s[i], busy_s, pool_price_usd_h[i])

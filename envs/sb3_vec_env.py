@@ -30,7 +30,8 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
     another part (``"validation"``, ``"heldout"``) or the whole trace (``"all"``).
     ``randomize=True`` draws every episode's multipliers from the scenario's ``randomization``
     ranges (domain randomization); the episode-end infos then carry them
-    (``randomization/rate_scale``, ...).
+    (``randomization/rate_scale``, ...). ``self.sim.episode_latency`` works only with
+    ``episode_latency_stats=True`` (see :class:`~rlscale.envs.vector.InferenceClusterVectorEnv`).
     """
 
     def __init__(
@@ -42,9 +43,12 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
         workload_seed: int = 0,
         split: str = "train",
         randomize: bool = False,
+        episode_latency_stats: bool = False,
     ) -> None:
         self.render_mode = None
-        self._setup(num_envs, scenario, workload, workload_seed, split, randomize)
+        self._setup(
+            num_envs, scenario, workload, workload_seed, split, randomize, episode_latency_stats
+        )
         VecEnv.__init__(self, num_envs, self.single_observation_space, self.single_action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(num_envs)

@@ -103,6 +103,31 @@ def test_batched_equals_single_envs_with_those_seeds(make_small_scenario):
             assert truncated == vec_trunc[t][i]
 
 
+def test_episode_latency_stats_change_nothing_but_episode_latency(make_small_scenario):
+    # the batched envs keep no episode latency histograms unless asked: the same observations,
+    # rewards, infos and step metrics to the last bit, and episode_latency says why it is out
+    sc = make_small_scenario()
+    n, steps = 6, 30
+    kept = InferenceClusterVectorEnv(n, scenario=sc, episode_latency_stats=True)
+    lean = InferenceClusterVectorEnv(n, scenario=sc)
+    kept.action_space.seed(7)
+    actions = [kept.action_space.sample() for _ in range(steps)]
+    assert np.array_equal(kept.reset(seed=11)[0], lean.reset(seed=11)[0])
+    for a in actions:
+        out_k, out_l = kept.step(a), lean.step(a)
+        for x, y in zip(out_k[:4], out_l[:4], strict=True):
+            assert np.array_equal(x, y)
+        assert out_k[4].keys() == out_l[4].keys()
+        for key in out_k[4]:
+            assert np.array_equal(out_k[4][key], out_l[4][key])
+        assert np.array_equal(kept.sim.metrics, lean.sim.metrics)
+        assert np.array_equal(kept.sim.pool_metrics, lean.sim.pool_metrics)
+    lat = kept.sim.episode_latency(0)
+    assert lat["ttft_p95_s"] > 0.0 and lat["tpot_p95_s"] > 0.0
+    with pytest.raises(RuntimeError, match="episode_latency_stats=True"):
+        lean.sim.episode_latency(0)
+
+
 def test_make_vec_uses_the_batched_simulator():
     vec = gym.make_vec(
         rlscale.envs.ENV_ID,
