@@ -108,8 +108,8 @@ class ReadRequest:
     """When the metrics were measured, for staleness (-inf when the timestamp is unusable)."""
     batch_problems: tuple[Reason, ...] = ()
     """Batch inputs missing or out of range (``batch_unknown``): problems only for a policy
-    that observes them. The state then carries 0 for a missing one and the clipped value
-    for one out of range."""
+    that observes them. With any, the state carries no batch class (its batch fields at their
+    defaults, 0), never a guessed or clipped backlog."""
 
 
 class _Reader:
@@ -147,6 +147,18 @@ def pool_current_replicas(pm: PoolMetrics | None) -> int | None:
         if state in ("provisioning", "loading", "ready"):
             total += value
     return round(total)
+
+
+def _batch_problems(request: RecommendationRequest) -> list[Reason]:
+    """A ``batch_unknown`` reason for each batch input missing or out of range."""
+    problems = []
+    for name in BATCH_INPUTS:
+        value = getattr(request, name)
+        if value is None:
+            problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} not in the request)"))
+        elif not RANGES[name].holds(value):
+            problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} {value} out of range)"))
+    return problems
 
 
 def read_request(
@@ -244,17 +256,12 @@ def read_request(
                 **replicas,
             )
         )
-    batch_problems: list[Reason] = []
+    batch_problems = _batch_problems(request)
     batch: dict[str, float] = {}
-    for name in BATCH_INPUTS:
-        value = getattr(request, name)
-        if value is None:
-            batch_problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} not in the request)"))
-        elif not RANGES[name].holds(value):
-            batch_problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} {value} out of range)"))
-        batch[name] = RANGES[name].clip(value, 0.0) if value is not None else 0.0
-    if sc.workload.batch is not None:
-        batch["batch_deadline_s"] = sc.workload.batch.deadline_h * 3600.0
+    if not batch_problems:  # the batch class is in the state whole, or not at all
+        batch = {name: float(getattr(request, name)) for name in BATCH_INPUTS}
+        if sc.workload.batch is not None:
+            batch["batch_deadline_s"] = sc.workload.batch.deadline_h * 3600.0
     time_s = min(max(ts, -1e12), 1e12) if math.isfinite(ts) else now
     state = ClusterState(
         time_s=time_s,

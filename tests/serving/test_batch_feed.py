@@ -164,3 +164,21 @@ def test_the_service_feeds_the_batch_entries_the_simulator_observes():
         assert close.all(), (step, [names[k] for k in np.flatnonzero(~close)])
         seen = np.maximum(seen, sim.obs[0][batch_at])
     assert (seen > 0).all(), "the batch entries were never exercised"
+
+
+@pytest.mark.parametrize(
+    ("batch", "want"),
+    [
+        (BATCH, (120.0, 15.0, 1800.0)),
+        ({"batch_queue": 120.0}, (0.0, 0.0, 0.0)),
+        ({"batch_queue": 1e12, "batch_arrival_rate_rps": 15.0}, (0.0, 0.0, 0.0)),
+    ],
+)
+def test_the_state_carries_the_batch_class_whole_or_not_at_all(batch, want):
+    """Any policy reading the state (the spot-aware baseline sizes spot for the backlog) sees
+    the batch class as reported, or none: never a clipped or half-known backlog."""
+    service = DecisionService(
+        load_scenario(SCENARIO), None, load_policy("hpa", load_scenario(SCENARIO))
+    )
+    state = service.to_state(_body(**batch))
+    assert (state.batch_queue, state.batch_arrival_rate_rps, state.batch_deadline_s) == want
