@@ -182,3 +182,29 @@ def test_the_state_carries_the_batch_class_whole_or_not_at_all(batch, want):
     )
     state = service.to_state(_body(**batch))
     assert (state.batch_queue, state.batch_arrival_rate_rps, state.batch_deadline_s) == want
+
+
+def test_rlscale_serve_answers_from_the_batch_policy_over_http(batch_policy, server_factory, auth):
+    """The whole path: a real `rlscale serve` loads the export and decides on a pushed body
+    with the batch inputs; without them the fallback answers, with its cause."""
+    import time
+
+    import httpx
+
+    server = server_factory("--scenario", SCENARIO, "--policy", str(batch_policy))
+
+    def push(**batch: float) -> dict:
+        body = _body(**batch).model_dump(exclude_none=True)
+        body["timestamp"] = time.time()
+        r = httpx.post(server.url + "/v1/recommendations", json=body, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    served = push(**BATCH)
+    assert served["source"] == "policy", served["reasons"]
+    assert served["policy_version"].startswith(f"ppo-{SCENARIO}-0@")
+    fallen = push()
+    assert fallen["source"] == "fallback"
+    assert "batch_unknown" in fallen["causes"]
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'rlscale_fallback_causes_total{cause="batch_unknown"} 1.0' in metrics
