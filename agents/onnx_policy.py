@@ -42,6 +42,7 @@ from rlscale.common.budgets import BudgetConfig
 from rlscale.envs.observation import (
     observation_names,
     observation_size,
+    write_batch_features,
     write_budget_features,
     write_cluster_features,
     write_pool_features,
@@ -110,6 +111,17 @@ class ObservationLayout(_Strict):
             "budget of this name"
         ),
     )
+    batch_window_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "the batch requests' completion window (s) the policy was trained with, as the "
+            "simulator counts it; set: the policy observes the batch entries (batch_queue / "
+            "(reference rate x this window), batch arrival rate / reference rate, after the "
+            "pools'), and the service feeds them from the request's batch_queue and "
+            "batch_arrival_rate_rps"
+        ),
+    )
     _low: np.ndarray = PrivateAttr()
     _high: np.ndarray = PrivateAttr()
 
@@ -170,7 +182,9 @@ class PolicyManifest(_Strict):
         if len(set(pool_names)) != len(pool_names):
             raise ValueError(f"pool names repeat: {pool_names}")
         obs = self.observation
-        expected = observation_names(pool_names, obs.budget is not None)
+        expected = observation_names(
+            pool_names, obs.budget is not None, batch=obs.batch_window_s is not None
+        )
         if obs.names != expected:
             diff = next(
                 (i for i, (a, b) in enumerate(zip(obs.names, expected, strict=False)) if a != b),
@@ -219,11 +233,18 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
     Python), with the scaling constants of the manifest: entry for entry what the kernel
     observes for a cluster in the same state.
 
+    A policy trained with batch work (``batch_window_s`` in its layout) gets the batch entries
+    from ``state.batch_queue`` and ``state.batch_arrival_rate_rps``, scaled by the window it
+    was trained with; the service decides with it only when the request gave both (else
+    ``batch_unknown``: the fallback decides).
+
     :raises ValueError: the policy observes a budget and ``state.budget`` is not that budget
         (the service then falls back rather than guess a spend).
     """
     lay = manifest.observation
-    x = np.empty(observation_size(len(manifest.pools), lay.budget is not None), dtype=np.float64)
+    n_pools = len(manifest.pools)
+    batch = lay.batch_window_s is not None
+    x = np.empty(observation_size(n_pools, lay.budget is not None, batch=batch), dtype=np.float64)
     _CLUSTER(
         x,
         state.arrival_rate_rps,
@@ -264,6 +285,15 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
             layout.on_demand_price_usd_h,
             float(layout.max_num_seqs),
         )
+    if batch:
+        _BATCH(
+            x,
+            observation_size(n_pools),  # the batch entries follow the pools'
+            state.batch_queue,
+            state.batch_arrival_rate_rps,
+            lay.reference_rps,
+            lay.batch_window_s,
+        )
     if lay.budget is not None:
         b = state.budget
         if b is None or b.name != lay.budget.name:
@@ -283,6 +313,7 @@ def observation_from_state(state: ClusterState, manifest: PolicyManifest) -> np.
 # the kernel's compiled writers, as the plain Python they were compiled from: no JIT at serve time
 _CLUSTER = write_cluster_features.py_func
 _POOL = write_pool_features.py_func
+_BATCH = write_batch_features.py_func
 
 
 class OnnxPolicy:

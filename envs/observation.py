@@ -10,10 +10,11 @@ is as before, entry for entry.
 
 The simulator's kernel and the decision service
 (:func:`rlscale.agents.onnx_policy.observation_from_state`) both write the observation with
-:func:`write_cluster_features` and :func:`write_pool_features`, so a served policy is fed
-exactly what it was trained on. The writers are defined in the kernel's module
-(:mod:`rlscale.envs.dynamics`) and exported here: numba caches the compiled kernel by its own
-file, so a formula kept in another file could change without the cached kernel noticing.
+:func:`write_cluster_features`, :func:`write_pool_features` and
+:func:`write_batch_features`, so a served policy is fed exactly what it was trained on. The
+writers are defined in the kernel's module (:mod:`rlscale.envs.dynamics`) and exported here:
+numba caches the compiled kernel by its own file, so a formula kept in another file could
+change without the cached kernel noticing.
 
 Layout: :data:`CLUSTER_FEATURES`, then :data:`POOL_FEATURES` once per pool, in pool order,
 then :data:`BATCH_FEATURES` only when the scenario has batch work (``batch=True``), then
@@ -21,9 +22,9 @@ then :data:`BATCH_FEATURES` only when the scenario has batch work (``batch=True`
 outside the kernel: the simulator's budget ledger and the service's spend meter both call
 it); every other scenario keeps its layout. Entries named by :func:`observation_names`,
 bounded by :func:`observation_bounds`. Each entry is clipped to its bounds, a non-finite one
-taken as 0 (:func:`clip_observation`). The batch entries are not wired live: the decision
-service has no metric for the batch queue, so a policy trained with them cannot be exported
-yet.
+taken as 0 (:func:`clip_observation`). The batch entries are wired live: the service writes
+them with :func:`write_batch_features` from the request's ``batch_queue`` and
+``batch_arrival_rate_rps``, scaled by the batch window the exported manifest records.
 """
 
 from __future__ import annotations

@@ -483,6 +483,15 @@ class ClusterSimulator:
         return [p.name for p in self.pools]
 
     @property
+    def batch_window_s(self) -> float | None:
+        """The batch requests' completion window as the kernel counts it (whole decision
+        steps; the observation's ``batch_queue`` is scaled by it); None without batch work."""
+        if not self.has_batch:
+            return None
+        sp = self.sim_params
+        return float(sp[dyn.SP_BATCH_STEPS] * sp[dyn.SP_K] * sp[dyn.SP_DT])
+
+    @property
     def observation_names(self) -> list[str]:
         """Names of the observation's entries (the observed budget's last, when there is one)."""
         return observation_names(self.pool_names, self.observes_budget, batch=self.has_batch)

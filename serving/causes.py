@@ -31,6 +31,7 @@ class Cause(StrEnum):
     NO_POLICY = "no_policy", "no policy loaded"
     POLICY_FAILED = "policy_failed", "policy failed"
     BUDGET_UNKNOWN = "budget_unknown", "the observed budget's spend is not known whole"
+    BATCH_UNKNOWN = "batch_unknown", "the batch inputs the policy observes are not known"
     FALLBACK_FAILED = "fallback_failed", "fallback failed"
     FALLBACK_DECIDED = "fallback_decided", "fallback decided"
     HOLD = "hold", "hold"
@@ -53,6 +54,7 @@ FALLBACK_CAUSES = frozenset(
         Cause.NO_POLICY,
         Cause.POLICY_FAILED,
         Cause.BUDGET_UNKNOWN,
+        Cause.BATCH_UNKNOWN,
     }
 )
 """Why the policy did not decide (``rlscale_fallback_causes_total{cause=...}``)."""

@@ -164,7 +164,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=PROMQL",
-        help="replace the PromQL of one request field, e.g. queue=sum(my_queue); repeatable",
+        help=(
+            "replace or add the PromQL of one request field, e.g. queue=sum(my_queue), or "
+            "batch_queue=sum(batch_worker_queue_length) for a policy trained with batch work; "
+            "repeatable"
+        ),
     )
     p.add_argument(
         "--prometheus-tenant-query",
@@ -228,6 +232,28 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return p
 
 
+def _prometheus_queries(items: list[str]) -> dict[str, str]:
+    """The Prometheus source's PromQL per request field: the defaults, with each
+    ``FIELD=PROMQL`` of ``--prometheus-query`` replacing or adding one.
+
+    :raises ValueError: an item without ``=``, or a field the request does not have.
+    """
+    from rlscale.serving.prometheus_source import DEFAULT_QUERIES, QUERYABLE_FIELDS
+
+    queries = dict(DEFAULT_QUERIES)
+    for item in items:
+        name, sep, promql = item.partition("=")
+        if not sep or not promql:
+            raise ValueError(f"--prometheus-query expects FIELD=PROMQL, got {item!r}")
+        if name not in QUERYABLE_FIELDS:
+            raise ValueError(
+                f"--prometheus-query {name!r}: no such request field; the fields are "
+                f"{sorted(QUERYABLE_FIELDS)}"
+            )
+        queries[name] = promql
+    return queries
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Build the service from ``args`` and run uvicorn until stopped; returns the exit code."""
     import uvicorn
@@ -249,6 +275,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        queries = _prometheus_queries(args.prometheus_query)
         scenario = load_scenario(args.scenario)
         rails = default_guardrails(
             scenario,
@@ -342,18 +369,8 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
     source = None
     if args.prometheus_url:
-        from rlscale.serving.prometheus_source import DEFAULT_QUERIES, PrometheusSource
+        from rlscale.serving.prometheus_source import PrometheusSource
 
-        queries = dict(DEFAULT_QUERIES)
-        for item in args.prometheus_query:
-            name, sep, promql = item.partition("=")
-            if not sep or not promql:
-                print(
-                    f"rlscale serve: --prometheus-query expects FIELD=PROMQL, got {item!r}",
-                    file=sys.stderr,
-                )
-                return 2
-            queries[name] = promql
         deployments = dict(item.partition("=")[::2] for item in args.deployment)
         source = PrometheusSource(
             args.prometheus_url.rstrip("/"),

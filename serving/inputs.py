@@ -69,6 +69,9 @@ RANGES: dict[str, Range] = {
     "tpot_p95_s": Range(0.0, MAX_LATENCY_S, 0.0),
     "slo_attainment": Range(0.0, 1.0, 1.0),
     "dropped": Range(0.0, MAX_COUNT, 0.0),
+    # the batch class: checked only for a policy that observes it (batch_problems)
+    "batch_queue": Range(0.0, MAX_COUNT),
+    "batch_arrival_rate_rps": Range(0.0, MAX_RATE_RPS),
     # one pool
     **{state: Range(0.0, MAX_REPLICAS_PER_STATE, 0.0) for state in REPLICA_STATES},
     "spot_price_usd_h": Range(0.0, 1e4),
@@ -82,6 +85,10 @@ one (None where the default depends on the scenario or on other numbers)."""
 
 REQUIRED = ("arrival_rate_rps",)
 """Metrics without which neither the policy nor the fallback decides (the others default)."""
+
+BATCH_INPUTS = ("batch_queue", "batch_arrival_rate_rps")
+"""The batch class's metrics: a policy trained with batch work decides only when both are
+given and in range; any other policy ignores them."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,10 @@ class ReadRequest:
     """The arrival rate is usable, so the fallback can decide."""
     metrics_time_s: float
     """When the metrics were measured, for staleness (-inf when the timestamp is unusable)."""
+    batch_problems: tuple[Reason, ...] = ()
+    """Batch inputs missing or out of range (``batch_unknown``): problems only for a policy
+    that observes them. With any, the state carries no batch class (its batch fields at their
+    defaults, 0), never a guessed or clipped backlog."""
 
 
 class _Reader:
@@ -136,6 +147,18 @@ def pool_current_replicas(pm: PoolMetrics | None) -> int | None:
         if state in ("provisioning", "loading", "ready"):
             total += value
     return round(total)
+
+
+def _batch_problems(request: RecommendationRequest) -> list[Reason]:
+    """A ``batch_unknown`` reason for each batch input missing or out of range."""
+    problems = []
+    for name in BATCH_INPUTS:
+        value = getattr(request, name)
+        if value is None:
+            problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} not in the request)"))
+        elif not RANGES[name].holds(value):
+            problems.append(Reason(Cause.BATCH_UNKNOWN, f"({name} {value} out of range)"))
+    return problems
 
 
 def read_request(
@@ -233,6 +256,12 @@ def read_request(
                 **replicas,
             )
         )
+    batch_problems = _batch_problems(request)
+    batch: dict[str, float] = {}
+    if not batch_problems:  # the batch class is in the state whole, or not at all
+        batch = {name: float(getattr(request, name)) for name in BATCH_INPUTS}
+        if sc.workload.batch is not None:
+            batch["batch_deadline_s"] = sc.workload.batch.deadline_h * 3600.0
     time_s = min(max(ts, -1e12), 1e12) if math.isfinite(ts) else now
     state = ClusterState(
         time_s=time_s,
@@ -246,5 +275,6 @@ def read_request(
         tpot_target_s=sc.slo.tpot_s,
         pools=tuple(pools),
         **cluster,
+        **batch,
     )
-    return ReadRequest(state, problems, current, rate_ok, metrics_time_s)
+    return ReadRequest(state, problems, current, rate_ok, metrics_time_s, tuple(batch_problems))

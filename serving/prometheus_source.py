@@ -14,7 +14,11 @@ never 0: the service holds it at its last known-good count.
 
 The default queries assume a typical vLLM on Kubernetes deployment: one Deployment per pool,
 named like the pool (``deployment_of`` maps otherwise), vLLM's ``/metrics`` scraped, and
-kube-state-metrics installed. Every query can be replaced.
+kube-state-metrics installed. Every query can be replaced, and any numeric cluster field of
+the request (:data:`QUERYABLE_FIELDS`) added. vLLM has no notion of a batch class, so the
+batch inputs a policy trained with batch work needs have no default: whatever queues the
+batch requests exports them (:data:`BATCH_QUERY_EXAMPLES`); without them, or with no data,
+such a policy does not decide (``batch_unknown``) and the fallback does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from rlscale.serving.inputs import RANGES
 from rlscale.serving.schemas import PoolMetrics, RecommendationRequest, ReplicasByState
 
 log = logging.getLogger("rlscale.serving.prometheus")
@@ -50,6 +55,22 @@ DEFAULT_QUERIES: dict[str, str] = {
     ),
 }
 """Cluster-wide PromQL per request field (vLLM's metric names)."""
+
+BATCH_QUERY_EXAMPLES: dict[str, str] = {
+    # a gauge of the batch API's worker: requests accepted and not yet sent to vLLM
+    "batch_queue": "sum(batch_worker_queue_length)",
+    # the gateway's requests of the batch class, per second
+    "batch_arrival_rate_rps": 'sum(rate(gateway_requests_total{class="batch"}[1m]))',
+}
+"""What a deployment with a batch API would configure for the batch inputs (metric names of
+its own exporters: examples, not defaults)."""
+
+QUERYABLE_FIELDS = frozenset(
+    name
+    for name in RecommendationRequest.model_fields
+    if name in RANGES and name not in PoolMetrics.model_fields
+)
+"""The request's cluster-wide numbers, the fields a query may fill."""
 
 DEFAULT_POOL_QUERIES: dict[str, str] = {
     "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})',
@@ -102,6 +123,16 @@ class PrometheusSource:
     _last_good: RecommendationRequest | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.queries) - QUERYABLE_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"no request field {unknown} for a query; the fields are {sorted(QUERYABLE_FIELDS)}"
+            )
+        missing = [name for name in REQUIRED if name not in self.queries]
+        if missing:
+            raise ValueError(f"queries need {missing}: without them no decision can be made")
 
     def _instant(self, client: httpx.Client, promql: str) -> list[dict[str, Any]]:
         """One instant query's result list.

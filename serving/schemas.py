@@ -112,6 +112,20 @@ class RecommendationRequest(_Body):
         None, description="share of requests within the SLO over the last interval, in [0, 1]"
     )
     dropped: float | None = Field(None, description="requests dropped in the last interval")
+    batch_queue: float | None = Field(
+        None,
+        description=(
+            "batch requests waiting (request class batch; not counted in queue); required by "
+            "a policy trained with batch work, ignored by others"
+        ),
+    )
+    batch_arrival_rate_rps: float | None = Field(
+        None,
+        description=(
+            "batch request arrival rate (req/s); required by a policy trained with batch "
+            "work, ignored by others"
+        ),
+    )
     pools: list[PoolMetrics] = Field(
         max_length=MAX_POOLS_PER_REQUEST, description="every pool of the cluster"
     )
@@ -177,6 +191,8 @@ class RecommendationRequest(_Body):
             tpot_p95_s=state.tpot_p95_s,
             slo_attainment=state.slo_attainment,
             dropped=state.dropped,
+            batch_queue=state.batch_queue,
+            batch_arrival_rate_rps=state.batch_arrival_rate_rps,
             pools=[
                 PoolMetrics(
                     name=p.name,

@@ -284,6 +284,7 @@ class DecisionService:
             # metered first: a policy that observes a budget sees the spend up to these metrics
             budgets = self._meter(request, read)
             read = self._with_budget(read, request)
+            read = self._with_batch(read)
             decision, source, reasons = self._decide_locked(read, memory)
             current, unknown = self._current_replicas(read, memory, reasons)
             wanted = dict(decision.replicas)
@@ -397,6 +398,15 @@ class DecisionService:
             why = f"('{observed.name}': unmetered period, stale cluster, or shadow-only push)"
             return replace(read, problems=[*read.problems, Reason(Cause.BUDGET_UNKNOWN, why)])
         return replace(read, state=replace(read.state, budget=budget))
+
+    def _with_batch(self, read: ReadRequest) -> ReadRequest:
+        """``read`` with its batch problems (``batch_unknown``: the fallback decides, nothing
+        scales down) when the serving policy observes the batch entries; unchanged for any
+        other policy, which ignores the batch inputs."""
+        policy = self.policy
+        if policy is None or not read.batch_problems or not observes_batch(policy.policy):
+            return read
+        return replace(read, problems=[*read.problems, *read.batch_problems])
 
     def _current_replicas(
         self, read: ReadRequest, memory: _ClusterMemory, reasons: list[Reason]
@@ -545,6 +555,14 @@ class DecisionService:
             last_known_good={},
             max_staleness_s=self.max_staleness_s,
         ).state
+
+
+def observes_batch(policy: object) -> bool:
+    """The policy is an exported one trained with batch work (its manifest's layout has the
+    batch entries)."""
+    manifest = getattr(policy, "manifest", None)
+    observation = getattr(manifest, "observation", None)
+    return getattr(observation, "batch_window_s", None) is not None
 
 
 def _check_decision(decision: Decision) -> None:

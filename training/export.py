@@ -87,6 +87,7 @@ def manifest_for(
                 ),
                 None,
             ),
+            "batch_window_s": sim.batch_window_s,
         },
         action={"max_step": sc.max_step, "nvec": [int(n) for n in sim.action_nvec]},
         training={"scenario": sc.name, **(training or {})},
@@ -161,12 +162,6 @@ def export_ppo(
     import torch
     from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
-    if sim.has_batch:
-        raise ValueError(
-            f"scenario '{sim.scenario.name}' has batch work: its policy observes the batch "
-            "queue, which the decision service cannot read yet (no metric for it is wired); "
-            "export a policy trained on a scenario without workload.batch"
-        )
     env = model.get_env()
     trained_with = unwrap_vec_normalize(env) if env is not None else None
     if vec_normalize is None:

@@ -60,7 +60,14 @@ def _mismatches(names: list[str], got: np.ndarray, want: np.ndarray) -> list[str
 
 @pytest.mark.parametrize(
     "scenario",
-    ["azure-conv", "spot-traces", "synthetic-2week", "servegen-m-large", "synthetic-4day-budget"],
+    [
+        "azure-conv",
+        "spot-traces",
+        "synthetic-2week",
+        "servegen-m-large",
+        "synthetic-4day-budget",
+        "azure-conv-batch",
+    ],
 )
 def test_observation_from_state_is_the_simulators_observation(scenario):
     """Raw metrics (what a live cluster reports) give the kernel's observation, every entry."""
@@ -286,6 +293,26 @@ def test_an_exported_policy_is_evaluated_beside_the_baselines(exported_policy):
     summary = result.results.policies[spec.display]
     assert summary.mean("cost_usd") > 0
     assert 0.0 <= summary.mean("slo_attainment") <= 1.0
+
+
+def test_a_batch_trained_export_is_evaluated_on_its_scenario(exported_policy):
+    """What the learned policy makes of batch work needs its export in the evaluation: the
+    export of a policy trained on azure-conv-batch runs beside the baselines, with the
+    per-class accounting."""
+    from rlscale.experiments.evaluate import evaluate, parse_policy_arg
+
+    spec = parse_policy_arg(f"onnx={exported_policy(0, 'azure-conv-batch')}")
+    result = evaluate(
+        "azure-conv-batch",
+        [spec, "spot_aware"],
+        seeds=1,
+        max_windows=1,
+        include_oracle=False,
+        progress=False,
+    )
+    summary = result.results.policies[spec.display]
+    assert summary.mean("cost_usd") > 0
+    assert 0.0 <= summary.mean("batch_attainment") <= 1.0
 
 
 def test_evaluate_names_a_missing_export():

@@ -120,3 +120,98 @@ def test_recommendation_follows_the_exporter_and_falls_back_without_prometheus(
     assert 'rlscale_decisions_total{pool="h100",source="policy"} 3.0' in text
     assert 'rlscale_fallback_causes_total{cause="stale_metrics"} 1.0' in text
     assert "rlscale_shadow_rows 4.0" in text
+
+
+@pytest.mark.needs_data
+def test_the_batch_inputs_come_from_their_configured_queries(
+    exported_policy, metrics_endpoint, prometheus_server
+):
+    """A policy trained with batch work, served in Prometheus mode: fed from the batch
+    queries when they have data; without them (not configured, or no data) it does not
+    decide, the fallback does, and nothing scales down."""
+    reg = prometheus_client.CollectorRegistry()
+    running = prometheus_client.Gauge("vllm:num_requests_running", "run", registry=reg)
+    queued = prometheus_client.Gauge("batch_worker_queue_length", "batch", registry=reg)
+    batch_rate = prometheus_client.Gauge("batch_arrival_rps", "batch rate", registry=reg)
+    ready = prometheus_client.Gauge(
+        "kube_deployment_status_replicas_ready", "ready", ["deployment"], registry=reg
+    )
+    for deployment, n in (("h100", 4), ("h100-spot", 0)):
+        ready.labels(deployment=deployment).set(n)
+    running.set(0.2)
+    queued.set(120.0)
+    batch_rate.set(15.0)
+    server = prometheus_server(metrics_endpoint(reg).port)
+    server.start()
+
+    scenario = load_scenario("azure-conv-batch")
+    params = Path(server.tmp) / "hpa.json"
+    params.write_text(json.dumps({"scale_down_stabilization_s": 0.0}))
+    service = DecisionService(
+        scenario,
+        load_policy(str(exported_policy(0, "azure-conv-batch")), scenario),
+        load_policy(f"hpa={params}", scenario),  # would scale down at once on this load
+    )
+    base = {
+        "arrival_rate_rps": "sum(vllm:num_requests_running)",
+        "gpu_util": "sum(vllm:num_requests_running) / 100",
+    }
+    batch = {
+        "batch_queue": "sum(batch_worker_queue_length)",
+        "batch_arrival_rate_rps": "sum(batch_arrival_rps)",
+    }
+
+    def source(queries: dict[str, str]) -> PrometheusSource:
+        return PrometheusSource(
+            server.url,
+            service.pools(),
+            service.decide_and_record,
+            queries=queries,
+            pool_queries={
+                "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})'
+            },
+        )
+
+    fed = source({**base, **batch})
+    deadline = time.monotonic() + 30
+    while True:  # until the first scrapes are in
+        try:
+            snapshot = fed.snapshot()
+            if snapshot.batch_queue is not None:
+                break
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, "Prometheus never had the exporter's metrics"
+        time.sleep(0.5)
+    assert (snapshot.batch_queue, snapshot.batch_arrival_rate_rps) == (120.0, 15.0)
+    out = fed.poll_once()
+    assert out.source == "policy", out.reasons
+
+    for queries in (base, {**base, **batch, "batch_queue": "sum(no_such_metric)"}):
+        out = source(queries).poll_once()
+        assert out.source == "fallback"
+        assert "batch_unknown" in out.causes
+        assert out.replicas["h100"] == 4, out.reasons
+        assert "no_scale_down" in out.causes  # the HPA asked for fewer on this load
+
+
+def test_a_query_for_no_request_field_is_refused():
+    with pytest.raises(ValueError, match=r"no request field \['batch_queu'\]"):
+        PrometheusSource(
+            "http://x", ["h100"], print, queries={"arrival_rate_rps": "1", "batch_queu": "1"}
+        )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("batch_queu=sum(x)", "'batch_queu': no such request field"),
+        ("batch_queue", "expects FIELD=PROMQL"),
+    ],
+)
+def test_rlscale_serve_refuses_a_bad_query_before_it_starts(item, message, capsys):
+    from rlscale.cli import main
+
+    argv = ["serve", "--scenario", "azure-conv", "--insecure-no-auth", "--prometheus-query", item]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
