@@ -156,13 +156,13 @@ def meter_clusters(
         tenant_busy_gpu_s,
     )
     n = pool_cost_usd.shape[0]
-    if n >= PARALLEL_MIN_CLUSTERS and numba.get_num_threads() > 1:
+    if n >= METERING_PARALLEL_MIN_CLUSTERS and numba.get_num_threads() > 1:
         _meter_parallel(4 * numba.get_num_threads(), *args)
     else:
         _meter_range(0, n, *args)
 
 
-PARALLEL_MIN_CLUSTERS = 256
+METERING_PARALLEL_MIN_CLUSTERS = 256
 """From this many clusters on, metering is split over threads."""
 
 
