@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import math
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from rlscale.serving.budgets import pool_cost_rates_usd_h, tenant_shares
 from rlscale.serving.inputs import pool_current_replicas, read_request
 from rlscale.serving.limits import STALENESS_INTERVALS
 from rlscale.serving.schemas import RecommendationRequest
-from rlscale.serving.shadow_report import ShadowReportError, choose_cluster
+from rlscale.serving.shadow_report import ShadowReportError, decision_rows
 
 UNALLOCATED = "(unallocated)"
 """Where spend goes while the cluster reported no per-tenant request rates."""
@@ -60,21 +59,9 @@ class _Segment:
 
 def _rows(db_path: Path, cluster: str | None) -> tuple[str, list[tuple[float, str]]]:
     """The chosen cluster and its requests, oldest metrics first."""
-    if not db_path.is_file():
-        raise ShadowReportError(f"no shadow database at {db_path}")
-    try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            cluster, _ = choose_cluster(conn, db_path, cluster)
-            rows = conn.execute(
-                "SELECT COALESCE(metrics_timestamp_s, decided_at_s), request_json "
-                "FROM decisions WHERE cluster_id = ? ORDER BY 1, id",
-                (cluster,),
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as err:
-        raise ShadowReportError(f"{db_path} is not a readable shadow database: {err}") from None
+    cluster, _, rows = decision_rows(
+        db_path, cluster, "COALESCE(metrics_timestamp_s, decided_at_s), request_json", "1, id"
+    )
     return cluster, rows
 
 

@@ -113,8 +113,11 @@ def choose_cluster(
     return cluster, counts
 
 
-def read_shadow_log(db_path: str | Path, cluster: str | None = None) -> ShadowRecords:
-    """The decisions of ``cluster`` (default: the cluster with the most rows).
+def decision_rows(
+    db_path: str | Path, cluster: str | None, columns: str, order_by: str = "id"
+) -> tuple[str, dict[str, int], list[tuple[Any, ...]]]:
+    """``columns`` of the decisions of ``cluster`` (:func:`choose_cluster`) from the shadow
+    database at ``db_path``, opened read-only, in ``order_by`` order; with every cluster's count.
 
     :raises ShadowReportError: no such file, not a shadow database, no rows, unknown cluster.
     """
@@ -122,19 +125,32 @@ def read_shadow_log(db_path: str | Path, cluster: str | None = None) -> ShadowRe
     if not path.is_file():
         raise ShadowReportError(f"no shadow database at {path}")
     try:
-        conn = sqlite3.connect(path)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             cluster, counts = choose_cluster(conn, path, cluster)
             rows = conn.execute(
-                "SELECT decision_id, decided_at_s, metrics_timestamp_s, policy_version, source, "
-                "request_json, response_json, production_json FROM decisions "
-                "WHERE cluster_id = ?",
+                f"SELECT {columns} FROM decisions WHERE cluster_id = ? ORDER BY {order_by}",
                 (cluster,),
             ).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as err:
-        raise ShadowReportError(f"cannot read shadow database {path}: {err}") from None
+        raise ShadowReportError(f"{path} is not a readable shadow database: {err}") from None
+    return cluster, counts, rows
+
+
+def read_shadow_log(db_path: str | Path, cluster: str | None = None) -> ShadowRecords:
+    """The decisions of ``cluster`` (default: the cluster with the most rows).
+
+    :raises ShadowReportError: no such file, not a shadow database, no rows, unknown cluster.
+    """
+    path = Path(db_path)
+    cluster, counts, rows = decision_rows(
+        path,
+        cluster,
+        "decision_id, decided_at_s, metrics_timestamp_s, policy_version, source, "
+        "request_json, response_json, production_json",
+    )
 
     parsed = []
     for did, decided, metrics_t, version, source, req_j, resp_j, prod_j in rows:
