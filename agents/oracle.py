@@ -238,7 +238,7 @@ def episode_inputs(
     if sim.has_batch and sc.workload.batch is not None:
         assert sim.workload.batch_bins is not None
         batch_rps = sim.workload.batch_bins[0][own].reshape(T, K).sum(axis=1) / (K * dt)
-        deadline = max(1, round(sc.workload.batch.deadline_h * 3600.0 / sc.control_interval_s))
+        deadline = round(sim.batch_window_s / sc.control_interval_s)  # the kernel's steps
     return OracleInputs(
         pool_names=tuple(sim.pool_names),
         interval_s=sc.control_interval_s,

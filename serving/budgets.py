@@ -355,8 +355,17 @@ class SpendMeter:
         state file and never heard from again): it would keep the budgets unknown for good.
         Its spend since it fell silent was not metered, so their period is not whole."""
         self.forget(cluster)
+        self._metered_from(cluster, time_s)
+
+    def _metered_from(self, cluster: str, time_s: float, *, first: bool = False) -> None:
+        """The budgets covering ``cluster`` count its spend whole from ``time_s`` on (moved
+        only forward; with ``first``, only for budgets that counted nothing yet)."""
         for ledger in self._ledgers:
-            if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
+            if ledger.config.cluster not in (None, cluster):
+                continue
+            if ledger.metered_since_s == math.inf or (
+                not first and ledger.metered_since_s < time_s
+            ):
                 ledger.metered_since_s = time_s
 
     @classmethod
@@ -403,15 +412,11 @@ class SpendMeter:
                     self.metrics.unmetered.labels(cluster).inc(gap_s - metered_s)
                 # the gap's rest is not metered: what the budgets covering the cluster count
                 # is metered whole only from now on, as after a restart without the state
-                for ledger in self._ledgers:
-                    if ledger.config.cluster in (None, cluster) and ledger.metered_since_s < time_s:
-                        ledger.metered_since_s = time_s
+                self._metered_from(cluster, time_s)
         for other, seen in list(self._clusters.items()):
             if other != cluster and time_s - seen.time_s > self.forget_after_s:
                 self._drop_silent(other, time_s)
-        for ledger in self._ledgers:  # counted from the first observation on
-            if ledger.config.cluster in (None, cluster) and ledger.metered_since_s == math.inf:
-                ledger.metered_since_s = time_s
+        self._metered_from(cluster, time_s, first=True)  # counted from the first observation on
         shares = self._bounded(tenant_shares(tenant_rates_rps))
         now = _Cluster(time_s, cost_rate_usd_h(state, self.holding_usd_h), shares, tuple(held))
         self._clusters[cluster] = now
@@ -591,6 +596,10 @@ class SpendStore:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
+            # a commit per observation, inside the service's lock: no fsync of a rollback
+            # journal each time (as the shadow log)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_STORE_SCHEMA)
             columns = [r[1] for r in self._db.execute("PRAGMA table_info(metered_clusters)")]
             if "held" not in columns:  # a file written before held pools were kept

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from rlscale.envs.capacity import scenario_capacities_rps
 from rlscale.envs.metering import busy_usd
 from rlscale.envs.scenario import Scenario, load_scenario
+from rlscale.experiments.results import MAX_TIMELINE_POINTS
 from rlscale.serving.budgets import pool_cost_rates_usd_h, tenant_shares
 from rlscale.serving.inputs import pool_current_replicas, read_request
 from rlscale.serving.limits import STALENESS_INTERVALS
@@ -41,9 +42,6 @@ from rlscale.serving.shadow_report import ShadowReportError, decision_rows
 
 UNALLOCATED = "(unallocated)"
 """Where spend goes while the cluster reported no per-tenant request rates."""
-
-MAX_SPANS = 96
-"""The timeline is summed into at most this many spans."""
 
 
 @dataclass
@@ -157,7 +155,9 @@ def shadow_costs(
         keys = [UNALLOCATED] if seg.shares is None else list(seg.shares)
         tenants += [t for t in keys if t not in tenants]
     t0 = segments[0].start_s
-    span_s = max(scenario.control_interval_s, math.ceil((segments[-1].end_s - t0) / MAX_SPANS))
+    span_s = max(
+        scenario.control_interval_s, math.ceil((segments[-1].end_s - t0) / MAX_TIMELINE_POINTS)
+    )
     n_spans = max(1, math.ceil((segments[-1].end_s - t0) / span_s))
     by_pool = np.zeros((n_spans, len(pools)))
     tenant_cost = np.zeros((n_spans, len(tenants)))
