@@ -72,6 +72,7 @@ class BudgetLedger:
                     f"tenants are {tenants[:20]}"
                 )
             self._tenant_index.append(-1 if b.tenant is None else tenants.index(b.tenant))
+        self._metered_tenants = any(t >= 0 for t in self._tenant_index)
         self.limit_usd = np.array([b.limit_usd for b in self.budgets])
         self.spend_usd = np.zeros((n, nb))
         self.period_start_s = np.full((n, nb), -math.inf)
@@ -147,9 +148,11 @@ class BudgetLedger:
         """Count the step's spend, charge penalties, and write the observed entries."""
         sim = self.sim
         cost = sim.metrics[:, dyn.M_COST]
-        tenant_total = sim.tenant_busy_usd + sim.tenant_idle_usd
-        tenant_step = tenant_total - self._tenant_before
-        self._tenant_before = tenant_total.copy()
+        tenant_step = None
+        if self._metered_tenants:  # [clusters, tenants] work only when a budget names one
+            tenant_total = sim.tenant_busy_usd + sim.tenant_idle_usd
+            tenant_step = tenant_total - self._tenant_before
+            self._tenant_before = tenant_total
         over_before = np.maximum(self.spend_usd - self.limit_usd, 0.0)
         for k, t in enumerate(self._tenant_index):
             self.spend_usd[:, k] += cost if t < 0 else tenant_step[:, t]
