@@ -79,6 +79,9 @@ class SpotAwarePolicy:
     """
 
     name: ClassVar[str] = "spot_aware"
+    reads_batch_backlog: ClassVar[bool] = True
+    """It sizes spot for the batch backlog: served where batch work runs, it decides only
+    with the batch inputs known (see :func:`rlscale.serving.service.reads_batch`)."""
     spot_pool: str | None = None
     ondemand_pool: str | None = None
     target_utilization: float = 0.6

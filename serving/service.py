@@ -401,10 +401,14 @@ class DecisionService:
 
     def _with_batch(self, read: ReadRequest) -> ReadRequest:
         """``read`` with its batch problems (``batch_unknown``: the fallback decides, nothing
-        scales down) when the serving policy observes the batch entries; unchanged for any
-        other policy, which ignores the batch inputs."""
+        scales down) when the serving policy reads the batch inputs (:func:`reads_batch`);
+        unchanged for any other policy, which ignores them."""
         policy = self.policy
-        if policy is None or not read.batch_problems or not observes_batch(policy.policy):
+        if (
+            policy is None
+            or not read.batch_problems
+            or not reads_batch(policy.policy, self.scenario)
+        ):
             return read
         return replace(read, problems=[*read.problems, *read.batch_problems])
 
@@ -557,12 +561,17 @@ class DecisionService:
         ).state
 
 
-def observes_batch(policy: object) -> bool:
-    """The policy is an exported one trained with batch work (its manifest's layout has the
-    batch entries)."""
+def reads_batch(policy: object, scenario: Scenario) -> bool:
+    """The policy decides on the batch inputs: an exported one trained with batch work (its
+    manifest's layout has the batch entries), or, where the scenario has batch work, a
+    baseline that sizes capacity for the batch backlog (``reads_batch_backlog``). Without
+    those inputs such a policy would read no backlog and could scale its batch capacity down
+    out of ignorance."""
     manifest = getattr(policy, "manifest", None)
     observation = getattr(manifest, "observation", None)
-    return getattr(observation, "batch_window_s", None) is not None
+    if getattr(observation, "batch_window_s", None) is not None:
+        return True
+    return scenario.workload.batch is not None and getattr(policy, "reads_batch_backlog", False)
 
 
 def _check_decision(decision: Decision) -> None:

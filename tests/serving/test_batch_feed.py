@@ -208,3 +208,62 @@ def test_rlscale_serve_answers_from_the_batch_policy_over_http(batch_policy, ser
     assert "batch_unknown" in fallen["causes"]
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
     assert 'rlscale_fallback_causes_total{cause="batch_unknown"} 1.0' in metrics
+
+
+def _spot_body(spot: int, **batch: float | None) -> RecommendationRequest:
+    """One on-demand replica for a quiet interactive load, ``spot`` spot replicas working
+    off a batch backlog."""
+    body = {
+        "cluster_id": "c1",
+        "timestamp": T0,
+        "arrival_rate_rps": 0.5,
+        "gpu_util": 0.3,
+        "pools": [
+            {"name": "h100", "replicas": {"ready": 1}},
+            {"name": "h100-spot", "replicas": {"ready": spot}},
+        ],
+        **{k: v for k, v in batch.items() if v is not None},
+    }
+    return RecommendationRequest.model_validate(body)
+
+
+def test_the_spot_aware_baseline_served_with_batch_work_falls_back_without_the_batch_inputs(
+    eager_hpa,
+):
+    """It sizes spot for the batch backlog: without the batch inputs it would read no backlog
+    and scale the spot replicas working it off down; the fallback decides and holds them."""
+    backlog = {"batch_queue": 60000.0, "batch_arrival_rate_rps": 2.0}
+    service = _service("spot_aware", eager_hpa)
+    known = service.decide(_spot_body(4, **backlog))
+    assert known.source == "policy", known.reasons
+    assert known.replicas["h100-spot"] >= 4  # the backlog keeps its spot replicas
+    # what the baseline itself makes of a request without them: no backlog, fewer spot
+    blind = load_policy("spot_aware", load_scenario(SCENARIO)).policy
+    state = service.to_state(_spot_body(4))
+    decision, _ = blind.decide(state, blind.initial_memory())
+    assert decision.replicas["h100-spot"] < 4
+    for batch in ({}, {"batch_queue": float("nan"), "batch_arrival_rate_rps": 2.0}):
+        out = _service("spot_aware", eager_hpa).decide(_spot_body(4, **batch))
+        assert out.source == "fallback", out.reasons
+        assert "batch_unknown" in out.causes
+        assert out.replicas.get("h100-spot", 4) == 4, out.reasons
+
+
+def test_the_spot_aware_baseline_without_batch_work_ignores_the_batch_inputs():
+    scenario = load_scenario("azure-conv")
+    service = DecisionService(
+        scenario,
+        load_policy("spot_aware", scenario),
+        load_policy("hpa", scenario),
+        max_staleness_s=60.0,
+        clock=Clock(T0),
+    )
+    body = {
+        "cluster_id": "c1",
+        "timestamp": T0,
+        "arrival_rate_rps": 3.0,
+        "pools": [{"name": p.name, "replicas": {"ready": 1}} for p in scenario.pools],
+    }
+    out = service.decide(RecommendationRequest.model_validate(body))
+    assert out.source == "policy", out.reasons
+    assert "batch_unknown" not in out.causes
