@@ -116,11 +116,16 @@ def test_without_usable_batch_inputs_the_fallback_decides_and_nothing_scales_dow
 
 
 @pytest.mark.parametrize("batch", [{}, {"batch_queue": -5.0, "batch_arrival_rate_rps": 1e300}])
-def test_a_policy_without_batch_entries_ignores_the_batch_inputs(exported_policy, batch):
+@pytest.mark.parametrize("policy", ["exported", "spot_aware"])
+def test_a_policy_without_batch_entries_ignores_the_batch_inputs(exported_policy, policy, batch):
+    """A policy trained without batch work, or the spot-aware baseline on a scenario without
+    batch work, decides whatever the batch inputs say."""
     scenario = load_scenario("azure-conv")
+    if policy == "exported":
+        policy = str(exported_policy(0, "azure-conv"))
     service = DecisionService(
         scenario,
-        load_policy(str(exported_policy(0, "azure-conv")), scenario),
+        load_policy(policy, scenario),
         load_policy("hpa", scenario),
         max_staleness_s=60.0,
         clock=Clock(T0),
@@ -247,23 +252,3 @@ def test_the_spot_aware_baseline_served_with_batch_work_falls_back_without_the_b
         assert out.source == "fallback", out.reasons
         assert "batch_unknown" in out.causes
         assert out.replicas.get("h100-spot", 4) == 4, out.reasons
-
-
-def test_the_spot_aware_baseline_without_batch_work_ignores_the_batch_inputs():
-    scenario = load_scenario("azure-conv")
-    service = DecisionService(
-        scenario,
-        load_policy("spot_aware", scenario),
-        load_policy("hpa", scenario),
-        max_staleness_s=60.0,
-        clock=Clock(T0),
-    )
-    body = {
-        "cluster_id": "c1",
-        "timestamp": T0,
-        "arrival_rate_rps": 3.0,
-        "pools": [{"name": p.name, "replicas": {"ready": 1}} for p in scenario.pools],
-    }
-    out = service.decide(RecommendationRequest.model_validate(body))
-    assert out.source == "policy", out.reasons
-    assert "batch_unknown" not in out.causes
