@@ -251,4 +251,4 @@ def test_the_spot_aware_baseline_served_with_batch_work_falls_back_without_the_b
         out = _service("spot_aware", eager_hpa).decide(_spot_body(4, **batch))
         assert out.source == "fallback", out.reasons
         assert "batch_unknown" in out.causes
-        assert out.replicas.get("h100-spot", 4) == 4, out.reasons
+        assert out.replicas["h100-spot"] == 4, out.reasons
