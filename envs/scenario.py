@@ -335,6 +335,16 @@ RANDOMIZED_SCALES = ("rate_scale", "spot_price_scale", "preemption_scale", "cold
 """The multipliers an episode may draw, in the order the kernel stores them."""
 
 
+class MixedWorkload(_Strict):
+    """Another workload some training clusters run instead of the scenario's own (same pools,
+    SLO and everything else): ``share`` of them, each on the training part of its own split."""
+
+    share: Annotated[float, Field(gt=0, lt=1)] = Field(
+        description="share of the training clusters that run this workload, in (0, 1)"
+    )
+    workload: WorkloadConfig
+
+
 class RandomizationConfig(_Strict):
     """Domain randomization: the ranges each training episode draws its multipliers from.
 
@@ -362,6 +372,13 @@ class RandomizationConfig(_Strict):
         default=None,
         description="multiplies provisioning, weight-loading and warm-start durations; > 0",
     )
+    workloads: list[MixedWorkload] = Field(
+        default_factory=list,
+        description=(
+            "other workloads mixed into training, each on a share of the clusters; the "
+            "scenario's own workload keeps the rest (the shares sum to less than 1)"
+        ),
+    )
     sampling: Literal["log_uniform", "uniform"] = Field(
         default="log_uniform",
         description=(
@@ -387,6 +404,16 @@ class RandomizationConfig(_Strict):
         if lo > hi:
             raise ValueError(f"{name} [{lo}, {hi}]: lo must be <= hi; write it as [{hi}, {lo}]")
         return value
+
+    @model_validator(mode="after")
+    def _own_workload_keeps_a_share(self) -> RandomizationConfig:
+        total = sum(w.share for w in self.workloads)
+        if self.workloads and total >= 1.0:
+            raise ValueError(
+                f"randomization.workloads: shares sum to {total:g}; they must sum to less "
+                f"than 1 (the scenario's own workload keeps the rest)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _log_uniform_needs_positive(self) -> RandomizationConfig:

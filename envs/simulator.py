@@ -185,6 +185,9 @@ class ClusterSimulator:
         :meth:`episode_latency` reads. Off, nothing else changes (observations, rewards and
         step metrics are the same to the last bit) and stepping takes about 13% less time:
         the batched envs turn it off unless asked, since training reads none of it.
+    :param reference_rps: the rate observations are normalized by; None: the workload's mean
+        (after the response cache). Clusters of another workload mixed into training
+        (:mod:`rlscale.envs.mix`) take the scenario's own, so a rate reads the same in both.
     """
 
     def __init__(
@@ -197,6 +200,7 @@ class ClusterSimulator:
         split: str = "all",
         randomize: bool = False,
         episode_latency_stats: bool = True,
+        reference_rps: float | None = None,
     ) -> None:
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
@@ -299,7 +303,11 @@ class ClusterSimulator:
         self._slowest_start_s = float(cold[:, dyn.CT_PROV].max() + cold[:, dyn.CT_LOAD].max())
         H = self._ring_length(1.0)
         G = int(max(grace_bins, max_notice)) + 2
-        ref_rps = max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
+        ref_rps = (
+            max(wl.mean_rps * (1.0 - sc.workload.cache_hit_ratio), 1e-3)
+            if reference_rps is None
+            else float(reference_rps)
+        )
         self.reference_rps = ref_rps
         sp = np.zeros(dyn.N_SP)
         sp[dyn.SP_DT] = sc.substep_s

@@ -21,7 +21,8 @@ from gymnasium.vector.utils import batch_space
 
 from rlscale.envs import dynamics as dyn
 from rlscale.envs.env import DEFAULT_SCENARIO
-from rlscale.envs.scenario import Scenario
+from rlscale.envs.mix import MixedSimulator, mixes_workloads
+from rlscale.envs.scenario import Scenario, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
@@ -38,7 +39,7 @@ def episode_summary(sim: ClusterSimulator, i: int) -> dict[str, Any]:
 class BatchedEnvBase:
     """What both vector env flavours share: the simulator, spaces and per-env random streams."""
 
-    sim: ClusterSimulator
+    sim: ClusterSimulator | MixedSimulator
 
     def _setup(
         self,
@@ -50,8 +51,11 @@ class BatchedEnvBase:
         randomize: bool,
         episode_latency_stats: bool = False,
     ) -> None:
-        self.sim = ClusterSimulator(
-            scenario,
+        sc = load_scenario(scenario)
+        # training with a mix of workloads: one simulator per workload, stepped as one batch
+        kind = MixedSimulator if mixes_workloads(sc, randomize) else ClusterSimulator
+        self.sim = kind(
+            sc,
             num_envs,
             workload=workload,
             workload_seed=workload_seed,

@@ -247,6 +247,7 @@ class _Trainer:
         from stable_baselines3.common.logger import HumanOutputFormat, Logger
         from stable_baselines3.common.vec_env import VecNormalize
 
+        from rlscale.envs.mix import MixedSimulator
         from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
         from rlscale.training.policy import load_ppo, new_ppo
 
@@ -256,6 +257,9 @@ class _Trainer:
             cfg.n_envs, scenario=self.scenario, split="train", randomize=cfg.randomize
         )
         self.sim = self.venv.sim
+        # what the policy is exported against: the scenario's own workload (with a mix of
+        # workloads, the part that runs it; the others share its pools and layout)
+        self.scenario_sim = self.sim.primary if isinstance(self.sim, MixedSimulator) else self.sim
         self.venv.seed(cfg.seed)
         self.vn = VecNormalize(
             self.venv,
@@ -686,7 +690,7 @@ def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainRes
         export_dir = trainer.run_dir / "policy"
         export_ppo(
             trainer.model,
-            trainer.sim,
+            trainer.scenario_sim,
             export_dir,
             name=f"ppo-{trainer.scenario.name}",
             vec_normalize=trainer.vn,

@@ -22,12 +22,24 @@ pytest.importorskip("mlflow")
 pytest.importorskip("onnxruntime")
 
 from rlscale.cli import main
-from rlscale.envs.scenario import ScenarioError
+from rlscale.envs.scenario import ScenarioError, scenario_from_dict
+from rlscale.envs.simulator import ClusterSimulator
 from rlscale.training.config import TrainConfig, config_from_args
 from rlscale.training.lagrange import LagrangeMultiplier
 
-RANDOMIZED = {"randomization": {"rate_scale": [0.8, 1.25]}}
-"""The quick scenario (tests/conftest.py) with a rate range, so that training randomizes."""
+RANDOMIZED = {
+    "randomization": {
+        "rate_scale": [0.8, 1.25],
+        "workloads": [
+            {
+                "share": 0.25,
+                "workload": {"kind": "synthetic", "synthetic": {"base_rate_rps": 2.0, "days": 0.5}},
+            }
+        ],
+    }
+}
+"""The quick scenario (tests/conftest.py) with a rate range, so that training randomizes, and
+a quieter workload mixed into a quarter of the training clusters."""
 # 4 envs x 64 steps = 256 env steps per PPO update
 SMALL = [
     "--n-envs", "4", "--n-steps", "64", "--batch-size", "128", "--n-epochs", "1",
@@ -104,6 +116,9 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
     policy = load_onnx_policy(local)
     assert policy.manifest.training["run_id"] == run.info.run_id
     assert policy.manifest.training["timesteps"] == 1024
+    # trained on a mix of workloads, described by the scenario's own (its rate units)
+    own = ClusterSimulator(scenario_from_dict(yaml.safe_load(Path(store["scenario"]).read_text())))
+    assert policy.manifest.observation.reference_rps == pytest.approx(own.reference_rps)
     # the export is the cheapest validation that met the target (model selection on
     # validation windows, never held-out ones)
     att = {
@@ -261,11 +276,8 @@ def test_served_policy_below_target_raises_the_rollout_target():
 
 
 def test_the_violation_price_is_what_the_reward_charges(quick_raw):
-    from rlscale.envs.simulator import ClusterSimulator
-
     sc = quick_raw("quick-train")
     sc["pools"][0]["initial_replicas"] = 0  # nothing serves: every request is a violation
-    from rlscale.envs.scenario import scenario_from_dict
 
     rewards = []
     for price in (0.0, 0.05):
@@ -292,7 +304,6 @@ def test_hold_prior_starts_the_policy_holding(quick_raw):
     from stable_baselines3 import PPO
 
     from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
-    from rlscale.envs.scenario import scenario_from_dict
     from rlscale.training.train import hold_prior
 
     venv = InferenceClusterVecEnv(2, scenario=scenario_from_dict(quick_raw("quick-train")))

@@ -1,0 +1,144 @@
+"""Training on a mix of workloads with the same pools (``randomization.workloads``): each
+part of the batch runs its own workload exactly as a simulator of that workload alone would,
+rates read in the scenario's own units, and only training mixes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from rlscale.envs.mix import MixedSimulator, mix_sizes
+from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
+from rlscale.envs.scenario import ScenarioError, load_scenario
+from rlscale.envs.simulator import ClusterSimulator
+from rlscale.envs.vector import InferenceClusterVectorEnv
+
+BASE = "synthetic-4day"
+
+
+def _other_workload(base_rate_rps: float = 4.0, **more) -> dict:
+    """A quieter synthetic service with longer answers and its own season."""
+    return {
+        "kind": "synthetic",
+        "synthetic": {"base_rate_rps": base_rate_rps, "peak_hour": 3, "days": 4},
+        "prompt_tokens": {"median": 300, "p90": 900},
+        "output_tokens": {"median": 400, "p90": 1200},
+        **more,
+    }
+
+
+def _mixed(*shares: float, **workload):
+    sc = load_scenario(BASE)
+    data = sc.model_dump()
+    data["randomization"]["workloads"] = [
+        {"share": s, "workload": _other_workload(**workload)} for s in shares
+    ]
+    return type(sc).model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("n", "shares", "want"),
+    [(8, [0.25], [6, 2]), (32, [0.25, 0.25], [16, 8, 8]), (3, [0.1, 0.1], [1, 1, 1])],
+)
+def test_clusters_are_shared_out_by_share_with_at_least_one_each(n, shares, want):
+    assert mix_sizes(n, shares) == want
+    sizes = mix_sizes(n, shares)
+    assert sum(sizes) == n
+
+
+def test_more_parts_than_clusters_is_refused():
+    with pytest.raises(ScenarioError, match="at least 3 clusters"):
+        mix_sizes(2, [0.2, 0.2])
+
+
+def test_shares_must_leave_the_scenarios_own_workload_some():
+    with pytest.raises(ValidationError, match="sum to 1"):
+        _mixed(0.5, 0.5)
+    with pytest.raises(ValidationError, match="share"):
+        _mixed(0.0)
+
+
+def test_each_part_runs_as_a_simulator_of_its_workload_alone():
+    """Cluster for cluster, bit for bit: the mix changes nothing but which clusters run what;
+    the other workload's rates are observed in the scenario's own units."""
+    sc = _mixed(0.5)
+    mixed = MixedSimulator(sc, 4, split="train", randomize=True)
+    own = ClusterSimulator(sc, 2, split="train", randomize=True, episode_latency_stats=False)
+    other_sc = sc.model_copy(update={"workload": sc.randomization.workloads[0].workload})
+    other = ClusterSimulator(
+        other_sc,
+        2,
+        split="train",
+        randomize=True,
+        episode_latency_stats=False,
+        reference_rps=own.reference_rps,
+    )
+    assert mixed.sizes == [2, 2]
+    assert other.reference_rps == own.reference_rps
+    assert other.workload.mean_rps < 0.5 * own.workload.mean_rps  # another workload indeed
+    for i in range(4):
+        mixed.reset_cluster(i, np.random.default_rng(i))
+        (own if i < 2 else other).reset_cluster(i % 2, np.random.default_rng(i))
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        a = rng.integers(0, own.action_nvec, size=(4, own.action_nvec.size))
+        mixed.step(a)
+        own.step(a[:2])
+        other.step(a[2:])
+        assert np.array_equal(mixed.obs, np.concatenate([own.obs, other.obs]))
+        assert np.array_equal(mixed.rewards, np.concatenate([own.rewards, other.rewards]))
+    good, counted = mixed.step_requests()
+    assert good.shape == counted.shape == (4,)
+    assert mixed.step_info(3)["workload"] == other.workload.name
+    assert mixed.step_info(0)["workload"] == own.workload.name
+    # the quieter workload reads as less load in the same units
+    rate = mixed.observation_names.index("arrival_rate")
+    assert mixed.obs[2:, rate].mean() < mixed.obs[:2, rate].mean()
+
+
+def test_every_part_starts_its_episodes_in_its_own_training_part():
+    sc = _mixed(0.25, 0.25)
+    mixed = MixedSimulator(sc, 8, split="train", randomize=True)
+    rng = np.random.default_rng(0)
+    for part in mixed.parts:
+        assert part.split_part == "train"
+    for _ in range(20):
+        for i in range(8):
+            mixed.reset_cluster(i, rng)
+        for part in mixed.parts:
+            lo, hi = part.start_range
+            assert ((part.start_steps >= lo) & (part.start_steps <= hi)).all()
+            assert hi < part.split.validation_starts[0]
+
+
+def test_only_randomized_training_mixes():
+    sc = _mixed(0.25)
+    for cls in (InferenceClusterVecEnv, InferenceClusterVectorEnv):
+        assert isinstance(cls(4, scenario=sc, randomize=True).sim, MixedSimulator)
+        plain = cls(4, scenario=sc, randomize=False).sim
+        assert isinstance(plain, ClusterSimulator)
+        assert plain.num_clusters == 4
+
+
+def test_the_sb3_vec_env_steps_a_mix_and_ends_episodes_with_their_workload():
+    sc = _mixed(0.5)
+    venv = InferenceClusterVecEnv(4, scenario=sc, randomize=True)
+    venv.seed(3)
+    obs = venv.reset()
+    assert obs.shape == (4, len(venv.sim.observation_names))
+    noop = np.tile(venv.sim.noop_action(), (4, 1))
+    steps = venv.sim.parts[0].episode_steps
+    ended = []
+    for _ in range(steps):
+        obs, rewards, _, infos = venv.step(noop)
+        ended += [info["workload"] for info in infos if "episode" in info]
+    assert sorted(set(ended)) == sorted({p.workload.name for p in venv.sim.parts})
+    assert np.isfinite(obs).all() and np.isfinite(rewards).all()
+
+
+def test_a_workload_observed_otherwise_is_refused():
+    """A mixed workload with batch requests would add the batch entries to the observation."""
+    sc = _mixed(0.25, batch={"share": 0.3, "deadline_h": 1.0})
+    with pytest.raises(ScenarioError, match="observed alike"):
+        MixedSimulator(sc, 4, split="train", randomize=True)
