@@ -2145,110 +2145,33 @@ def _step_cluster(i, actions, params, state, out, batch):
     price_scale = c[CS_SCALES + SC_SPOT_PRICE]
     preempt_scale = c[CS_SCALES + SC_PREEMPT]
     cold_scale = c[CS_SCALES + SC_COLD_START]
+    # the steps, their arguments packed (one a line would hide the sequence)
+    # fmt: off
     _market(
-        i,
-        pp,
-        spot,
-        ps,
-        drings,
-        rng,
-        m,
-        pmet,
-        dt,
-        K,
-        G,
-        s0,
-        dstep,
-        price_scale,
-        preempt_scale,
-        batch,
+        i, pp, spot, ps, drings, rng, m, pmet, dt, K, G, s0, dstep, price_scale, preempt_scale,
+        batch
     )
     # batch queue: cohorts past the deadline expire; this step's arrivals join a new one
     if batch:
         _batch_expire(c, m, bring[i], bstep, LB)
     _actions(
-        i,
-        actions,
-        sp,
-        pp,
-        spot,
-        cold,
-        ps,
-        srings,
-        drings,
-        rng,
-        m,
-        pmet,
-        dt,
-        H,
-        G,
-        s0,
-        dstep,
-        cold_scale,
-        batch,
+        i, actions, sp, pp, spot, cold, ps, srings, drings, rng, m, pmet, dt, H, G, s0, dstep,
+        cold_scale, batch
     )
     # per-pool sums of this step, in the cluster's scratch rows (no allocation per step)
     scr = scratch[i]
     sums = _substeps(
-        i,
-        sp,
-        pp,
-        wl,
-        prompt_q,
-        cold,
-        bwl,
-        c,
-        m,
-        ps,
-        qring,
-        whist,
-        srings,
-        drings,
-        rng,
-        pmet,
-        scr,
-        bring,
-        dt,
-        K,
-        L,
-        H,
-        G,
-        nbins,
-        s0,
-        off,
-        bstep,
-        LB,
-        cache_hit,
-        maxtok,
-        prompt_m2,
-        rate_scale,
-        cold_scale,
-        episode_stats,
-        batch,
+        i, sp, pp, wl, prompt_q, cold, bwl, c, m, ps, qring, whist, srings, drings, rng, pmet, scr,
+        bring, dt, K, L, H, G, nbins, s0, off, bstep, LB, cache_hit, maxtok, prompt_m2, rate_scale,
+        cold_scale, episode_stats, batch
     )
     c[CS_SUB] = s0 + K
     c[CS_STEP] += 1.0
     _step_metrics(
-        i,
-        sp,
-        pp,
-        prompt_q,
-        c,
-        m,
-        ps,
-        whist,
-        ep_whist,
-        ep_tpot,
-        pmet,
-        rew,
-        scr,
-        grid[i],
-        dt,
-        K,
-        sums,
-        episode_stats,
-        batch,
+        i, sp, pp, prompt_q, c, m, ps, whist, ep_whist, ep_tpot, pmet, rew, scr, grid[i], dt, K,
+        sums, episode_stats, batch
     )
+    # fmt: on
     _write_obs(i, sp, pp, wl, c, ps, m, obs, obs_lo, obs_hi, spot)
 
 
