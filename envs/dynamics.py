@@ -2102,10 +2102,11 @@ def _step_cluster(i, actions, params, state, out, batch):
     kernel, ``azure-conv`` N=1024, one thread): the per-step ones (:func:`_market`,
     :func:`_actions`, :func:`_step_metrics`) are inlined, since as plain calls they cost about
     5%; :func:`_substeps` is one plain call whose loop keeps its hot body whole, since every
-    array handed to a call (inlined or not) costs a reference count taken and released, and
-    per sub-step that adds up (admission as an inlined function of its own: about 3.5%
-    slower; billing as a plain one about 3%). Only rare paths (:func:`_drain_deadline`,
-    :func:`_drained_leave`) are functions of their own inside the loop."""
+    array handed to a call costs a reference count taken and released (an inlined call binds its
+    arguments by assignment, which numba counts too), and per sub-step that adds up (admission
+    as an inlined function of its own: about 3.5% slower; billing as a plain one about 3%). Only
+    rare paths (:func:`_drain_deadline`, :func:`_drained_leave`) are functions of their own
+    inside the loop."""
     literally(batch)
     sp, pp, wl, prompt_q, spot, cold, obs_lo, obs_hi, bwl = params
     cs, ps, qring, whist, srings, drings, rng, ep_whist, ep_tpot, scratch, grid, bring = state
