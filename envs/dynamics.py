@@ -388,6 +388,9 @@ N_GR = 10
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token),
 # about 1.9 % wide; percentiles interpolate within a bin, so they land well inside 2 %.
 TPOT_BINS = 480
+# an episode TPOT histogram's row carries, past its bins, per sub-step of the step and pool the
+# completed requests and the lifetime rows they completed at (_note_tpot_completions)
+TPOT_AT_FIELDS = 1 + N_OUTPUT_Q
 TPOT_MIN_S = 1e-3
 TPOT_MAX_S = 10.0
 
@@ -772,6 +775,24 @@ def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
             tpot = fixed + np.exp(mu + _GH_NODES[g] * sig)
             b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
             hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _note_tpot_completions(at, ps_row, completed):
+    """Keep a sub-step's completed interactive requests of a pool and the lifetime averages of
+    the iteration time (PS_TPOT_LIFE) they complete at, for the episode TPOT (``at``: the
+    sub-step's and pool's TPOT_AT_FIELDS past the episode histogram's bins).
+
+    A request's TPOT is the mean iteration time of its own decode, which ends in the sub-step
+    it completes in; the step's later sub-steps are not part of it (read at the step's end, a
+    burst of prefill in its last seconds would be charged to every request that completed
+    before it, and one in its first seconds forgotten by the requests that lived through it).
+    """
+    at[0] = completed
+    if completed <= 0.0:
+        return
+    for q in range(N_OUTPUT_Q):
+        at[1 + q] = ps_row[PS_TPOT_LIFE + q]
 
 
 @njit(cache=True, error_model="numpy")
@@ -1455,6 +1476,7 @@ def _substeps(
     pmet,
     scr,
     bring,
+    ep_tpot,
     dt,
     K,
     L,
@@ -1853,6 +1875,9 @@ def _substeps(
             tokens += dec_d + dec_db
             completed = done + done_d
             done_pool[p] += completed
+            if episode_stats:
+                ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS
+                _note_tpot_completions(ep_tpot[i, ja : ja + TPOT_AT_FIELDS], row, completed)
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
                 rest_i, rest_b = _drained_leave(i, p, row, drings, G, nbk)
@@ -2049,8 +2074,11 @@ def _step_metrics(
                 pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
-            life = ps[i, p, PS_TPOT_LIFE : PS_TPOT_LIFE + N_OUTPUT_Q]
-            _add_request_tpot(ep_tpot[i], life, share, var_it, done_pool[p], sp)
+            for k in range(K):
+                ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS
+                if ep_tpot[i, ja] > 0.0:
+                    at = ep_tpot[i, ja : ja + TPOT_AT_FIELDS]
+                    _add_request_tpot(ep_tpot[i, :TPOT_BINS], at[1:], share, var_it, at[0], sp)
     m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
     m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
     m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
@@ -2163,8 +2191,8 @@ def _step_cluster(i, actions, params, state, out, batch):
     scr = scratch[i]
     sums = _substeps(
         i, sp, pp, wl, prompt_q, cold, bwl, c, m, ps, qring, whist, srings, drings, rng, pmet, scr,
-        bring, dt, K, L, H, G, nbins, s0, off, bstep, LB, cache_hit, maxtok, prompt_m2, rate_scale,
-        cold_scale, episode_stats, batch
+        bring, ep_tpot, dt, K, L, H, G, nbins, s0, off, bstep, LB, cache_hit, maxtok, prompt_m2,
+        rate_scale, cold_scale, episode_stats, batch
     )
     c[CS_SUB] = s0 + K
     c[CS_STEP] += 1.0
@@ -2450,6 +2478,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
                 + cs_row[CS_EP_BASE_SUM] / w
                 + cs_row[CS_EP_PRE_SUM] / w * tokens / count
             )
+    ep_tpot_row = ep_tpot_row[:TPOT_BINS]  # the bins (the step scratch follows)
     total = ep_tpot_row.sum()
     if total > 0.0:
         log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)

@@ -416,7 +416,9 @@ class ClusterSimulator:
         self.episode_latency_stats = bool(episode_latency_stats)
         kept = self.episode_latency_stats
         self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L if kept else 0))
-        self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS if kept else 0))
+        # the TPOT bins, then the step's completions per sub-step and pool (dyn.TPOT_AT_FIELDS)
+        tpot_width = dyn.TPOT_BINS + self.substeps_per_step * P * dyn.TPOT_AT_FIELDS
+        self.episode_tpot_hist = np.zeros((n, tpot_width if kept else 0))
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)
         self._actions = np.zeros((n, 2 * P), dtype=np.int64)
