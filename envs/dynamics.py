@@ -224,13 +224,25 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
-# iteration seconds averaged over the decode lifetime of a request of each output quantile
-# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes; kept with the episode's latency
-# histograms only, which alone read them)
-PS_TPOT_LIFE = 15
+# per output class, statistics of the requests admitted into it and still in flight: how many,
+# their mean prompt and output tokens and mean prompt x output, and the pshift these give
+# (_freed_per_completion; set by _admit_classes; completions take requests away, not the
+# means). Sequences stay in flight for their output's worth of iterations, so the prompts in
+# flight are output-weighted, ``E[p o] / E[o]``, against ``E[p]`` for the requests that
+# complete; where prompt and output lengths go together this differs from window to window of
+# a trace (among the Azure conversation trace's short answers -250 tokens in some minutes, -20
+# in others, -153 over the hour), so it is taken over the requests in flight, not as the
+# workload's constant (CP_PSHIFT, which the batch class keeps)
+PS_PSTAT = 15
+PT_N = 0
+PT_PROMPT = 1
+PT_OUTPUT = 2
+PT_PO = 3
+PT_PSHIFT = 4
+N_PT = 5
 # PS_IR .. PS_CD hold the totals of the buckets (batch included), which follow: ps[...,
 # PS_CLASS + N_CF * k + CF_*] for bucket k, fields in the order of the totals
-PS_CLASS = PS_TPOT_LIFE + N_OUTPUT_Q
+PS_CLASS = PS_PSTAT + N_PT * OUTPUT_CLASSES
 CF_IR = 0
 CF_WR = 1
 CF_CR = 2
@@ -242,7 +254,12 @@ N_CF = 6
 # cancelling scans back from there, not from a whole ring ahead
 PS_HORIZON_PROV = PS_CLASS + N_CF * N_BUCKETS
 PS_HORIZON_LOAD = PS_HORIZON_PROV + 1
-N_PS = PS_HORIZON_LOAD + 1
+# iteration seconds averaged over the decode lifetime of a request of each output quantile
+# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes; kept with the episode's latency
+# histograms only, which alone read them: last, out of the way of the fields every sub-step
+# reads)
+PS_TPOT_LIFE = PS_HORIZON_LOAD + 1
+N_PS = PS_TPOT_LIFE + N_OUTPUT_Q
 
 # queue ring qring[i, row, L]: per arrival cohort, what is still queued of it
 Q_N = 0  # requests
@@ -252,7 +269,9 @@ Q_ARRIVED = 3  # requests the cohort had on arrival (those taken by then arrived
 Q_N0 = 4  # of which in output class 0 (the shorter answers): requests
 Q_PROMPT0 = 5  # ... their prompt tokens
 Q_OUTPUT0 = 6  # ... their output tokens
-N_Q = 7
+Q_PO0 = 7  # ... the sum over them of prompt x output tokens
+Q_PO = 8  # the same over all the cohort's requests
+N_Q = 9
 # workload rows wl[row, T]
 WL_ARRIVALS = 0
 WL_PROMPT = 1
@@ -261,7 +280,9 @@ WL_FORECAST = 3
 WL_N0 = 4  # arrivals in output class 0, their prompt and output tokens
 WL_PROMPT0 = 5
 WL_OUTPUT0 = 6
-N_WL = 7
+WL_PO0 = 7  # sums of prompt x output tokens over the bin's class-0 arrivals, and all of them
+WL_PO = 8
+N_WL = 9
 # batch arrivals bwl[row, T] (a [N_BQ, 1] array of zeros when the workload has none)
 # and the batch queue's cohorts bring[i, row, SP_BATCH_STEPS]: requests, prompt, output tokens
 BQ_N = 0
@@ -922,7 +943,12 @@ def _decode_classes(ps_row, bucket, n_iter, sp, nb):
         if seqs <= 0.0:
             continue
         phi = sp[SP_CLASS + N_CP * k + CP_PHI]
-        pshift = sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        # the class's pshift (PS_PSTAT), the batch class's from the workload
+        pshift = (
+            ps_row[PS_PSTAT + N_PT * k + PT_PSHIFT]
+            if k < OUTPUT_CLASSES
+            else sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        )
         remaining = ps_row[j + 1]
         decoded = min(remaining, n_iter * seqs)
         done = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
@@ -934,6 +960,10 @@ def _decode_classes(ps_row, bucket, n_iter, sp, nb):
         ctx = ps_row[j + 2] + decoded
         remaining -= decoded
         left = seqs - done
+        if k < OUTPUT_CLASSES:
+            # the completing requests leave the class's in-flight statistics
+            jt = PS_PSTAT + N_PT * k + PT_N
+            ps_row[jt] = max(0.0, ps_row[jt] - done)
         if left <= 1e-12:
             ps_row[j] = 0.0
             ps_row[j + 1] = 0.0
@@ -1009,7 +1039,13 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio, 
         gk = phi * sk * sk / (t_dec * wk) if wk > 0.0 else sk / dt
         g += gk
         g_freed += gk * _freed_per_completion(
-            sk, wk, ps_row[j + 2], phi, sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+            sk,
+            wk,
+            ps_row[j + 2],
+            phi,
+            ps_row[PS_PSTAT + N_PT * k + PT_PSHIFT]
+            if k < OUTPUT_CLASSES
+            else sp[SP_CLASS + N_CP * k + CP_PSHIFT],
         )
     freed = g_freed / g if g > 0.0 else 0.0
     cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
@@ -1076,21 +1112,66 @@ def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1, nb):
+def _admit_classes(
+    ps_row, n0, prompt0, output0, po0, n1, prompt1, output1, po1, pshift0, pshift1, nb
+):
     """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
-    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
+    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued) and
+    ``po_k`` the sum of their prompt x output tokens. A new
     sequence holds its slot for its prefill iteration (the first token) and one iteration per
     further token, so its output counts whole, from the next sub-step (within this one the
-    slots it took were freed by completions)."""
+    slots it took were freed by completions).
+
+    They join their class's in-flight statistics (PS_PSTAT), whose pshift is set from them
+    with Bessel's ``n / (n - 1)`` for a small sample; while fewer than two are in flight it is
+    the workload's constant ``pshift_k``."""
     for k in range(OUTPUT_CLASSES):
         n = n0 if k == 0 else n1
         if n <= 1e-12:
             continue
         j = PS_CLASS + N_CF * k + CF_IR
+        output = max(0.0, output0 if k == 0 else output1)
+        prompt = max(0.0, prompt0 if k == 0 else prompt1)
         ps_row[j] += n
-        ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
-        ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
+        ps_row[j + 1] += output
+        ps_row[j + 2] += prompt
+        jt = PS_PSTAT + N_PT * k
+        n_was = ps_row[jt + PT_N]
+        n_now = n_was + n
+        inv = 1.0 / n_now
+        mp = (n_was * ps_row[jt + PT_PROMPT] + prompt) * inv
+        mo = (n_was * ps_row[jt + PT_OUTPUT] + output) * inv
+        mpo = (n_was * ps_row[jt + PT_PO] + max(0.0, po0 if k == 0 else po1)) * inv
+        ps_row[jt + PT_N] = n_now
+        ps_row[jt + PT_PROMPT] = mp
+        ps_row[jt + PT_OUTPUT] = mo
+        ps_row[jt + PT_PO] = mpo
+        if n_now >= 2.0 and mo > 0.0:
+            ps_row[jt + PT_PSHIFT] = (mpo - mp * mo) * n_now / (mo * (n_now - 1.0))
+        else:
+            ps_row[jt + PT_PSHIFT] = pshift0 if k == 0 else pshift1
     _sync_totals(ps_row, nb)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _requeue_products(q, qb, row, j0, fn, rq, prompt, output):
+    """The prompt x output sums (Q_PO0, Q_PO) of ``rq`` draining requests sent back to queue
+    cohort ``qb`` (``fn`` of the group's, ``prompt`` and ``output`` tokens of all of them,
+    class 0's at ``row[j0:]``): each class as its in-flight statistics have it
+    (PS_PSTAT)."""
+    n0 = row[j0] * fn
+    total = 0.0
+    for k in range(OUTPUT_CLASSES):
+        n = n0 if k == 0 else rq - n0
+        if n <= 1e-12:
+            continue
+        p = row[j0 + 2] * fn if k == 0 else max(0.0, prompt - row[j0 + 2] * fn)
+        o = row[j0 + 1] * fn if k == 0 else max(0.0, output - row[j0 + 1] * fn)
+        po = max(0.0, (p / n + row[PS_PSTAT + N_PT * k + PT_PSHIFT]) * o)
+        if k == 0:
+            q[Q_PO0, qb] += po
+        total += po
+    q[Q_PO, qb] += total
 
 
 # --- batch requests (request class "batch"; see the module docstring) ----------------------
@@ -1419,6 +1500,7 @@ def _drain_deadline(i, row, c, m, qring, bring, xg, xn, s, L, bstep, LB, nbk):
             qring[i, Q_N0, qb] += row[j0] * fn
             qring[i, Q_PROMPT0, qb] += row[j0 + 2] * fn
             qring[i, Q_OUTPUT0, qb] += row[j0 + 1] * fn
+            _requeue_products(qring[i], qb, row, j0, fn, rq, dc * fn, dw * fn)
             c[CS_QN] += rq
             c[CS_QP] += dc * fn
             c[CS_QO] += dw * fn
@@ -1596,12 +1678,16 @@ def _substeps(
                 n0 = wl[WL_N0, wb] * ratio
                 pt0 = wl[WL_PROMPT0, wb] * ratio
                 ot0 = wl[WL_OUTPUT0, wb] * ratio
+                po0 = wl[WL_PO0, wb] * ratio
+                po = wl[WL_PO, wb] * ratio
             else:
                 pt = n_arr * prompt_q[0, prompt_q.shape[1] // 2]
                 ot = 0.0
                 n0 = n_arr
                 pt0 = pt
                 ot0 = 0.0
+                po0 = 0.0
+                po = 0.0
             hits = n_arr * cache_hit
             c[CS_ARRIVED] += n_arr
             c[CS_HITS] += hits
@@ -1615,6 +1701,8 @@ def _substeps(
             qring[i, Q_N0, qb] += n0 * keep
             qring[i, Q_PROMPT0, qb] += pt0 * keep
             qring[i, Q_OUTPUT0, qb] += ot0 * keep
+            qring[i, Q_PO0, qb] += po0 * keep
+            qring[i, Q_PO, qb] += po * keep
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
@@ -1688,6 +1776,8 @@ def _substeps(
             got_n0 = 0.0
             got_p0 = 0.0
             got_o0 = 0.0
+            got_po0 = 0.0
+            got_po = 0.0
             head = int(c[CS_QHEAD])
             while need > 1e-12 and head <= s:
                 hb = head % L
@@ -1730,6 +1820,10 @@ def _substeps(
                 got_n0 += t0n
                 got_p0 += t0p
                 got_o0 += t0o
+                t0po = qring[i, Q_PO0, hb] * f
+                tpo = qring[i, Q_PO, hb] * f
+                got_po0 += t0po
+                got_po += tpo
                 need -= take
                 if take >= have - 1e-12:
                     for qr in range(N_Q):
@@ -1742,6 +1836,8 @@ def _substeps(
                     qring[i, Q_N0, hb] -= t0n
                     qring[i, Q_PROMPT0, hb] -= t0p
                     qring[i, Q_OUTPUT0, hb] -= t0o
+                    qring[i, Q_PO0, hb] -= t0po
+                    qring[i, Q_PO, hb] -= tpo
             c[CS_QHEAD] = head
             if head > s:
                 # every cohort is empty: what the running sums still hold is rounding residue
@@ -1760,6 +1856,8 @@ def _substeps(
             got_n0 = 0.0
             got_p0 = 0.0
             got_o0 = 0.0
+            got_po0 = 0.0
+            got_po = 0.0
             got_p = 0.0
             got_o = 0.0
             pa = 0.0
@@ -1891,9 +1989,13 @@ def _substeps(
                     got_n0 * f_p,
                     got_p0 * f_p,
                     got_o0 * f_p,
+                    got_po0 * f_p,
                     (got_n - got_n0) * f_p,
                     (got_p - got_p0) * f_p,
                     (got_o - got_o0) * f_p,
+                    (got_po - got_po0) * f_p,
+                    sp[SP_CLASS + CP_PSHIFT],
+                    sp[SP_CLASS + N_CP + CP_PSHIFT],
                     nbk,
                 )
             if xb > 0.0:
