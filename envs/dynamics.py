@@ -414,6 +414,9 @@ TPOT_BINS = 480
 TPOT_AT_FIELDS = 1 + N_OUTPUT_Q
 TPOT_MIN_S = 1e-3
 TPOT_MAX_S = 10.0
+# sub-steps whose lifetime rows differ by less than this share are added to the episode TPOT
+# as one (a quarter of a bin's width: a percentile moves by less than that)
+TPOT_MERGE_TOL = 1.0 * (np.log(TPOT_MAX_S / TPOT_MIN_S) / TPOT_BINS)
 
 
 # --- random numbers: one splitmix64 stream per cluster, so batching never changes a draw -------
@@ -796,6 +799,17 @@ def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
             tpot = fixed + np.exp(mu + _GH_NODES[g] * sig)
             b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
             hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _add_tpot_group(hist, group, prefill_share, var_iter_s2, sp):
+    """Add a group of sub-steps' completions (``group[0]``) at their completion-weighted mean
+    lifetime row (``group[1:]`` holds the weighted sums) to the episode TPOT, and empty it."""
+    w = group[0]
+    for q in range(N_OUTPUT_Q):
+        group[1 + q] /= w
+    _add_request_tpot(hist, group[1:], prefill_share, var_iter_s2, w, sp)
+    group[:] = 0.0
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -2176,11 +2190,33 @@ def _step_metrics(
                 pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
+            # sub-steps whose lifetime rows agree within TPOT_MERGE_TOL (a quarter of a bin's
+            # width) are added as one: their completion-weighted mean row, their completions
+            # (one call per sub-step cost the single env a third of its speed; the rows move
+            # slowly within a step, so most steps take one or two calls)
+            group = np.zeros(TPOT_AT_FIELDS)  # completions, then their weighted row sum
+            ref = 0
             for k in range(K):
                 ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS
-                if ep_tpot[i, ja] > 0.0:
-                    at = ep_tpot[i, ja : ja + TPOT_AT_FIELDS]
-                    _add_request_tpot(ep_tpot[i, :TPOT_BINS], at[1:], share, var_it, at[0], sp)
+                w = ep_tpot[i, ja]
+                if w <= 0.0:
+                    continue
+                if group[0] > 0.0:
+                    close = True
+                    for q in range(N_OUTPUT_Q):
+                        r = ep_tpot[i, ref + 1 + q]
+                        if abs(ep_tpot[i, ja + 1 + q] - r) > TPOT_MERGE_TOL * r:
+                            close = False
+                            break
+                    if not close:
+                        _add_tpot_group(ep_tpot[i, :TPOT_BINS], group, share, var_it, sp)
+                if group[0] <= 0.0:
+                    ref = ja
+                group[0] += w
+                for q in range(N_OUTPUT_Q):
+                    group[1 + q] += w * ep_tpot[i, ja + 1 + q]
+            if group[0] > 0.0:
+                _add_tpot_group(ep_tpot[i, :TPOT_BINS], group, share, var_it, sp)
     m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
     m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
     m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
