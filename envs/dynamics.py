@@ -224,13 +224,25 @@ PS_WD = 11
 PS_CD = 12
 PS_PRICE = 13
 PS_BATCH = 14
-# iteration seconds averaged over the decode lifetime of a request of each output quantile
-# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes; kept with the episode's latency
-# histograms only, which alone read them)
-PS_TPOT_LIFE = 15
+# per output class, statistics of the requests admitted into it and still in flight: how many,
+# their mean prompt and output tokens and mean prompt x output, and the pshift these give
+# (_freed_per_completion; set by _admit_classes; completions take requests away, not the
+# means). Sequences stay in flight for their output's worth of iterations, so the prompts in
+# flight are output-weighted, ``E[p o] / E[o]``, against ``E[p]`` for the requests that
+# complete; where prompt and output lengths go together this differs from window to window of
+# a trace (among the Azure conversation trace's short answers -250 tokens in some minutes, -20
+# in others, -153 over the hour), so it is taken over the requests in flight, not as the
+# workload's constant (CP_PSHIFT, which the batch class keeps)
+PS_PSTAT = 15
+PT_N = 0
+PT_PROMPT = 1
+PT_OUTPUT = 2
+PT_PO = 3
+PT_PSHIFT = 4
+N_PT = 5
 # PS_IR .. PS_CD hold the totals of the buckets (batch included), which follow: ps[...,
 # PS_CLASS + N_CF * k + CF_*] for bucket k, fields in the order of the totals
-PS_CLASS = PS_TPOT_LIFE + N_OUTPUT_Q
+PS_CLASS = PS_PSTAT + N_PT * OUTPUT_CLASSES
 CF_IR = 0
 CF_WR = 1
 CF_CR = 2
@@ -242,7 +254,12 @@ N_CF = 6
 # cancelling scans back from there, not from a whole ring ahead
 PS_HORIZON_PROV = PS_CLASS + N_CF * N_BUCKETS
 PS_HORIZON_LOAD = PS_HORIZON_PROV + 1
-N_PS = PS_HORIZON_LOAD + 1
+# iteration seconds averaged over the decode lifetime of a request of each output quantile
+# (EWMAs, one per SP_OUTPUT_Q level, see _tpot_lifetimes; kept with the episode's latency
+# histograms only, which alone read them: last, out of the way of the fields every sub-step
+# reads)
+PS_TPOT_LIFE = PS_HORIZON_LOAD + 1
+N_PS = PS_TPOT_LIFE + N_OUTPUT_Q
 
 # queue ring qring[i, row, L]: per arrival cohort, what is still queued of it
 Q_N = 0  # requests
@@ -252,7 +269,9 @@ Q_ARRIVED = 3  # requests the cohort had on arrival (those taken by then arrived
 Q_N0 = 4  # of which in output class 0 (the shorter answers): requests
 Q_PROMPT0 = 5  # ... their prompt tokens
 Q_OUTPUT0 = 6  # ... their output tokens
-N_Q = 7
+Q_PO0 = 7  # ... the sum over them of prompt x output tokens
+Q_PO = 8  # the same over all the cohort's requests
+N_Q = 9
 # workload rows wl[row, T]
 WL_ARRIVALS = 0
 WL_PROMPT = 1
@@ -261,7 +280,9 @@ WL_FORECAST = 3
 WL_N0 = 4  # arrivals in output class 0, their prompt and output tokens
 WL_PROMPT0 = 5
 WL_OUTPUT0 = 6
-N_WL = 7
+WL_PO0 = 7  # sums of prompt x output tokens over the bin's class-0 arrivals, and all of them
+WL_PO = 8
+N_WL = 9
 # batch arrivals bwl[row, T] (a [N_BQ, 1] array of zeros when the workload has none)
 # and the batch queue's cohorts bring[i, row, SP_BATCH_STEPS]: requests, prompt, output tokens
 BQ_N = 0
@@ -388,8 +409,14 @@ N_GR = 10
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token),
 # about 1.9 % wide; percentiles interpolate within a bin, so they land well inside 2 %.
 TPOT_BINS = 480
+# an episode TPOT histogram's row carries, past its bins, per sub-step of the step and pool the
+# completed requests and the lifetime rows they completed at (_note_tpot_completions)
+TPOT_AT_FIELDS = 1 + N_OUTPUT_Q
 TPOT_MIN_S = 1e-3
 TPOT_MAX_S = 10.0
+# sub-steps whose lifetime rows differ by less than this share are added to the episode TPOT
+# as one (a quarter of a bin's width: a percentile moves by less than that)
+TPOT_MERGE_TOL = 1.0 * (np.log(TPOT_MAX_S / TPOT_MIN_S) / TPOT_BINS)
 
 
 # --- random numbers: one splitmix64 stream per cluster, so batching never changes a draw -------
@@ -774,6 +801,35 @@ def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
             hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _add_tpot_group(hist, group, prefill_share, var_iter_s2, sp):
+    """Add a group of sub-steps' completions (``group[0]``) at their completion-weighted mean
+    lifetime row (``group[1:]`` holds the weighted sums) to the episode TPOT, and empty it."""
+    w = group[0]
+    for q in range(N_OUTPUT_Q):
+        group[1 + q] /= w
+    _add_request_tpot(hist, group[1:], prefill_share, var_iter_s2, w, sp)
+    group[:] = 0.0
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _note_tpot_completions(at, ps_row, completed):
+    """Keep a sub-step's completed interactive requests of a pool and the lifetime averages of
+    the iteration time (PS_TPOT_LIFE) they complete at, for the episode TPOT (``at``: the
+    sub-step's and pool's TPOT_AT_FIELDS past the episode histogram's bins).
+
+    A request's TPOT is the mean iteration time of its own decode, which ends in the sub-step
+    it completes in; the step's later sub-steps are not part of it (read at the step's end, a
+    burst of prefill in its last seconds would be charged to every request that completed
+    before it, and one in its first seconds forgotten by the requests that lived through it).
+    """
+    at[0] = completed
+    if completed <= 0.0:
+        return
+    for q in range(N_OUTPUT_Q):
+        at[1 + q] = ps_row[PS_TPOT_LIFE + q]
+
+
 @njit(cache=True, error_model="numpy")
 def _weighted_quantile(values, weights, n, level):
     """The smallest of ``values[:n]`` whose share of the weight at or below it reaches
@@ -901,7 +957,12 @@ def _decode_classes(ps_row, bucket, n_iter, sp, nb):
         if seqs <= 0.0:
             continue
         phi = sp[SP_CLASS + N_CP * k + CP_PHI]
-        pshift = sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        # the class's pshift (PS_PSTAT), the batch class's from the workload
+        pshift = (
+            ps_row[PS_PSTAT + N_PT * k + PT_PSHIFT]
+            if k < OUTPUT_CLASSES
+            else sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+        )
         remaining = ps_row[j + 1]
         decoded = min(remaining, n_iter * seqs)
         done = decoded * phi * seqs / remaining if remaining > 0.0 else seqs
@@ -913,6 +974,10 @@ def _decode_classes(ps_row, bucket, n_iter, sp, nb):
         ctx = ps_row[j + 2] + decoded
         remaining -= decoded
         left = seqs - done
+        if k < OUTPUT_CLASSES:
+            # the completing requests leave the class's in-flight statistics
+            jt = PS_PSTAT + N_PT * k + PT_N
+            ps_row[jt] = max(0.0, ps_row[jt] - done)
         if left <= 1e-12:
             ps_row[j] = 0.0
             ps_row[j + 1] = 0.0
@@ -988,7 +1053,13 @@ def _admission_cap(pp_row, ps_row, dt, maxtok, sp, pbar, obar, prompt_m2_ratio, 
         gk = phi * sk * sk / (t_dec * wk) if wk > 0.0 else sk / dt
         g += gk
         g_freed += gk * _freed_per_completion(
-            sk, wk, ps_row[j + 2], phi, sp[SP_CLASS + N_CP * k + CP_PSHIFT]
+            sk,
+            wk,
+            ps_row[j + 2],
+            phi,
+            ps_row[PS_PSTAT + N_PT * k + PT_PSHIFT]
+            if k < OUTPUT_CLASSES
+            else sp[SP_CLASS + N_CP * k + CP_PSHIFT],
         )
     freed = g_freed / g if g > 0.0 else 0.0
     cap_slot = min((free_slots + g * dt) / (1.0 + g * h), free_slots + seqs)
@@ -1055,21 +1126,66 @@ def _admissible(q, qhead, s, L, admit, queued, caps, cap_total, kv_a, kv_c, kv_a
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _admit_classes(ps_row, n0, prompt0, output0, n1, prompt1, output1, nb):
+def _admit_classes(
+    ps_row, n0, prompt0, output0, po0, n1, prompt1, output1, po1, pshift0, pshift1, nb
+):
     """Add admitted requests to the ready buckets of the two output-length classes: ``n_k``
-    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued). A new
+    requests with ``prompt_k`` and ``output_k`` tokens in all (each class as it queued) and
+    ``po_k`` the sum of their prompt x output tokens. A new
     sequence holds its slot for its prefill iteration (the first token) and one iteration per
     further token, so its output counts whole, from the next sub-step (within this one the
-    slots it took were freed by completions)."""
+    slots it took were freed by completions).
+
+    They join their class's in-flight statistics (PS_PSTAT), whose pshift is set from them
+    with Bessel's ``n / (n - 1)`` for a small sample; while fewer than two are in flight it is
+    the workload's constant ``pshift_k``."""
     for k in range(OUTPUT_CLASSES):
         n = n0 if k == 0 else n1
         if n <= 1e-12:
             continue
         j = PS_CLASS + N_CF * k + CF_IR
+        output = max(0.0, output0 if k == 0 else output1)
+        prompt = max(0.0, prompt0 if k == 0 else prompt1)
         ps_row[j] += n
-        ps_row[j + 1] += max(0.0, output0 if k == 0 else output1)
-        ps_row[j + 2] += max(0.0, prompt0 if k == 0 else prompt1)
+        ps_row[j + 1] += output
+        ps_row[j + 2] += prompt
+        jt = PS_PSTAT + N_PT * k
+        n_was = ps_row[jt + PT_N]
+        n_now = n_was + n
+        inv = 1.0 / n_now
+        mp = (n_was * ps_row[jt + PT_PROMPT] + prompt) * inv
+        mo = (n_was * ps_row[jt + PT_OUTPUT] + output) * inv
+        mpo = (n_was * ps_row[jt + PT_PO] + max(0.0, po0 if k == 0 else po1)) * inv
+        ps_row[jt + PT_N] = n_now
+        ps_row[jt + PT_PROMPT] = mp
+        ps_row[jt + PT_OUTPUT] = mo
+        ps_row[jt + PT_PO] = mpo
+        if n_now >= 2.0 and mo > 0.0:
+            ps_row[jt + PT_PSHIFT] = (mpo - mp * mo) * n_now / (mo * (n_now - 1.0))
+        else:
+            ps_row[jt + PT_PSHIFT] = pshift0 if k == 0 else pshift1
     _sync_totals(ps_row, nb)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _requeue_products(q, qb, row, j0, fn, rq, prompt, output):
+    """The prompt x output sums (Q_PO0, Q_PO) of ``rq`` draining requests sent back to queue
+    cohort ``qb`` (``fn`` of the group's, ``prompt`` and ``output`` tokens of all of them,
+    class 0's at ``row[j0:]``): each class as its in-flight statistics have it
+    (PS_PSTAT)."""
+    n0 = row[j0] * fn
+    total = 0.0
+    for k in range(OUTPUT_CLASSES):
+        n = n0 if k == 0 else rq - n0
+        if n <= 1e-12:
+            continue
+        p = row[j0 + 2] * fn if k == 0 else max(0.0, prompt - row[j0 + 2] * fn)
+        o = row[j0 + 1] * fn if k == 0 else max(0.0, output - row[j0 + 1] * fn)
+        po = max(0.0, (p / n + row[PS_PSTAT + N_PT * k + PT_PSHIFT]) * o)
+        if k == 0:
+            q[Q_PO0, qb] += po
+        total += po
+    q[Q_PO, qb] += total
 
 
 # --- batch requests (request class "batch"; see the module docstring) ----------------------
@@ -1398,6 +1514,7 @@ def _drain_deadline(i, row, c, m, qring, bring, xg, xn, s, L, bstep, LB, nbk):
             qring[i, Q_N0, qb] += row[j0] * fn
             qring[i, Q_PROMPT0, qb] += row[j0 + 2] * fn
             qring[i, Q_OUTPUT0, qb] += row[j0 + 1] * fn
+            _requeue_products(qring[i], qb, row, j0, fn, rq, dc * fn, dw * fn)
             c[CS_QN] += rq
             c[CS_QP] += dc * fn
             c[CS_QO] += dw * fn
@@ -1455,6 +1572,7 @@ def _substeps(
     pmet,
     scr,
     bring,
+    ep_tpot,
     dt,
     K,
     L,
@@ -1574,12 +1692,16 @@ def _substeps(
                 n0 = wl[WL_N0, wb] * ratio
                 pt0 = wl[WL_PROMPT0, wb] * ratio
                 ot0 = wl[WL_OUTPUT0, wb] * ratio
+                po0 = wl[WL_PO0, wb] * ratio
+                po = wl[WL_PO, wb] * ratio
             else:
                 pt = n_arr * prompt_q[0, prompt_q.shape[1] // 2]
                 ot = 0.0
                 n0 = n_arr
                 pt0 = pt
                 ot0 = 0.0
+                po0 = 0.0
+                po = 0.0
             hits = n_arr * cache_hit
             c[CS_ARRIVED] += n_arr
             c[CS_HITS] += hits
@@ -1593,6 +1715,8 @@ def _substeps(
             qring[i, Q_N0, qb] += n0 * keep
             qring[i, Q_PROMPT0, qb] += pt0 * keep
             qring[i, Q_OUTPUT0, qb] += ot0 * keep
+            qring[i, Q_PO0, qb] += po0 * keep
+            qring[i, Q_PO, qb] += po * keep
             c[CS_QN] += n_arr * keep
             c[CS_QP] += pt * keep
             c[CS_QO] += ot * keep
@@ -1666,6 +1790,8 @@ def _substeps(
             got_n0 = 0.0
             got_p0 = 0.0
             got_o0 = 0.0
+            got_po0 = 0.0
+            got_po = 0.0
             head = int(c[CS_QHEAD])
             while need > 1e-12 and head <= s:
                 hb = head % L
@@ -1708,6 +1834,10 @@ def _substeps(
                 got_n0 += t0n
                 got_p0 += t0p
                 got_o0 += t0o
+                t0po = qring[i, Q_PO0, hb] * f
+                tpo = qring[i, Q_PO, hb] * f
+                got_po0 += t0po
+                got_po += tpo
                 need -= take
                 if take >= have - 1e-12:
                     for qr in range(N_Q):
@@ -1720,6 +1850,8 @@ def _substeps(
                     qring[i, Q_N0, hb] -= t0n
                     qring[i, Q_PROMPT0, hb] -= t0p
                     qring[i, Q_OUTPUT0, hb] -= t0o
+                    qring[i, Q_PO0, hb] -= t0po
+                    qring[i, Q_PO, hb] -= tpo
             c[CS_QHEAD] = head
             if head > s:
                 # every cohort is empty: what the running sums still hold is rounding residue
@@ -1738,6 +1870,8 @@ def _substeps(
             got_n0 = 0.0
             got_p0 = 0.0
             got_o0 = 0.0
+            got_po0 = 0.0
+            got_po = 0.0
             got_p = 0.0
             got_o = 0.0
             pa = 0.0
@@ -1853,6 +1987,9 @@ def _substeps(
             tokens += dec_d + dec_db
             completed = done + done_d
             done_pool[p] += completed
+            if episode_stats:
+                ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS
+                _note_tpot_completions(ep_tpot[i, ja : ja + TPOT_AT_FIELDS], row, completed)
             if D > 0.0 and row[PS_ID] < DRAIN_EMPTY_SEQS * D:
                 # the group is empty enough: its replicas leave, the remainder finishes with them
                 rest_i, rest_b = _drained_leave(i, p, row, drings, G, nbk)
@@ -1866,9 +2003,13 @@ def _substeps(
                     got_n0 * f_p,
                     got_p0 * f_p,
                     got_o0 * f_p,
+                    got_po0 * f_p,
                     (got_n - got_n0) * f_p,
                     (got_p - got_p0) * f_p,
                     (got_o - got_o0) * f_p,
+                    (got_po - got_po0) * f_p,
+                    sp[SP_CLASS + CP_PSHIFT],
+                    sp[SP_CLASS + N_CP + CP_PSHIFT],
                     nbk,
                 )
             if xb > 0.0:
@@ -2049,8 +2190,33 @@ def _step_metrics(
                 pre_s = pp[p, PP_PREFILL] * adm_q[p] / adm_n[p]
                 share = min(lam * pre_s, PREFILL_SHARE_MAX)
                 var_it = lam * tpot_vals[p] * pre_s * pre_s * m2_ratio / (1.0 - share * share)
-            life = ps[i, p, PS_TPOT_LIFE : PS_TPOT_LIFE + N_OUTPUT_Q]
-            _add_request_tpot(ep_tpot[i], life, share, var_it, done_pool[p], sp)
+            # sub-steps whose lifetime rows agree within TPOT_MERGE_TOL (a quarter of a bin's
+            # width) are added as one: their completion-weighted mean row, their completions
+            # (one call per sub-step cost the single env a third of its speed; the rows move
+            # slowly within a step, so most steps take one or two calls)
+            group = np.zeros(TPOT_AT_FIELDS)  # completions, then their weighted row sum
+            ref = 0
+            for k in range(K):
+                ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS
+                w = ep_tpot[i, ja]
+                if w <= 0.0:
+                    continue
+                if group[0] > 0.0:
+                    close = True
+                    for q in range(N_OUTPUT_Q):
+                        r = ep_tpot[i, ref + 1 + q]
+                        if abs(ep_tpot[i, ja + 1 + q] - r) > TPOT_MERGE_TOL * r:
+                            close = False
+                            break
+                    if not close:
+                        _add_tpot_group(ep_tpot[i, :TPOT_BINS], group, share, var_it, sp)
+                if group[0] <= 0.0:
+                    ref = ja
+                group[0] += w
+                for q in range(N_OUTPUT_Q):
+                    group[1 + q] += w * ep_tpot[i, ja + 1 + q]
+            if group[0] > 0.0:
+                _add_tpot_group(ep_tpot[i, :TPOT_BINS], group, share, var_it, sp)
     m[M_TPOT50] = _weighted_quantile(tpot_vals, tpot_w, P, 0.50)
     m[M_TPOT95] = _weighted_quantile(tpot_vals, tpot_w, P, 0.95)
     m[M_TPOT99] = _weighted_quantile(tpot_vals, tpot_w, P, 0.99)
@@ -2163,8 +2329,8 @@ def _step_cluster(i, actions, params, state, out, batch):
     scr = scratch[i]
     sums = _substeps(
         i, sp, pp, wl, prompt_q, cold, bwl, c, m, ps, qring, whist, srings, drings, rng, pmet, scr,
-        bring, dt, K, L, H, G, nbins, s0, off, bstep, LB, cache_hit, maxtok, prompt_m2, rate_scale,
-        cold_scale, episode_stats, batch
+        bring, ep_tpot, dt, K, L, H, G, nbins, s0, off, bstep, LB, cache_hit, maxtok, prompt_m2,
+        rate_scale, cold_scale, episode_stats, batch
     )
     c[CS_SUB] = s0 + K
     c[CS_STEP] += 1.0
@@ -2450,6 +2616,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
                 + cs_row[CS_EP_BASE_SUM] / w
                 + cs_row[CS_EP_PRE_SUM] / w * tokens / count
             )
+    ep_tpot_row = ep_tpot_row[:TPOT_BINS]  # the bins (the step scratch follows)
     total = ep_tpot_row.sum()
     if total > 0.0:
         log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)

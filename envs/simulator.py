@@ -131,19 +131,34 @@ def kernel_workload_arrays(wl: WorkloadSeries) -> np.ndarray:
         share = table[0, dyn.CP_SHARE] if table is not None else 1.0
         p_ratio = table[0, dyn.CP_PROMPT] if table is not None else 1.0
         o_ratio = table[0, dyn.CP_OUTPUT] if table is not None else 1.0
-        class0 = np.stack(
-            [
-                wl.arrivals * share,
-                wl.prompt_tokens * share * p_ratio,
-                wl.output_tokens * share * o_ratio,
-            ]
-        )
+        n0 = wl.arrivals * share
+        p0 = wl.prompt_tokens * share * p_ratio
+        o0 = wl.output_tokens * share * o_ratio
+        # prompt x output sums with the workload's own pshift in each class (0 without a table)
+        po = np.zeros_like(n0)
+        po0 = po
+        for k, (n, p, o) in enumerate(
+            ((n0, p0, o0), (wl.arrivals - n0, wl.prompt_tokens - p0, wl.output_tokens - o0))
+        ):
+            psi = table[k, dyn.CP_PSHIFT] if table is not None else 0.0
+            mean_p = np.divide(p, n, out=np.zeros_like(p), where=n > 0.0)
+            po_k = np.maximum(0.0, (mean_p + psi) * o)
+            po = po + po_k
+            if k == 0:
+                po0 = po_k
+        class0 = np.stack([n0, p0, o0, po0, po])
     rows = [None] * dyn.N_WL
     rows[dyn.WL_ARRIVALS] = wl.arrivals
     rows[dyn.WL_PROMPT] = wl.prompt_tokens
     rows[dyn.WL_OUTPUT] = wl.output_tokens
     rows[dyn.WL_FORECAST] = wl.forecast_rps
-    rows[dyn.WL_N0], rows[dyn.WL_PROMPT0], rows[dyn.WL_OUTPUT0] = class0
+    (
+        rows[dyn.WL_N0],
+        rows[dyn.WL_PROMPT0],
+        rows[dyn.WL_OUTPUT0],
+        rows[dyn.WL_PO0],
+        rows[dyn.WL_PO],
+    ) = class0
     arrays = np.ascontiguousarray(np.stack(rows), dtype=np.float64)
     arrays.setflags(write=False)
     if len(_KERNEL_ARRAYS) >= 16:
@@ -416,7 +431,9 @@ class ClusterSimulator:
         self.episode_latency_stats = bool(episode_latency_stats)
         kept = self.episode_latency_stats
         self.episode_wait_hist = np.zeros((n, dyn.WAIT_ROWS + 1, 3, L if kept else 0))
-        self.episode_tpot_hist = np.zeros((n, dyn.TPOT_BINS if kept else 0))
+        # the TPOT bins, then the step's completions per sub-step and pool (dyn.TPOT_AT_FIELDS)
+        tpot_width = dyn.TPOT_BINS + self.substeps_per_step * P * dyn.TPOT_AT_FIELDS
+        self.episode_tpot_hist = np.zeros((n, tpot_width if kept else 0))
         self.steps = np.zeros(n, dtype=np.int64)
         self.start_steps = np.zeros(n, dtype=np.int64)
         self._actions = np.zeros((n, 2 * P), dtype=np.int64)

@@ -108,9 +108,12 @@ class WorkloadSeries:
             to ``o``, lie from the class's mean prompt. See :func:`output_classes`.
         output_quantiles: float64 [N_OUTPUT_Q], output-token quantiles at levels
             (k + 0.5) / N_OUTPUT_Q (how many iterations a request's TPOT averages over).
-        output_class_bins: float64 [3, T], of each bin's arrivals those in output class 0
-            (the shorter answers), their prompt and output tokens; None where the source has
-            no per-request lengths (the classes then arrive in their overall proportions).
+        output_class_bins: float64 [5, T], of each bin's arrivals those in output class 0
+            (the shorter answers), their prompt and output tokens and their sum of prompt x
+            output tokens, then that sum over all the bin's arrivals (how prompt and output
+            lengths go together in each window, which sets what completions free); None where
+            the source has no per-request lengths (the classes then arrive in their overall
+            proportions).
         batch_bins: float64 [3, T], batch requests (request class ``batch``) arriving in each
             bin, their prompt and output tokens; None when the workload has none. Every other
             per-bin field (arrivals, tokens, forecast, output classes) is the interactive
@@ -581,6 +584,8 @@ def _build_recorded(
             np.bincount(bin_idx, weights=short.astype(np.float64), minlength=n_bins),
             np.bincount(bin_idx, weights=np.where(short, prompt, 0.0), minlength=n_bins),
             np.bincount(bin_idx, weights=np.where(short, output, 0.0), minlength=n_bins),
+            np.bincount(bin_idx, weights=np.where(short, prompt * output, 0.0), minlength=n_bins),
+            np.bincount(bin_idx, weights=prompt * output, minlength=n_bins),
         ]
     )
     gaps = np.zeros(n_bins, dtype=bool)
