@@ -9,10 +9,13 @@ clusters: the vector envs step it as they step a single simulator (one kernel ca
 workload and step).
 
 What stays one: the pools, SLO, reward and every other setting (each part runs the scenario
-with only its workload replaced), the observation layout (checked equal), and the rate
-observations are normalized by (the scenario's own workload's, so a rate reads the same in
-every part and in the service). Each part draws its own episode windows and randomization
-multipliers; evaluation and validation never mix (they run the scenario as written).
+with only its workload replaced), the episode length (the scenario's own part's, fitted to its
+split), the observation space (checked equal), and the rate that normalizes rate observations
+(the scenario's own workload's mean, so a rate reads the same in every part and in the
+service). Each part draws its own episode windows and randomization multipliers, and a mixed
+part's own randomness (synthetic noise and bursts, the spot markets) comes from its own seed
+(:data:`PART_SEED_STRIDE`), so a mixed synthetic service is not the scenario's own noise over
+again. Evaluation and validation never mix: they run the scenario as written.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ import numpy as np
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
+
+PART_SEED_STRIDE = 100_003
+"""Mixed part ``k`` (1, 2, ...) builds its workload and spot markets with ``workload_seed +
+k * PART_SEED_STRIDE``; the scenario's own part keeps ``workload_seed``."""
 
 
 def mix_sizes(num_clusters: int, shares: list[float]) -> list[int]:
@@ -75,26 +82,37 @@ class MixedSimulator:
         mixed = sc.randomization.workloads if sc.randomization is not None else []
         sizes = mix_sizes(num_clusters, [w.share for w in mixed])
         kw = {
-            "workload_seed": workload_seed,
             "split": split,
             "randomize": randomize,
             "episode_latency_stats": episode_latency_stats,
         }
-        self.primary = ClusterSimulator(sc, sizes[0], workload=workload, **kw)
+        self.primary = ClusterSimulator(
+            sc, sizes[0], workload=workload, workload_seed=workload_seed, **kw
+        )
         self.parts: list[ClusterSimulator] = [self.primary]
-        for w, n in zip(mixed, sizes[1:], strict=True):
-            part = ClusterSimulator(
-                sc.model_copy(update={"workload": w.workload}),
-                n,
-                reference_rps=self.primary.reference_rps,
-                **kw,
-            )
-            if part.observation_names != self.primary.observation_names:
+        # the scenario's episode length as its own part runs it (fitted to that split)
+        hours = self.primary.scenario.episode_hours
+        for k, (w, n) in enumerate(zip(mixed, sizes[1:], strict=True), start=1):
+            where = f"randomization.workloads[{k - 1}] ({w.workload.kind} {w.workload.path or ''})"
+            try:
+                part = ClusterSimulator(
+                    sc.model_copy(update={"workload": w.workload, "episode_hours": hours}),
+                    n,
+                    workload_seed=workload_seed + k * PART_SEED_STRIDE,
+                    reference_rps=self.primary.reference_rps,
+                    **kw,
+                )
+            except (ScenarioError, OSError, ValueError) as err:
+                raise ScenarioError(f"{where}: {err}") from err
+            own_obs, part_obs = self.primary.spaces()[0], part.spaces()[0]
+            if part.observation_names != self.primary.observation_names or not (
+                np.array_equal(own_obs.low, part_obs.low)
+                and np.array_equal(own_obs.high, part_obs.high)
+            ):
                 raise ScenarioError(
-                    f"randomization.workloads: the {w.workload.kind} workload "
-                    f"{w.workload.path or ''} observes {part.observation_names}, the "
-                    f"scenario's own {self.primary.observation_names}; mixed workloads must "
-                    f"be observed alike (request classes on or off in both)"
+                    f"{where} observes {part.observation_names}, the scenario's own "
+                    f"{self.primary.observation_names}; mixed workloads must be observed alike "
+                    f"(request classes on or off in both)"
                 )
             self.parts.append(part)
         self.scenario = self.primary.scenario
@@ -137,6 +155,42 @@ class MixedSimulator:
         a = np.asarray(actions).reshape(self.num_clusters, -1)
         for part, lo, hi in zip(self.parts, self._bounds[:-1], self._bounds[1:], strict=True):
             part.step(a[lo:hi])
+
+    @property
+    def action_nvec(self) -> np.ndarray:
+        return self.primary.action_nvec
+
+    @property
+    def pools(self) -> list:
+        return self.primary.pools
+
+    @property
+    def randomize(self) -> bool:
+        return self.primary.randomize
+
+    def set_randomize(self, on: bool) -> None:
+        for p in self.parts:
+            p.set_randomize(on)
+
+    def randomization(self, i: int) -> dict[str, float]:
+        part, j = self._part(i)
+        return part.randomization(j)
+
+    def mix_info(self) -> list[dict[str, object]]:
+        """What the mix is: each part's workload and clusters (recorded with an export)."""
+        return [
+            {"workload": p.workload.name, "clusters": n}
+            for p, n in zip(self.parts, self.sizes, strict=True)
+        ]
+
+    def __getattr__(self, name: str) -> object:
+        # reached only for what the mix does not define: say so instead of a bare AttributeError
+        if name.startswith("_") or name in ("primary", "parts"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"'{name}' is not defined on a mix of workloads (MixedSimulator); read it from "
+            f".primary (the scenario's own workload) or from one of .parts"
+        )
 
     @property
     def obs(self) -> np.ndarray:

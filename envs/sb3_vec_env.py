@@ -76,12 +76,15 @@ class InferenceClusterVecEnv(BatchedEnvBase, VecEnv):
         self._returns += self.sim.rewards
         dones = self.sim.truncated().copy()
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        for i in np.flatnonzero(dones):
+        ended = np.flatnonzero(dones)
+        if ended.size:  # read once: a mix of workloads concatenates its parts' arrays per read
+            last_obs, steps = self.sim.obs, self.sim.steps
+        for i in ended:
             i = int(i)
             info = episode_summary(self.sim, i)
-            info["terminal_observation"] = self.sim.obs[i].copy()
+            info["terminal_observation"] = last_obs[i].copy()
             info["TimeLimit.truncated"] = True
-            info["episode"] = {"r": float(self._returns[i]), "l": int(self.sim.steps[i])}
+            info["episode"] = {"r": float(self._returns[i]), "l": int(steps[i])}
             infos[i] = info
             self._returns[i] = 0.0
             self._reset_one(i, None)

@@ -27,7 +27,7 @@ from rlscale.envs.simulator import ClusterSimulator
 from rlscale.envs.workload import WorkloadSeries
 
 
-def episode_summary(sim: ClusterSimulator, i: int) -> dict[str, Any]:
+def episode_summary(sim: ClusterSimulator | MixedSimulator, i: int) -> dict[str, Any]:
     """Cluster ``i``'s last-step metrics plus its episode's cost by tenant, and, when the
     simulator randomizes, the episode's multipliers (``randomization/rate_scale``, ...)."""
     info = sim.step_info(i)

@@ -242,6 +242,10 @@ class _Trainer:
         self.client.log_artifact(self.run_id, str(self.run_dir / CONFIG_FILE))
         self.client.log_artifact(self.run_id, str(scenario_path(self.config.scenario)), "scenario")
 
+    def mix_record(self) -> dict[str, Any]:
+        """The workloads training mixed, for the export's training record (none: not mixed)."""
+        return {} if self.mixed is None else {"mixed_workloads": self.mixed}
+
     def build(self, resume_from: Path | None) -> None:
         import torch
         from stable_baselines3.common.logger import HumanOutputFormat, Logger
@@ -260,6 +264,7 @@ class _Trainer:
         # what the policy is exported against: the scenario's own workload (with a mix of
         # workloads, the part that runs it; the others share its pools and layout)
         self.scenario_sim = self.sim.primary if isinstance(self.sim, MixedSimulator) else self.sim
+        self.mixed = self.sim.mix_info() if isinstance(self.sim, MixedSimulator) else None
         self.venv.seed(cfg.seed)
         self.vn = VecNormalize(
             self.venv,
@@ -701,6 +706,7 @@ def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainRes
                 "lagrange_price_usd": trainer.lagrange.price_usd,
                 "selected": selected["selected"],
                 "selected_timesteps": int(selected["timesteps"]),
+                **trainer.mix_record(),
             },
         )
         result.export_dir = export_dir

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from rlscale.envs.mix import MixedSimulator, mix_sizes
+from rlscale.envs.mix import PART_SEED_STRIDE, MixedSimulator, mix_sizes
 from rlscale.envs.sb3_vec_env import InferenceClusterVecEnv
 from rlscale.envs.scenario import ScenarioError, load_scenario
 from rlscale.envs.simulator import ClusterSimulator
@@ -39,12 +39,15 @@ def _mixed(*shares: float, **workload):
 
 @pytest.mark.parametrize(
     ("n", "shares", "want"),
-    [(8, [0.25], [6, 2]), (32, [0.25, 0.25], [16, 8, 8]), (3, [0.1, 0.1], [1, 1, 1])],
+    [
+        (8, [0.25], [6, 2]),
+        (32, [0.25, 0.25], [16, 8, 8]),
+        (3, [0.1, 0.1], [1, 1, 1]),
+        (7, [0.3, 0.3], [3, 2, 2]),  # 2.8 / 2.1 / 2.1: the largest remainder gets the seventh
+    ],
 )
 def test_clusters_are_shared_out_by_share_with_at_least_one_each(n, shares, want):
     assert mix_sizes(n, shares) == want
-    sizes = mix_sizes(n, shares)
-    assert sum(sizes) == n
 
 
 def test_more_parts_than_clusters_is_refused():
@@ -65,10 +68,16 @@ def test_each_part_runs_as_a_simulator_of_its_workload_alone():
     sc = _mixed(0.5)
     mixed = MixedSimulator(sc, 4, split="train", randomize=True)
     own = ClusterSimulator(sc, 2, split="train", randomize=True, episode_latency_stats=False)
-    other_sc = sc.model_copy(update={"workload": sc.randomization.workloads[0].workload})
+    other_sc = sc.model_copy(
+        update={
+            "workload": sc.randomization.workloads[0].workload,
+            "episode_hours": own.scenario.episode_hours,
+        }
+    )
     other = ClusterSimulator(
         other_sc,
         2,
+        workload_seed=PART_SEED_STRIDE,
         split="train",
         randomize=True,
         episode_latency_stats=False,
@@ -97,19 +106,46 @@ def test_each_part_runs_as_a_simulator_of_its_workload_alone():
     assert mixed.obs[2:, rate].mean() < mixed.obs[:2, rate].mean()
 
 
-def test_every_part_starts_its_episodes_in_its_own_training_part():
+def test_a_reset_reaches_its_own_part_and_starts_in_that_parts_training_part():
+    """Cluster ``i`` of the mix is cluster ``i - offset`` of its part, reset with the same
+    generator as a direct reset of that part would be; every part's windows lie before its
+    validation windows, and every part runs the scenario's episode length."""
     sc = _mixed(0.25, 0.25)
     mixed = MixedSimulator(sc, 8, split="train", randomize=True)
-    rng = np.random.default_rng(0)
-    for part in mixed.parts:
-        assert part.split_part == "train"
-    for _ in range(20):
+    assert mixed.sizes == [4, 2, 2]
+    offsets = [0, 4, 6]
+    lengths = {part.episode_steps for part in mixed.parts}
+    assert lengths == {mixed.primary.episode_steps}
+    for seed in range(5):
         for i in range(8):
-            mixed.reset_cluster(i, rng)
-        for part in mixed.parts:
+            mixed.reset_cluster(i, np.random.default_rng([seed, i]))
+        for k, part in enumerate(mixed.parts):
             lo, hi = part.start_range
-            assert ((part.start_steps >= lo) & (part.start_steps <= hi)).all()
-            assert hi < part.split.validation_starts[0]
+            assert hi + part.episode_steps <= part.split.validation_starts[0]
+            for j in range(part.num_clusters):
+                want = np.random.default_rng([seed, offsets[k] + j]).integers(lo, hi + 1)
+                assert part.start_steps[j] == want
+                assert part.steps[j] == 0
+            assert part.randomization(0) == mixed.randomization(offsets[k])
+
+
+def test_a_mixed_part_has_its_own_randomness():
+    """The same synthetic service mixed in is another realization of it (its noise and
+    bursts), not the scenario's own series over again."""
+    sc = load_scenario(BASE)
+    data = sc.model_dump()
+    data["randomization"]["workloads"] = [{"share": 0.5, "workload": data["workload"]}]
+    mixed = MixedSimulator(type(sc).model_validate(data), 2, split="train", randomize=True)
+    own, other = mixed.parts
+    assert own.workload.n_bins == other.workload.n_bins
+    assert not np.array_equal(own.workload.arrivals, other.workload.arrivals)
+
+
+def test_what_a_mix_does_not_define_is_named():
+    mixed = MixedSimulator(_mixed(0.5), 2, split="train", randomize=True)
+    assert mixed.action_nvec.tolist() == mixed.primary.action_nvec.tolist()
+    with pytest.raises(AttributeError, match="not defined on a mix of workloads"):
+        mixed.cluster_state  # noqa: B018
 
 
 def test_only_randomized_training_mixes():
@@ -128,7 +164,7 @@ def test_the_sb3_vec_env_steps_a_mix_and_ends_episodes_with_their_workload():
     obs = venv.reset()
     assert obs.shape == (4, len(venv.sim.observation_names))
     noop = np.tile(venv.sim.noop_action(), (4, 1))
-    steps = venv.sim.parts[0].episode_steps
+    steps = venv.sim.primary.episode_steps
     ended = []
     for _ in range(steps):
         obs, rewards, _, infos = venv.step(noop)
@@ -140,5 +176,15 @@ def test_the_sb3_vec_env_steps_a_mix_and_ends_episodes_with_their_workload():
 def test_a_workload_observed_otherwise_is_refused():
     """A mixed workload with batch requests would add the batch entries to the observation."""
     sc = _mixed(0.25, batch={"share": 0.3, "deadline_h": 1.0})
-    with pytest.raises(ScenarioError, match="observed alike"):
+    with pytest.raises(ScenarioError, match=r"randomization.workloads\[0\].*observed alike"):
         MixedSimulator(sc, 4, split="train", randomize=True)
+
+
+def test_a_mixed_workload_that_cannot_be_built_is_named():
+    sc = _mixed(0.25)
+    data = sc.model_dump()
+    data["randomization"]["workloads"].append(
+        {"share": 0.25, "workload": {"kind": "csv", "path": "no/such/trace.csv"}}
+    )
+    with pytest.raises(ScenarioError, match=r"randomization.workloads\[1\] \(csv no/such"):
+        MixedSimulator(type(sc).model_validate(data), 4, split="train", randomize=True)

@@ -116,9 +116,12 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
     policy = load_onnx_policy(local)
     assert policy.manifest.training["run_id"] == run.info.run_id
     assert policy.manifest.training["timesteps"] == 1024
-    # trained on a mix of workloads, described by the scenario's own (its rate units)
+    # trained on a mix of workloads (recorded), described by the scenario's own (its rate units)
     own = ClusterSimulator(scenario_from_dict(yaml.safe_load(Path(store["scenario"]).read_text())))
     assert policy.manifest.observation.reference_rps == pytest.approx(own.reference_rps)
+    mixed = policy.manifest.training["mixed_workloads"]
+    assert [m["clusters"] for m in mixed] == [3, 1]  # 4 envs, a quarter on the other workload
+    assert mixed[0]["workload"] == own.workload.name != mixed[1]["workload"]
     # the export is the cheapest validation that met the target (model selection on
     # validation windows, never held-out ones)
     att = {
