@@ -16,9 +16,10 @@ The default queries assume a typical vLLM on Kubernetes deployment: one Deployme
 named like the pool (``deployment_of`` maps otherwise), vLLM's ``/metrics`` scraped, and
 kube-state-metrics installed. Every query can be replaced, and any numeric cluster field of
 the request (:data:`QUERYABLE_FIELDS`) added. vLLM has no notion of a batch class, so the
-batch inputs a policy trained with batch work needs have no default: whatever queues the
-batch requests exports them (:data:`BATCH_QUERY_EXAMPLES`); without them, or with no data,
-such a policy does not decide (``batch_unknown``) and the fallback does.
+batch inputs a policy trained with batch work needs (and the spot-aware baseline where the
+scenario has batch work) have no default: whatever queues the batch requests exports them
+(:data:`BATCH_QUERY_EXAMPLES`); without them, or with no data, such a policy does not decide
+(``batch_unknown``) and the fallback does.
 """
 
 from __future__ import annotations

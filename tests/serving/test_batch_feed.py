@@ -58,16 +58,24 @@ def _service(policy: str, fallback: str = "hpa") -> DecisionService:
     )
 
 
-def _body(*, h100: int = 6, rate: float = 0.1, **batch: float | None) -> RecommendationRequest:
-    """A quiet cluster running 6 on-demand replicas: the HPA would scale it far down."""
+def _body(
+    *,
+    h100: int = 6,
+    spot: int = 0,
+    rate: float = 0.1,
+    gpu_util: float = 0.05,
+    **batch: float | None,
+) -> RecommendationRequest:
+    """By default a quiet cluster running 6 on-demand replicas: the HPA would scale it far
+    down."""
     body = {
         "cluster_id": "c1",
         "timestamp": T0,
         "arrival_rate_rps": rate,
-        "gpu_util": 0.05,
+        "gpu_util": gpu_util,
         "pools": [
             {"name": "h100", "replicas": {"ready": h100}},
-            {"name": "h100-spot", "replicas": {"ready": 0}},
+            {"name": "h100-spot", "replicas": {"ready": spot}},
         ],
         **{k: v for k, v in batch.items() if v is not None},
     }
@@ -218,18 +226,7 @@ def test_rlscale_serve_answers_from_the_batch_policy_over_http(batch_policy, ser
 def _spot_body(spot: int, **batch: float | None) -> RecommendationRequest:
     """One on-demand replica for a quiet interactive load, ``spot`` spot replicas working
     off a batch backlog."""
-    body = {
-        "cluster_id": "c1",
-        "timestamp": T0,
-        "arrival_rate_rps": 0.5,
-        "gpu_util": 0.3,
-        "pools": [
-            {"name": "h100", "replicas": {"ready": 1}},
-            {"name": "h100-spot", "replicas": {"ready": spot}},
-        ],
-        **{k: v for k, v in batch.items() if v is not None},
-    }
-    return RecommendationRequest.model_validate(body)
+    return _body(h100=1, spot=spot, rate=0.5, gpu_util=0.3, **batch)
 
 
 def test_the_spot_aware_baseline_served_with_batch_work_falls_back_without_the_batch_inputs(
