@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from rlscale.envs.mix import mix_sizes, mixes_workloads
 from rlscale.envs.scenario import ScenarioError, load_scenario, scenario_path
 from rlscale.training.config import (
     TrainConfig,
@@ -192,6 +193,9 @@ class _Trainer:
         self.uri = tracking_uri(config.tracking_uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.scenario = load_scenario(config.scenario)
+        if mixes_workloads(self.scenario, config.randomize):
+            # too few envs for the workloads mixed: said before a run exists, not after
+            mix_sizes(config.n_envs, [w.share for w in self.scenario.randomization.workloads])
         if resume_run is None:
             exp_id = ensure_experiment(self.client, self.uri, TRAIN_EXPERIMENT)
             name = config.run_name or (

@@ -219,6 +219,17 @@ def test_resume_refuses_changed_settings_and_unknown_runs(store, capsys):
     assert "no such training run" in capsys.readouterr().err
 
 
+def test_too_few_envs_for_the_workloads_mixed_is_refused_before_a_run_exists(store, capsys):
+    from mlflow import MlflowClient
+
+    args = _args(store, "--n-envs", "1", "--batch-size", "64", "--total-timesteps", "256")
+    assert main(args) == 2
+    assert "need at least 2 clusters, got 1" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=store["uri"])
+    experiments = client.search_experiments()
+    assert not [r for e in experiments for r in client.search_runs([e.experiment_id])]
+
+
 def test_config_file_then_flags_and_clear_errors(tmp_path):
     import argparse
 
