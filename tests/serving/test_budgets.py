@@ -381,7 +381,7 @@ def test_tenant_rates_from_prometheus_and_a_failing_tenant_query(
 ):
     import prometheus_client
 
-    from rlscale.serving.prometheus_source import PrometheusSource
+    from rlscale.serving.prometheus_source import DEFAULT_POOL_QUERIES, PrometheusSource
 
     reg = prometheus_client.CollectorRegistry()
     success = prometheus_client.Counter("vllm:request_success", "done", registry=reg)
@@ -410,9 +410,7 @@ def test_tenant_rates_from_prometheus_and_a_failing_tenant_query(
         service.pools(),
         service.decide_and_record,
         queries=queries,
-        pool_queries={
-            "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})'
-        },
+        pool_queries={"ready": DEFAULT_POOL_QUERIES["ready"]},
         tenant_query="sum by (tenant) (gateway_rps)",
     )
     deadline = time.monotonic() + 20

@@ -12,7 +12,7 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client")
 
 from rlscale.envs.scenario import load_scenario  # noqa: E402
-from rlscale.serving.prometheus_source import PrometheusSource  # noqa: E402
+from rlscale.serving.prometheus_source import DEFAULT_POOL_QUERIES, PrometheusSource  # noqa: E402
 from rlscale.serving.service import DecisionService, load_policy  # noqa: E402
 from rlscale.serving.shadow import ShadowLog  # noqa: E402
 
@@ -167,9 +167,7 @@ def test_the_batch_inputs_come_from_their_configured_queries(
             service.pools(),
             service.decide_and_record,
             queries=queries,
-            pool_queries={
-                "ready": 'sum(kube_deployment_status_replicas_ready{{deployment="{deployment}"}})'
-            },
+            pool_queries={"ready": DEFAULT_POOL_QUERIES["ready"]},
         )
 
     fed = source({**base, **batch})
