@@ -405,7 +405,8 @@ GR_TABLES = 2
 GR_ROWS = 5
 GR_PARTS = 6
 GR_WORK = 7
-N_GR = 10
+GR_TPOT_GROUP = 10  # the episode TPOT's group of sub-steps being merged (TPOT_AT_FIELDS wide)
+N_GR = 11
 # Episode TPOT histogram: log-spaced bins between these bounds (seconds per output token),
 # about 1.9 % wide; percentiles interpolate within a bin, so they land well inside 2 % (the
 # TPOT's requests are placed within TPOT_MERGE_TOL of their own lifetime averages).
@@ -743,9 +744,10 @@ def _ttft_stats(hist, tables, rows, scale, L, dt, base_s, prefill_s_per_tok, tar
     return q50, q95, q99, ok
 
 
-# three-point Gauss-Hermite rule (nodes in standard deviations, weights)
-_GH_NODES = (-1.7320508075688772, 0.0, 1.7320508075688772)
-_GH_WEIGHTS = (1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0)
+# three-point Gauss-Hermite rule: nodes at 0 and +-sqrt(3) standard deviations, weights
+_GH_NODE = 1.7320508075688772
+_GH_W_SIDE = 1.0 / 6.0
+_GH_W_MID = 2.0 / 3.0
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -768,6 +770,14 @@ def _tpot_lifetimes(ps_row, tpot_s, dt, sp):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
+def _tpot_bin(tpot):
+    """The episode TPOT histogram's bin of ``tpot`` seconds per output token."""
+    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
+    b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+    return min(max(b, 0), TPOT_BINS - 1)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
 def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
     """Add ``weight`` completed requests' TPOT to an episode TPOT histogram.
 
@@ -779,7 +789,6 @@ def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
     answers see few iterations and spread widely. Per output quantile, the prefill part is
     taken as lognormal with that mean and variance, placed by a three-point Gauss-Hermite rule.
     """
-    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
     for q in range(N_OUTPUT_Q):
         n = sp[SP_OUTPUT_Q + q] - 1.0
         if n < 0.5:
@@ -790,16 +799,16 @@ def _add_request_tpot(hist, life_row, prefill_share, var_iter_s2, weight, sp):
         wq = weight / N_OUTPUT_Q
         var_x = var_iter_s2 / n
         if m_x <= 0.0 or var_x <= 0.0:
-            b = int(np.log(max(tpot_mean_s, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
-            hist[min(max(b, 0), TPOT_BINS - 1)] += wq
+            hist[_tpot_bin(tpot_mean_s)] += wq
             continue
-        sig2 = np.log(1.0 + var_x / (m_x * m_x))
-        sig = np.sqrt(sig2)
-        mu = np.log(m_x) - 0.5 * sig2
-        for g in range(3):
-            tpot = fixed + np.exp(mu + _GH_NODES[g] * sig)
-            b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
-            hist[min(max(b, 0), TPOT_BINS - 1)] += wq * _GH_WEIGHTS[g]
+        # lognormal of mean m_x and variance var_x: exp(mu + z sig) with sig^2 = log(t),
+        # t = 1 + var_x / m_x^2, and exp(mu) = m_x / sqrt(t); its nodes z = 0, +-sqrt(3)
+        t = 1.0 + var_x / (m_x * m_x)
+        mid = m_x / np.sqrt(t)
+        spread = np.exp(_GH_NODE * np.sqrt(np.log(t)))
+        hist[_tpot_bin(fixed + mid / spread)] += wq * _GH_W_SIDE
+        hist[_tpot_bin(fixed + mid)] += wq * _GH_W_MID
+        hist[_tpot_bin(fixed + mid * spread)] += wq * _GH_W_SIDE
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -2194,7 +2203,8 @@ def _step_metrics(
             # sub-steps whose lifetime rows agree within TPOT_MERGE_TOL (one bin's width) are
             # added as one: their completion-weighted mean row, their completions (one call
             # per sub-step cost the single env 37% of its speed; merged, 17%)
-            group = np.zeros(TPOT_AT_FIELDS)  # completions, then their weighted row sum
+            group = buf[GR_TPOT_GROUP, :TPOT_AT_FIELDS]  # completions, their weighted row sum
+            group[:] = 0.0
             ref = 0
             for k in range(K):
                 ja = TPOT_BINS + (k * P + p) * TPOT_AT_FIELDS

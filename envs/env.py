@@ -199,10 +199,13 @@ class InferenceClusterEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply ``action`` and advance one control interval."""
         assert self._ready, "Call reset before using step"
-        assert self.action_space.contains(np.asarray(action, dtype=np.int64)), (
-            f"action {action!r} is not in {self.action_space}"
-        )
-        self.sim.step(np.asarray(action, dtype=np.int64)[None, :])
+        a = np.asarray(action, dtype=np.int64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(
+                f"action of shape {a.shape} is not in {self.action_space} "
+                f"(shape {self.action_space.shape})"
+            )
+        self.sim.step(a[None, :])  # refuses, naming the entry, an action outside the space
         truncated = bool(self.sim.truncated()[0])
         info = self.sim.step_info(0)
         if truncated:

@@ -719,68 +719,65 @@ class ClusterSimulator:
 
     def replicas(self, i: int) -> dict[str, dict[str, float]]:
         """Replicas of cluster ``i`` by pool and state."""
-        ps = self.pool_metrics[i]
+        return self._replicas(self.pool_metrics[i].tolist())
+
+    def _replicas(self, pm: list[list[float]]) -> dict[str, dict[str, float]]:
         return {
             pool.name: {
-                state: float(ps[p, k])
-                for state, k in zip(POOL_STATES, _POOL_STATE_METRICS, strict=True)
+                state: row[k] for state, k in zip(POOL_STATES, _POOL_STATE_METRICS, strict=True)
             }
-            for p, pool in enumerate(self.pools)
+            for pool, row in zip(self.pools, pm, strict=True)
         }
 
     def step_info(self, i: int) -> dict:
         """The metrics of cluster ``i``'s last step, namespaced like ``cost/usd``."""
-        m = self.metrics[i]
-        pm = self.pool_metrics[i]
+        m = self.metrics[i].tolist()  # Python floats: one conversion, not one per key
+        pm = self.pool_metrics[i].tolist()
         info = {
-            "cost/usd": float(m[dyn.M_COST]),
-            "cost/total_usd": float(m[dyn.M_COST_TOTAL]),
-            "cost/by_pool_usd": {
-                p.name: float(pm[j, dyn.PM_COST]) for j, p in enumerate(self.pools)
-            },
-            "slo/attainment": float(m[dyn.M_ATTAIN]),
-            "slo/attainment_episode": float(m[dyn.M_ATTAIN_EP]),
-            "slo/violations": float(m[dyn.M_VIOL]),
-            "latency/ttft_p50_s": float(m[dyn.M_TTFT50]),
-            "latency/ttft_p95_s": float(m[dyn.M_TTFT95]),
-            "latency/ttft_p99_s": float(m[dyn.M_TTFT99]),
-            "latency/tpot_p50_s": float(m[dyn.M_TPOT50]),
-            "latency/tpot_p95_s": float(m[dyn.M_TPOT95]),
-            "latency/tpot_p99_s": float(m[dyn.M_TPOT99]),
-            "load/arrival_rate_rps": float(m[dyn.M_RATE_RPS]),
-            "load/queue": float(m[dyn.M_QUEUE]),
-            "load/in_flight": float(m[dyn.M_INFLIGHT]),
-            "load/compute_util": float(m[dyn.M_UTIL]),
-            "load/kv_util": float(m[dyn.M_KV_UTIL]),
-            "requests/arrived": float(m[dyn.M_ARRIVED]),
-            "requests/cache_hits": float(m[dyn.M_HITS]),
-            "requests/admitted": float(m[dyn.M_ADMITTED]),
-            "requests/completed": float(m[dyn.M_COMPLETED]),
-            "requests/dropped": float(m[dyn.M_DROPPED]),
-            "requests/requeued": float(m[dyn.M_REQUEUED]),
-            "tokens/served": float(m[dyn.M_TOKENS]),
-            "scale/events": float(m[dyn.M_SCALE_EVENTS]),
-            "scale/replicas_changed": float(m[dyn.M_REPLICAS_CHANGED]),
-            "scale/cold_starts": float(m[dyn.M_COLD_STARTS]),
-            "scale/warm_starts": float(m[dyn.M_WARM_STARTS]),
-            "spot/preemptions": float(m[dyn.M_PREEMPTIONS]),
-            "spot/unfulfilled": float(m[dyn.M_UNFULFILLED]),
-            "spot/price_usd_h": {
-                p.name: float(pm[j, dyn.PM_PRICE]) for j, p in enumerate(self.pools)
-            },
-            "replicas": self.replicas(i),
+            "cost/usd": m[dyn.M_COST],
+            "cost/total_usd": m[dyn.M_COST_TOTAL],
+            "cost/by_pool_usd": {p.name: pm[j][dyn.PM_COST] for j, p in enumerate(self.pools)},
+            "slo/attainment": m[dyn.M_ATTAIN],
+            "slo/attainment_episode": m[dyn.M_ATTAIN_EP],
+            "slo/violations": m[dyn.M_VIOL],
+            "latency/ttft_p50_s": m[dyn.M_TTFT50],
+            "latency/ttft_p95_s": m[dyn.M_TTFT95],
+            "latency/ttft_p99_s": m[dyn.M_TTFT99],
+            "latency/tpot_p50_s": m[dyn.M_TPOT50],
+            "latency/tpot_p95_s": m[dyn.M_TPOT95],
+            "latency/tpot_p99_s": m[dyn.M_TPOT99],
+            "load/arrival_rate_rps": m[dyn.M_RATE_RPS],
+            "load/queue": m[dyn.M_QUEUE],
+            "load/in_flight": m[dyn.M_INFLIGHT],
+            "load/compute_util": m[dyn.M_UTIL],
+            "load/kv_util": m[dyn.M_KV_UTIL],
+            "requests/arrived": m[dyn.M_ARRIVED],
+            "requests/cache_hits": m[dyn.M_HITS],
+            "requests/admitted": m[dyn.M_ADMITTED],
+            "requests/completed": m[dyn.M_COMPLETED],
+            "requests/dropped": m[dyn.M_DROPPED],
+            "requests/requeued": m[dyn.M_REQUEUED],
+            "tokens/served": m[dyn.M_TOKENS],
+            "scale/events": m[dyn.M_SCALE_EVENTS],
+            "scale/replicas_changed": m[dyn.M_REPLICAS_CHANGED],
+            "scale/cold_starts": m[dyn.M_COLD_STARTS],
+            "scale/warm_starts": m[dyn.M_WARM_STARTS],
+            "spot/preemptions": m[dyn.M_PREEMPTIONS],
+            "spot/unfulfilled": m[dyn.M_UNFULFILLED],
+            "spot/price_usd_h": {p.name: pm[j][dyn.PM_PRICE] for j, p in enumerate(self.pools)},
+            "replicas": self._replicas(pm),
         }
         if self.has_batch:
             info.update(
                 {
-                    "batch/arrived": float(m[dyn.M_B_ARRIVED]),
-                    "batch/admitted": float(m[dyn.M_B_ADMITTED]),
-                    "batch/completed": float(m[dyn.M_B_COMPLETED]),
-                    "batch/expired": float(m[dyn.M_B_EXPIRED]),
-                    "batch/requeued": float(m[dyn.M_B_REQUEUED]),
-                    "batch/queue": float(m[dyn.M_B_QUEUE]),
-                    "batch/in_flight": float(m[dyn.M_B_INFLIGHT]),
-                    "batch/tokens": float(m[dyn.M_B_TOKENS]),
+                    "batch/arrived": m[dyn.M_B_ARRIVED],
+                    "batch/admitted": m[dyn.M_B_ADMITTED],
+                    "batch/completed": m[dyn.M_B_COMPLETED],
+                    "batch/expired": m[dyn.M_B_EXPIRED],
+                    "batch/requeued": m[dyn.M_B_REQUEUED],
+                    "batch/queue": m[dyn.M_B_QUEUE],
+                    "batch/in_flight": m[dyn.M_B_INFLIGHT],
+                    "batch/tokens": m[dyn.M_B_TOKENS],
                 }
             )
         if self.scenario.budget_usd:  # reported, not observed: a live cluster has no episode
