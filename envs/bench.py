@@ -53,7 +53,10 @@ def bench_env(
     Steps per second are measured on ``scenario`` (the env's default unless told otherwise);
     the time of one whole episode, holding replicas fixed, on ``episode_scenario`` (two weeks).
     Actions are random (a fixed bank, so the same work every run): scaling, draining and
-    cold starts all happen, not just idle stepping.
+    cold starts all happen, not just idle stepping. The batched rates run the scenario as
+    written; ``training_env_steps_per_s`` runs, at the largest size, what ``rlscale train``
+    steps: the training part with domain randomization and the scenario's mix of workloads
+    (``training_workloads`` simulators, one kernel call each per step).
     """
     sizes = sizes or [1, 64, 1024]
     sync_sizes = sync_sizes if sync_sizes is not None else [64, 1024]
@@ -95,6 +98,20 @@ def bench_env(
 
         batched[str(n)] = _rate(vec_step, n, seconds)
 
+    # what training steps: the training part, domain randomization and any mix of workloads
+    n_train = max(sizes)
+    tvenv = InferenceClusterVectorEnv(n_train, scenario=sc, split="train", randomize=True)
+    tvenv.reset(seed=0)
+    tbank = _action_bank(tvenv.action_space, 16)
+    jt = [0]
+
+    def train_step() -> None:
+        jt[0] += 1
+        tvenv.step(tbank[jt[0] % len(tbank)])
+
+    training = _rate(train_step, n_train, seconds)
+    mixed = len(getattr(tvenv.sim, "parts", [tvenv.sim]))
+
     speedup: dict[str, float] = {}
     sync_rates: dict[str, float] = {}
     for n in sync_sizes:
@@ -125,6 +142,8 @@ def bench_env(
         "episode_steps": long_env.sim.episode_steps,
         "episode_seconds": round(episode_s, 3),
         "batched_env_steps_per_s": {k: round(v, 1) for k, v in batched.items()},
+        "training_env_steps_per_s": {str(n_train): round(training, 1)},
+        "training_workloads": mixed,
         "sync_vector_env_steps_per_s": {k: round(v, 1) for k, v in sync_rates.items()},
         "speedup_vs_sync_vector_env": {k: round(v, 2) for k, v in speedup.items()},
         "cpus": os.cpu_count(),

@@ -87,6 +87,9 @@ def test_bench_env_prints_one_json_object_last():
     assert result["episode_scenario"] == "azure-code" and result["episode_steps"] == 114
     assert result["single_env_steps_per_s"] > 0
     assert set(result["batched_env_steps_per_s"]) == {"1", "8"}
+    # what training steps, at the largest size: azure-conv mixes in a synthetic service
+    assert set(result["training_env_steps_per_s"]) == {"8"}
+    assert result["training_env_steps_per_s"]["8"] > 0 and result["training_workloads"] == 2
     assert result["speedup_vs_sync_vector_env"]["8"] > 0
 
 
