@@ -239,7 +239,8 @@ def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
     """The output-length classes of requests (see :class:`WorkloadSeries`), from their lengths.
 
     Requests at or below the median output form the first class (:func:`shorter_answers`),
-    the rest the second. A class with no request keeps a zero share and neutral ratios.
+    the rest the second. A class with no request keeps a zero share and neutral ratios; one of
+    requests that generate no token (prompt-only) keeps neutral ratios of its output.
     """
     p = np.asarray(prompt, dtype=np.float64)
     o = np.asarray(output, dtype=np.float64)
@@ -261,8 +262,9 @@ def output_classes(prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         table[k, CP_SHARE] = sel.mean()
         table[k, CP_OUTPUT] = ok.mean() / o.mean()
         table[k, CP_PROMPT] = pk.mean() / p_mean
-        table[k, CP_PHI] = (ok**2).mean() / (2.0 * ok.mean() ** 2)
-        table[k, CP_PSHIFT] = (pk * ok).sum() / ok.sum() - pk.mean()
+        if ok.sum() > 0.0:  # a class of prompt-only requests decodes nothing: neutral ratios
+            table[k, CP_PHI] = (ok**2).mean() / (2.0 * ok.mean() ** 2)
+            table[k, CP_PSHIFT] = (pk * ok).sum() / ok.sum() - pk.mean()
     return table
 
 

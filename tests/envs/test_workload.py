@@ -170,6 +170,21 @@ def test_csv_tenant_shares_follow_tokens(tmp_path: Path) -> None:
     assert s.arrivals[[0, 2, 3, 74]].tolist() == [1, 1, 1, 1] and s.arrivals.sum() == 4
 
 
+def test_prompt_only_requests_make_a_finite_output_class() -> None:
+    """Half the requests generate no token: their class holds no output and neutral ratios,
+    never 0/0 (a NaN there would reach every kernel step)."""
+    from rlscale.envs.workload import CP_OUTPUT, CP_PHI, CP_PSHIFT, CP_SHARE, output_classes
+
+    table = output_classes(np.array([100.0, 200, 300, 400]), np.array([0.0, 0, 50, 150]))
+    assert np.isfinite(table).all()
+    assert table[0, CP_SHARE] == 0.5 and table[0, CP_OUTPUT] == 0.0
+    assert table[0, CP_PHI] == 1.0 and table[0, CP_PSHIFT] == 0.0
+    # the answering class as before: (50^2 + 150^2) / 2 / (2 * 100^2), and its prompts weighted
+    # by output (300 x 50 + 400 x 150) / 200 against their mean 350
+    assert table[1, CP_OUTPUT] == 2.0 and table[1, CP_PHI] == pytest.approx(0.625)
+    assert table[1, CP_PSHIFT] == pytest.approx(25.0)
+
+
 def test_csv_slightly_unordered_rows_are_sorted(tmp_path: Path) -> None:
     rows = [(10.0, 1, 1), (9.6, 2, 2), (12.0, 3, 3)]
     s = build(
