@@ -15,17 +15,20 @@ split), the observation space (checked equal), and the rate that normalizes rate
 service). Each part draws its own episode windows and randomization multipliers, and a mixed
 part's own randomness (synthetic noise and bursts, the spot markets) comes from its own seed
 (:data:`PART_SEED_STRIDE`), so a mixed synthetic service is not the scenario's own noise over
-again. Evaluation and validation never mix: they run the scenario as written.
+again. Evaluation never mixes: it runs the scenario as written. Validation during training
+runs each mixed workload as well, on its own split's validation windows
+(:func:`mixed_parts`, built as here).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rlscale.envs.scenario import Scenario, ScenarioError, load_scenario
-from rlscale.envs.simulator import ClusterSimulator
+from rlscale.envs.simulator import ClusterSimulator, scenario_workload
 from rlscale.envs.workload import WorkloadSeries
 
 PART_SEED_STRIDE = 100_003
@@ -56,6 +59,71 @@ def mix_sizes(num_clusters: int, shares: list[float]) -> list[int]:
         j = max((j for j in range(len(parts)) if sizes[j] > 1), key=lambda j: sizes[j] - exact[j])
         sizes[j] -= 1
     return sizes
+
+
+@dataclass(frozen=True)
+class MixedPart:
+    """One mixed workload as its part of a mix runs it (see :func:`mixed_parts`)."""
+
+    where: str
+    """Where the scenario declares it, for errors: ``randomization.workloads[k] (kind path)``."""
+    scenario: Scenario
+    """The scenario with only its workload replaced (and the own part's episode length)."""
+    workload_seed: int
+    primary: ClusterSimulator
+
+    def workload(self) -> WorkloadSeries:
+        """The part's workload series (what :meth:`build` replays)."""
+        try:
+            return scenario_workload(self.scenario, self.workload_seed)
+        except (ScenarioError, OSError, ValueError) as err:
+            raise ScenarioError(f"{self.where}: {err}") from err
+
+    def build(self, num_clusters: int, **kw: Any) -> ClusterSimulator:
+        """A simulator of ``num_clusters`` clusters on this part, rates in the scenario's own
+        units (``kw``: :class:`ClusterSimulator`'s keywords, ``split``, ``workload``, ...);
+        refused, naming the part, when it cannot be built or is observed otherwise."""
+        try:
+            part = ClusterSimulator(
+                self.scenario,
+                num_clusters,
+                workload_seed=self.workload_seed,
+                reference_rps=self.primary.reference_rps,
+                **kw,
+            )
+        except (ScenarioError, OSError, ValueError) as err:
+            raise ScenarioError(f"{self.where}: {err}") from err
+        own_obs, part_obs = self.primary.spaces()[0], part.spaces()[0]
+        if part.observation_names != self.primary.observation_names or not (
+            np.array_equal(own_obs.low, part_obs.low)
+            and np.array_equal(own_obs.high, part_obs.high)
+        ):
+            raise ScenarioError(
+                f"{self.where} observes {part.observation_names}, the scenario's own "
+                f"{self.primary.observation_names}; mixed workloads must be observed alike "
+                f"(request classes on or off in both)"
+            )
+        return part
+
+
+def mixed_parts(primary: ClusterSimulator, workload_seed: int) -> list[MixedPart]:
+    """The mixed workloads of ``primary``'s scenario (``randomization.workloads``), each as its
+    part runs it: ``primary``'s scenario (the episode length its own part runs, fitted to its
+    split) with only the workload replaced, the workload seed ``workload_seed + k *
+    PART_SEED_STRIDE`` and the own part's reference rate. Training's mix
+    (:class:`MixedSimulator`) and validation (``rlscale.training.validate``) build them alike.
+    """
+    sc = primary.scenario
+    mixed = sc.randomization.workloads if sc.randomization is not None else []
+    return [
+        MixedPart(
+            where=f"randomization.workloads[{k - 1}] ({w.workload.kind} {w.workload.path or ''})",
+            scenario=sc.model_copy(update={"workload": w.workload}),
+            workload_seed=workload_seed + k * PART_SEED_STRIDE,
+            primary=primary,
+        )
+        for k, w in enumerate(mixed, start=1)
+    ]
 
 
 class MixedSimulator:
@@ -90,31 +158,8 @@ class MixedSimulator:
             sc, sizes[0], workload=workload, workload_seed=workload_seed, **kw
         )
         self.parts: list[ClusterSimulator] = [self.primary]
-        # the scenario's episode length as its own part runs it (fitted to that split)
-        hours = self.primary.scenario.episode_hours
-        for k, (w, n) in enumerate(zip(mixed, sizes[1:], strict=True), start=1):
-            where = f"randomization.workloads[{k - 1}] ({w.workload.kind} {w.workload.path or ''})"
-            try:
-                part = ClusterSimulator(
-                    sc.model_copy(update={"workload": w.workload, "episode_hours": hours}),
-                    n,
-                    workload_seed=workload_seed + k * PART_SEED_STRIDE,
-                    reference_rps=self.primary.reference_rps,
-                    **kw,
-                )
-            except (ScenarioError, OSError, ValueError) as err:
-                raise ScenarioError(f"{where}: {err}") from err
-            own_obs, part_obs = self.primary.spaces()[0], part.spaces()[0]
-            if part.observation_names != self.primary.observation_names or not (
-                np.array_equal(own_obs.low, part_obs.low)
-                and np.array_equal(own_obs.high, part_obs.high)
-            ):
-                raise ScenarioError(
-                    f"{where} observes {part.observation_names}, the scenario's own "
-                    f"{self.primary.observation_names}; mixed workloads must be observed alike "
-                    f"(request classes on or off in both)"
-                )
-            self.parts.append(part)
+        for part, n in zip(mixed_parts(self.primary, workload_seed), sizes[1:], strict=True):
+            self.parts.append(part.build(n, **kw))
         self.scenario = self.primary.scenario
         self.num_clusters = int(num_clusters)
         self.sizes = sizes

@@ -86,7 +86,9 @@ class TrainConfig:
         "validate every this many env steps (0: only at the end); each validation also steers "
         "the rollouts' attainment target so that the served policy meets the SLO",
     )
-    eval_windows: int = _f(4, "validation windows per evaluation (from the training part)")
+    eval_windows: int = _f(
+        4, "validation windows per evaluation and workload (from its training part)"
+    )
     eval_seeds: int = _f(1, "seeds per validation window")
     select: str = _f(
         "best",

@@ -299,7 +299,10 @@ class _Trainer:
             outputs.append(HumanOutputFormat(sys.stdout))
         self.model.set_logger(Logger(None, outputs))
         self.validator = Validator(
-            self.scenario, max_windows=cfg.eval_windows, seeds=cfg.eval_seeds
+            self.scenario,
+            max_windows=cfg.eval_windows,
+            seeds=cfg.eval_seeds,
+            mixed=self.mixed is not None,  # selection sees the mix's fresh traffic too
         )
 
     # -- during training --
@@ -672,6 +675,7 @@ def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainRes
         "target_attainment": trainer.scenario.slo.target_attainment,
         "lagrange": {**trainer.lagrange.state(), "target": trainer.lagrange.target},
         "validation_windows": trainer.validator.windows,
+        "validation_windows_by_workload": trainer.validator.workload_windows,
         "validations": [v.to_dict() for v in trainer.validations],
         "config": cfg.to_dict(),
     }

@@ -2,7 +2,8 @@
 
 Validation windows lie in the training part of the workload (:mod:`rlscale.envs.splits`), never
 in the held-out part that ``rlscale evaluate`` and ``rlscale promote`` judge on. All windows and
-seeds run as one batched simulator, so a validation costs about one episode's kernel calls.
+seeds of a workload run as one batched simulator, so a validation costs about one episode's
+kernel calls per workload validated.
 What it reports is what the product promises: cost and SLO attainment, not reward.
 """
 
@@ -14,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from rlscale.envs.mix import mixed_parts
 from rlscale.envs.scenario import Scenario
 from rlscale.envs.simulator import ClusterSimulator, scenario_workload
-from rlscale.envs.splits import split_of
+from rlscale.envs.splits import Split, split_of
 
 Act = Callable[[np.ndarray], np.ndarray]
 """Raw observations [N, obs] -> actions [N, 2 * pools]."""
@@ -24,7 +26,8 @@ Act = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """Means over the validation episodes (one per window and seed) at ``timesteps``."""
+    """Means over the validation episodes (one per workload, window and seed) at
+    ``timesteps``."""
 
     timesteps: int
     cost_usd: float
@@ -33,7 +36,9 @@ class ValidationResult:
     min_attainment: float
     meets_target: float
     target: float
-    episodes: list[dict[str, float]] = field(default_factory=list)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    """One per workload, window and seed: ``workload``, ``start_step``, ``seed``, ``cost_usd``,
+    ``slo_attainment``."""
 
     def metrics(self) -> dict[str, float]:
         """Namespaced metrics (``eval/cost_usd``, ``eval/slo_attainment``, ...)."""
@@ -53,47 +58,82 @@ class ValidationResult:
 class Validator:
     """Runs a policy on fixed validation windows of ``scenario``.
 
+    With ``mixed``, the scenario's mixed workloads (``randomization.workloads``, what training
+    runs on part of its clusters) are validated too, each on the validation windows of its own
+    split (:func:`rlscale.envs.mix.mixed_parts`, built as training builds them): a scenario
+    whose own training part is short (a half-hour trace validates on the half hour it trains
+    on) then still selects on traffic its policy did not train on. The result is over every
+    episode, each tagged with its workload.
+
     :param scenario: the training scenario (nominal: validation never randomizes).
-    :param max_windows: at most this many validation windows (the split's first ones).
+    :param max_windows: at most this many validation windows per workload (the split's first).
     :param seeds: seeds per window (the simulator's own randomness: spot, cold starts).
     :param workload_seed: the workload's seed, as in training.
+    :param mixed: validate on the mixed workloads too.
     """
 
     def __init__(
-        self, scenario: Scenario, *, max_windows: int = 4, seeds: int = 1, workload_seed: int = 0
+        self,
+        scenario: Scenario,
+        *,
+        max_windows: int = 4,
+        seeds: int = 1,
+        workload_seed: int = 0,
+        mixed: bool = False,
     ) -> None:
-        split, _ = split_of(scenario, scenario_workload(scenario, workload_seed).n_bins)
-        windows = list(split.validation_starts[: max(1, max_windows)])
-        self.cases = [(w, s) for w in windows for s in range(max(1, seeds))]
-        self.sim = ClusterSimulator(
-            scenario, len(self.cases), workload_seed=workload_seed, split="validation"
+        def cases(split: Split) -> list[tuple[int, int]]:
+            windows = split.validation_starts[: max(1, max_windows)]
+            return [(w, s) for w in windows for s in range(max(1, seeds))]
+
+        own = scenario_workload(scenario, workload_seed)
+        own_cases = cases(split_of(scenario, own.n_bins)[0])
+        primary = ClusterSimulator(
+            scenario,
+            len(own_cases),
+            workload=own,
+            workload_seed=workload_seed,
+            split="validation",
+            randomize=False,
         )
-        self.target = float(self.sim.scenario.slo.target_attainment)
-        self.hours = self.sim.episode_steps * self.sim.scenario.control_interval_s / 3600.0
+        # one simulator per workload, each run for its own episode length
+        self.parts: list[tuple[ClusterSimulator, list[tuple[int, int]]]] = [(primary, own_cases)]
+        for part in mixed_parts(primary, workload_seed) if mixed else []:
+            wl = part.workload()
+            part_cases = cases(split_of(part.scenario, wl.n_bins)[0])
+            sim = part.build(len(part_cases), workload=wl, split="validation", randomize=False)
+            self.parts.append((sim, part_cases))
+        self.target = float(primary.scenario.slo.target_attainment)
+        self.hours = primary.episode_steps * primary.scenario.control_interval_s / 3600.0
 
     @property
     def windows(self) -> list[int]:
-        """Start steps of the validation windows."""
-        return sorted({w for w, _ in self.cases})
+        """Start steps of the validation windows on the scenario's own workload."""
+        return sorted({w for w, _ in self.parts[0][1]})
+
+    @property
+    def workload_windows(self) -> dict[str, list[int]]:
+        """Start steps of the validation windows of every workload validated, by its name."""
+        return {sim.workload.name: sorted({w for w, _ in c}) for sim, c in self.parts}
 
     def run(self, act: Act, timesteps: int = 0) -> ValidationResult:
-        """One episode per (window, seed) under ``act``; the same draws every call."""
-        sim = self.sim
-        for i, (start, seed) in enumerate(self.cases):
-            sim.reset_cluster(i, np.random.default_rng(10_007 * seed + 1), start_step=start)
-        for _ in range(sim.episode_steps):
-            sim.step(np.asarray(act(sim.obs.copy()), dtype=np.int64))
+        """One episode per workload, window and seed under ``act``; the same draws every call."""
         episodes = []
-        for i, (start, seed) in enumerate(self.cases):
-            info = sim.step_info(i)
-            episodes.append(
-                {
-                    "start_step": float(start),
-                    "seed": float(seed),
-                    "cost_usd": info["cost/total_usd"],
-                    "slo_attainment": info["slo/attainment_episode"],
-                }
-            )
+        for sim, part_cases in self.parts:
+            for i, (start, seed) in enumerate(part_cases):
+                sim.reset_cluster(i, np.random.default_rng(10_007 * seed + 1), start_step=start)
+            for _ in range(sim.episode_steps):
+                sim.step(np.asarray(act(sim.obs.copy()), dtype=np.int64))
+            for i, (start, seed) in enumerate(part_cases):
+                info = sim.step_info(i)
+                episodes.append(
+                    {
+                        "workload": sim.workload.name,
+                        "start_step": float(start),
+                        "seed": float(seed),
+                        "cost_usd": info["cost/total_usd"],
+                        "slo_attainment": info["slo/attainment_episode"],
+                    }
+                )
         cost = np.array([e["cost_usd"] for e in episodes])
         att = np.array([e["slo_attainment"] for e in episodes])
         return ValidationResult(

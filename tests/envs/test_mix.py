@@ -188,3 +188,41 @@ def test_a_mixed_workload_that_cannot_be_built_is_named():
     )
     with pytest.raises(ScenarioError, match=r"randomization.workloads\[1\] \(csv no/such"):
         MixedSimulator(type(sc).model_validate(data), 4, split="train", randomize=True)
+
+
+def test_validation_covers_the_mixed_workloads_on_their_own_validation_windows():
+    """Training validates on the mix too (``Validator(mixed=True)``): each mixed workload on
+    the validation windows of its own split, never its held-out part, built as training builds
+    it; the scenario's own episodes are what validating it alone gives."""
+    from rlscale.training.validate import Validator
+
+    sc = _mixed(0.25)
+    alone = Validator(sc, max_windows=2)
+    both = Validator(sc, max_windows=2, mixed=True)
+    (own, _), (other, other_cases) = both.parts
+    noop = own.noop_action()
+
+    def hold(obs):
+        return np.tile(noop, (len(obs), 1))
+
+    r_alone, r_both = alone.run(hold, 5), both.run(hold, 5)
+    assert own.workload.name != other.workload.name
+    assert [e for e in r_both.episodes if e["workload"] == own.workload.name] == r_alone.episodes
+    theirs = [e for e in r_both.episodes if e["workload"] == other.workload.name]
+    assert len(theirs) == len(other_cases) >= 1
+    assert len(r_both.episodes) == len(r_alone.episodes) + len(theirs)
+    # the other workload is the training mix's own (its seed and rate units)...
+    trained = MixedSimulator(sc, 4, split="train").parts[1]
+    assert np.array_equal(other.workload.arrivals, trained.workload.arrivals)
+    assert other.reference_rps == own.reference_rps
+    # ... validated on its own split's validation windows, never its held-out part
+    split = other.split
+    assert both.workload_windows[other.workload.name] == sorted({w for w, _ in other_cases})
+    for w, _ in other_cases:
+        assert w in split.validation_starts
+        assert w + other.episode_steps <= split.boundary_step
+    # the result is over every episode
+    assert r_both.cost_usd == pytest.approx(np.mean([e["cost_usd"] for e in r_both.episodes]))
+    assert r_both.min_attainment == min(e["slo_attainment"] for e in r_both.episodes)
+    assert len(alone.parts) == 1
+    assert alone.workload_windows == {own.workload.name: alone.windows}

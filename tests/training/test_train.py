@@ -122,6 +122,13 @@ def test_train_cli_logs_registers_challenger_and_the_export_evaluates(store, cap
     mixed = policy.manifest.training["mixed_workloads"]
     assert [m["clusters"] for m in mixed] == [3, 1]  # 4 envs, a quarter on the other workload
     assert mixed[0]["workload"] == own.workload.name != mixed[1]["workload"]
+    # validation ran on both workloads of the mix, each on its own windows
+    report = json.loads((Path(store["out"]) / run.info.run_id / "training_report.json").read_text())
+    by_workload = report["validation_windows_by_workload"]
+    assert set(by_workload) == {m["workload"] for m in mixed}
+    assert by_workload[own.workload.name] == report["validation_windows"]
+    last = report["validations"][-1]["episodes"]
+    assert {e["workload"] for e in last} == set(by_workload)
     # the export is the cheapest validation that met the target (model selection on
     # validation windows, never held-out ones)
     att = {
