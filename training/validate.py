@@ -103,7 +103,6 @@ class Validator:
             sim = part.build(len(part_cases), workload=wl, split="validation", randomize=False)
             self.parts.append((sim, part_cases))
         self.target = float(primary.scenario.slo.target_attainment)
-        self.hours = primary.episode_steps * primary.scenario.control_interval_s / 3600.0
 
     @property
     def windows(self) -> list[int]:
@@ -117,8 +116,9 @@ class Validator:
 
     def run(self, act: Act, timesteps: int = 0) -> ValidationResult:
         """One episode per workload, window and seed under ``act``; the same draws every call."""
-        episodes = []
+        episodes, per_h = [], []
         for sim, part_cases in self.parts:
+            hours = sim.episode_steps * sim.scenario.control_interval_s / 3600.0
             for i, (start, seed) in enumerate(part_cases):
                 sim.reset_cluster(i, np.random.default_rng(10_007 * seed + 1), start_step=start)
             for _ in range(sim.episode_steps):
@@ -134,12 +134,13 @@ class Validator:
                         "slo_attainment": info["slo/attainment_episode"],
                     }
                 )
+                per_h.append(info["cost/total_usd"] / hours)
         cost = np.array([e["cost_usd"] for e in episodes])
         att = np.array([e["slo_attainment"] for e in episodes])
         return ValidationResult(
             timesteps=int(timesteps),
             cost_usd=float(cost.mean()),
-            cost_usd_per_h=float(cost.mean() / self.hours),
+            cost_usd_per_h=float(np.mean(per_h)),
             slo_attainment=float(att.mean()),
             min_attainment=float(att.min()),
             meets_target=float((att >= self.target).mean()),
