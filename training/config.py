@@ -77,6 +77,11 @@ class TrainConfig:
     lagrange_lr: float = _f(0.2, "dual step in log space per rollout")
     lagrange_min_usd: float = _f(1e-4, "floor of the violation price")
     lagrange_max_usd: float = _f(10.0, "ceiling of the violation price")
+    lagrange_window: int = _f(
+        0,
+        "rollouts whose requests each dual step pools (0: one training episode's worth, "
+        "ceil(episode_steps / n_steps), at most 16)",
+    )
     attainment_margin: float = _f(
         0.002, "train toward target + margin, so that the deterministic policy clears the target"
     )
@@ -117,7 +122,13 @@ class TrainConfig:
                 f"batch_size={self.batch_size} is larger than a rollout "
                 f"(n_envs * n_steps = {self.n_envs * self.n_steps}); lower it or raise n_steps"
             )
-        for name in ("eval_every", "checkpoint_every", "eval_seeds", "eval_windows"):
+        for name in (
+            "eval_every",
+            "checkpoint_every",
+            "eval_seeds",
+            "eval_windows",
+            "lagrange_window",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:

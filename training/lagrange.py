@@ -13,6 +13,15 @@ rollout the multiplier takes a dual step on the constraint's violation measured 
 
     log lambda  +=  lr * clip((1 - attainment) / (1 - target') - 1, -1, 1)
 
+where ``attainment`` pools the requests of the last ``window`` rollouts. The constraint is on
+an episode's attainment, and one rollout (``n_steps`` decision steps per env, 2 h at the
+defaults) does not measure it where episodes are long: which hours of the day a rollout's envs
+happened to cover moved the miss rate more than the policy did, and on servegen-m-large the
+price swung over three orders of magnitude (1e-4 to 0.18 USD) within a run, the policy with
+it. Pooling an episode's worth of rollouts (``ceil(episode_steps / n_steps)``, capped at
+:data:`MAX_WINDOW`) estimates the episode's attainment instead; episodes no longer than a
+rollout keep a window of one, the plain per-rollout step.
+
 with ``target' = target + margin + offset``. The step is in log space because the right price spans
 orders of magnitude across scenarios (a violation of one request on a cluster of one GPU and on
 one of forty); the relative error of the miss rate makes the step unit-free, and clipping keeps
@@ -33,7 +42,17 @@ ceiling, and the policy at three times its cost for a million steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+
+MAX_WINDOW = 16
+"""At most this many rollouts pooled per dual step (an episode of a week would otherwise make
+the price answer a change of policy only weeks of rollouts later)."""
+
+
+def episode_window(episode_steps: int, n_steps: int) -> int:
+    """Rollouts that span one training episode per env, at most :data:`MAX_WINDOW`."""
+    return max(1, min(MAX_WINDOW, math.ceil(episode_steps / max(1, n_steps))))
 
 
 @dataclass
@@ -46,6 +65,7 @@ class LagrangeMultiplier:
     :param lr: dual step size in log space.
     :param min_usd: floor of the price.
     :param max_usd: ceiling of the price.
+    :param window: rollouts whose requests each dual step pools (see :func:`episode_window`).
     """
 
     price_usd: float
@@ -53,8 +73,11 @@ class LagrangeMultiplier:
     lr: float = 0.2
     min_usd: float = 1e-4
     max_usd: float = 10.0
+    window: int = 1
     updates: int = 0
     offset: float = 0.0
+    recent: deque = field(default_factory=deque)
+    """(good, demand) of the last ``window`` rollouts that saw requests."""
 
     MAX_TARGET = 0.9999
 
@@ -63,6 +86,8 @@ class LagrangeMultiplier:
             raise ValueError(f"attainment target {self.base_target} must be in (0, 1)")
         if self.lr < 0:
             raise ValueError(f"lagrange_lr {self.lr} must be >= 0")
+        if self.window < 1:
+            raise ValueError(f"lagrange window {self.window} must be >= 1 rollout")
         self.price_usd = min(max(float(self.price_usd), self.min_usd), self.max_usd)
 
     @property
@@ -79,10 +104,16 @@ class LagrangeMultiplier:
         return self.target
 
     def update(self, good: float, demand: float) -> float:
-        """One dual step from a rollout's requests within SLO (``good``) out of ``demand``;
-        returns the new price. A rollout that saw no requests leaves it alone."""
+        """One dual step from a rollout's requests within SLO (``good``) out of ``demand``,
+        pooled with the last ``window - 1`` rollouts' requests; returns the new price. A
+        rollout that saw no requests leaves it alone."""
         if demand <= 0.0:
             return self.price_usd
+        self.recent.append((float(good), float(demand)))
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+        good = sum(g for g, _ in self.recent)
+        demand = sum(d for _, d in self.recent)
         miss = max(0.0, 1.0 - good / demand)
         allowed = 1.0 - self.target
         g = min(1.0, max(-1.0, miss / allowed - 1.0))
@@ -94,10 +125,17 @@ class LagrangeMultiplier:
 
     def state(self) -> dict[str, float]:
         """What a checkpoint keeps."""
-        return {"price_usd": self.price_usd, "updates": self.updates, "offset": self.offset}
+        return {
+            "price_usd": self.price_usd,
+            "updates": self.updates,
+            "offset": self.offset,
+            "recent": [list(r) for r in self.recent],
+            "window": self.window,
+        }
 
     def load(self, state: dict[str, float]) -> None:
         """Restore a checkpoint's multiplier."""
         self.price_usd = float(state["price_usd"])
         self.updates = int(state.get("updates", 0))
         self.offset = float(state.get("offset", 0.0))
+        self.recent = deque(tuple(r) for r in state.get("recent", ()))

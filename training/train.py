@@ -56,7 +56,7 @@ from rlscale.training.config import (
     config_from_args,
     config_json,
 )
-from rlscale.training.lagrange import LagrangeMultiplier
+from rlscale.training.lagrange import LagrangeMultiplier, episode_window
 from rlscale.training.validate import ValidationResult, Validator
 
 TRAIN_EXPERIMENT = "rlscale-train"
@@ -276,6 +276,10 @@ class _Trainer:
             norm_reward=cfg.norm_reward,
             clip_obs=cfg.clip_obs,
             gamma=cfg.gamma,
+        )
+        # each dual step pools an episode's worth of rollouts unless told otherwise
+        self.lagrange.window = cfg.lagrange_window or episode_window(
+            self.scenario_sim.episode_steps, cfg.n_steps
         )
         if resume_from is None:
             self.model = new_ppo(self.vn, cfg.ppo_kwargs())

@@ -25,7 +25,7 @@ from rlscale.cli import main
 from rlscale.envs.scenario import ScenarioError, scenario_from_dict
 from rlscale.envs.simulator import ClusterSimulator
 from rlscale.training.config import TrainConfig, config_from_args
-from rlscale.training.lagrange import LagrangeMultiplier
+from rlscale.training.lagrange import LagrangeMultiplier, episode_window
 
 RANDOMIZED = {
     "randomization": {
@@ -254,6 +254,8 @@ def test_config_file_then_flags_and_clear_errors(tmp_path):
     cfg_file.write_text("n_env: 8\n")
     with pytest.raises(ScenarioError, match=r"unknown train settings \['n_env'\]"):
         config_from_args(parser.parse_args(["train", "--config", str(cfg_file)]))
+    with pytest.raises(ScenarioError, match="lagrange_window=-1 must be >= 0"):
+        TrainConfig(lagrange_window=-1)
     with pytest.raises(ScenarioError, match="batch_size=4096 is larger than a rollout"):
         TrainConfig(n_envs=2, n_steps=16, batch_size=4096)
 
@@ -274,6 +276,34 @@ def test_lagrange_price_rises_below_target_and_falls_above():
     assert capped.update(good=0.0, demand=10.0) == 10.0
     with pytest.raises(ValueError, match="target"):
         LagrangeMultiplier(price_usd=1.0, base_target=1.0)
+
+
+def test_the_dual_step_pools_the_last_window_rollouts():
+    lag = LagrangeMultiplier(price_usd=0.01, base_target=0.99, lr=0.5, window=2)
+    # one rollout, 2% missed against 1% allowed: up by e**0.5
+    assert lag.update(good=98.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.5))
+    # a clean rollout pooled with it: 2 of 200 missed, exactly the target: unchanged
+    assert lag.update(good=100.0, demand=100.0) == pytest.approx(0.01 * np.exp(0.5))
+    # another clean one: the missing rollout has left the window, none missed: down by e**0.5
+    assert lag.update(good=100.0, demand=100.0) == pytest.approx(0.01)
+    # a rollout without requests neither steps nor enters the window
+    assert lag.update(good=0.0, demand=0.0) == pytest.approx(0.01)
+    # the window survives a checkpoint: a restored multiplier steps as the original does
+    restored = LagrangeMultiplier(price_usd=1.0, base_target=0.99, lr=0.5, window=2)
+    restored.load(lag.state())
+    assert restored.update(good=97.0, demand=100.0) == lag.update(good=97.0, demand=100.0)
+    assert restored.price_usd == pytest.approx(0.01 * np.exp(0.5 * 0.5))  # 1.5% against 1%
+    with pytest.raises(ValueError, match="window 0 must be >= 1"):
+        LagrangeMultiplier(price_usd=1.0, base_target=0.99, window=0)
+
+
+@pytest.mark.parametrize(
+    ("episode_steps", "n_steps", "window"),
+    [(58, 256, 1), (256, 256, 1), (2880, 256, 12), (20160, 256, 16)],
+    ids=["azure-half-hour", "one-rollout", "day", "week-capped"],
+)
+def test_the_default_window_spans_one_training_episode(episode_steps, n_steps, window):
+    assert episode_window(episode_steps, n_steps) == window
 
 
 def test_served_policy_below_target_raises_the_rollout_target():
