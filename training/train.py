@@ -57,6 +57,7 @@ from rlscale.training.config import (
     config_json,
 )
 from rlscale.training.lagrange import LagrangeMultiplier, episode_window
+from rlscale.training.learning_curves import REPORT_FILE, Curve, plot_learning_curves
 from rlscale.training.validate import ValidationResult, Validator
 
 TRAIN_EXPERIMENT = "rlscale-train"
@@ -66,7 +67,6 @@ MODEL_FILE = "model.zip"
 NORM_FILE = "normalization.npz"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
-REPORT_FILE = "training_report.json"
 CURVES_FILE = "learning_curves.png"
 BEST_DIR = "best"
 """The best validated policy so far: ``policy.pt`` (weights), the normalization, ``best.json``."""
@@ -686,8 +686,9 @@ def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainRes
     report_path = trainer.run_dir / REPORT_FILE
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     trainer.client.log_artifact(trainer.run_id, str(report_path))
+    exported = selected.get("timesteps") if selected else None
     curves = plot_learning_curves(
-        trainer.validations,
+        [Curve(trainer.scenario.name, trainer.validations, exported)],
         trainer.scenario.slo.target_attainment,
         trainer.run_dir / CURVES_FILE,
         title=trainer.scenario.name,
@@ -733,34 +734,6 @@ def _finish_run(trainer: _Trainer, *, register_version: bool = True) -> TrainRes
         else:
             log_policy(export_dir, tracking_uri=trainer.uri, run_id=trainer.run_id)
     return result
-
-
-def plot_learning_curves(
-    validations: list[ValidationResult], target: float, path: Path, *, title: str = ""
-) -> Path | None:
-    """Validation cost and attainment against training steps (None without validations)."""
-    if not validations:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [v.timesteps for v in validations]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax1.plot(steps, [v.cost_usd for v in validations], marker="o", lw=1)
-    ax1.set_ylabel("validation cost per episode (USD)")
-    ax1.set_title(f"{title}: learning curves on validation windows")
-    ax2.plot(steps, [v.slo_attainment for v in validations], marker="o", lw=1, label="mean")
-    ax2.plot(steps, [v.min_attainment for v in validations], lw=0.8, ls=":", label="worst window")
-    ax2.axhline(target, color="tab:red", ls="--", lw=0.8, label="target")
-    ax2.set_ylabel("SLO attainment")
-    ax2.set_xlabel("training env steps")
-    ax2.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 # --- command line --------------------------------------------------------------------------
