@@ -277,7 +277,7 @@ class _Trainer:
             clip_obs=cfg.clip_obs,
             gamma=cfg.gamma,
         )
-        # each dual step pools an episode's worth of rollouts unless told otherwise
+        # lagrange_window 0: each dual step pools an episode's worth of rollouts
         self.lagrange.window = cfg.lagrange_window or episode_window(
             self.scenario_sim.episode_steps, cfg.n_steps
         )
