@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_WINDOW = 16
 """At most this many rollouts pooled per dual step (an episode of a week would otherwise make
@@ -123,7 +124,7 @@ class LagrangeMultiplier:
         self.updates += 1
         return self.price_usd
 
-    def state(self) -> dict[str, float]:
+    def state(self) -> dict[str, Any]:
         """What a checkpoint keeps."""
         return {
             "price_usd": self.price_usd,
@@ -133,8 +134,9 @@ class LagrangeMultiplier:
             "window": self.window,
         }
 
-    def load(self, state: dict[str, float]) -> None:
-        """Restore a checkpoint's multiplier."""
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint's multiplier (the window is the run's config, not restored:
+        ``state()`` reports it for the training report)."""
         self.price_usd = float(state["price_usd"])
         self.updates = int(state.get("updates", 0))
         self.offset = float(state.get("offset", 0.0))

@@ -45,8 +45,8 @@ def read_report(run: Path) -> tuple[Curve, str, float]:
         validations = [ValidationResult(**v) for v in report["validations"]]
         target = float(report["target_attainment"])
         scenario = str(report["scenario"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a training report ({err})") from err
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a readable training report ({err})") from err
     exported = (report.get("exported") or {}).get("timesteps")
     seed = (report.get("config") or {}).get("seed")
     label = f"seed {seed}" if seed is not None else str(report.get("run_id", run))[:8]

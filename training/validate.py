@@ -27,7 +27,10 @@ Act = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class ValidationResult:
     """Means over the validation episodes (one per workload, window and seed) at
-    ``timesteps``."""
+    ``timesteps``. ``cost_usd`` (what model selection compares) is the mean cost of an
+    episode; every workload's episodes last the scenario's own episode length unless a mixed
+    workload's split is too short for it, and ``cost_usd_per_h`` is per episode, each at its
+    own length."""
 
     timesteps: int
     cost_usd: float
@@ -102,6 +105,15 @@ class Validator:
             part_cases = cases(split_of(part.scenario, wl.n_bins)[0])
             sim = part.build(len(part_cases), workload=wl, split="validation", randomize=False)
             self.parts.append((sim, part_cases))
+        # each workload's label in the results: its name, with its place in the mix where two
+        # parts share a name (the same service with its own seed, the same trace file)
+        names = [sim.workload.name for sim, _ in self.parts]
+        self.labels = [
+            n
+            if names.count(n) == 1
+            else (n if k == 0 else f"{n} [randomization.workloads[{k - 1}]]")
+            for k, n in enumerate(names)
+        ]
         self.target = float(primary.scenario.slo.target_attainment)
 
     @property
@@ -112,12 +124,15 @@ class Validator:
     @property
     def workload_windows(self) -> dict[str, list[int]]:
         """Start steps of the validation windows of every workload validated, by its name."""
-        return {sim.workload.name: sorted({w for w, _ in c}) for sim, c in self.parts}
+        return {
+            label: sorted({w for w, _ in c})
+            for label, (_, c) in zip(self.labels, self.parts, strict=True)
+        }
 
     def run(self, act: Act, timesteps: int = 0) -> ValidationResult:
         """One episode per workload, window and seed under ``act``; the same draws every call."""
         episodes, per_h = [], []
-        for sim, part_cases in self.parts:
+        for label, (sim, part_cases) in zip(self.labels, self.parts, strict=True):
             hours = sim.episode_steps * sim.scenario.control_interval_s / 3600.0
             for i, (start, seed) in enumerate(part_cases):
                 sim.reset_cluster(i, np.random.default_rng(10_007 * seed + 1), start_step=start)
@@ -127,7 +142,7 @@ class Validator:
                 info = sim.step_info(i)
                 episodes.append(
                     {
-                        "workload": sim.workload.name,
+                        "workload": label,
                         "start_step": float(start),
                         "seed": float(seed),
                         "cost_usd": info["cost/total_usd"],

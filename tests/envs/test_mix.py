@@ -226,3 +226,21 @@ def test_validation_covers_the_mixed_workloads_on_their_own_validation_windows()
     assert r_both.min_attainment == min(e["slo_attainment"] for e in r_both.episodes)
     assert len(alone.parts) == 1
     assert alone.workload_windows == {own.workload.name: alone.windows}
+
+
+def test_a_mixed_part_named_like_the_own_workload_keeps_its_own_label():
+    """The same service mixed in with its own seed has the scenario's workload name: its
+    validation episodes and windows are labelled with its place in the mix, not merged."""
+    from rlscale.training.validate import Validator
+
+    sc = load_scenario(BASE)
+    data = sc.model_dump()
+    data["randomization"]["workloads"] = [{"share": 0.25, "workload": data["workload"]}]
+    both = Validator(type(sc).model_validate(data), max_windows=1, mixed=True)
+    (own, _), (other, _) = both.parts
+    assert own.workload.name == other.workload.name
+    assert both.labels == [own.workload.name, f"{own.workload.name} [randomization.workloads[0]]"]
+    assert list(both.workload_windows) == both.labels
+    noop = own.noop_action()
+    result = both.run(lambda obs: np.tile(noop, (len(obs), 1)))
+    assert [e["workload"] for e in result.episodes] == both.labels

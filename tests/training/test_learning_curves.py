@@ -71,5 +71,5 @@ def test_a_folder_without_a_report_and_mixed_targets_are_refused(tmp_path, capsy
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / REPORT_FILE).write_text("{}")
     assert main([str(tmp_path / "bad"), "--out", str(out)]) == 2
-    assert "not a training report" in capsys.readouterr().err
+    assert "not a readable training report" in capsys.readouterr().err
     assert not out.exists()
