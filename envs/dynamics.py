@@ -416,9 +416,10 @@ TPOT_BINS = 480
 TPOT_AT_FIELDS = 1 + N_OUTPUT_Q
 TPOT_MIN_S = 1e-3
 TPOT_MAX_S = 10.0
+TPOT_LOG_SPAN = float(np.log(TPOT_MAX_S / TPOT_MIN_S))  # the histogram's width in log seconds
 # sub-steps whose lifetime rows differ by less than this share are added to the episode TPOT
 # as one (one bin's width; on the knee grid the TPOT percentiles moved by 0.3% at most)
-TPOT_MERGE_TOL = np.log(TPOT_MAX_S / TPOT_MIN_S) / TPOT_BINS
+TPOT_MERGE_TOL = TPOT_LOG_SPAN / TPOT_BINS
 
 
 # --- random numbers: one splitmix64 stream per cluster, so batching never changes a draw -------
@@ -772,8 +773,7 @@ def _tpot_lifetimes(ps_row, tpot_s, dt, sp):
 @njit(inline="always", cache=True, error_model="numpy")
 def _tpot_bin(tpot):
     """The episode TPOT histogram's bin of ``tpot`` seconds per output token."""
-    log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
-    b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / log_span * TPOT_BINS)
+    b = int(np.log(max(tpot, TPOT_MIN_S) / TPOT_MIN_S) / TPOT_LOG_SPAN * TPOT_BINS)
     return min(max(b, 0), TPOT_BINS - 1)
 
 
@@ -2629,7 +2629,6 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
     ep_tpot_row = ep_tpot_row[:TPOT_BINS]  # the bins (the step scratch follows)
     total = ep_tpot_row.sum()
     if total > 0.0:
-        log_span = np.log(TPOT_MAX_S / TPOT_MIN_S)
         levels = (0.50, 0.95, 0.99)
         for li in range(3):
             acc = 0.0
@@ -2638,7 +2637,7 @@ def episode_latency(sp, prompt_q, cs_row, ep_whist_row, ep_tpot_row):
                 if w > 0.0 and acc + w >= levels[li] * total:
                     # log-linear within the bin: the share of its weight below the level
                     f = (levels[li] * total - acc) / w
-                    out[3 + li] = TPOT_MIN_S * np.exp((b + f) / TPOT_BINS * log_span)
+                    out[3 + li] = TPOT_MIN_S * np.exp((b + f) / TPOT_BINS * TPOT_LOG_SPAN)
                     break
                 acc += w
     return out
